@@ -1,0 +1,11 @@
+//! punchline: encrypted, message-oriented connections over UDP in the model of
+//! ISteamNetworkingSockets — reliable and unreliable messages, fragmentation, Nagle
+//! coalescing, acks and retransmission, congestion control with pacing — with ed25519
+//! identities and CA-signed certificates.
+//!
+//! The protocol lives in [`proto`], a sans-IO state machine driven by time and datagrams.
+#![warn(missing_docs)]
+
+pub mod proto;
+
+pub use punchline_identity as identity;

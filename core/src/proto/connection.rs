@@ -1,0 +1,1320 @@
+//! The connection state machine.
+//!
+//! A [`Connection`] is pure: it never reads a clock, touches a socket or draws OS randomness.
+//! Its owner (normally the [`Endpoint`](super::Endpoint)) drives it in this order:
+//!
+//! 1. feed inputs: `handle_packet` for each datagram, `handle_timeout` when `poll_timeout`
+//!    passes, and application calls (`send_message`, `close`, ...);
+//! 2. drain `poll_transmit` until it returns `false`, sending each datagram;
+//! 3. drain `poll_event`;
+//! 4. sleep until `poll_timeout`.
+
+use super::auth::{self, PeerInfo, Refusal};
+use super::codec::{decode_frames, AckRange, Frame, Segment, MAX_ACK_RANGES};
+use super::config::{ConnectionConfig, Credentials};
+use super::crypto::{self, expand_packet_number, Keys, ReplayWindow, TAG_LEN};
+use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, SHORT_HEADER_LEN};
+use super::ranges::RangeSet;
+use super::recovery::{NewReno, Pacer, RttEstimator};
+use super::recv::{Reassembly, Received, RecvError};
+use super::send::{SegRef, SendQueue};
+use super::types::{ConnectionInfoFlags, ConnectionState, EndReason, SendFlags};
+use super::Error;
+use bytes::Bytes;
+use punchline_identity::Identity;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use x25519_dalek::{PublicKey as XPublic, StaticSecret};
+
+/// The largest message an application may send.
+pub const MAX_SEND_MESSAGE_SIZE: usize = 512 * 1024;
+
+/// Something the application should know about a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The state changed (end reason and debug text are on the connection).
+    StateChanged {
+        /// The previous state.
+        old: ConnectionState,
+        /// The new state.
+        new: ConnectionState,
+    },
+}
+
+/// Which side started the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// We connected.
+    Client,
+    /// We accepted.
+    Server,
+}
+
+/// Counters of what a connection did; never reset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams sent.
+    pub packets_sent: u64,
+    /// Bytes sent (UDP payload).
+    pub bytes_sent: u64,
+    /// Datagrams accepted.
+    pub packets_received: u64,
+    /// Bytes accepted.
+    pub bytes_received: u64,
+    /// Packets declared lost.
+    pub packets_lost: u64,
+    /// Reliable segments queued for retransmission.
+    pub segments_retransmitted: u64,
+    /// Packets that failed authentication (tampered, or keyed for another connection).
+    pub decrypt_failures: u64,
+    /// Packets dropped as replays or duplicates.
+    pub replays_dropped: u64,
+    /// Authenticated packets whose contents did not decode.
+    pub malformed: u64,
+    /// Packets dropped because the receive buffer was full.
+    pub recv_buffer_drops: u64,
+    /// Messages sent.
+    pub messages_sent: u64,
+    /// Messages received.
+    pub messages_received: u64,
+}
+
+/// A snapshot of the numbers behind a connection's quick status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathStatus {
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Congestion window in bytes.
+    pub congestion_window: u64,
+    /// Bytes in flight.
+    pub bytes_in_flight: u64,
+    /// Current pacing rate in bytes/s.
+    pub send_rate: u64,
+    /// Reliable bytes queued or unacknowledged.
+    pub pending_reliable: usize,
+    /// Unreliable bytes queued.
+    pub pending_unreliable: usize,
+    /// Reliable bytes sent but not acknowledged.
+    pub sent_unacked_reliable: usize,
+    /// How long the oldest queued message has waited.
+    pub queue_time: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+enum Timer {
+    Idle,
+    Handshake,
+    Loss,
+    Ack,
+    Keepalive,
+    Close,
+}
+const TIMER_COUNT: usize = 6;
+
+#[derive(Debug)]
+struct SentPacket {
+    time: Instant,
+    size: u64,
+    ack_eliciting: bool,
+    segments: Vec<SegRef>,
+}
+
+enum Handshake {
+    /// Client: waiting for the server hello.
+    Client {
+        secret: StaticSecret,
+        hello: ClientHello,
+        bytes: Vec<u8>,
+        retries_left: u8,
+        backoff: Duration,
+        due: bool,
+    },
+    /// Server: a verified client hello waiting for the application to accept.
+    ServerPending { hello: ClientHello, bytes: Vec<u8> },
+    /// Server: accepted; the server hello may need resending.
+    ServerAccepted { client_hello: Vec<u8>, reply: Vec<u8> },
+    /// Keys agreed and no handshake packet will be needed again.
+    Done,
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Handshake::Client { .. } => "Client",
+            Handshake::ServerPending { .. } => "ServerPending",
+            Handshake::ServerAccepted { .. } => "ServerAccepted",
+            Handshake::Done => "Done",
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct AckState {
+    received: RangeSet,
+    largest_at: Option<Instant>,
+    unacked_eliciting: u32,
+    deadline: Option<Instant>,
+    dirty: bool,
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Connection {
+    side: Side,
+    local_id: u32,
+    remote_id: u32,
+    remote: SocketAddr,
+    state: ConnectionState,
+    end_reason: EndReason,
+    end_debug: String,
+    config: ConnectionConfig,
+    creds: Arc<Credentials>,
+    peer: Option<PeerInfo>,
+    handshake: Handshake,
+    keys: Option<Keys>,
+    unencrypted: bool,
+    validated: bool,
+    amp_received: u64,
+    amp_sent: u64,
+    next_pn: u64,
+    replay: ReplayWindow,
+    ack: AckState,
+    sent: BTreeMap<u64, SentPacket>,
+    largest_acked: Option<u64>,
+    in_flight: u64,
+    rtt: RttEstimator,
+    cc: NewReno,
+    pacer: Pacer,
+    pto_count: u32,
+    probes: u32,
+    ping_pending: bool,
+    last_eliciting_sent: Option<Instant>,
+    sendq: SendQueue,
+    recv: Reassembly,
+    timers: [Option<Instant>; TIMER_COUNT],
+    started: Instant,
+    last_recv: Instant,
+    close_frame: Option<(u32, String)>,
+    close_due: bool,
+    closed_ack_due: bool,
+    reject_due: Option<Vec<u8>>,
+    pending_hello: Option<Vec<u8>>,
+    pacing_wait: Option<Instant>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Connection {
+    /// A client connection; its hello is ready to send. `secret` is the ephemeral X25519
+    /// secret (from the caller's seeded RNG).
+    pub(crate) fn new_client(
+        now: Instant,
+        local_id: u32,
+        remote: SocketAddr,
+        config: ConnectionConfig,
+        creds: Arc<Credentials>,
+        secret: [u8; 32],
+    ) -> Self {
+        let secret = StaticSecret::from(secret);
+        let hello = ClientHello {
+            client_id: local_id,
+            ephemeral: XPublic::from(&secret).to_bytes(),
+            unencrypted: config.unencrypted.min(3),
+            creds: packet::Credentials {
+                identity: creds.identity(),
+                key: creds.key.as_ref().map(|k| k.public_key()),
+                cert: creds.cert.clone(),
+            },
+            cookie: Vec::new(),
+            signature: None,
+        };
+        let bytes = hello.encode(creds.key.as_ref());
+        let mut c = Self::new(now, Side::Client, local_id, remote, config, creds);
+        c.validated = true;
+        c.handshake = Handshake::Client {
+            secret,
+            hello,
+            bytes,
+            retries_left: 2,
+            backoff: Duration::from_millis(250),
+            due: true,
+        };
+        c.set_state(ConnectionState::Connecting);
+        c
+    }
+
+    /// A server connection for a verified client hello, waiting for `accept`.
+    pub(crate) fn new_server(
+        now: Instant,
+        local_id: u32,
+        remote: SocketAddr,
+        config: ConnectionConfig,
+        creds: Arc<Credentials>,
+        hello: ClientHello,
+        bytes: &[u8],
+        peer: PeerInfo,
+        unencrypted: bool,
+    ) -> Self {
+        let mut c = Self::new(now, Side::Server, local_id, remote, config, creds);
+        c.remote_id = hello.client_id;
+        c.amp_received = bytes.len() as u64;
+        c.unencrypted = unencrypted;
+        c.peer = Some(peer);
+        c.handshake = Handshake::ServerPending {
+            hello,
+            bytes: bytes.to_vec(),
+        };
+        c.set_state(ConnectionState::Connecting);
+        c
+    }
+
+    fn new(
+        now: Instant,
+        side: Side,
+        local_id: u32,
+        remote: SocketAddr,
+        config: ConnectionConfig,
+        creds: Arc<Credentials>,
+    ) -> Self {
+        let mss = config.mtu();
+        let mut c = Self {
+            side,
+            local_id,
+            remote_id: 0,
+            remote,
+            state: ConnectionState::None,
+            end_reason: EndReason::INVALID,
+            end_debug: String::new(),
+            config,
+            creds,
+            peer: None,
+            handshake: Handshake::Done,
+            keys: None,
+            unencrypted: false,
+            validated: false,
+            amp_received: 0,
+            amp_sent: 0,
+            next_pn: 0,
+            replay: ReplayWindow::default(),
+            ack: AckState::default(),
+            sent: BTreeMap::new(),
+            largest_acked: None,
+            in_flight: 0,
+            rtt: RttEstimator::new(),
+            cc: NewReno::new(mss),
+            pacer: Pacer::new(),
+            pto_count: 0,
+            probes: 0,
+            ping_pending: false,
+            last_eliciting_sent: None,
+            sendq: SendQueue::new(),
+            recv: Reassembly::new(),
+            timers: [None; TIMER_COUNT],
+            started: now,
+            last_recv: now,
+            close_frame: None,
+            close_due: false,
+            closed_ack_due: false,
+            reject_due: None,
+            pending_hello: None,
+            pacing_wait: None,
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        };
+        c.timers[Timer::Idle as usize] = Some(now + c.config.timeout_initial);
+        c
+    }
+
+    // ----- accessors -------------------------------------------------------------------
+
+    /// Our connection id (the endpoint's handle for this connection).
+    pub fn local_id(&self) -> u32 {
+        self.local_id
+    }
+    /// The peer's connection id (0 until known).
+    pub fn remote_id(&self) -> u32 {
+        self.remote_id
+    }
+    /// The peer's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+    /// Which side we are.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    /// The current state.
+    pub fn state(&self) -> ConnectionState {
+        self.state
+    }
+    /// Why the connection ended (`INVALID` while it lives).
+    pub fn end_reason(&self) -> EndReason {
+        self.end_reason
+    }
+    /// Debug text for the end.
+    pub fn end_debug(&self) -> &str {
+        &self.end_debug
+    }
+    /// The peer's identity once its hello was verified.
+    pub fn peer_identity(&self) -> Option<&Identity> {
+        self.peer.as_ref().map(|p| &p.identity)
+    }
+    /// Connection-info flags.
+    pub fn info_flags(&self) -> ConnectionInfoFlags {
+        let mut f = ConnectionInfoFlags::default();
+        if self.peer.as_ref().is_some_and(|p| !p.authenticated) {
+            f |= ConnectionInfoFlags::UNAUTHENTICATED;
+        }
+        if self.unencrypted {
+            f |= ConnectionInfoFlags::UNENCRYPTED;
+        }
+        if self.remote.ip().is_loopback() {
+            f |= ConnectionInfoFlags::FAST;
+        }
+        f
+    }
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// The settings in force.
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.config
+    }
+    /// Path and queue numbers.
+    pub fn path_status(&self, now: Instant) -> PathStatus {
+        PathStatus {
+            rtt: self.rtt.smoothed,
+            congestion_window: self.window(),
+            bytes_in_flight: self.in_flight,
+            send_rate: self.pacing_rate(),
+            pending_reliable: self.sendq.queued_reliable(),
+            pending_unreliable: self.sendq.queued_unreliable(),
+            sent_unacked_reliable: self.sendq.unacked_reliable() - self.sendq.queued_reliable(),
+            queue_time: self
+                .sendq
+                .oldest_queued()
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
+        }
+    }
+    /// True once the peer's address is known to be genuine.
+    pub fn is_validated(&self) -> bool {
+        self.validated
+    }
+    /// Bytes sent before the peer's address was validated (server side), and bytes received.
+    pub fn amplification(&self) -> (u64, u64) {
+        (self.amp_sent, self.amp_received)
+    }
+
+    // ----- application commands -----------------------------------------------------------
+
+    /// Accepts a connecting peer (server side): sends the server hello and becomes Connected.
+    /// `secret` is the ephemeral X25519 secret.
+    pub fn accept(&mut self, now: Instant, secret: [u8; 32]) -> Result<(), Error> {
+        let Handshake::ServerPending { hello, bytes } =
+            std::mem::replace(&mut self.handshake, Handshake::Done)
+        else {
+            return Err(Error::InvalidState);
+        };
+        if self.state != ConnectionState::Connecting {
+            return Err(Error::InvalidState);
+        }
+        let secret = StaticSecret::from(secret);
+        let shared = secret.diffie_hellman(&XPublic::from(hello.ephemeral));
+        if !shared.was_contributory() {
+            self.fail(EndReason::REMOTE_BAD_CRYPT, "client ephemeral key is a low-order point");
+            return Err(Error::InvalidState);
+        }
+        let reply = ServerHello {
+            client_id: hello.client_id,
+            server_id: self.local_id,
+            ephemeral: XPublic::from(&secret).to_bytes(),
+            unencrypted: self.unencrypted,
+            creds: packet::Credentials {
+                identity: self.creds.identity(),
+                key: self.creds.key.as_ref().map(|k| k.public_key()),
+                cert: self.creds.cert.clone(),
+            },
+            signature: None,
+        }
+        .encode(self.creds.key.as_ref(), &bytes);
+        let transcript = crypto::hash(&[&bytes, &reply]);
+        self.keys = Some(Keys::derive(shared.as_bytes(), &transcript, false));
+        self.handshake = Handshake::ServerAccepted {
+            client_hello: bytes,
+            reply,
+        };
+        self.closed_ack_due = false;
+        self.reject_due = None;
+        self.due_server_hello(true);
+        self.last_recv = now;
+        self.set_state(ConnectionState::Connected);
+        self.arm_idle();
+        Ok(())
+    }
+
+    fn due_server_hello(&mut self, due: bool) {
+        if let Handshake::ServerAccepted { reply, .. } = &self.handshake {
+            if due {
+                self.reject_due = None;
+                self.pending_hello = Some(reply.clone());
+            }
+        }
+    }
+
+    /// Queues a message. Returns its message number.
+    pub fn send_message(
+        &mut self,
+        now: Instant,
+        payload: Bytes,
+        flags: SendFlags,
+    ) -> Result<u64, Error> {
+        match self.state {
+            ConnectionState::Connecting | ConnectionState::FindingRoute | ConnectionState::Connected => {}
+            ConnectionState::ClosedByPeer | ConnectionState::ProblemDetectedLocally => {
+                return Err(Error::NoConnection)
+            }
+            _ => return Err(Error::InvalidState),
+        }
+        if payload.len() > MAX_SEND_MESSAGE_SIZE {
+            return Err(Error::InvalidParam(format!(
+                "message of {} bytes is over the {MAX_SEND_MESSAGE_SIZE}-byte limit",
+                payload.len()
+            )));
+        }
+        let reliable = flags.is_reliable();
+        if flags.contains(SendFlags::NO_DELAY) && !reliable && !self.can_send_soon(payload.len()) {
+            return Err(Error::Ignored);
+        }
+        if self.sendq.buffered() + payload.len() > self.config.send_buffer_size {
+            return Err(Error::LimitExceeded);
+        }
+        let n = self.sendq.push(now, payload, reliable);
+        if flags.contains(SendFlags::NO_NAGLE) {
+            self.sendq.request_flush();
+        }
+        self.stats.messages_sent += 1;
+        Ok(n)
+    }
+
+    fn can_send_soon(&self, len: usize) -> bool {
+        self.state == ConnectionState::Connected
+            && self.in_flight + len as u64 <= self.window()
+            && self.sendq.queued_reliable() + self.sendq.queued_unreliable() < self.config.mtu() * 4
+    }
+
+    /// Sends everything queued without waiting for Nagle.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        match self.state {
+            ConnectionState::Connecting | ConnectionState::FindingRoute | ConnectionState::Connected => {
+                self.sendq.request_flush();
+                Ok(())
+            }
+            ConnectionState::ClosedByPeer | ConnectionState::ProblemDetectedLocally => {
+                Err(Error::NoConnection)
+            }
+            _ => Err(Error::InvalidState),
+        }
+    }
+
+    /// Takes the next received message. Connecting connections never have any.
+    pub fn receive(&mut self) -> Option<Received> {
+        if self.state == ConnectionState::Connecting || self.state.is_closed_locally() {
+            return None;
+        }
+        self.recv.pop()
+    }
+
+    /// Received messages waiting.
+    pub fn pending_received(&self) -> usize {
+        self.recv.ready_len()
+    }
+
+    /// Closes the connection with an application end reason. With `linger`, reliable data
+    /// already queued is delivered before the peer is told.
+    pub fn close(&mut self, now: Instant, reason: EndReason, debug: &str, linger: bool) {
+        let debug: String = debug.chars().take(super::codec::MAX_CLOSE_DEBUG).collect();
+        match self.state {
+            ConnectionState::Connecting | ConnectionState::FindingRoute => {
+                if matches!(self.handshake, Handshake::ServerPending { .. }) {
+                    // Refuse the waiting client; the reply is smaller than its hello.
+                    self.reject_due = Some(
+                        Control::Reject {
+                            client_id: self.remote_id,
+                            reason: reason.0,
+                            debug: debug.clone(),
+                        }
+                        .encode(),
+                    );
+                    self.handshake = Handshake::Done;
+                }
+                self.end(reason, debug);
+                self.set_state(ConnectionState::Dead);
+            }
+            ConnectionState::Connected => {
+                self.end(reason, debug);
+                self.sendq.drop_unreliable();
+                if linger && !self.sendq.reliable_done() {
+                    self.sendq.request_flush();
+                    self.set_state(ConnectionState::Linger);
+                } else {
+                    self.start_fin_wait(now);
+                }
+            }
+            ConnectionState::ClosedByPeer | ConnectionState::ProblemDetectedLocally => {
+                self.set_state(ConnectionState::Dead);
+            }
+            ConnectionState::Linger | ConnectionState::FinWait | ConnectionState::Dead
+            | ConnectionState::None => {}
+        }
+    }
+
+    fn end(&mut self, reason: EndReason, debug: String) {
+        if self.end_reason == EndReason::INVALID {
+            self.end_reason = reason;
+            self.end_debug = debug;
+        }
+    }
+
+    fn start_fin_wait(&mut self, now: Instant) {
+        self.sendq.clear();
+        self.close_frame = Some((self.end_reason.0, self.end_debug.clone()));
+        self.close_due = true;
+        self.set_state(ConnectionState::FinWait);
+        let linger = (self.rtt.pto() * 3).clamp(Duration::from_millis(300), Duration::from_secs(3));
+        self.timers[Timer::Close as usize] = Some(now + linger);
+        self.timers[Timer::Keepalive as usize] = None;
+    }
+
+    /// Ends the connection for a local problem and tells the peer when keys allow.
+    fn fail(&mut self, reason: EndReason, why: &str) {
+        tracing::debug!(conn = self.local_id, ?reason, why, "connection failed");
+        self.end(reason, why.to_string());
+        if self.keys.is_some() && !self.state.is_closed_locally() {
+            self.close_frame = Some((reason.0, self.end_debug.clone()));
+            self.close_due = true;
+        }
+        self.sendq.clear();
+        self.set_state(ConnectionState::ProblemDetectedLocally);
+    }
+
+    fn set_state(&mut self, new: ConnectionState) {
+        let old = self.state;
+        if old == new {
+            return;
+        }
+        self.state = new;
+        if new == ConnectionState::Dead {
+            self.timers = [None; TIMER_COUNT];
+        }
+        self.events.push_back(Event::StateChanged { old, new });
+    }
+
+    // ----- inputs ------------------------------------------------------------------------
+
+    /// A client hello arrived again for this (server) connection: resend our reply, within
+    /// the amplification budget.
+    pub(crate) fn handle_repeated_client_hello(&mut self, bytes: &[u8]) {
+        self.amp_received += bytes.len() as u64;
+        if let Handshake::ServerAccepted { client_hello, .. } = &self.handshake {
+            if client_hello.as_slice() == bytes {
+                self.due_server_hello(true);
+            }
+        }
+    }
+
+    /// The server answered our hello.
+    pub(crate) fn handle_server_hello(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        hello: ServerHello,
+        now_unix: u64,
+    ) {
+        if from != self.remote || self.state != ConnectionState::Connecting {
+            return;
+        }
+        let Handshake::Client { secret, bytes, .. } = &self.handshake else {
+            return;
+        };
+        if !hello.verify(bytes) {
+            self.fail(
+                EndReason::REMOTE_BAD_CRYPT,
+                "server hello signature does not verify",
+            );
+            return;
+        }
+        let result = auth::check_peer(&self.creds, &self.config, &hello.creds, from, now_unix)
+            .and_then(|peer| {
+                auth::accept_encryption_decision(self.config.unencrypted, hello.unencrypted)?;
+                Ok(peer)
+            });
+        let peer = match result {
+            Ok(p) => p,
+            Err(Refusal { reason, debug }) => {
+                self.fail(reason, &debug);
+                return;
+            }
+        };
+        let shared = secret.diffie_hellman(&XPublic::from(hello.ephemeral));
+        if !shared.was_contributory() {
+            self.fail(EndReason::REMOTE_BAD_CRYPT, "server ephemeral key is a low-order point");
+            return;
+        }
+        let transcript = crypto::hash(&[bytes, datagram]);
+        self.keys = Some(Keys::derive(shared.as_bytes(), &transcript, true));
+        self.unencrypted = hello.unencrypted;
+        self.remote_id = hello.server_id;
+        self.peer = Some(peer);
+        self.handshake = Handshake::Done;
+        self.timers[Timer::Handshake as usize] = None;
+        self.last_recv = now;
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        // First sample: the whole handshake round trip.
+        self.rtt.update(now - self.started, Duration::ZERO);
+        // Prove our address to the server at once, even with nothing queued.
+        self.ping_pending = true;
+        self.set_state(ConnectionState::Connected);
+        self.arm_idle();
+    }
+
+    /// The server asked for a cookie.
+    pub(crate) fn handle_retry(&mut self, from: SocketAddr, cookie: Vec<u8>) {
+        if from != self.remote || self.state != ConnectionState::Connecting {
+            return;
+        }
+        let Handshake::Client {
+            hello,
+            bytes,
+            retries_left,
+            due,
+            ..
+        } = &mut self.handshake
+        else {
+            return;
+        };
+        if *retries_left == 0 || hello.cookie == cookie {
+            return;
+        }
+        *retries_left -= 1;
+        hello.cookie = cookie;
+        *bytes = hello.encode(self.creds.key.as_ref());
+        *due = true;
+    }
+
+    /// The server refused our hello.
+    pub(crate) fn handle_reject(&mut self, from: SocketAddr, reason: u32, debug: String) {
+        if from != self.remote
+            || self.state != ConnectionState::Connecting
+            || !matches!(self.handshake, Handshake::Client { .. })
+        {
+            return;
+        }
+        self.end(EndReason(reason), debug);
+        self.handshake = Handshake::Done;
+        self.set_state(ConnectionState::ClosedByPeer);
+    }
+
+    /// The peer says it has no such connection.
+    pub(crate) fn handle_no_connection(&mut self, from: SocketAddr) {
+        if from != self.remote || self.remote_id == 0 {
+            return;
+        }
+        match self.state {
+            ConnectionState::Connected | ConnectionState::Linger => {
+                self.end(
+                    EndReason::MISC_PEER_SENT_NO_CONNECTION,
+                    "peer has no record of this connection".into(),
+                );
+                self.sendq.clear();
+                self.set_state(if self.state == ConnectionState::Linger {
+                    ConnectionState::Dead
+                } else {
+                    ConnectionState::ClosedByPeer
+                });
+            }
+            ConnectionState::FinWait => self.set_state(ConnectionState::Dead),
+            _ => {}
+        }
+    }
+
+    /// A data packet addressed to this connection.
+    pub(crate) fn handle_packet(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let Ok(header) = ShortHeader::decode(datagram) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Some(keys) = &self.keys else {
+            return; // no keys yet: nothing the peer could have sent us
+        };
+        if header.encrypted == self.unencrypted || self.state == ConnectionState::Dead {
+            self.stats.malformed += 1;
+            return;
+        }
+        let pn = expand_packet_number(self.replay.largest(), header.pn_low);
+        if !self.replay.is_fresh(pn) {
+            self.stats.replays_dropped += 1;
+            return;
+        }
+        let mut payload = datagram[SHORT_HEADER_LEN..].to_vec();
+        if header.encrypted
+            && keys
+                .recv
+                .open(pn, &datagram[..SHORT_HEADER_LEN], &mut payload)
+                .is_err()
+        {
+            self.stats.decrypt_failures += 1;
+            return;
+        }
+        let payload = Bytes::from(payload);
+        let frames = match decode_frames(&payload, self.config.recv_max_segments_per_packet) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(conn = self.local_id, error = %e, "dropping malformed packet");
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        if !self.has_room_for(&frames) {
+            self.stats.recv_buffer_drops += 1;
+            return;
+        }
+        // The packet is genuine: commit to it.
+        self.replay.record(pn);
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        self.amp_received += datagram.len() as u64;
+        self.last_recv = now;
+        if !self.validated {
+            // Only the holder of the keys, who received our hello at that address, can send this.
+            self.validated = true;
+        }
+        if from != self.remote {
+            tracing::debug!(conn = self.local_id, old = %self.remote, new = %from, "peer address changed");
+            self.remote = from;
+        }
+        if let Handshake::ServerAccepted { .. } = self.handshake {
+            self.handshake = Handshake::Done;
+            self.pending_hello = None;
+        }
+        self.arm_idle();
+        if frames.iter().any(Frame::is_ack_eliciting) {
+            self.on_eliciting_packet(now, pn);
+        } else {
+            self.ack.received.insert(pn..pn + 1);
+            self.trim_ack_ranges();
+        }
+        if self.ack.received.max() == Some(pn) {
+            self.ack.largest_at = Some(now);
+        }
+        for frame in frames {
+            match frame {
+                Frame::Ping => {}
+                Frame::Ack {
+                    delay_micros,
+                    ranges,
+                } => self.on_ack(now, delay_micros, &ranges),
+                Frame::Segment(s) => {
+                    if !self.on_segment(now, &s) {
+                        break;
+                    }
+                }
+                Frame::Close { reason, debug } => self.on_peer_close(reason, debug),
+                Frame::Closed => {
+                    if self.state == ConnectionState::FinWait {
+                        self.set_state(ConnectionState::Dead);
+                    }
+                }
+            }
+        }
+        if self.state == ConnectionState::FinWait && self.close_frame.is_some() {
+            // The peer is still talking: tell it again that we closed.
+            self.close_due = true;
+        }
+    }
+
+    fn has_room_for(&self, frames: &[Frame]) -> bool {
+        let mut bytes = 0usize;
+        let mut msgs = 0usize;
+        for f in frames {
+            if let Frame::Segment(s) = f {
+                if self.recv.is_head(s) {
+                    return true;
+                }
+                bytes += s.data.len();
+                msgs += 1;
+            }
+        }
+        msgs == 0
+            || (self.recv.held_bytes() + bytes <= self.config.recv_buffer_size
+                && self.recv.held_messages() + msgs <= self.config.recv_buffer_messages)
+    }
+
+    fn on_segment(&mut self, now: Instant, s: &Segment) -> bool {
+        if self.state != ConnectionState::Connected {
+            return true; // lingering or closing: data is acknowledged but discarded
+        }
+        let before = self.recv.ready_len();
+        match self
+            .recv
+            .insert(now, s, self.config.recv_max_message_size)
+        {
+            Ok(()) => {
+                self.stats.messages_received += (self.recv.ready_len() - before) as u64;
+                true
+            }
+            Err(RecvError::TooBig { size, max }) => {
+                self.fail(
+                    EndReason::MISC_GENERIC,
+                    &format!("peer sent a {size}-byte message; RecvMaxMessageSize is {max}"),
+                );
+                false
+            }
+            Err(RecvError::Inconsistent | RecvError::OutOfWindow) => {
+                self.stats.malformed += 1;
+                true
+            }
+        }
+    }
+
+    fn on_peer_close(&mut self, reason: u32, debug: String) {
+        self.closed_ack_due = true;
+        match self.state {
+            ConnectionState::Connecting | ConnectionState::Connected => {
+                self.end(EndReason(reason), debug);
+                self.sendq.clear();
+                self.set_state(ConnectionState::ClosedByPeer);
+            }
+            ConnectionState::Linger | ConnectionState::FinWait => {
+                self.set_state(ConnectionState::Dead);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_eliciting_packet(&mut self, now: Instant, pn: u64) {
+        let out_of_order = self.ack.received.max().is_some_and(|m| pn < m)
+            || self.ack.received.max().is_some_and(|m| pn > m + 1);
+        self.ack.received.insert(pn..pn + 1);
+        self.trim_ack_ranges();
+        self.ack.dirty = true;
+        self.ack.unacked_eliciting += 1;
+        if self.ack.unacked_eliciting >= 2 || out_of_order {
+            self.ack.deadline = Some(now);
+        } else if self.ack.deadline.is_none() {
+            self.ack.deadline = Some(now + RttEstimator::MAX_ACK_DELAY);
+        }
+        self.timers[Timer::Ack as usize] = self.ack.deadline;
+    }
+
+    fn trim_ack_ranges(&mut self) {
+        while self.ack.received.range_count() > 2 * MAX_ACK_RANGES {
+            self.ack.received.pop_min();
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, delay_micros: u64, ranges: &[AckRange]) {
+        let mut newly: Vec<(u64, SentPacket)> = Vec::new();
+        for r in ranges {
+            let pns: Vec<u64> = self.sent.range(r.clone()).map(|(pn, _)| *pn).collect();
+            for pn in pns {
+                // Just listed from the map.
+                newly.push((pn, self.sent.remove(&pn).expect("listed")));
+            }
+        }
+        let Some(largest) = newly.iter().map(|(pn, _)| *pn).max() else {
+            return;
+        };
+        if Some(largest) == ranges.first().map(|r| *r.end()) {
+            if let Some((_, p)) = newly.iter().find(|(pn, _)| *pn == largest) {
+                if p.ack_eliciting {
+                    let delay = Duration::from_micros(delay_micros.min(1_000_000));
+                    self.rtt.update(now.saturating_duration_since(p.time), delay);
+                }
+            }
+        }
+        self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
+        for (_, p) in newly {
+            if p.ack_eliciting {
+                self.in_flight -= p.size;
+                self.cc.on_ack(p.time, p.size);
+            }
+            for s in p.segments {
+                self.sendq.on_acked(s);
+            }
+        }
+        self.pto_count = 0;
+        self.detect_lost(now);
+        self.maybe_finish_linger(now);
+    }
+
+    fn detect_lost(&mut self, now: Instant) {
+        let Some(largest) = self.largest_acked else {
+            return;
+        };
+        let delay = self.rtt.loss_delay();
+        let lost: Vec<u64> = self
+            .sent
+            .range(..largest)
+            .filter(|(pn, p)| **pn + 3 <= largest || p.time + delay <= now)
+            .map(|(pn, _)| *pn)
+            .collect();
+        for pn in lost {
+            // Just listed from the map.
+            let p = self.sent.remove(&pn).expect("listed");
+            self.stats.packets_lost += 1;
+            if p.ack_eliciting {
+                self.in_flight -= p.size;
+                self.cc.on_loss(now, p.time);
+            }
+            for s in p.segments {
+                self.stats.segments_retransmitted += 1;
+                self.sendq.on_lost(s);
+            }
+        }
+        self.arm_loss_timer();
+    }
+
+    fn maybe_finish_linger(&mut self, now: Instant) {
+        if self.state == ConnectionState::Linger && self.sendq.reliable_done() {
+            self.start_fin_wait(now);
+        }
+    }
+
+    /// Processes timers that have expired by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.expired(Timer::Idle, now) {
+            self.timers[Timer::Idle as usize] = None;
+            match self.state {
+                ConnectionState::Connecting | ConnectionState::FindingRoute | ConnectionState::Connected
+                | ConnectionState::Linger => {
+                    let waited = if self.state == ConnectionState::Connecting {
+                        self.config.timeout_initial
+                    } else {
+                        self.config.timeout_connected
+                    };
+                    let debug = format!("no response from the peer for {} ms", waited.as_millis());
+                    let lingering = self.state == ConnectionState::Linger;
+                    self.end(EndReason::MISC_TIMEOUT, debug);
+                    self.sendq.clear();
+                    self.close_due = false;
+                    self.set_state(if lingering {
+                        ConnectionState::Dead
+                    } else {
+                        ConnectionState::ProblemDetectedLocally
+                    });
+                }
+                ConnectionState::FinWait => self.set_state(ConnectionState::Dead),
+                _ => {}
+            }
+        }
+        if self.expired(Timer::Close, now) {
+            self.timers[Timer::Close as usize] = None;
+            self.set_state(ConnectionState::Dead);
+        }
+        if self.expired(Timer::Handshake, now) {
+            self.timers[Timer::Handshake as usize] = None;
+            if let Handshake::Client { due, backoff, .. } = &mut self.handshake {
+                *due = true;
+                *backoff = (*backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        if self.expired(Timer::Ack, now) {
+            self.timers[Timer::Ack as usize] = None;
+            self.ack.deadline = Some(now);
+        }
+        if self.expired(Timer::Keepalive, now) {
+            self.timers[Timer::Keepalive as usize] = None;
+            if matches!(self.state, ConnectionState::Connected | ConnectionState::Linger) {
+                self.ping_pending = true;
+            }
+        }
+        if self.expired(Timer::Loss, now) {
+            self.timers[Timer::Loss as usize] = None;
+            self.on_loss_timer(now);
+        }
+    }
+
+    fn expired(&self, t: Timer, now: Instant) -> bool {
+        self.timers[t as usize].is_some_and(|at| at <= now)
+    }
+
+    fn on_loss_timer(&mut self, now: Instant) {
+        let delay = self.rtt.loss_delay();
+        let time_loss = self
+            .sent
+            .range(..self.largest_acked.unwrap_or(0))
+            .any(|(_, p)| p.time + delay <= now);
+        if time_loss {
+            self.detect_lost(now);
+            return;
+        }
+        if self.state == ConnectionState::FinWait {
+            self.close_due = true;
+        }
+        if self.sent.values().any(|p| p.ack_eliciting) {
+            // Probe timeout: resend the oldest packet's data and elicit an ack.
+            self.pto_count = (self.pto_count + 1).min(16);
+            self.probes = 2;
+            if let Some(segs) = self
+                .sent
+                .values()
+                .find(|p| p.ack_eliciting)
+                .map(|p| p.segments.clone())
+            {
+                for s in segs {
+                    self.sendq.on_lost(s);
+                }
+            }
+            self.ping_pending = true;
+        }
+        self.arm_loss_timer();
+    }
+
+    fn arm_loss_timer(&mut self) {
+        let delay = self.rtt.loss_delay();
+        let time_loss = self
+            .sent
+            .range(..self.largest_acked.unwrap_or(0))
+            .map(|(_, p)| p.time + delay)
+            .min();
+        let pto = self.last_eliciting_sent.filter(|_| self.sent.values().any(|p| p.ack_eliciting))
+            .map(|t| t + self.rtt.pto() * 2u32.pow(self.pto_count));
+        self.timers[Timer::Loss as usize] = time_loss.or(pto);
+    }
+
+    fn arm_idle(&mut self) {
+        let t = match self.state {
+            ConnectionState::Connecting => self.started + self.config.timeout_initial,
+            ConnectionState::Connected | ConnectionState::Linger => {
+                self.last_recv + self.config.timeout_connected
+            }
+            _ => return,
+        };
+        self.timers[Timer::Idle as usize] = Some(t);
+        if matches!(self.state, ConnectionState::Connected | ConnectionState::Linger) {
+            let every = (self.config.timeout_connected / 4).min(Duration::from_secs(5));
+            self.timers[Timer::Keepalive as usize] = Some(self.last_recv + every);
+        }
+    }
+
+    // ----- outputs -----------------------------------------------------------------------
+
+    /// The earliest time `handle_timeout` must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.timers.iter().flatten().min().copied();
+        if matches!(self.state, ConnectionState::Connected | ConnectionState::Linger) {
+            if let Some(n) = self.sendq.nagle_deadline(self.config.nagle_time) {
+                t = Some(t.map_or(n, |t| t.min(n)));
+            }
+            if let Some(p) = self.pacing_wait {
+                t = Some(t.map_or(p, |t| t.min(p)));
+            }
+        }
+        t
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn window(&self) -> u64 {
+        let floor = (self.config.send_rate_min as f64 * self.rtt.smoothed.as_secs_f64()) as u64;
+        self.cc.window.max(floor)
+    }
+
+    fn pacing_rate(&self) -> u64 {
+        let srtt = self.rtt.smoothed.as_secs_f64().max(0.000_1);
+        let rate = (self.window() as f64 * 1.25 / srtt) as u64;
+        rate.clamp(self.config.send_rate_min, self.config.send_rate_max.max(self.config.send_rate_min))
+    }
+
+    fn max_payload(&self) -> usize {
+        let tag = if self.unencrypted { 0 } else { TAG_LEN };
+        self.config.mtu() - SHORT_HEADER_LEN - tag
+    }
+
+    /// Writes the next datagram into `buf` (cleared first). Returns `false` when there is
+    /// nothing to send now.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        buf.clear();
+        if let Some(reject) = self.reject_due.take() {
+            buf.extend_from_slice(&reject);
+            return true;
+        }
+        if let Handshake::Client { bytes, due, backoff, .. } = &mut self.handshake {
+            if *due {
+                *due = false;
+                buf.extend_from_slice(bytes);
+                self.timers[Timer::Handshake as usize] = Some(now + *backoff);
+                self.stats.packets_sent += 1;
+                self.stats.bytes_sent += buf.len() as u64;
+                return true;
+            }
+            return false;
+        }
+        if let Some(hello) = &self.pending_hello {
+            if !self.validated && self.amp_sent + hello.len() as u64 > self.amp_received {
+                return false;
+            }
+            buf.extend_from_slice(hello);
+            self.pending_hello = None;
+            self.amp_sent += buf.len() as u64;
+            self.stats.packets_sent += 1;
+            self.stats.bytes_sent += buf.len() as u64;
+            return true;
+        }
+        if self.keys.is_none() || self.state == ConnectionState::Dead {
+            return false;
+        }
+        self.build_packet(now, buf)
+    }
+
+    fn build_packet(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        let max_payload = self.max_payload();
+        let mut payload = Vec::with_capacity(max_payload);
+        let mut segments = Vec::new();
+        let mut eliciting = false;
+        let ack_now = self.ack.deadline.is_some_and(|d| d <= now);
+        let sending_data = matches!(self.state, ConnectionState::Connected | ConnectionState::Linger);
+        let closing = self.close_due && self.close_frame.is_some();
+        // Data goes when there is some, and the window and pacer allow (probes skip both).
+        let mut data_ok = sending_data
+            && self
+                .sendq
+                .has_sendable(now, self.config.nagle_time, max_payload);
+        self.pacing_wait = None;
+        if data_ok && self.probes == 0 {
+            let mtu = self.config.mtu();
+            if self.in_flight + mtu as u64 > self.window() {
+                data_ok = false;
+            } else if let Some(at) =
+                self.pacer
+                    .delay(now, mtu, self.pacing_rate(), (self.window() / 4).max(mtu as u64 * 2))
+            {
+                data_ok = false;
+                self.pacing_wait = Some(at);
+            }
+        }
+        let ping = self.ping_pending && sending_data;
+        if !(ack_now || closing || self.closed_ack_due || data_ok || ping) {
+            return false;
+        }
+        if !self.validated {
+            // Hold everything until the budget allows a full packet.
+            if self.amp_sent + self.config.mtu() as u64 > self.amp_received {
+                return false;
+            }
+        }
+        if self.ack.dirty || ack_now {
+            if let Some(f) = self.ack_frame(now) {
+                f.encode(&mut payload);
+            }
+        }
+        if closing {
+            if let Some((reason, debug)) = &self.close_frame {
+                Frame::Close {
+                    reason: *reason,
+                    debug: debug.clone(),
+                }
+                .encode(&mut payload);
+                eliciting = true;
+            }
+            self.close_due = false;
+        }
+        if self.closed_ack_due {
+            Frame::Closed.encode(&mut payload);
+            self.closed_ack_due = false;
+        }
+        if ping {
+            Frame::Ping.encode(&mut payload);
+            self.ping_pending = false;
+            eliciting = true;
+        }
+        if data_ok {
+            while let Some((seg, r)) = self.sendq.next_segment(
+                now,
+                self.config.nagle_time,
+                max_payload - payload.len(),
+                max_payload,
+            ) {
+                Frame::Segment(seg).encode(&mut payload);
+                segments.extend(r);
+                eliciting = true;
+            }
+        }
+        if payload.is_empty() {
+            return false;
+        }
+        if self.probes > 0 && eliciting {
+            self.probes -= 1;
+        }
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        let header = ShortHeader {
+            encrypted: !self.unencrypted,
+            dst_id: self.remote_id,
+            pn_low: pn as u32,
+        };
+        header.encode(buf);
+        if let Some(keys) = &self.keys {
+            if !self.unencrypted {
+                keys.send.seal(pn, &buf[..SHORT_HEADER_LEN], &mut payload);
+            }
+        }
+        buf.extend_from_slice(&payload);
+        let size = buf.len() as u64;
+        self.amp_sent += size;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += size;
+        if eliciting {
+            self.in_flight += size;
+            self.pacer.on_send(buf.len());
+            self.last_eliciting_sent = Some(now);
+        }
+        if eliciting {
+            self.sent.insert(
+                pn,
+                SentPacket {
+                    time: now,
+                    size,
+                    ack_eliciting: true,
+                    segments,
+                },
+            );
+        }
+        self.arm_loss_timer();
+        true
+    }
+
+    fn ack_frame(&mut self, now: Instant) -> Option<Frame> {
+        if self.ack.received.is_empty() {
+            return None;
+        }
+        let ranges: Vec<AckRange> = self
+            .ack
+            .received
+            .iter_rev()
+            .take(MAX_ACK_RANGES)
+            .map(|r| r.start..=r.end - 1)
+            .collect();
+        let delay = self
+            .ack
+            .largest_at
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.ack.unacked_eliciting = 0;
+        self.ack.deadline = None;
+        self.ack.dirty = false;
+        self.timers[Timer::Ack as usize] = None;
+        Some(Frame::Ack {
+            delay_micros: delay.as_micros() as u64,
+            ranges,
+        })
+    }
+}

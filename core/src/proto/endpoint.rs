@@ -1,0 +1,436 @@
+//! The endpoint: one UDP socket's worth of connections. It routes datagrams, answers client
+//! hellos (with cookies under load and rejections that never exceed what was received), and
+//! replies "no connection" at a bounded rate.
+
+use super::auth;
+use super::config::{ConnectionConfig, EndpointConfig};
+use super::connection::{Connection, Event};
+use super::crypto::{CookieKey, COOKIE_LEN};
+use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, PROTOCOL_VERSION};
+use super::types::{ConnectionState, EndReason};
+use super::Error;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A connection's handle: its local connection id, unique within the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u32);
+
+/// A datagram to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// Bytes written at the front of the caller's buffer.
+    pub len: usize,
+}
+
+/// Endpoint-wide counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams that could not be decoded or had no use.
+    pub malformed: u64,
+    /// Client hellos refused.
+    pub rejected: u64,
+    /// Retry (cookie) packets sent.
+    pub retries_sent: u64,
+    /// "No connection" replies sent.
+    pub no_connection_sent: u64,
+    /// Datagrams for unknown connections not answered (rate limit).
+    pub unanswered: u64,
+}
+
+/// How long a cookie stays valid.
+const COOKIE_LIFETIME: Duration = Duration::from_secs(10);
+/// Datagrams of stateless replies (retries, rejections) held before more are dropped.
+const MAX_QUEUED_REPLIES: usize = 256;
+
+/// Routes datagrams to connections and creates them.
+#[derive(Debug)]
+pub struct Endpoint {
+    config: Arc<EndpointConfig>,
+    credentials: Arc<super::config::Credentials>,
+    rng: ChaCha20Rng,
+    connections: HashMap<u32, Connection>,
+    by_hello: HashMap<(SocketAddr, u32), u32>,
+    cookie_key: CookieKey,
+    start: Instant,
+    unix_at_start: u64,
+    replies: VecDeque<(SocketAddr, Vec<u8>)>,
+    no_conn_tokens: f64,
+    no_conn_last: Instant,
+    events: VecDeque<(ConnId, Event)>,
+    stats: EndpointStats,
+}
+
+impl Endpoint {
+    /// An endpoint. `seed` feeds every random choice (connection ids, ephemeral keys,
+    /// cookies); `now` and `unix_now` (seconds since 1970) anchor its clocks, so that
+    /// certificate validity is judged against `unix_now + (t - now)` at any later `t`.
+    pub fn new(config: EndpointConfig, seed: u64, now: Instant, unix_now: u64) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let credentials = Arc::new(config.credentials.clone());
+        Self {
+            no_conn_tokens: f64::from(config.no_connection_replies_per_sec),
+            config: Arc::new(config),
+            credentials,
+            rng,
+            connections: HashMap::new(),
+            by_hello: HashMap::new(),
+            cookie_key: CookieKey::new(secret),
+            start: now,
+            unix_at_start: unix_now,
+            replies: VecDeque::new(),
+            no_conn_last: now,
+            events: VecDeque::new(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.unix_at_start + now.saturating_duration_since(self.start).as_secs()
+    }
+
+    fn fresh_id(&mut self) -> u32 {
+        loop {
+            let id = self.rng.next_u32();
+            if id != 0 && !self.connections.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn secret(&mut self) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        self.rng.fill_bytes(&mut s);
+        s
+    }
+
+    /// Starts a connection to `remote`.
+    pub fn connect(&mut self, now: Instant, remote: SocketAddr, config: ConnectionConfig) -> ConnId {
+        let id = self.fresh_id();
+        let secret = self.secret();
+        let c = Connection::new_client(now, id, remote, config, self.credentials.clone(), secret);
+        self.connections.insert(id, c);
+        self.drain_events(id);
+        ConnId(id)
+    }
+
+    /// Accepts a connection that is waiting in Connecting (server side).
+    pub fn accept(&mut self, now: Instant, id: ConnId) -> Result<(), Error> {
+        let secret = self.secret();
+        let c = self
+            .connections
+            .get_mut(&id.0)
+            .ok_or_else(|| Error::InvalidParam(format!("no connection {}", id.0)))?;
+        let r = c.accept(now, secret);
+        self.drain_events(id.0);
+        r
+    }
+
+    /// The connection with this handle.
+    pub fn connection(&self, id: ConnId) -> Option<&Connection> {
+        self.connections.get(&id.0)
+    }
+
+    /// The connection with this handle, for commands. Call `poll_event` afterwards: commands
+    /// such as `close` queue state changes.
+    pub fn connection_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.connections.get_mut(&id.0)
+    }
+
+    /// Handles of every live connection.
+    pub fn connection_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.connections.keys().map(|k| ConnId(*k))
+    }
+
+    /// Forgets a connection at once (its handle becomes invalid).
+    pub fn remove(&mut self, id: ConnId) -> Option<Connection> {
+        let c = self.connections.remove(&id.0)?;
+        self.by_hello.retain(|_, v| *v != id.0);
+        Some(c)
+    }
+
+    /// Takes in one datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let Some(&kind) = datagram.first() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        match kind {
+            packet::DATA | packet::DATA_PLAIN => match ShortHeader::decode(datagram) {
+                Ok(h) => match self.connections.get_mut(&h.dst_id) {
+                    Some(c) => {
+                        c.handle_packet(now, from, datagram);
+                        self.drain_events(h.dst_id);
+                    }
+                    None => self.reply_no_connection(now, from, h.dst_id, datagram.len()),
+                },
+                Err(_) => self.stats.malformed += 1,
+            },
+            _ if datagram.len() < 2 => self.stats.malformed += 1,
+            packet::CLIENT_HELLO => self.handle_client_hello(now, from, datagram),
+            _ if datagram[1] != PROTOCOL_VERSION => self.stats.malformed += 1,
+            packet::SERVER_HELLO => match ServerHello::decode(datagram) {
+                Ok(h) => {
+                    let unix = self.unix(now);
+                    let id = h.client_id;
+                    if let Some(c) = self.connections.get_mut(&id) {
+                        c.handle_server_hello(now, from, datagram, h, unix);
+                    }
+                    self.drain_events(id);
+                }
+                Err(_) => self.stats.malformed += 1,
+            },
+            packet::RETRY | packet::REJECT | packet::NO_CONNECTION => {
+                match Control::decode(datagram) {
+                    Ok(Control::Retry { client_id, cookie }) => {
+                        if let Some(c) = self.connections.get_mut(&client_id) {
+                            c.handle_retry(from, cookie);
+                        }
+                    }
+                    Ok(Control::Reject {
+                        client_id,
+                        reason,
+                        debug,
+                    }) => {
+                        if let Some(c) = self.connections.get_mut(&client_id) {
+                            c.handle_reject(from, reason, debug);
+                            self.drain_events(client_id);
+                        }
+                    }
+                    Ok(Control::NoConnection { conn_id }) => {
+                        let id = self
+                            .connections
+                            .values()
+                            .find(|c| c.remote_id() == conn_id && c.remote_addr() == from)
+                            .map(Connection::local_id);
+                        if let Some(id) = id {
+                            if let Some(c) = self.connections.get_mut(&id) {
+                                c.handle_no_connection(from);
+                            }
+                            self.drain_events(id);
+                        }
+                    }
+                    Err(_) => self.stats.malformed += 1,
+                }
+            }
+            _ => self.stats.malformed += 1,
+        }
+    }
+
+    fn handle_client_hello(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if !self.config.listen {
+            self.stats.malformed += 1;
+            return;
+        }
+        let reject = |client_id: u32, reason: EndReason, debug: String| Control::Reject {
+            client_id,
+            reason: reason.0,
+            debug,
+        };
+        if datagram.len() < packet::MIN_CLIENT_HELLO {
+            self.stats.malformed += 1;
+            return;
+        }
+        if datagram[1] != PROTOCOL_VERSION {
+            let client_id = datagram.get(2..6).map_or(0, |b| {
+                u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+            });
+            self.stats.rejected += 1;
+            let r = reject(
+                client_id,
+                EndReason::REMOTE_BAD_PROTOCOL_VERSION,
+                format!("server speaks protocol version {PROTOCOL_VERSION}, client sent {}", datagram[1]),
+            );
+            self.queue_reply(from, r.encode());
+            return;
+        }
+        let hello = match ClientHello::decode(datagram) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "malformed client hello");
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        if let Some(&id) = self.by_hello.get(&(from, hello.client_id)) {
+            if let Some(c) = self.connections.get_mut(&id) {
+                c.handle_repeated_client_hello(datagram);
+                return;
+            }
+        }
+        let pending = self
+            .connections
+            .values()
+            .filter(|c| c.state() == ConnectionState::Connecting)
+            .count();
+        let now_ms = now.saturating_duration_since(self.start).as_millis() as u64;
+        if pending >= self.config.cookie_threshold
+            && !self
+                .cookie_key
+                .check(&hello.cookie, from, hello.client_id, now_ms)
+        {
+            let expiry = now_ms + COOKIE_LIFETIME.as_millis() as u64;
+            let cookie = self.cookie_key.make(from, hello.client_id, expiry);
+            debug_assert_eq!(cookie.len(), COOKIE_LEN);
+            self.stats.retries_sent += 1;
+            self.queue_reply(
+                from,
+                Control::Retry {
+                    client_id: hello.client_id,
+                    cookie: cookie.to_vec(),
+                }
+                .encode(),
+            );
+            return;
+        }
+        let verdict = if !hello.verify() {
+            Err(auth::Refusal {
+                reason: EndReason::REMOTE_BAD_CRYPT,
+                debug: "client hello signature does not verify".into(),
+            })
+        } else {
+            auth::check_peer(
+                &self.credentials,
+                &self.config.incoming,
+                &hello.creds,
+                from,
+                self.unix(now),
+            )
+            .and_then(|peer| {
+                let unenc =
+                    auth::negotiate_encryption(hello.unencrypted, self.config.incoming.unencrypted)?;
+                Ok((peer, unenc))
+            })
+        };
+        let (peer, unencrypted) = match verdict {
+            Ok(v) => v,
+            Err(r) => {
+                tracing::debug!(%from, reason = ?r.reason, debug = %r.debug, "refusing client");
+                self.stats.rejected += 1;
+                let pkt = reject(hello.client_id, r.reason, r.debug).encode();
+                self.queue_reply(from, pkt);
+                return;
+            }
+        };
+        let id = self.fresh_id();
+        let client_id = hello.client_id;
+        let c = Connection::new_server(
+            now,
+            id,
+            from,
+            self.config.incoming.clone(),
+            self.credentials.clone(),
+            hello,
+            datagram,
+            peer,
+            unencrypted,
+        );
+        self.connections.insert(id, c);
+        self.by_hello.insert((from, client_id), id);
+        self.drain_events(id);
+    }
+
+    fn queue_reply(&mut self, to: SocketAddr, bytes: Vec<u8>) {
+        if self.replies.len() < MAX_QUEUED_REPLIES {
+            self.replies.push_back((to, bytes));
+        }
+    }
+
+    fn reply_no_connection(&mut self, now: Instant, to: SocketAddr, conn_id: u32, received: usize) {
+        let rate = f64::from(self.config.no_connection_replies_per_sec);
+        let dt = now.saturating_duration_since(self.no_conn_last).as_secs_f64();
+        self.no_conn_last = now;
+        self.no_conn_tokens = (self.no_conn_tokens + dt * rate).min(rate.max(1.0));
+        let reply = Control::NoConnection { conn_id }.encode();
+        if self.no_conn_tokens < 1.0 || reply.len() > received {
+            self.stats.unanswered += 1;
+            return;
+        }
+        self.no_conn_tokens -= 1.0;
+        self.stats.no_connection_sent += 1;
+        self.queue_reply(to, reply);
+    }
+
+    fn drain_events(&mut self, id: u32) {
+        if let Some(c) = self.connections.get_mut(&id) {
+            while let Some(e) = c.poll_event() {
+                self.events.push_back((ConnId(id), e));
+            }
+        }
+    }
+
+    /// Processes expired timers of every connection.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<u32> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(c) = self.connections.get_mut(&id) {
+                c.handle_timeout(now);
+            }
+            self.drain_events(id);
+        }
+    }
+
+    /// The earliest time `handle_timeout` must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.connections.values().filter_map(Connection::poll_timeout).min()
+    }
+
+    /// Writes the next datagram into `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if let Some((to, bytes)) = self.replies.pop_front() {
+            buf.clear();
+            buf.extend_from_slice(&bytes);
+            return Some(Transmit {
+                destination: to,
+                len: buf.len(),
+            });
+        }
+        let mut ids: Vec<u32> = self.connections.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let c = self.connections.get_mut(&id)?;
+            if c.poll_transmit(now, buf) {
+                let t = Transmit {
+                    destination: c.remote_addr(),
+                    len: buf.len(),
+                };
+                self.drain_events(id);
+                return Some(t);
+            }
+            self.drain_events(id);
+            // A Dead connection with nothing left to send is forgotten.
+            if self.connections.get(&id).is_some_and(|c| c.state() == ConnectionState::Dead) {
+                self.remove(ConnId(id));
+            }
+        }
+        None
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<(ConnId, Event)> {
+        self.events.pop_front()
+    }
+}

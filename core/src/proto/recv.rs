@@ -1,0 +1,299 @@
+//! The receive side of a connection: reassembly of fragments, in-order exactly-once delivery
+//! of reliable messages, whole-or-nothing delivery of unreliable ones, and buffer accounting.
+
+use super::codec::Segment;
+use super::ranges::RangeSet;
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+/// A message received from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The sender's message number.
+    pub msg_num: u64,
+    /// True for a reliable message.
+    pub reliable: bool,
+    /// The message.
+    pub payload: Bytes,
+    /// When its last piece arrived.
+    pub received_at: Instant,
+}
+
+/// Why a segment could not be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecvError {
+    /// The message is larger than `RecvMaxMessageSize`.
+    TooBig {
+        /// The message's size.
+        size: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A segment disagrees with earlier segments of the same message (dropped).
+    Inconsistent,
+    /// A reliable sequence number too far ahead of the next expected one (dropped).
+    OutOfWindow,
+}
+
+#[derive(Debug)]
+struct Partial {
+    msg_num: u64,
+    total: u64,
+    pieces: BTreeMap<u64, Bytes>,
+    have: RangeSet,
+}
+
+impl Partial {
+    fn new(s: &Segment) -> Self {
+        Self {
+            msg_num: s.msg_num,
+            total: s.total,
+            pieces: BTreeMap::new(),
+            have: RangeSet::new(),
+        }
+    }
+
+    /// Adds a piece; returns (bytes now held in addition, bytes released by a replaced piece).
+    fn add(&mut self, s: &Segment) -> Result<(usize, usize), RecvError> {
+        if s.msg_num != self.msg_num || s.total != self.total {
+            return Err(RecvError::Inconsistent);
+        }
+        let range = s.offset..s.offset + s.data.len() as u64;
+        if self.have.contains_range(range.clone()) {
+            return Ok((0, 0));
+        }
+        self.have.insert(range);
+        // Copy, so a small fragment does not keep its whole packet alive. A piece at the same
+        // offset is never longer than this one (it would cover it), so replacing loses nothing.
+        let replaced = self
+            .pieces
+            .insert(s.offset, Bytes::copy_from_slice(&s.data))
+            .map_or(0, |old| old.len());
+        Ok((s.data.len(), replaced))
+    }
+
+    fn is_complete(&self) -> bool {
+        self.have.contains_range(0..self.total)
+    }
+
+    fn held(&self) -> usize {
+        self.pieces.values().map(Bytes::len).sum()
+    }
+
+    fn assemble(self) -> Bytes {
+        let mut out = BytesMut::zeroed(self.total as usize);
+        for (off, piece) in self.pieces {
+            let off = off as usize;
+            out[off..off + piece.len()].copy_from_slice(&piece);
+        }
+        out.freeze()
+    }
+}
+
+/// Incomplete unreliable messages kept at once; the oldest is dropped past this.
+pub const MAX_PARTIAL_UNRELIABLE: usize = 16;
+/// How far past the next expected reliable message a peer may send.
+pub const RELIABLE_WINDOW: u64 = 1 << 16;
+
+/// Reassembly and delivery state.
+#[derive(Debug, Default)]
+pub struct Reassembly {
+    next_seq: u64,
+    partial_reliable: BTreeMap<u64, Partial>,
+    complete_reliable: BTreeMap<u64, Received>,
+    partial_unreliable: BTreeMap<u64, Partial>,
+    ready: VecDeque<Received>,
+    held_bytes: usize,
+    held_messages: usize,
+}
+
+impl Reassembly {
+    /// Empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes held: pieces, out-of-order messages and messages waiting for the application.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// Complete messages held (waiting in order or for the application).
+    pub fn held_messages(&self) -> usize {
+        self.held_messages
+    }
+
+    /// True when `s` belongs to the next reliable message to deliver (always accepted, so an
+    /// out-of-order backlog cannot starve the message that would drain it).
+    pub fn is_head(&self, s: &Segment) -> bool {
+        s.reliable_seq == Some(self.next_seq)
+    }
+
+    /// Messages ready for the application.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Takes the next message for the application.
+    pub fn pop(&mut self) -> Option<Received> {
+        let m = self.ready.pop_front()?;
+        self.held_bytes -= m.payload.len();
+        self.held_messages -= 1;
+        Some(m)
+    }
+
+    /// Takes in one segment.
+    pub fn insert(&mut self, now: Instant, s: &Segment, max_size: usize) -> Result<(), RecvError> {
+        if s.total > max_size as u64 {
+            return Err(RecvError::TooBig {
+                size: s.total,
+                max: max_size,
+            });
+        }
+        match s.reliable_seq {
+            Some(seq) => self.insert_reliable(now, seq, s),
+            None => {
+                self.insert_unreliable(now, s);
+                Ok(())
+            }
+        }
+    }
+
+    fn insert_reliable(&mut self, now: Instant, seq: u64, s: &Segment) -> Result<(), RecvError> {
+        if seq < self.next_seq || self.complete_reliable.contains_key(&seq) {
+            return Ok(()); // a duplicate of something delivered or complete
+        }
+        if seq - self.next_seq >= RELIABLE_WINDOW {
+            return Err(RecvError::OutOfWindow);
+        }
+        let whole = s.offset == 0 && s.data.len() as u64 == s.total;
+        let payload = if whole && !self.partial_reliable.contains_key(&seq) {
+            s.data.clone()
+        } else {
+            let p = self
+                .partial_reliable
+                .entry(seq)
+                .or_insert_with(|| Partial::new(s));
+            let (added, released) = p.add(s)?;
+            self.held_bytes = self.held_bytes + added - released;
+            if !p.is_complete() {
+                return Ok(());
+            }
+            // Just checked that the entry exists and is complete.
+            let p = self.partial_reliable.remove(&seq).expect("entry present");
+            self.held_bytes -= p.held();
+            p.assemble()
+        };
+        self.held_bytes += payload.len();
+        self.held_messages += 1;
+        self.complete_reliable.insert(
+            seq,
+            Received {
+                msg_num: s.msg_num,
+                reliable: true,
+                payload,
+                received_at: now,
+            },
+        );
+        while let Some(m) = self.complete_reliable.remove(&self.next_seq) {
+            self.ready.push_back(m);
+            self.next_seq += 1;
+        }
+        Ok(())
+    }
+
+    fn insert_unreliable(&mut self, now: Instant, s: &Segment) {
+        let whole = s.offset == 0 && s.data.len() as u64 == s.total;
+        let payload = if whole {
+            s.data.clone()
+        } else {
+            if !self.partial_unreliable.contains_key(&s.msg_num)
+                && self.partial_unreliable.len() >= MAX_PARTIAL_UNRELIABLE
+            {
+                if let Some((_, old)) = self.partial_unreliable.pop_first() {
+                    self.held_bytes -= old.held();
+                }
+            }
+            let p = self
+                .partial_unreliable
+                .entry(s.msg_num)
+                .or_insert_with(|| Partial::new(s));
+            match p.add(s) {
+                Ok((added, released)) => self.held_bytes = self.held_bytes + added - released,
+                Err(_) => return, // inconsistent: drop this piece
+            }
+            if !p.is_complete() {
+                return;
+            }
+            let p = self
+                .partial_unreliable
+                .remove(&s.msg_num)
+                .expect("entry present");
+            self.held_bytes -= p.held();
+            p.assemble()
+        };
+        self.held_bytes += payload.len();
+        self.held_messages += 1;
+        self.ready.push_back(Received {
+            msg_num: s.msg_num,
+            reliable: false,
+            payload,
+            received_at: now,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(seq: Option<u64>, msg: u64, off: u64, total: u64, data: &[u8]) -> Segment {
+        Segment {
+            reliable_seq: seq,
+            msg_num: msg,
+            offset: off,
+            total,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    #[test]
+    fn reliable_messages_come_out_in_order_once() {
+        let t = Instant::now();
+        let mut r = Reassembly::new();
+        r.insert(t, &seg(Some(1), 2, 0, 1, b"b"), 100).unwrap();
+        assert!(r.pop().is_none());
+        r.insert(t, &seg(Some(0), 1, 2, 4, b"cd"), 100).unwrap();
+        r.insert(t, &seg(Some(0), 1, 0, 4, b"ab"), 100).unwrap();
+        r.insert(t, &seg(Some(0), 1, 0, 4, b"ab"), 100).unwrap();
+        assert_eq!(r.pop().unwrap().payload, Bytes::from_static(b"abcd"));
+        assert_eq!(r.pop().unwrap().payload, Bytes::from_static(b"b"));
+        assert!(r.pop().is_none());
+        assert_eq!(r.held_bytes(), 0);
+        assert_eq!(r.held_messages(), 0);
+    }
+
+    #[test]
+    fn unreliable_fragments_are_all_or_nothing_and_bounded() {
+        let t = Instant::now();
+        let mut r = Reassembly::new();
+        for m in 0..100 {
+            r.insert(t, &seg(None, m, 0, 4, b"ab"), 100).unwrap();
+        }
+        assert!(r.pop().is_none());
+        assert_eq!(r.held_bytes(), 2 * MAX_PARTIAL_UNRELIABLE);
+        r.insert(t, &seg(None, 99, 2, 4, b"cd"), 100).unwrap();
+        assert_eq!(r.pop().unwrap().payload, Bytes::from_static(b"abcd"));
+    }
+
+    #[test]
+    fn oversized_messages_are_refused() {
+        let t = Instant::now();
+        let mut r = Reassembly::new();
+        assert_eq!(
+            r.insert(t, &seg(Some(0), 1, 0, 1000, b"x"), 100),
+            Err(RecvError::TooBig { size: 1000, max: 100 })
+        );
+    }
+}

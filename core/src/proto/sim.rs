@@ -1,0 +1,318 @@
+//! A deterministic virtual-time network for protocol tests: endpoints exchange datagrams
+//! through a link with seeded loss, delay, jitter, reordering, duplication and an MTU cap,
+//! and time jumps straight to the next event. Stepping is bounded, so a livelock fails the
+//! test instead of hanging it.
+
+use super::config::{ConnectionConfig, EndpointConfig};
+use super::connection::Event;
+use super::endpoint::{ConnId, Endpoint};
+use super::types::ConnectionState;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// What the link does to every datagram.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Probability a datagram is lost.
+    pub loss: f64,
+    /// One-way delay.
+    pub delay: Duration,
+    /// Extra random delay, uniform in `0..jitter`.
+    pub jitter: Duration,
+    /// Probability a datagram is held back by `reorder_delay` (so later ones overtake it).
+    pub reorder: f64,
+    /// How long a reordered datagram is held back.
+    pub reorder_delay: Duration,
+    /// Probability a datagram is delivered twice.
+    pub duplicate: f64,
+    /// Datagrams larger than this are dropped.
+    pub mtu: usize,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            loss: 0.0,
+            delay: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+            reorder: 0.0,
+            reorder_delay: Duration::from_millis(15),
+            duplicate: 0.0,
+            mtu: 1500,
+        }
+    }
+}
+
+/// A datagram on the wire, offered to [`Sim::filter`] before the link sees it.
+#[derive(Debug, Clone)]
+pub struct Packet {
+    /// Sender.
+    pub from: SocketAddr,
+    /// Receiver.
+    pub to: SocketAddr,
+    /// Contents (a filter may change them).
+    pub data: Vec<u8>,
+}
+
+/// A filter: return `false` to drop the packet; it may also change it.
+pub type Filter = Box<dyn FnMut(&mut Packet) -> bool>;
+
+/// One endpoint in the simulation.
+#[derive(Debug)]
+pub struct Node {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// Every event it produced, in order.
+    pub events: Vec<(ConnId, Event)>,
+    /// Accept incoming connections as soon as they appear.
+    pub auto_accept: bool,
+}
+
+/// The simulated network.
+pub struct Sim {
+    /// Current virtual time.
+    pub now: Instant,
+    /// The endpoints.
+    pub nodes: Vec<Node>,
+    /// The link every datagram crosses.
+    pub link: Link,
+    /// Sees (and may change or drop) every datagram before the link.
+    pub filter: Option<Filter>,
+    /// Datagrams sent to addresses with no node: (to, bytes).
+    pub unrouted: Vec<(SocketAddr, usize)>,
+    /// Datagrams handed to the link so far.
+    pub datagrams: u64,
+    rng: ChaCha8Rng,
+    wire: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    wire_data: std::collections::HashMap<u64, Packet>,
+    seq: u64,
+    steps: u64,
+    /// Most steps before the simulation declares a livelock.
+    pub max_steps: u64,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("nodes", &self.nodes.len())
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+/// The Unix time the simulation's clock starts at (2026-01-01).
+pub const SIM_UNIX_START: u64 = 1_767_225_600;
+
+impl Sim {
+    /// An empty network; `seed` drives the link and every endpoint.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            now: Instant::now(),
+            nodes: Vec::new(),
+            link: Link::default(),
+            filter: None,
+            unrouted: Vec::new(),
+            datagrams: 0,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            wire: BinaryHeap::new(),
+            wire_data: std::collections::HashMap::new(),
+            seq: 0,
+            steps: 0,
+            max_steps: 5_000_000,
+        }
+    }
+
+    /// A client (node 0) and a listening server (node 1) that auto-accepts.
+    pub fn pair(seed: u64, client: EndpointConfig, mut server: EndpointConfig) -> Self {
+        let mut sim = Self::new(seed);
+        server.listen = true;
+        sim.add_node("10.0.0.1:1000".parse().expect("valid"), client);
+        let s = sim.add_node("10.0.0.2:2000".parse().expect("valid"), server);
+        sim.nodes[s].auto_accept = true;
+        sim
+    }
+
+    /// Adds an endpoint at `addr`; returns its index.
+    pub fn add_node(&mut self, addr: SocketAddr, config: EndpointConfig) -> usize {
+        let seed = self.rng.next_u64();
+        let endpoint = Endpoint::new(config, seed, self.now, SIM_UNIX_START);
+        self.nodes.push(Node {
+            addr,
+            endpoint,
+            events: Vec::new(),
+            auto_accept: false,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Node `from` connects to node `to`.
+    pub fn connect(&mut self, from: usize, to: usize, config: ConnectionConfig) -> ConnId {
+        let addr = self.nodes[to].addr;
+        let now = self.now;
+        let id = self.nodes[from].endpoint.connect(now, addr, config);
+        self.collect_events();
+        id
+    }
+
+    /// Puts a datagram on the wire from `from` to `to` (bypassing the filter, not the link).
+    pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        let at = self.now + self.link.delay;
+        self.enqueue(at, Packet { from, to, data });
+    }
+
+    fn enqueue(&mut self, at: Instant, p: Packet) {
+        let to = self.nodes.iter().position(|n| n.addr == p.to);
+        match to {
+            Some(i) => {
+                self.seq += 1;
+                self.wire.push(Reverse((at, self.seq, i)));
+                self.wire_data.insert(self.seq, p);
+            }
+            None => self.unrouted.push((p.to, p.data.len())),
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < p
+    }
+
+    fn send_through_link(&mut self, mut p: Packet) {
+        self.datagrams += 1;
+        if let Some(f) = &mut self.filter {
+            if !f(&mut p) {
+                return;
+            }
+        }
+        if p.data.len() > self.link.mtu || self.chance(self.link.loss) {
+            return;
+        }
+        let copies = if self.chance(self.link.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut at = self.now + self.link.delay;
+            if !self.link.jitter.is_zero() {
+                let j = self.rng.next_u64() % self.link.jitter.as_micros().max(1) as u64;
+                at += Duration::from_micros(j);
+            }
+            if self.chance(self.link.reorder) {
+                at += self.link.reorder_delay;
+            }
+            self.enqueue(at, p.clone());
+        }
+    }
+
+    fn flush_transmits(&mut self) {
+        let mut buf = Vec::with_capacity(2048);
+        for i in 0..self.nodes.len() {
+            while let Some(t) = self.nodes[i].endpoint.poll_transmit(self.now, &mut buf) {
+                let p = Packet {
+                    from: self.nodes[i].addr,
+                    to: t.destination,
+                    data: buf[..t.len].to_vec(),
+                };
+                self.send_through_link(p);
+            }
+        }
+        self.collect_events();
+    }
+
+    fn collect_events(&mut self) {
+        let now = self.now;
+        for n in &mut self.nodes {
+            while let Some((id, e)) = n.endpoint.poll_event() {
+                if n.auto_accept
+                    && e == (Event::StateChanged {
+                        old: ConnectionState::None,
+                        new: ConnectionState::Connecting,
+                    })
+                    && n.endpoint.connection(id).is_some_and(|c| c.side() == super::Side::Server)
+                {
+                    // Accepting a connection that just appeared cannot fail.
+                    let _ = n.endpoint.accept(now, id);
+                }
+                n.events.push((id, e));
+            }
+        }
+    }
+
+    /// Advances to the next thing that happens. Returns `false` when nothing is left to do.
+    pub fn step(&mut self) -> bool {
+        self.steps += 1;
+        assert!(
+            self.steps <= self.max_steps,
+            "livelock: {} simulation steps without finishing",
+            self.max_steps
+        );
+        self.flush_transmits();
+        let next_wire = self.wire.peek().map(|Reverse((t, _, _))| *t);
+        let next_timer = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.endpoint.poll_timeout())
+            .min();
+        let Some(next) = [next_wire, next_timer].into_iter().flatten().min() else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        while let Some(Reverse((t, seq, i))) = self.wire.peek().copied() {
+            if t > self.now {
+                break;
+            }
+            self.wire.pop();
+            if let Some(p) = self.wire_data.remove(&seq) {
+                let now = self.now;
+                self.nodes[i].endpoint.handle_datagram(now, p.from, &p.data);
+            }
+        }
+        for n in &mut self.nodes {
+            n.endpoint.handle_timeout(self.now);
+        }
+        self.collect_events();
+        self.flush_transmits();
+        true
+    }
+
+    /// Steps until `done` holds or `limit` of virtual time passes; returns whether it held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Sim) -> bool) -> bool {
+        let end = self.now + limit;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if self.now >= end || !self.step() {
+                return done(self);
+            }
+        }
+    }
+
+    /// Steps for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            if !self.step() {
+                break;
+            }
+            if self.now > end {
+                break;
+            }
+        }
+    }
+
+    /// The state of connection `id` at node `node` (`None` once it is forgotten).
+    pub fn state(&self, node: usize, id: ConnId) -> ConnectionState {
+        self.nodes[node]
+            .endpoint
+            .connection(id)
+            .map_or(ConnectionState::None, |c| c.state())
+    }
+
+    /// The first connection node `node` ever had, if any (the server's accepted connection).
+    pub fn first_conn(&self, node: usize) -> Option<ConnId> {
+        self.nodes[node].events.first().map(|(id, _)| *id)
+    }
+}

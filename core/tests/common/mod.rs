@@ -1,0 +1,83 @@
+//! Helpers shared by the protocol tests.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use punchline::identity::KeyPair;
+use punchline::proto::sim::Sim;
+use punchline::proto::{
+    ConnId, ConnectionConfig, ConnectionState, Credentials, EndpointConfig, Received, SendFlags,
+};
+use std::time::Duration;
+
+/// An endpoint config whose identity is a key made from `seed`.
+pub fn keyed(seed: u8) -> EndpointConfig {
+    EndpointConfig {
+        credentials: Credentials::with_key(KeyPair::from_seed([seed; 32])),
+        ..EndpointConfig::default()
+    }
+}
+
+/// A client and server with keys, connected; returns (sim, client conn, server conn).
+pub fn connected(seed: u64) -> (Sim, ConnId, ConnId) {
+    connected_with(seed, keyed(1), keyed(2), ConnectionConfig::default())
+}
+
+/// Like [`connected`] with explicit configs.
+pub fn connected_with(
+    seed: u64,
+    client: EndpointConfig,
+    server: EndpointConfig,
+    conn: ConnectionConfig,
+) -> (Sim, ConnId, ConnId) {
+    let mut sim = Sim::pair(seed, client, server);
+    let c = sim.connect(0, 1, conn);
+    let ok = sim.run_until(Duration::from_secs(30), |s| {
+        s.state(0, c) == ConnectionState::Connected
+            && s.first_conn(1)
+                .is_some_and(|id| s.state(1, id) == ConnectionState::Connected)
+    });
+    assert!(ok, "handshake did not complete: client {:?}", sim.state(0, c));
+    let s = sim.first_conn(1).expect("server connection");
+    (sim, c, s)
+}
+
+/// Deterministic contents for message `i` of `len` bytes.
+pub fn payload(i: u64, len: usize) -> Bytes {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Drains every message waiting on `conn` at `node`.
+pub fn drain(sim: &mut Sim, node: usize, conn: ConnId) -> Vec<Received> {
+    let mut out = Vec::new();
+    if let Some(c) = sim.nodes[node].endpoint.connection_mut(conn) {
+        while let Some(m) = c.receive() {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// Sends on `conn` at `node`.
+pub fn send(
+    sim: &mut Sim,
+    node: usize,
+    conn: ConnId,
+    data: Bytes,
+    flags: SendFlags,
+) -> Result<u64, punchline::proto::Error> {
+    let now = sim.now;
+    sim.nodes[node]
+        .endpoint
+        .connection_mut(conn)
+        .expect("live connection")
+        .send_message(now, data, flags)
+}

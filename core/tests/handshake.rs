@@ -1,0 +1,198 @@
+//! Handshake outcomes in virtual time: success in one round trip, and each refusal with its
+//! end reason.
+
+mod common;
+
+use common::*;
+use punchline::identity::{CertStore, Certificate, Identity, KeyPair};
+use punchline::proto::sim::{Sim, SIM_UNIX_START};
+use punchline::proto::{
+    ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason,
+    EndpointConfig,
+};
+use std::time::Duration;
+
+#[test]
+fn handshake_completes_in_one_round_trip_with_proven_identities() {
+    let mut sim = Sim::pair(1, keyed(1), keyed(2));
+    let start = sim.now;
+    let c = sim.connect(0, 1, ConnectionConfig::default());
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c) == ConnectionState::Connected));
+    // One round trip on a 10 ms link: hello out, server hello back.
+    assert_eq!(sim.now - start, Duration::from_millis(20));
+    let s = sim.first_conn(1).unwrap();
+    let client = sim.nodes[0].endpoint.connection(c).unwrap();
+    let server = sim.nodes[1].endpoint.connection(s).unwrap();
+    assert_eq!(client.peer_identity(), Some(&KeyPair::from_seed([2; 32]).identity()));
+    assert_eq!(server.peer_identity(), Some(&KeyPair::from_seed([1; 32]).identity()));
+    assert_eq!(client.info_flags(), ConnectionInfoFlags::default());
+    assert_eq!(sim.state(1, s), ConnectionState::Connected);
+}
+
+/// Runs a handshake that must fail; returns the client connection's end.
+fn failing(client: EndpointConfig, server: EndpointConfig, conn: ConnectionConfig) -> (ConnectionState, EndReason, String, Sim) {
+    let mut sim = Sim::pair(7, client, server);
+    let c = sim.connect(0, 1, conn);
+    sim.run_until(Duration::from_secs(20), |s| {
+        !matches!(s.state(0, c), ConnectionState::Connecting | ConnectionState::Connected)
+    });
+    let conn = sim.nodes[0].endpoint.connection(c).expect("client connection kept until closed");
+    let out = (conn.state(), conn.end_reason(), conn.end_debug().to_string());
+    (out.0, out.1, out.2, sim)
+}
+
+fn ca_setup(not_before: u64, not_after: u64) -> (EndpointConfig, EndpointConfig) {
+    let ca = KeyPair::from_seed([50; 32]);
+    let server_key = KeyPair::from_seed([2; 32]);
+    let id = Identity::generic_string("gameserver").unwrap();
+    let cert = Certificate::issue(&ca, id.clone(), server_key.public_key(), not_before, not_after, vec![])
+        .unwrap();
+    let server = EndpointConfig {
+        credentials: Credentials {
+            identity: Some(id),
+            key: Some(server_key),
+            cert: Some(cert),
+            ..Credentials::default()
+        },
+        ..EndpointConfig::default()
+    };
+    let mut trusted = CertStore::new();
+    trusted.add_trusted_ca(ca.public_key());
+    let client_key = KeyPair::from_seed([1; 32]);
+    let client_cert = Certificate::issue(&ca, client_key.identity(), client_key.public_key(), 0, u64::MAX, vec![]).unwrap();
+    let client = EndpointConfig {
+        credentials: Credentials {
+            key: Some(client_key),
+            cert: Some(client_cert),
+            trusted,
+            ..Credentials::default()
+        },
+        ..EndpointConfig::default()
+    };
+    (client, server)
+}
+
+#[test]
+fn certificate_from_a_trusted_ca_authenticates_a_named_server() {
+    let (client, mut server) = ca_setup(0, u64::MAX);
+    server.credentials.trusted.add_trusted_ca(KeyPair::from_seed([50; 32]).public_key());
+    let (sim, c, _) = connected_with(3, client, server, ConnectionConfig::default());
+    let conn = sim.nodes[0].endpoint.connection(c).unwrap();
+    assert_eq!(conn.peer_identity(), Some(&Identity::generic_string("gameserver").unwrap()));
+    assert!(!conn.info_flags().contains(ConnectionInfoFlags::UNAUTHENTICATED));
+}
+
+#[test]
+fn expired_certificate_is_refused() {
+    let (client, server) = ca_setup(0, SIM_UNIX_START - 1);
+    let (state, reason, debug, _) = failing(client, server, ConnectionConfig::default());
+    assert_eq!(state, ConnectionState::ProblemDetectedLocally);
+    assert_eq!(reason, EndReason::REMOTE_BAD_CERT);
+    assert!(debug.contains("expired"), "{debug}");
+}
+
+#[test]
+fn certificate_from_an_untrusted_ca_is_refused() {
+    let (mut client, server) = ca_setup(0, u64::MAX);
+    client.credentials.trusted = CertStore::new();
+    client.credentials.trusted.add_trusted_ca(KeyPair::from_seed([51; 32]).public_key());
+    let (state, reason, debug, _) = failing(client, server, ConnectionConfig::default());
+    assert_eq!(state, ConnectionState::ProblemDetectedLocally);
+    assert_eq!(reason, EndReason::REMOTE_BAD_CERT);
+    assert!(debug.contains("not trusted"), "{debug}");
+}
+
+#[test]
+fn bad_signature_is_refused() {
+    let mut sim = Sim::pair(9, keyed(1), keyed(2));
+    // Flip the last byte (inside the signature) of the server hello.
+    sim.filter = Some(Box::new(|p| {
+        if p.data[0] == 0xC2 {
+            let last = p.data.len() - 1;
+            p.data[last] ^= 0x01;
+        }
+        true
+    }));
+    let c = sim.connect(0, 1, ConnectionConfig::default());
+    sim.run_until(Duration::from_secs(5), |s| s.state(0, c) != ConnectionState::Connecting);
+    let conn = sim.nodes[0].endpoint.connection(c).unwrap();
+    assert_eq!(conn.state(), ConnectionState::ProblemDetectedLocally);
+    assert_eq!(conn.end_reason(), EndReason::REMOTE_BAD_CRYPT);
+    assert!(conn.end_debug().contains("signature"));
+}
+
+#[test]
+fn peer_claiming_another_identity_is_refused() {
+    let mut server = keyed(2);
+    server.credentials.identity = Some(KeyPair::from_seed([99; 32]).identity());
+    let (state, reason, debug, _) = failing(keyed(1), server, ConnectionConfig::default());
+    assert_eq!(state, ConnectionState::ProblemDetectedLocally);
+    assert_eq!(reason, EndReason::REMOTE_BAD_CERT);
+    assert!(debug.contains("claims identity"), "{debug}");
+
+    // A client that expects a particular peer refuses any other.
+    let conn = ConnectionConfig {
+        expected_peer: Some(KeyPair::from_seed([98; 32]).identity()),
+        ..ConnectionConfig::default()
+    };
+    let (state, reason, debug, _) = failing(keyed(1), keyed(2), conn);
+    assert_eq!((state, reason), (ConnectionState::ProblemDetectedLocally, EndReason::REMOTE_BAD_CERT));
+    assert!(debug.contains("expected peer"), "{debug}");
+}
+
+#[test]
+fn unauthenticated_client_is_refused_unless_allowed() {
+    let anonymous = EndpointConfig::default();
+    let (state, reason, debug, sim) = failing(anonymous.clone(), keyed(2), ConnectionConfig::default());
+    assert_eq!(state, ConnectionState::ClosedByPeer);
+    assert_eq!(reason, EndReason::REMOTE_BAD_CERT);
+    assert!(debug.contains("unauthenticated"), "{debug}");
+    assert_eq!(sim.nodes[1].endpoint.connection_ids().count(), 0, "no server state for a refused client");
+
+    let mut server = keyed(2);
+    server.incoming.allow_without_auth = 2;
+    let (sim, _, s) = connected_with(4, anonymous, server, ConnectionConfig::default());
+    let conn = sim.nodes[1].endpoint.connection(s).unwrap();
+    assert!(conn.info_flags().contains(ConnectionInfoFlags::UNAUTHENTICATED));
+    assert_eq!(conn.peer_identity(), Some(&Identity::localhost()));
+}
+
+#[test]
+fn encryption_is_off_only_when_both_sides_allow_it() {
+    let mut server = keyed(2);
+    server.incoming.unencrypted = 2;
+    let conn = ConnectionConfig {
+        unencrypted: 1,
+        ..ConnectionConfig::default()
+    };
+    let (mut sim, c, s) = connected_with(5, keyed(1), server.clone(), conn);
+    assert!(sim.nodes[0].endpoint.connection(c).unwrap().info_flags().contains(ConnectionInfoFlags::UNENCRYPTED));
+    send(&mut sim, 0, c, payload(1, 100), punchline::proto::SendFlags::RELIABLE).unwrap();
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(drain(&mut sim, 1, s).len(), 1);
+
+    let (sim, c, _) = connected_with(5, keyed(1), server, ConnectionConfig::default());
+    assert!(!sim.nodes[0].endpoint.connection(c).unwrap().info_flags().contains(ConnectionInfoFlags::UNENCRYPTED));
+}
+
+#[test]
+fn server_under_load_demands_a_cookie_and_the_client_still_connects() {
+    let mut server = keyed(2);
+    server.cookie_threshold = 0;
+    let (sim, c, _) = connected_with(6, keyed(1), server, ConnectionConfig::default());
+    assert_eq!(sim.nodes[1].endpoint.stats().retries_sent, 1);
+    assert_eq!(sim.state(0, c), ConnectionState::Connected);
+}
+
+#[test]
+fn server_that_never_accepts_times_out_the_client() {
+    let mut sim = Sim::pair(8, keyed(1), keyed(2));
+    sim.nodes[1].auto_accept = false;
+    let start = sim.now;
+    let c = sim.connect(0, 1, ConnectionConfig::default());
+    sim.run_until(Duration::from_secs(60), |s| s.state(0, c) != ConnectionState::Connecting);
+    let conn = sim.nodes[0].endpoint.connection(c).unwrap();
+    assert_eq!(conn.state(), ConnectionState::ProblemDetectedLocally);
+    assert_eq!(conn.end_reason(), EndReason::MISC_TIMEOUT);
+    assert_eq!(sim.now - start, ConnectionConfig::default().timeout_initial);
+}

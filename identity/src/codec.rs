@@ -1,0 +1,155 @@
+//! The binary decoding error shared by every wire format in this crate, and a small bounds-checked
+//! reader used by the decoders.
+
+/// Why a binary identity or certificate could not be decoded.
+///
+/// Offsets and lengths are counted in bytes from the start of the input given to the decoder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input ended before the value did.
+    #[error("input truncated: needed {needed} bytes, only {available} available")]
+    Truncated {
+        /// How many bytes the decoder needed in total.
+        needed: usize,
+        /// How many bytes the input had.
+        available: usize,
+    },
+    /// A length field is larger than the format allows.
+    #[error("{what} is too long: {len} > {max}")]
+    TooLong {
+        /// What the length describes.
+        what: &'static str,
+        /// The length found in the input.
+        len: usize,
+        /// The largest length allowed.
+        max: usize,
+    },
+    /// A fixed-size body has the wrong length.
+    #[error("{what} has length {len}, expected {expected}")]
+    BadLength {
+        /// What the length describes.
+        what: &'static str,
+        /// The length found in the input.
+        len: usize,
+        /// The only length allowed.
+        expected: usize,
+    },
+    /// An identity type tag that this crate cannot decode.
+    #[error("unknown identity type tag {0}")]
+    UnknownTag(u8),
+    /// A format version that this crate does not understand.
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u8),
+    /// A string body is not valid UTF-8.
+    #[error("string is not valid UTF-8")]
+    InvalidUtf8,
+    /// 32 bytes that are not a valid ed25519 public key.
+    #[error("bytes are not a valid ed25519 public key")]
+    InvalidKey,
+    /// The input is well-framed but its content breaks a rule of the format.
+    #[error("malformed input: {0}")]
+    Malformed(&'static str),
+}
+
+/// A cursor over a byte slice whose every read is bounds-checked.
+///
+/// Errors report positions relative to the start of the whole slice, so nested decoders sharing
+/// one reader report consistent offsets.
+pub(crate) struct Reader<'a> {
+    input: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// Starts reading at the beginning of `input`.
+    pub(crate) fn new(input: &'a [u8]) -> Self {
+        Reader { input, pos: 0 }
+    }
+
+    /// How many bytes have been consumed so far.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Consumes the next `n` bytes.
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.saturating_add(n);
+        match self.input.get(self.pos..end) {
+            Some(bytes) => {
+                self.pos = end;
+                Ok(bytes)
+            }
+            None => Err(DecodeError::Truncated {
+                needed: end,
+                available: self.input.len(),
+            }),
+        }
+    }
+
+    /// Consumes the next `N` bytes as an array.
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    /// Consumes one byte.
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    /// Consumes a big-endian `u16`.
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    /// Consumes a big-endian `u32`.
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    /// Consumes a big-endian `u64`.
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_big_endian_fields_in_order() {
+        let bytes = [7, 0x01, 0x02, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 4];
+        let mut r = Reader::new(&bytes);
+        assert_eq!(r.u8(), Ok(7));
+        assert_eq!(r.u16(), Ok(0x0102));
+        assert_eq!(r.u32(), Ok(3));
+        assert_eq!(r.u64(), Ok(4));
+        assert_eq!(r.position(), bytes.len());
+    }
+
+    #[test]
+    fn truncation_reports_absolute_offsets() {
+        let bytes = [1, 2, 3];
+        let mut r = Reader::new(&bytes);
+        assert_eq!(r.u16(), Ok(0x0102));
+        assert_eq!(
+            r.u32(),
+            Err(DecodeError::Truncated {
+                needed: 6,
+                available: 3
+            })
+        );
+        // A failed read consumes nothing.
+        assert_eq!(r.position(), 2);
+        assert_eq!(
+            r.take(usize::MAX),
+            Err(DecodeError::Truncated {
+                needed: usize::MAX,
+                available: 3
+            })
+        );
+    }
+}
