@@ -201,7 +201,7 @@ impl Segment {
             + self.data.len()
     }
 
-    /// Bytes of frame header for a segment with these fields.
+    /// Bytes of frame header for a segment with these fields (`len` at most).
     pub fn header_len(
         reliable_seq: Option<u64>,
         msg_num: u64,
@@ -210,6 +210,18 @@ impl Segment {
         len: usize,
     ) -> usize {
         let whole = offset == 0 && total == len as u64;
+        Self::header_len_as(whole, reliable_seq, msg_num, offset, total, len)
+    }
+
+    /// Bytes of frame header for a whole message or a fragment with these fields.
+    pub fn header_len_as(
+        whole: bool,
+        reliable_seq: Option<u64>,
+        msg_num: u64,
+        offset: u64,
+        total: u64,
+        len: usize,
+    ) -> usize {
         1 + reliable_seq.map_or(0, varint_len)
             + varint_len(msg_num)
             + if whole { 0 } else { varint_len(offset) + varint_len(total) }

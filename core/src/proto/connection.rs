@@ -1109,11 +1109,14 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.timers.iter().flatten().min().copied();
         if matches!(self.state, ConnectionState::Connected | ConnectionState::Linger) {
-            if let Some(n) = self.sendq.nagle_deadline(self.config.nagle_time) {
-                t = Some(t.map_or(n, |t| t.min(n)));
-            }
-            if let Some(p) = self.pacing_wait {
-                t = Some(t.map_or(p, |t| t.min(p)));
+            // Wake for Nagle or the pacer only when the window lets data go; otherwise the
+            // next ack or loss timer is what unblocks sending.
+            let window_open = self.in_flight + self.config.mtu() as u64 <= self.window();
+            let wake = self
+                .pacing_wait
+                .or_else(|| self.sendq.nagle_deadline(self.config.nagle_time));
+            if let Some(w) = wake.filter(|_| window_open) {
+                t = Some(t.map_or(w, |t| t.min(w)));
             }
         }
         t

@@ -196,11 +196,16 @@ impl SendQueue {
                 continue;
             }
             let total = u.payload.len() as u64;
-            let header = Segment::header_len(Some(r.seq), u.msg_num, r.offset, total, r.len as usize);
-            if header + 1 > space && r.len > 0 || header > space {
-                return None;
-            }
-            let len = r.len.min((space - header) as u64);
+            let whole = Segment::header_len(Some(r.seq), u.msg_num, r.offset, total, r.len as usize);
+            let len = if whole + r.len as usize <= space {
+                r.len
+            } else {
+                let frag = Segment::header_len_as(false, Some(r.seq), u.msg_num, r.offset, total, space);
+                if frag + 1 > space {
+                    return None;
+                }
+                r.len.min((space - frag) as u64)
+            };
             self.retx.pop_front();
             if len < r.len {
                 self.retx.push_front(SegRef {
@@ -233,11 +238,19 @@ impl SendQueue {
         let len = if header + left <= space {
             left
         } else {
-            if header + left <= packet_payload || space < header + 64.min(left) {
+            let frag = Segment::header_len_as(
+                false,
+                q.reliable_seq,
+                q.msg_num,
+                q.sent as u64,
+                total as u64,
+                space,
+            );
+            if header + left <= packet_payload || space < frag + 64.min(left) {
                 // Fits a fresh packet whole, or too little room to be worth a fragment.
                 return None;
             }
-            space - header
+            space - frag
         };
         let seg = Segment {
             reliable_seq: q.reliable_seq,
