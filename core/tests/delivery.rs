@@ -61,20 +61,47 @@ fn reliable_transfer(seed: u64, loss: f64) {
         }
         for m in drain(sim, 1, s) {
             assert!(m.reliable);
-            assert_eq!(m.payload.len(), sizes[got], "message {got} has the wrong size");
-            assert!(m.payload == payload(got as u64, sizes[got]), "message {got} corrupted");
+            assert_eq!(
+                m.payload.len(),
+                sizes[got],
+                "message {got} has the wrong size"
+            );
+            assert!(
+                m.payload == payload(got as u64, sizes[got]),
+                "message {got} corrupted"
+            );
             got += 1;
         }
         got == sizes.len()
     });
-    assert!(ok, "only {got} of {} messages arrived at {loss} loss", sizes.len());
-    eprintln!("loss {loss}: {} datagrams, virtual {:?}, total {} bytes, {:?}", sim.datagrams, sim.now - t0, sizes.iter().sum::<usize>(), sim.nodes[0].endpoint.connection(c).unwrap().path_status(sim.now));
-    assert!(limited > 0, "the send buffer should have filled at least once");
+    assert!(
+        ok,
+        "only {got} of {} messages arrived at {loss} loss",
+        sizes.len()
+    );
+    eprintln!(
+        "loss {loss}: {} datagrams, virtual {:?}, total {} bytes, {:?}",
+        sim.datagrams,
+        sim.now - t0,
+        sizes.iter().sum::<usize>(),
+        sim.nodes[0]
+            .endpoint
+            .connection(c)
+            .unwrap()
+            .path_status(sim.now)
+    );
+    assert!(
+        limited > 0,
+        "the send buffer should have filled at least once"
+    );
     // Nothing more arrives: no duplicates were held back.
     sim.run_for(Duration::from_secs(2));
     assert!(drain(&mut sim, 1, s).is_empty());
     let stats = sim.nodes[1].endpoint.connection(s).unwrap().stats().clone();
-    assert!(stats.replays_dropped > 0, "duplicated packets must be dropped: {stats:?}");
+    assert!(
+        stats.replays_dropped > 0,
+        "duplicated packets must be dropped: {stats:?}"
+    );
     assert_eq!(sim.state(0, c), ConnectionState::Connected);
 }
 
@@ -105,7 +132,11 @@ fn unreliable_messages_are_whole_intact_and_never_duplicated() {
     };
     let mut sent: HashMap<u64, bytes::Bytes> = HashMap::new();
     for i in 0..400u64 {
-        let len = if i % 10 == 0 { 5000 } else { 1 + (i as usize * 37) % 900 };
+        let len = if i % 10 == 0 {
+            5000
+        } else {
+            1 + (i as usize * 37) % 900
+        };
         let data = payload(i, len);
         let n = send(&mut sim, 0, c, data.clone(), SendFlags::UNRELIABLE).unwrap();
         sent.insert(n, data);
@@ -116,13 +147,29 @@ fn unreliable_messages_are_whole_intact_and_never_duplicated() {
     let mut seen = std::collections::HashSet::new();
     for m in &got {
         assert!(!m.reliable);
-        assert!(seen.insert(m.msg_num), "message {} delivered twice", m.msg_num);
-        assert_eq!(Some(&m.payload), sent.get(&m.msg_num), "message {} altered", m.msg_num);
+        assert!(
+            seen.insert(m.msg_num),
+            "message {} delivered twice",
+            m.msg_num
+        );
+        assert_eq!(
+            Some(&m.payload),
+            sent.get(&m.msg_num),
+            "message {} altered",
+            m.msg_num
+        );
     }
-    assert!(got.len() > 200 && got.len() < 400, "{} of 400 arrived at 10% loss", got.len());
+    assert!(
+        got.len() > 200 && got.len() < 400,
+        "{} of 400 arrived at 10% loss",
+        got.len()
+    );
     // Fragmented ones that arrived are complete (checked above) and some were lost whole.
     let big = got.iter().filter(|m| m.payload.len() == 5000).count();
-    assert!(big > 0 && big < 40, "{big} of 40 fragmented messages arrived");
+    assert!(
+        big > 0 && big < 40,
+        "{big} of 40 fragmented messages arrived"
+    );
 }
 
 #[test]
@@ -170,15 +217,24 @@ fn tampered_and_replayed_packets_are_dropped_and_the_connection_lives_on() {
 fn a_vanished_peer_ends_in_a_local_timeout() {
     let (mut sim, c, _) = connected(41);
     sim.run_for(Duration::from_secs(30));
-    assert_eq!(sim.state(0, c), ConnectionState::Connected, "keepalives hold an idle connection");
+    assert_eq!(
+        sim.state(0, c),
+        ConnectionState::Connected,
+        "keepalives hold an idle connection"
+    );
     sim.filter = Some(Box::new(|_| false));
     let start = sim.now;
-    sim.run_until(Duration::from_secs(60), |s| s.state(0, c) != ConnectionState::Connected);
+    sim.run_until(Duration::from_secs(60), |s| {
+        s.state(0, c) != ConnectionState::Connected
+    });
     let conn = sim.nodes[0].endpoint.connection(c).unwrap();
     assert_eq!(conn.state(), ConnectionState::ProblemDetectedLocally);
     assert_eq!(conn.end_reason(), EndReason::MISC_TIMEOUT);
     let waited = sim.now - start;
-    assert!(waited <= ConnectionConfig::default().timeout_connected, "{waited:?}");
+    assert!(
+        waited <= ConnectionConfig::default().timeout_connected,
+        "{waited:?}"
+    );
 }
 
 #[test]
@@ -190,11 +246,12 @@ fn close_with_linger_delivers_every_queued_reliable_message_first() {
         send(&mut sim, 0, c, payload(i, 2000), SendFlags::RELIABLE).unwrap();
     }
     let now = sim.now;
-    sim.nodes[0]
-        .endpoint
-        .connection_mut(c)
-        .unwrap()
-        .close(now, EndReason::APP_GENERIC, "bye", true);
+    sim.nodes[0].endpoint.connection_mut(c).unwrap().close(
+        now,
+        EndReason::APP_GENERIC,
+        "bye",
+        true,
+    );
     assert_eq!(sim.state(0, c), ConnectionState::Linger);
     let mut got = Vec::new();
     assert!(sim.run_until(Duration::from_secs(60), |sim| {
@@ -202,7 +259,11 @@ fn close_with_linger_delivers_every_queued_reliable_message_first() {
         sim.state(1, s) == ConnectionState::ClosedByPeer
     }));
     got.extend(drain(&mut sim, 1, s));
-    assert_eq!(got.len() as u64, n, "every message is readable once the close is seen");
+    assert_eq!(
+        got.len() as u64,
+        n,
+        "every message is readable once the close is seen"
+    );
     for (i, m) in got.iter().enumerate() {
         assert_eq!(m.payload, payload(i as u64, 2000));
     }
@@ -210,7 +271,8 @@ fn close_with_linger_delivers_every_queued_reliable_message_first() {
     assert_eq!(server.end_reason(), EndReason::APP_GENERIC);
     assert_eq!(server.end_debug(), "bye");
     // The closing side finishes: FinWait ends once the peer acknowledges, and it is forgotten.
-    assert!(sim.run_until(Duration::from_secs(10), |s| s.state(0, c) == ConnectionState::None));
+    assert!(sim.run_until(Duration::from_secs(10), |s| s.state(0, c)
+        == ConnectionState::None));
 }
 
 #[test]
@@ -222,10 +284,17 @@ fn close_without_linger_is_seen_by_the_peer() {
         .connection_mut(s)
         .unwrap()
         .close(now, EndReason(2001), "kicked", false);
-    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c) == ConnectionState::ClosedByPeer));
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c)
+        == ConnectionState::ClosedByPeer));
     let conn = sim.nodes[0].endpoint.connection(c).unwrap();
-    assert_eq!((conn.end_reason(), conn.end_debug()), (EndReason(2001), "kicked"));
-    assert_eq!(send(&mut sim, 0, c, payload(0, 1), SendFlags::RELIABLE), Err(Error::NoConnection));
+    assert_eq!(
+        (conn.end_reason(), conn.end_debug()),
+        (EndReason(2001), "kicked")
+    );
+    assert_eq!(
+        send(&mut sim, 0, c, payload(0, 1), SendFlags::RELIABLE),
+        Err(Error::NoConnection)
+    );
 }
 
 #[test]
@@ -234,11 +303,17 @@ fn a_message_over_recv_max_message_size_closes_the_connection() {
     server.incoming.recv_max_message_size = 1000;
     let (mut sim, c, s) = connected_with(61, keyed(1), server, ConnectionConfig::default());
     send(&mut sim, 0, c, payload(0, 1001), SendFlags::RELIABLE).unwrap();
-    sim.run_until(Duration::from_secs(5), |s| s.state(0, c) != ConnectionState::Connected);
+    sim.run_until(Duration::from_secs(5), |s| {
+        s.state(0, c) != ConnectionState::Connected
+    });
     let server = sim.nodes[1].endpoint.connection(s).unwrap();
     assert_eq!(server.state(), ConnectionState::ProblemDetectedLocally);
     assert_eq!(server.end_reason(), EndReason::MISC_GENERIC);
-    assert!(server.end_debug().contains("RecvMaxMessageSize"), "{}", server.end_debug());
+    assert!(
+        server.end_debug().contains("RecvMaxMessageSize"),
+        "{}",
+        server.end_debug()
+    );
     let client = sim.nodes[0].endpoint.connection(c).unwrap();
     assert_eq!(client.state(), ConnectionState::ClosedByPeer);
     assert_eq!(client.end_reason(), EndReason::MISC_GENERIC);
@@ -259,7 +334,13 @@ fn send_buffer_limits_and_no_delay_are_enforced() {
     assert_eq!(err, Error::LimitExceeded);
     assert!(sent <= conn.send_buffer_size && sent + chunk.len() > conn.send_buffer_size);
     assert_eq!(
-        send(&mut sim, 0, c, payload(2, 10), SendFlags::UNRELIABLE_NO_DELAY),
+        send(
+            &mut sim,
+            0,
+            c,
+            payload(2, 10),
+            SendFlags::UNRELIABLE_NO_DELAY
+        ),
         Err(Error::Ignored),
         "a no-delay message behind a full queue is dropped"
     );
@@ -272,18 +353,36 @@ fn send_buffer_limits_and_no_delay_are_enforced() {
 #[test]
 fn small_messages_are_coalesced_by_nagle() {
     let (mut sim, c, s) = connected(81);
-    let before = sim.nodes[0].endpoint.connection(c).unwrap().stats().packets_sent;
+    let before = sim.nodes[0]
+        .endpoint
+        .connection(c)
+        .unwrap()
+        .stats()
+        .packets_sent;
     for i in 0..50u64 {
         send(&mut sim, 0, c, payload(i, 20), SendFlags::UNRELIABLE).unwrap();
     }
     sim.run_for(Duration::from_millis(200));
     assert_eq!(drain(&mut sim, 1, s).len(), 50);
-    let packets = sim.nodes[0].endpoint.connection(c).unwrap().stats().packets_sent - before;
+    let packets = sim.nodes[0]
+        .endpoint
+        .connection(c)
+        .unwrap()
+        .stats()
+        .packets_sent
+        - before;
     assert!(packets <= 3, "50 small messages took {packets} packets");
 
     // NoNagle sends at once: the message arrives after one link delay, not after NagleTime.
     let t0 = sim.now;
-    send(&mut sim, 0, c, payload(99, 20), SendFlags::RELIABLE_NO_NAGLE).unwrap();
+    send(
+        &mut sim,
+        0,
+        c,
+        payload(99, 20),
+        SendFlags::RELIABLE_NO_NAGLE,
+    )
+    .unwrap();
     assert!(sim.run_until(Duration::from_secs(1), |s| !drain(s, 1, s_id(s)).is_empty()));
     assert_eq!(sim.now - t0, sim.link.delay);
 }
@@ -317,7 +416,9 @@ fn a_forgotten_connection_gets_a_no_connection_reply() {
     let (mut sim, c, s) = connected(101);
     sim.nodes[1].endpoint.remove(s);
     send(&mut sim, 0, c, payload(0, 10), SendFlags::RELIABLE_NO_NAGLE).unwrap();
-    sim.run_until(Duration::from_secs(5), |s| s.state(0, c) != ConnectionState::Connected);
+    sim.run_until(Duration::from_secs(5), |s| {
+        s.state(0, c) != ConnectionState::Connected
+    });
     let conn = sim.nodes[0].endpoint.connection(c).unwrap();
     assert_eq!(conn.state(), ConnectionState::ClosedByPeer);
     assert_eq!(conn.end_reason(), EndReason::MISC_PEER_SENT_NO_CONNECTION);

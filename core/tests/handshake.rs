@@ -7,8 +7,7 @@ use common::*;
 use punchline::identity::{CertStore, Certificate, Identity, KeyPair};
 use punchline::proto::sim::{Sim, SIM_UNIX_START};
 use punchline::proto::{
-    ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason,
-    EndpointConfig,
+    ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason, EndpointConfig,
 };
 use std::time::Duration;
 
@@ -17,27 +16,48 @@ fn handshake_completes_in_one_round_trip_with_proven_identities() {
     let mut sim = Sim::pair(1, keyed(1), keyed(2));
     let start = sim.now;
     let c = sim.connect(0, 1, ConnectionConfig::default());
-    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c) == ConnectionState::Connected));
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c)
+        == ConnectionState::Connected));
     // One round trip on a 10 ms link: hello out, server hello back.
     assert_eq!(sim.now - start, Duration::from_millis(20));
     let s = sim.first_conn(1).unwrap();
     let client = sim.nodes[0].endpoint.connection(c).unwrap();
     let server = sim.nodes[1].endpoint.connection(s).unwrap();
-    assert_eq!(client.peer_identity(), Some(&KeyPair::from_seed([2; 32]).identity()));
-    assert_eq!(server.peer_identity(), Some(&KeyPair::from_seed([1; 32]).identity()));
+    assert_eq!(
+        client.peer_identity(),
+        Some(&KeyPair::from_seed([2; 32]).identity())
+    );
+    assert_eq!(
+        server.peer_identity(),
+        Some(&KeyPair::from_seed([1; 32]).identity())
+    );
     assert_eq!(client.info_flags(), ConnectionInfoFlags::default());
     assert_eq!(sim.state(1, s), ConnectionState::Connected);
 }
 
 /// Runs a handshake that must fail; returns the client connection's end.
-fn failing(client: EndpointConfig, server: EndpointConfig, conn: ConnectionConfig) -> (ConnectionState, EndReason, String, Sim) {
+fn failing(
+    client: EndpointConfig,
+    server: EndpointConfig,
+    conn: ConnectionConfig,
+) -> (ConnectionState, EndReason, String, Sim) {
     let mut sim = Sim::pair(7, client, server);
     let c = sim.connect(0, 1, conn);
     sim.run_until(Duration::from_secs(20), |s| {
-        !matches!(s.state(0, c), ConnectionState::Connecting | ConnectionState::Connected)
+        !matches!(
+            s.state(0, c),
+            ConnectionState::Connecting | ConnectionState::Connected
+        )
     });
-    let conn = sim.nodes[0].endpoint.connection(c).expect("client connection kept until closed");
-    let out = (conn.state(), conn.end_reason(), conn.end_debug().to_string());
+    let conn = sim.nodes[0]
+        .endpoint
+        .connection(c)
+        .expect("client connection kept until closed");
+    let out = (
+        conn.state(),
+        conn.end_reason(),
+        conn.end_debug().to_string(),
+    );
     (out.0, out.1, out.2, sim)
 }
 
@@ -45,8 +65,15 @@ fn ca_setup(not_before: u64, not_after: u64) -> (EndpointConfig, EndpointConfig)
     let ca = KeyPair::from_seed([50; 32]);
     let server_key = KeyPair::from_seed([2; 32]);
     let id = Identity::generic_string("gameserver").unwrap();
-    let cert = Certificate::issue(&ca, id.clone(), server_key.public_key(), not_before, not_after, vec![])
-        .unwrap();
+    let cert = Certificate::issue(
+        &ca,
+        id.clone(),
+        server_key.public_key(),
+        not_before,
+        not_after,
+        vec![],
+    )
+    .unwrap();
     let server = EndpointConfig {
         credentials: Credentials {
             identity: Some(id),
@@ -59,7 +86,15 @@ fn ca_setup(not_before: u64, not_after: u64) -> (EndpointConfig, EndpointConfig)
     let mut trusted = CertStore::new();
     trusted.add_trusted_ca(ca.public_key());
     let client_key = KeyPair::from_seed([1; 32]);
-    let client_cert = Certificate::issue(&ca, client_key.identity(), client_key.public_key(), 0, u64::MAX, vec![]).unwrap();
+    let client_cert = Certificate::issue(
+        &ca,
+        client_key.identity(),
+        client_key.public_key(),
+        0,
+        u64::MAX,
+        vec![],
+    )
+    .unwrap();
     let client = EndpointConfig {
         credentials: Credentials {
             key: Some(client_key),
@@ -75,11 +110,19 @@ fn ca_setup(not_before: u64, not_after: u64) -> (EndpointConfig, EndpointConfig)
 #[test]
 fn certificate_from_a_trusted_ca_authenticates_a_named_server() {
     let (client, mut server) = ca_setup(0, u64::MAX);
-    server.credentials.trusted.add_trusted_ca(KeyPair::from_seed([50; 32]).public_key());
+    server
+        .credentials
+        .trusted
+        .add_trusted_ca(KeyPair::from_seed([50; 32]).public_key());
     let (sim, c, _) = connected_with(3, client, server, ConnectionConfig::default());
     let conn = sim.nodes[0].endpoint.connection(c).unwrap();
-    assert_eq!(conn.peer_identity(), Some(&Identity::generic_string("gameserver").unwrap()));
-    assert!(!conn.info_flags().contains(ConnectionInfoFlags::UNAUTHENTICATED));
+    assert_eq!(
+        conn.peer_identity(),
+        Some(&Identity::generic_string("gameserver").unwrap())
+    );
+    assert!(!conn
+        .info_flags()
+        .contains(ConnectionInfoFlags::UNAUTHENTICATED));
 }
 
 #[test]
@@ -95,7 +138,10 @@ fn expired_certificate_is_refused() {
 fn certificate_from_an_untrusted_ca_is_refused() {
     let (mut client, server) = ca_setup(0, u64::MAX);
     client.credentials.trusted = CertStore::new();
-    client.credentials.trusted.add_trusted_ca(KeyPair::from_seed([51; 32]).public_key());
+    client
+        .credentials
+        .trusted
+        .add_trusted_ca(KeyPair::from_seed([51; 32]).public_key());
     let (state, reason, debug, _) = failing(client, server, ConnectionConfig::default());
     assert_eq!(state, ConnectionState::ProblemDetectedLocally);
     assert_eq!(reason, EndReason::REMOTE_BAD_CERT);
@@ -114,7 +160,9 @@ fn bad_signature_is_refused() {
         true
     }));
     let c = sim.connect(0, 1, ConnectionConfig::default());
-    sim.run_until(Duration::from_secs(5), |s| s.state(0, c) != ConnectionState::Connecting);
+    sim.run_until(Duration::from_secs(5), |s| {
+        s.state(0, c) != ConnectionState::Connecting
+    });
     let conn = sim.nodes[0].endpoint.connection(c).unwrap();
     assert_eq!(conn.state(), ConnectionState::ProblemDetectedLocally);
     assert_eq!(conn.end_reason(), EndReason::REMOTE_BAD_CRYPT);
@@ -136,24 +184,37 @@ fn peer_claiming_another_identity_is_refused() {
         ..ConnectionConfig::default()
     };
     let (state, reason, debug, _) = failing(keyed(1), keyed(2), conn);
-    assert_eq!((state, reason), (ConnectionState::ProblemDetectedLocally, EndReason::REMOTE_BAD_CERT));
+    assert_eq!(
+        (state, reason),
+        (
+            ConnectionState::ProblemDetectedLocally,
+            EndReason::REMOTE_BAD_CERT
+        )
+    );
     assert!(debug.contains("expected peer"), "{debug}");
 }
 
 #[test]
 fn unauthenticated_client_is_refused_unless_allowed() {
     let anonymous = EndpointConfig::default();
-    let (state, reason, debug, sim) = failing(anonymous.clone(), keyed(2), ConnectionConfig::default());
+    let (state, reason, debug, sim) =
+        failing(anonymous.clone(), keyed(2), ConnectionConfig::default());
     assert_eq!(state, ConnectionState::ClosedByPeer);
     assert_eq!(reason, EndReason::REMOTE_BAD_CERT);
     assert!(debug.contains("unauthenticated"), "{debug}");
-    assert_eq!(sim.nodes[1].endpoint.connection_ids().count(), 0, "no server state for a refused client");
+    assert_eq!(
+        sim.nodes[1].endpoint.connection_ids().count(),
+        0,
+        "no server state for a refused client"
+    );
 
     let mut server = keyed(2);
     server.incoming.allow_without_auth = 2;
     let (sim, _, s) = connected_with(4, anonymous, server, ConnectionConfig::default());
     let conn = sim.nodes[1].endpoint.connection(s).unwrap();
-    assert!(conn.info_flags().contains(ConnectionInfoFlags::UNAUTHENTICATED));
+    assert!(conn
+        .info_flags()
+        .contains(ConnectionInfoFlags::UNAUTHENTICATED));
     assert_eq!(conn.peer_identity(), Some(&Identity::localhost()));
 }
 
@@ -166,13 +227,30 @@ fn encryption_is_off_only_when_both_sides_allow_it() {
         ..ConnectionConfig::default()
     };
     let (mut sim, c, s) = connected_with(5, keyed(1), server.clone(), conn);
-    assert!(sim.nodes[0].endpoint.connection(c).unwrap().info_flags().contains(ConnectionInfoFlags::UNENCRYPTED));
-    send(&mut sim, 0, c, payload(1, 100), punchline::proto::SendFlags::RELIABLE).unwrap();
+    assert!(sim.nodes[0]
+        .endpoint
+        .connection(c)
+        .unwrap()
+        .info_flags()
+        .contains(ConnectionInfoFlags::UNENCRYPTED));
+    send(
+        &mut sim,
+        0,
+        c,
+        payload(1, 100),
+        punchline::proto::SendFlags::RELIABLE,
+    )
+    .unwrap();
     sim.run_for(Duration::from_millis(100));
     assert_eq!(drain(&mut sim, 1, s).len(), 1);
 
     let (sim, c, _) = connected_with(5, keyed(1), server, ConnectionConfig::default());
-    assert!(!sim.nodes[0].endpoint.connection(c).unwrap().info_flags().contains(ConnectionInfoFlags::UNENCRYPTED));
+    assert!(!sim.nodes[0]
+        .endpoint
+        .connection(c)
+        .unwrap()
+        .info_flags()
+        .contains(ConnectionInfoFlags::UNENCRYPTED));
 }
 
 #[test]
@@ -190,9 +268,64 @@ fn server_that_never_accepts_times_out_the_client() {
     sim.nodes[1].auto_accept = false;
     let start = sim.now;
     let c = sim.connect(0, 1, ConnectionConfig::default());
-    sim.run_until(Duration::from_secs(60), |s| s.state(0, c) != ConnectionState::Connecting);
+    sim.run_until(Duration::from_secs(60), |s| {
+        s.state(0, c) != ConnectionState::Connecting
+    });
     let conn = sim.nodes[0].endpoint.connection(c).unwrap();
     assert_eq!(conn.state(), ConnectionState::ProblemDetectedLocally);
     assert_eq!(conn.end_reason(), EndReason::MISC_TIMEOUT);
     assert_eq!(sim.now - start, ConnectionConfig::default().timeout_initial);
+}
+
+#[test]
+fn a_spoofed_first_packet_is_never_amplified() {
+    let mut sim = Sim::new(10);
+    let mut server = keyed(2);
+    server.listen = true;
+    let victim: std::net::SocketAddr = "10.9.9.9:9999".parse().unwrap();
+    sim.add_node("10.0.0.1:1000".parse().unwrap(), keyed(1));
+    let s = sim.add_node("10.0.0.2:2000".parse().unwrap(), server);
+    sim.nodes[s].auto_accept = true;
+    // The attacker's single hello claims to come from the victim; nothing else it sends passes.
+    let mut first = true;
+    sim.filter = Some(Box::new(move |p| {
+        if p.data[0] == 0xC1 && first {
+            first = false;
+            p.from = victim;
+            return true;
+        }
+        p.to == victim // replies to the victim pass (and are counted as unrouted)
+    }));
+    sim.connect(0, s, ConnectionConfig::default());
+    // The server accepts and its application immediately tries to send a lot.
+    sim.run_for(Duration::from_millis(50));
+    let id = sim
+        .first_conn(s)
+        .expect("the server accepted the spoofed hello");
+    for i in 0..50 {
+        let _ = send(
+            &mut sim,
+            s,
+            id,
+            payload(i, 1000),
+            punchline::proto::SendFlags::RELIABLE_NO_NAGLE,
+        );
+    }
+    sim.run_for(Duration::from_secs(30));
+    let to_victim: usize = sim
+        .unrouted
+        .iter()
+        .filter(|(a, _)| *a == victim)
+        .map(|(_, n)| n)
+        .sum();
+    let (sent, received) = sim.nodes[s]
+        .endpoint
+        .connection(id)
+        .map_or((0, 1200), |c| c.amplification());
+    assert!(to_victim > 0, "the server answered");
+    assert!(
+        to_victim <= 1200,
+        "sent {to_victim} bytes to a victim that sent one 1200-byte hello"
+    );
+    assert!(sent <= received);
 }

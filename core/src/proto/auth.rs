@@ -120,8 +120,12 @@ pub fn negotiate_encryption(client: u8, server: u8) -> Result<bool, Refusal> {
         debug: debug.into(),
     };
     match (client, server) {
-        (3, 0) => Err(bad("client requires unencrypted data; server requires encryption")),
-        (0, 3) => Err(bad("server requires unencrypted data; client requires encryption")),
+        (3, 0) => Err(bad(
+            "client requires unencrypted data; server requires encryption",
+        )),
+        (0, 3) => Err(bad(
+            "server requires unencrypted data; client requires encryption",
+        )),
         (0, _) | (_, 0) => Ok(false),
         (c, s) => Ok(c >= 2 || s >= 2),
     }
@@ -135,7 +139,9 @@ pub fn accept_encryption_decision(ours: u8, unencrypted: bool) -> Result<(), Ref
     };
     match (ours, unencrypted) {
         (0, true) => Err(bad("server chose unencrypted data, which we do not allow")),
-        (3, false) => Err(bad("server chose encryption, but we require unencrypted data")),
+        (3, false) => Err(bad(
+            "server chose encryption, but we require unencrypted data",
+        )),
         _ => Ok(()),
     }
 }

@@ -197,8 +197,13 @@ pub struct Segment {
 impl Segment {
     /// Bytes this segment takes in a packet.
     pub fn encoded_len(&self) -> usize {
-        Self::header_len(self.reliable_seq, self.msg_num, self.offset, self.total, self.data.len())
-            + self.data.len()
+        Self::header_len(
+            self.reliable_seq,
+            self.msg_num,
+            self.offset,
+            self.total,
+            self.data.len(),
+        ) + self.data.len()
     }
 
     /// Bytes of frame header for a segment with these fields (`len` at most).
@@ -224,7 +229,11 @@ impl Segment {
     ) -> usize {
         1 + reliable_seq.map_or(0, varint_len)
             + varint_len(msg_num)
-            + if whole { 0 } else { varint_len(offset) + varint_len(total) }
+            + if whole {
+                0
+            } else {
+                varint_len(offset) + varint_len(total)
+            }
             + varint_len(len as u64)
     }
 }
@@ -397,12 +406,7 @@ impl Frame {
                 Frame::Close { reason, debug }
             }
             FRAME_CLOSED => Frame::Closed,
-            tag => {
-                return Err(DecodeError::UnknownType {
-                    what: "frame",
-                    tag,
-                })
-            }
+            tag => return Err(DecodeError::UnknownType { what: "frame", tag }),
         };
         Ok(Some(frame))
     }

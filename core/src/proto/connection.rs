@@ -43,6 +43,16 @@ pub enum Event {
     },
 }
 
+/// A client hello the endpoint verified and will create a server connection for.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub hello: ClientHello,
+    /// The hello datagram as received (part of the transcript).
+    pub bytes: Vec<u8>,
+    pub peer: PeerInfo,
+    pub unencrypted: bool,
+}
+
 /// Which side started the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -114,11 +124,11 @@ enum Timer {
 }
 const TIMER_COUNT: usize = 6;
 
+/// An ack-eliciting packet in flight (packets carrying only acks are not tracked).
 #[derive(Debug)]
 struct SentPacket {
     time: Instant,
     size: u64,
-    ack_eliciting: bool,
     segments: Vec<SegRef>,
 }
 
@@ -135,7 +145,10 @@ enum Handshake {
     /// Server: a verified client hello waiting for the application to accept.
     ServerPending { hello: ClientHello, bytes: Vec<u8> },
     /// Server: accepted; the server hello may need resending.
-    ServerAccepted { client_hello: Vec<u8>, reply: Vec<u8> },
+    ServerAccepted {
+        client_hello: Vec<u8>,
+        reply: Vec<u8>,
+    },
     /// Keys agreed and no handshake packet will be needed again.
     Done,
 }
@@ -253,19 +266,16 @@ impl Connection {
         remote: SocketAddr,
         config: ConnectionConfig,
         creds: Arc<Credentials>,
-        hello: ClientHello,
-        bytes: &[u8],
-        peer: PeerInfo,
-        unencrypted: bool,
+        incoming: Incoming,
     ) -> Self {
         let mut c = Self::new(now, Side::Server, local_id, remote, config, creds);
-        c.remote_id = hello.client_id;
-        c.amp_received = bytes.len() as u64;
-        c.unencrypted = unencrypted;
-        c.peer = Some(peer);
+        c.remote_id = incoming.hello.client_id;
+        c.amp_received = incoming.bytes.len() as u64;
+        c.unencrypted = incoming.unencrypted;
+        c.peer = Some(incoming.peer);
         c.handshake = Handshake::ServerPending {
-            hello,
-            bytes: bytes.to_vec(),
+            hello: incoming.hello,
+            bytes: incoming.bytes,
         };
         c.set_state(ConnectionState::Connecting);
         c
@@ -425,7 +435,10 @@ impl Connection {
         let secret = StaticSecret::from(secret);
         let shared = secret.diffie_hellman(&XPublic::from(hello.ephemeral));
         if !shared.was_contributory() {
-            self.fail(EndReason::REMOTE_BAD_CRYPT, "client ephemeral key is a low-order point");
+            self.fail(
+                EndReason::REMOTE_BAD_CRYPT,
+                "client ephemeral key is a low-order point",
+            );
             return Err(Error::InvalidState);
         }
         let reply = ServerHello {
@@ -473,7 +486,9 @@ impl Connection {
         flags: SendFlags,
     ) -> Result<u64, Error> {
         match self.state {
-            ConnectionState::Connecting | ConnectionState::FindingRoute | ConnectionState::Connected => {}
+            ConnectionState::Connecting
+            | ConnectionState::FindingRoute
+            | ConnectionState::Connected => {}
             ConnectionState::ClosedByPeer | ConnectionState::ProblemDetectedLocally => {
                 return Err(Error::NoConnection)
             }
@@ -509,7 +524,9 @@ impl Connection {
     /// Sends everything queued without waiting for Nagle.
     pub fn flush(&mut self) -> Result<(), Error> {
         match self.state {
-            ConnectionState::Connecting | ConnectionState::FindingRoute | ConnectionState::Connected => {
+            ConnectionState::Connecting
+            | ConnectionState::FindingRoute
+            | ConnectionState::Connected => {
                 self.sendq.request_flush();
                 Ok(())
             }
@@ -567,7 +584,9 @@ impl Connection {
             ConnectionState::ClosedByPeer | ConnectionState::ProblemDetectedLocally => {
                 self.set_state(ConnectionState::Dead);
             }
-            ConnectionState::Linger | ConnectionState::FinWait | ConnectionState::Dead
+            ConnectionState::Linger
+            | ConnectionState::FinWait
+            | ConnectionState::Dead
             | ConnectionState::None => {}
         }
     }
@@ -662,7 +681,10 @@ impl Connection {
         };
         let shared = secret.diffie_hellman(&XPublic::from(hello.ephemeral));
         if !shared.was_contributory() {
-            self.fail(EndReason::REMOTE_BAD_CRYPT, "server ephemeral key is a low-order point");
+            self.fail(
+                EndReason::REMOTE_BAD_CRYPT,
+                "server ephemeral key is a low-order point",
+            );
             return;
         }
         let transcript = crypto::hash(&[bytes, datagram]);
@@ -860,10 +882,7 @@ impl Connection {
             return true; // lingering or closing: data is acknowledged but discarded
         }
         let before = self.recv.ready_len();
-        match self
-            .recv
-            .insert(now, s, self.config.recv_max_message_size)
-        {
+        match self.recv.insert(now, s, self.config.recv_max_message_size) {
             Ok(()) => {
                 self.stats.messages_received += (self.recv.ready_len() - before) as u64;
                 true
@@ -932,18 +951,15 @@ impl Connection {
         };
         if Some(largest) == ranges.first().map(|r| *r.end()) {
             if let Some((_, p)) = newly.iter().find(|(pn, _)| *pn == largest) {
-                if p.ack_eliciting {
-                    let delay = Duration::from_micros(delay_micros.min(1_000_000));
-                    self.rtt.update(now.saturating_duration_since(p.time), delay);
-                }
+                let delay = Duration::from_micros(delay_micros.min(1_000_000));
+                self.rtt
+                    .update(now.saturating_duration_since(p.time), delay);
             }
         }
         self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
         for (_, p) in newly {
-            if p.ack_eliciting {
-                self.in_flight -= p.size;
-                self.cc.on_ack(p.time, p.size);
-            }
+            self.in_flight -= p.size;
+            self.cc.on_ack(p.time, p.size);
             for s in p.segments {
                 self.sendq.on_acked(s);
             }
@@ -968,10 +984,8 @@ impl Connection {
             // Just listed from the map.
             let p = self.sent.remove(&pn).expect("listed");
             self.stats.packets_lost += 1;
-            if p.ack_eliciting {
-                self.in_flight -= p.size;
-                self.cc.on_loss(now, p.time);
-            }
+            self.in_flight -= p.size;
+            self.cc.on_loss(now, p.time);
             for s in p.segments {
                 self.stats.segments_retransmitted += 1;
                 self.sendq.on_lost(s);
@@ -991,7 +1005,9 @@ impl Connection {
         if self.expired(Timer::Idle, now) {
             self.timers[Timer::Idle as usize] = None;
             match self.state {
-                ConnectionState::Connecting | ConnectionState::FindingRoute | ConnectionState::Connected
+                ConnectionState::Connecting
+                | ConnectionState::FindingRoute
+                | ConnectionState::Connected
                 | ConnectionState::Linger => {
                     let waited = if self.state == ConnectionState::Connecting {
                         self.config.timeout_initial
@@ -1030,7 +1046,10 @@ impl Connection {
         }
         if self.expired(Timer::Keepalive, now) {
             self.timers[Timer::Keepalive as usize] = None;
-            if matches!(self.state, ConnectionState::Connected | ConnectionState::Linger) {
+            if matches!(
+                self.state,
+                ConnectionState::Connected | ConnectionState::Linger
+            ) {
                 self.ping_pending = true;
             }
         }
@@ -1057,16 +1076,11 @@ impl Connection {
         if self.state == ConnectionState::FinWait {
             self.close_due = true;
         }
-        if self.sent.values().any(|p| p.ack_eliciting) {
+        if !self.sent.is_empty() {
             // Probe timeout: resend the oldest packet's data and elicit an ack.
             self.pto_count = (self.pto_count + 1).min(16);
             self.probes = 2;
-            if let Some(segs) = self
-                .sent
-                .values()
-                .find(|p| p.ack_eliciting)
-                .map(|p| p.segments.clone())
-            {
+            if let Some(segs) = self.sent.values().next().map(|p| p.segments.clone()) {
                 for s in segs {
                     self.sendq.on_lost(s);
                 }
@@ -1083,7 +1097,9 @@ impl Connection {
             .range(..self.largest_acked.unwrap_or(0))
             .map(|(_, p)| p.time + delay)
             .min();
-        let pto = self.last_eliciting_sent.filter(|_| self.sent.values().any(|p| p.ack_eliciting))
+        let pto = self
+            .last_eliciting_sent
+            .filter(|_| !self.sent.is_empty())
             .map(|t| t + self.rtt.pto() * 2u32.pow(self.pto_count));
         self.timers[Timer::Loss as usize] = time_loss.or(pto);
     }
@@ -1097,7 +1113,10 @@ impl Connection {
             _ => return,
         };
         self.timers[Timer::Idle as usize] = Some(t);
-        if matches!(self.state, ConnectionState::Connected | ConnectionState::Linger) {
+        if matches!(
+            self.state,
+            ConnectionState::Connected | ConnectionState::Linger
+        ) {
             let every = (self.config.timeout_connected / 4).min(Duration::from_secs(5));
             self.timers[Timer::Keepalive as usize] = Some(self.last_recv + every);
         }
@@ -1108,7 +1127,10 @@ impl Connection {
     /// The earliest time `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.timers.iter().flatten().min().copied();
-        if matches!(self.state, ConnectionState::Connected | ConnectionState::Linger) {
+        if matches!(
+            self.state,
+            ConnectionState::Connected | ConnectionState::Linger
+        ) {
             // Wake for Nagle or the pacer only when the window lets data go; otherwise the
             // next ack or loss timer is what unblocks sending.
             let window_open = self.in_flight + self.config.mtu() as u64 <= self.window();
@@ -1135,7 +1157,10 @@ impl Connection {
     fn pacing_rate(&self) -> u64 {
         let srtt = self.rtt.smoothed.as_secs_f64().max(0.000_1);
         let rate = (self.window() as f64 * 1.25 / srtt) as u64;
-        rate.clamp(self.config.send_rate_min, self.config.send_rate_max.max(self.config.send_rate_min))
+        rate.clamp(
+            self.config.send_rate_min,
+            self.config.send_rate_max.max(self.config.send_rate_min),
+        )
     }
 
     fn max_payload(&self) -> usize {
@@ -1151,7 +1176,13 @@ impl Connection {
             buf.extend_from_slice(&reject);
             return true;
         }
-        if let Handshake::Client { bytes, due, backoff, .. } = &mut self.handshake {
+        if let Handshake::Client {
+            bytes,
+            due,
+            backoff,
+            ..
+        } = &mut self.handshake
+        {
             if *due {
                 *due = false;
                 buf.extend_from_slice(bytes);
@@ -1185,7 +1216,10 @@ impl Connection {
         let mut segments = Vec::new();
         let mut eliciting = false;
         let ack_now = self.ack.deadline.is_some_and(|d| d <= now);
-        let sending_data = matches!(self.state, ConnectionState::Connected | ConnectionState::Linger);
+        let sending_data = matches!(
+            self.state,
+            ConnectionState::Connected | ConnectionState::Linger
+        );
         let closing = self.close_due && self.close_frame.is_some();
         // Data goes when there is some, and the window and pacer allow (probes skip both).
         let mut data_ok = sending_data
@@ -1197,10 +1231,12 @@ impl Connection {
             let mtu = self.config.mtu();
             if self.in_flight + mtu as u64 > self.window() {
                 data_ok = false;
-            } else if let Some(at) =
-                self.pacer
-                    .delay(now, mtu, self.pacing_rate(), (self.window() / 4).max(mtu as u64 * 2))
-            {
+            } else if let Some(at) = self.pacer.delay(
+                now,
+                mtu,
+                self.pacing_rate(),
+                (self.window() / 4).max(mtu as u64 * 2),
+            ) {
                 data_ok = false;
                 self.pacing_wait = Some(at);
             }
@@ -1287,7 +1323,6 @@ impl Connection {
                 SentPacket {
                     time: now,
                     size,
-                    ack_eliciting: true,
                     segments,
                 },
             );

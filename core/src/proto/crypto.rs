@@ -144,7 +144,7 @@ impl ReplayWindow {
     pub fn record(&mut self, pn: u64) {
         if pn >= self.next {
             let shift = pn + 1 - self.next;
-            self.seen = if shift >= Self::WIDTH as u64 {
+            self.seen = if shift >= Self::WIDTH {
                 0
             } else {
                 self.seen << shift
@@ -280,7 +280,10 @@ mod tests {
         assert_eq!(expand_packet_number(None, 0), 0);
         assert_eq!(expand_packet_number(Some(10), 11), 11);
         assert_eq!(expand_packet_number(Some(0xffff_fff0), 2), 0x1_0000_0002);
-        assert_eq!(expand_packet_number(Some(0x1_0000_0002), 0xffff_fff0), 0xffff_fff0);
+        assert_eq!(
+            expand_packet_number(Some(0x1_0000_0002), 0xffff_fff0),
+            0xffff_fff0
+        );
     }
 
     #[test]

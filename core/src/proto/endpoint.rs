@@ -4,7 +4,7 @@
 
 use super::auth;
 use super::config::{ConnectionConfig, EndpointConfig};
-use super::connection::{Connection, Event};
+use super::connection::{Connection, Event, Incoming};
 use super::crypto::{CookieKey, COOKIE_LEN};
 use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, PROTOCOL_VERSION};
 use super::types::{ConnectionState, EndReason};
@@ -123,7 +123,12 @@ impl Endpoint {
     }
 
     /// Starts a connection to `remote`.
-    pub fn connect(&mut self, now: Instant, remote: SocketAddr, config: ConnectionConfig) -> ConnId {
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        config: ConnectionConfig,
+    ) -> ConnId {
         let id = self.fresh_id();
         let secret = self.secret();
         let c = Connection::new_client(now, id, remote, config, self.credentials.clone(), secret);
@@ -250,14 +255,17 @@ impl Endpoint {
             return;
         }
         if datagram[1] != PROTOCOL_VERSION {
-            let client_id = datagram.get(2..6).map_or(0, |b| {
-                u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-            });
+            let client_id = datagram
+                .get(2..6)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
             self.stats.rejected += 1;
             let r = reject(
                 client_id,
                 EndReason::REMOTE_BAD_PROTOCOL_VERSION,
-                format!("server speaks protocol version {PROTOCOL_VERSION}, client sent {}", datagram[1]),
+                format!(
+                    "server speaks protocol version {PROTOCOL_VERSION}, client sent {}",
+                    datagram[1]
+                ),
             );
             self.queue_reply(from, r.encode());
             return;
@@ -315,8 +323,10 @@ impl Endpoint {
                 self.unix(now),
             )
             .and_then(|peer| {
-                let unenc =
-                    auth::negotiate_encryption(hello.unencrypted, self.config.incoming.unencrypted)?;
+                let unenc = auth::negotiate_encryption(
+                    hello.unencrypted,
+                    self.config.incoming.unencrypted,
+                )?;
                 Ok((peer, unenc))
             })
         };
@@ -338,10 +348,12 @@ impl Endpoint {
             from,
             self.config.incoming.clone(),
             self.credentials.clone(),
-            hello,
-            datagram,
-            peer,
-            unencrypted,
+            Incoming {
+                hello,
+                bytes: datagram.to_vec(),
+                peer,
+                unencrypted,
+            },
         );
         self.connections.insert(id, c);
         self.by_hello.insert((from, client_id), id);
@@ -356,7 +368,9 @@ impl Endpoint {
 
     fn reply_no_connection(&mut self, now: Instant, to: SocketAddr, conn_id: u32, received: usize) {
         let rate = f64::from(self.config.no_connection_replies_per_sec);
-        let dt = now.saturating_duration_since(self.no_conn_last).as_secs_f64();
+        let dt = now
+            .saturating_duration_since(self.no_conn_last)
+            .as_secs_f64();
         self.no_conn_last = now;
         self.no_conn_tokens = (self.no_conn_tokens + dt * rate).min(rate.max(1.0));
         let reply = Control::NoConnection { conn_id }.encode();
@@ -395,7 +409,10 @@ impl Endpoint {
 
     /// The earliest time `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.connections.values().filter_map(Connection::poll_timeout).min()
+        self.connections
+            .values()
+            .filter_map(Connection::poll_timeout)
+            .min()
     }
 
     /// Writes the next datagram into `buf`.
@@ -422,7 +439,11 @@ impl Endpoint {
             }
             self.drain_events(id);
             // A Dead connection with nothing left to send is forgotten.
-            if self.connections.get(&id).is_some_and(|c| c.state() == ConnectionState::Dead) {
+            if self
+                .connections
+                .get(&id)
+                .is_some_and(|c| c.state() == ConnectionState::Dead)
+            {
                 self.remove(ConnId(id));
             }
         }

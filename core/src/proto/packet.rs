@@ -91,13 +91,14 @@ impl Credentials {
         }
         let (identity, used) = Identity::decode(r.rest())?;
         r.bytes(used)?;
-        let key = if flags & FLAG_KEY != 0 {
-            Some(PublicKey::from_bytes(&r.array()?).map_err(|_| {
-                DecodeError::Malformed("ed25519 key is not a valid curve point")
-            })?)
-        } else {
-            None
-        };
+        let key =
+            if flags & FLAG_KEY != 0 {
+                Some(PublicKey::from_bytes(&r.array()?).map_err(|_| {
+                    DecodeError::Malformed("ed25519 key is not a valid curve point")
+                })?)
+            } else {
+                None
+            };
         let cert = if flags & FLAG_CERT != 0 {
             let len = r.u16()? as usize;
             let body = r.bytes(len)?;
@@ -201,7 +202,9 @@ impl ClientHello {
     /// Checks the client's signature over its hello.
     pub fn verify(&self) -> bool {
         match (&self.creds.key, &self.signature) {
-            (Some(key), Some(sig)) => key.verify(&[CLIENT_DOMAIN, &self.body()].concat(), sig).is_ok(),
+            (Some(key), Some(sig)) => key
+                .verify(&[CLIENT_DOMAIN, &self.body()].concat(), sig)
+                .is_ok(),
             (None, None) => true,
             _ => false,
         }

@@ -133,7 +133,9 @@ mod tests {
     fn matches_a_plain_set_on_random_inserts() {
         let mut state = 7u64;
         let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             state >> 33
         };
         let mut s = RangeSet::new();
@@ -149,7 +151,10 @@ mod tests {
         }
         let ranges: Vec<_> = s.iter().collect();
         for w in ranges.windows(2) {
-            assert!(w[0].end < w[1].start, "ranges must be disjoint and non-adjacent");
+            assert!(
+                w[0].end < w[1].start,
+                "ranges must be disjoint and non-adjacent"
+            );
         }
     }
 }

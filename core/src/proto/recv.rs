@@ -293,7 +293,10 @@ mod tests {
         let mut r = Reassembly::new();
         assert_eq!(
             r.insert(t, &seg(Some(0), 1, 0, 1000, b"x"), 100),
-            Err(RecvError::TooBig { size: 1000, max: 100 })
+            Err(RecvError::TooBig {
+                size: 1000,
+                max: 100
+            })
         );
     }
 }

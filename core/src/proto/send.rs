@@ -196,11 +196,13 @@ impl SendQueue {
                 continue;
             }
             let total = u.payload.len() as u64;
-            let whole = Segment::header_len(Some(r.seq), u.msg_num, r.offset, total, r.len as usize);
+            let whole =
+                Segment::header_len(Some(r.seq), u.msg_num, r.offset, total, r.len as usize);
             let len = if whole + r.len as usize <= space {
                 r.len
             } else {
-                let frag = Segment::header_len_as(false, Some(r.seq), u.msg_num, r.offset, total, space);
+                let frag =
+                    Segment::header_len_as(false, Some(r.seq), u.msg_num, r.offset, total, space);
                 if frag + 1 > space {
                     return None;
                 }
@@ -219,7 +221,9 @@ impl SendQueue {
                 msg_num: u.msg_num,
                 offset: r.offset,
                 total,
-                data: u.payload.slice(r.offset as usize..(r.offset + len) as usize),
+                data: u
+                    .payload
+                    .slice(r.offset as usize..(r.offset + len) as usize),
             };
             let rf = SegRef {
                 seq: r.seq,
@@ -234,7 +238,8 @@ impl SendQueue {
         let q = self.queue.front_mut()?;
         let total = q.payload.len();
         let left = total - q.sent;
-        let header = Segment::header_len(q.reliable_seq, q.msg_num, q.sent as u64, total as u64, left);
+        let header =
+            Segment::header_len(q.reliable_seq, q.msg_num, q.sent as u64, total as u64, left);
         let len = if header + left <= space {
             left
         } else {
@@ -287,7 +292,10 @@ impl SendQueue {
         u.acked.insert(r.offset..r.offset + r.len);
         let total = u.payload.len() as u64;
         // Only the front of the queue can be partly sent.
-        let sent_whole = self.queue.front().is_none_or(|q| q.reliable_seq != Some(r.seq));
+        let sent_whole = self
+            .queue
+            .front()
+            .is_none_or(|q| q.reliable_seq != Some(r.seq));
         if sent_whole && (total == 0 || u.acked.contains_range(0..total)) {
             self.unacked_bytes -= u.payload.len();
             self.unacked.remove(&r.seq);

@@ -192,7 +192,11 @@ impl Sim {
         if p.data.len() > self.link.mtu || self.chance(self.link.loss) {
             return;
         }
-        let copies = if self.chance(self.link.duplicate) { 2 } else { 1 };
+        let copies = if self.chance(self.link.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut at = self.now + self.link.delay;
             if !self.link.jitter.is_zero() {
@@ -230,7 +234,9 @@ impl Sim {
                         old: ConnectionState::None,
                         new: ConnectionState::Connecting,
                     })
-                    && n.endpoint.connection(id).is_some_and(|c| c.side() == super::Side::Server)
+                    && n.endpoint
+                        .connection(id)
+                        .is_some_and(|c| c.side() == super::Side::Server)
                 {
                     // Accepting a connection that just appeared cannot fail.
                     let _ = n.endpoint.accept(now, id);

@@ -36,7 +36,11 @@ pub fn connected_with(
             && s.first_conn(1)
                 .is_some_and(|id| s.state(1, id) == ConnectionState::Connected)
     });
-    assert!(ok, "handshake did not complete: client {:?}", sim.state(0, c));
+    assert!(
+        ok,
+        "handshake did not complete: client {:?}",
+        sim.state(0, c)
+    );
     let s = sim.first_conn(1).expect("server connection");
     (sim, c, s)
 }
