@@ -439,3 +439,32 @@ fn the_same_seed_gives_the_same_run() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_full_receive_buffer_drops_packets_and_loses_nothing_reliable() {
+    let mut server = keyed(2);
+    server.incoming.recv_buffer_size = 20_000;
+    server.incoming.recv_buffer_messages = 50;
+    let (mut sim, c, s) = connected_with(121, keyed(1), server, ConnectionConfig::default());
+    for i in 0..200u64 {
+        send(&mut sim, 0, c, payload(i, 1000), SendFlags::RELIABLE).unwrap();
+    }
+    // The application does not read for a while: the buffer fills and packets are dropped.
+    sim.run_for(Duration::from_secs(3));
+    let conn = sim.nodes[1].endpoint.connection(s).unwrap();
+    assert!(
+        conn.pending_received() <= 50,
+        "{} messages buffered",
+        conn.pending_received()
+    );
+    assert!(conn.stats().recv_buffer_drops > 0);
+    // Once it reads, every message arrives, in order.
+    let mut got = Vec::new();
+    assert!(sim.run_until(Duration::from_secs(60), |sim| {
+        got.extend(drain(sim, 1, s));
+        got.len() == 200
+    }));
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.payload, payload(i as u64, 1000));
+    }
+}

@@ -119,10 +119,18 @@ impl<'a> Reader<'a> {
         }
         Ok(value)
     }
-    /// Reads a short UTF-8 string preceded by a one-byte length (lossy for bad UTF-8).
-    pub fn short_string(&mut self) -> Result<String, DecodeError> {
+    /// Reads a UTF-8 string of at most `max` bytes preceded by a one-byte length.
+    pub fn short_string(&mut self, max: usize) -> Result<String, DecodeError> {
         let len = self.u8()? as usize;
-        Ok(String::from_utf8_lossy(self.bytes(len)?).into_owned())
+        if len > max {
+            return Err(DecodeError::TooLarge {
+                what: "string length",
+                value: len as u64,
+                max: max as u64,
+            });
+        }
+        String::from_utf8(self.bytes(len)?.to_vec())
+            .map_err(|_| DecodeError::Malformed("string is not UTF-8"))
     }
 }
 
@@ -402,7 +410,7 @@ impl Frame {
             }
             FRAME_CLOSE => {
                 let reason = r.u32()?;
-                let debug = r.short_string()?;
+                let debug = r.short_string(MAX_CLOSE_DEBUG)?;
                 Frame::Close { reason, debug }
             }
             FRAME_CLOSED => Frame::Closed,

@@ -860,21 +860,26 @@ impl Connection {
         }
     }
 
+    /// Whether a packet's message data fits the receive limits. Messages the application has
+    /// not read always count; a packet carrying the next in-order message may exceed the
+    /// limits by what is held out of order, so that backlog can never starve the message that
+    /// would drain it.
     fn has_room_for(&self, frames: &[Frame]) -> bool {
-        let mut bytes = 0usize;
-        let mut msgs = 0usize;
+        let (mut bytes, mut msgs, mut head) = (0usize, 0usize, false);
         for f in frames {
             if let Frame::Segment(s) = f {
-                if self.recv.is_head(s) {
-                    return true;
-                }
+                head |= self.recv.is_head(s);
                 bytes += s.data.len();
                 msgs += 1;
             }
         }
+        let fits = |held_bytes: usize, held_msgs: usize| {
+            held_bytes + bytes <= self.config.recv_buffer_size
+                && held_msgs + msgs <= self.config.recv_buffer_messages
+        };
         msgs == 0
-            || (self.recv.held_bytes() + bytes <= self.config.recv_buffer_size
-                && self.recv.held_messages() + msgs <= self.config.recv_buffer_messages)
+            || fits(self.recv.held_bytes(), self.recv.held_messages())
+            || (head && fits(self.recv.ready_bytes(), self.recv.ready_len()))
     }
 
     fn on_segment(&mut self, now: Instant, s: &Segment) -> bool {

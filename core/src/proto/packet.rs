@@ -378,7 +378,7 @@ impl Control {
             REJECT => Control::Reject {
                 client_id: r.u32()?,
                 reason: r.u32()?,
-                debug: r.short_string()?,
+                debug: r.short_string(super::codec::MAX_CLOSE_DEBUG)?,
             },
             NO_CONNECTION => Control::NoConnection { conn_id: r.u32()? },
             tag => {

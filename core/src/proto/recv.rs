@@ -106,6 +106,7 @@ pub struct Reassembly {
     ready: VecDeque<Received>,
     held_bytes: usize,
     held_messages: usize,
+    ready_bytes: usize,
 }
 
 impl Reassembly {
@@ -135,10 +136,16 @@ impl Reassembly {
         self.ready.len()
     }
 
+    /// Bytes of messages ready for the application.
+    pub fn ready_bytes(&self) -> usize {
+        self.ready_bytes
+    }
+
     /// Takes the next message for the application.
     pub fn pop(&mut self) -> Option<Received> {
         let m = self.ready.pop_front()?;
         self.held_bytes -= m.payload.len();
+        self.ready_bytes -= m.payload.len();
         self.held_messages -= 1;
         Some(m)
     }
@@ -197,6 +204,7 @@ impl Reassembly {
             },
         );
         while let Some(m) = self.complete_reliable.remove(&self.next_seq) {
+            self.ready_bytes += m.payload.len();
             self.ready.push_back(m);
             self.next_seq += 1;
         }
@@ -234,6 +242,7 @@ impl Reassembly {
             p.assemble()
         };
         self.held_bytes += payload.len();
+        self.ready_bytes += payload.len();
         self.held_messages += 1;
         self.ready.push_back(Received {
             msg_num: s.msg_num,

@@ -195,3 +195,31 @@ impl std::ops::BitOrAssign for ConnectionInfoFlags {
         self.0 |= rhs.0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_values_match_the_reference_api() {
+        let states = [
+            (ConnectionState::None, 0),
+            (ConnectionState::Connecting, 1),
+            (ConnectionState::FindingRoute, 2),
+            (ConnectionState::Connected, 3),
+            (ConnectionState::ClosedByPeer, 4),
+            (ConnectionState::ProblemDetectedLocally, 5),
+            (ConnectionState::FinWait, -1),
+            (ConnectionState::Linger, -2),
+            (ConnectionState::Dead, -3),
+        ];
+        for (s, v) in states {
+            assert_eq!(s.as_i32(), v);
+        }
+        assert_eq!(EndReason::REMOTE_BAD_CERT.0, 4003);
+        assert_eq!(EndReason::MISC_TIMEOUT.0, 5003);
+        assert_eq!(EndReason::MISC_PEER_SENT_NO_CONNECTION.0, 5010);
+        assert_eq!(SendFlags::RELIABLE_NO_NAGLE.0, 9);
+        assert_eq!(ConnectionInfoFlags::RELAYED.0, 16);
+    }
+}
