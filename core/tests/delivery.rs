@@ -468,3 +468,52 @@ fn a_full_receive_buffer_drops_packets_and_loses_nothing_reliable() {
         assert_eq!(m.payload, payload(i as u64, 1000));
     }
 }
+
+#[test]
+fn garbage_and_truncated_datagrams_are_dropped_and_counted() {
+    let (mut sim, c, s) = connected(131);
+    let mut rng = ChaCha8Rng::seed_from_u64(131);
+    sim.filter = Some(Box::new(move |p| {
+        match rng.next_u32() % 10 {
+            0 => {
+                let keep = rng.next_u32() as usize % p.data.len();
+                p.data.truncate(keep.max(1));
+            }
+            1 => {
+                let len = 1 + rng.next_u32() as usize % 1400;
+                let first =
+                    [0x40, 0x41, 0xC1, 0xC2, 0xC3, 0xC4, 0xC5, 0x00][rng.next_u32() as usize % 8];
+                p.data = (0..len).map(|_| rng.next_u32() as u8).collect();
+                p.data[0] = first;
+            }
+            2 => {
+                let i = rng.next_u32() as usize % p.data.len();
+                p.data[i] ^= 1 << (rng.next_u32() % 8);
+            }
+            _ => {}
+        }
+        true
+    }));
+    for i in 0..300u64 {
+        send(&mut sim, 0, c, payload(i, 1500), SendFlags::RELIABLE).unwrap();
+        send(&mut sim, 1, s, payload(i, 300), SendFlags::RELIABLE).unwrap();
+    }
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    assert!(sim.run_until(Duration::from_secs(120), |sim| {
+        at_server.extend(drain(sim, 1, s));
+        at_client.extend(drain(sim, 0, c));
+        at_server.len() == 300 && at_client.len() == 300
+    }));
+    for (i, (a, b)) in at_server.iter().zip(&at_client).enumerate() {
+        assert_eq!(a.payload, payload(i as u64, 1500));
+        assert_eq!(b.payload, payload(i as u64, 300));
+    }
+    let st = sim.nodes[1].endpoint.connection(s).unwrap().stats().clone();
+    let ep = sim.nodes[1].endpoint.stats().clone();
+    assert!(st.decrypt_failures > 0, "{st:?}");
+    assert!(
+        ep.malformed + ep.unanswered + ep.no_connection_sent > 0,
+        "{ep:?}"
+    );
+    assert_eq!(sim.state(0, c), ConnectionState::Connected);
+}

@@ -28,6 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 
+/// The smallest packet worth sending while the amplification budget is short.
+const MIN_PACKET: usize = 64;
+
 /// The largest message an application may send.
 pub const MAX_SEND_MESSAGE_SIZE: usize = 512 * 1024;
 
@@ -216,6 +219,7 @@ pub struct Connection {
     reject_due: Option<Vec<u8>>,
     pending_hello: Option<Vec<u8>>,
     pacing_wait: Option<Instant>,
+    last_poll: Instant,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -331,6 +335,7 @@ impl Connection {
             reject_due: None,
             pending_hello: None,
             pacing_wait: None,
+            last_poll: now,
             events: VecDeque::new(),
             stats: Stats::default(),
         };
@@ -870,6 +875,9 @@ impl Connection {
             if let Frame::Segment(s) = f {
                 head |= self.recv.is_head(s);
                 bytes += s.data.len();
+                if s.data.len() as u64 != s.total {
+                    bytes += super::recv::PIECE_OVERHEAD;
+                }
                 msgs += 1;
             }
         }
@@ -1136,17 +1144,35 @@ impl Connection {
             self.state,
             ConnectionState::Connected | ConnectionState::Linger
         ) {
-            // Wake for Nagle or the pacer only when the window lets data go; otherwise the
-            // next ack or loss timer is what unblocks sending.
-            let window_open = self.in_flight + self.config.mtu() as u64 <= self.window();
+            // Wake when the pacer or Nagle releases data. A release time already passed was
+            // acted on at the last poll; if data could not go then, an ack, a timer or an
+            // incoming packet is what unblocks it, not another wakeup now.
             let wake = self
                 .pacing_wait
-                .or_else(|| self.sendq.nagle_deadline(self.config.nagle_time));
-            if let Some(w) = wake.filter(|_| window_open) {
+                .or_else(|| self.sendq.nagle_deadline(self.config.nagle_time))
+                .filter(|w| *w > self.last_poll);
+            if let Some(w) = wake {
                 t = Some(t.map_or(w, |t| t.min(w)));
             }
         }
         t
+    }
+
+    #[doc(hidden)]
+    pub fn debug_timers(&self, now: Instant) -> String {
+        format!(
+            "state {:?} validated {} amp {:?} probes {} timers {:?} pacing {:?} nagle {:?} inflight {} window {} sendable {}",
+            self.state,
+            self.validated,
+            (self.amp_sent, self.amp_received),
+            self.probes,
+            self.timers.map(|t| t.map(|t| t.saturating_duration_since(now))),
+            self.pacing_wait.map(|t| t.saturating_duration_since(now)),
+            self.sendq.nagle_deadline(self.config.nagle_time).map(|t| t.saturating_duration_since(now)),
+            self.in_flight,
+            self.window(),
+            self.sendq.has_sendable(now, self.config.nagle_time, self.max_payload()),
+        )
     }
 
     /// The next event.
@@ -1177,6 +1203,7 @@ impl Connection {
     /// nothing to send now.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
         buf.clear();
+        self.last_poll = self.last_poll.max(now);
         if let Some(reject) = self.reject_due.take() {
             buf.extend_from_slice(&reject);
             return true;
@@ -1215,8 +1242,26 @@ impl Connection {
         self.build_packet(now, buf)
     }
 
+    /// Bytes that may still be sent before the peer's address is validated (`None`: no limit).
+    fn amplification_budget(&self) -> Option<usize> {
+        (!self.validated).then(|| self.amp_received.saturating_sub(self.amp_sent) as usize)
+    }
+
+    /// True when the window and the amplification budget let a data packet go.
+    fn can_send_data(&self) -> bool {
+        self.in_flight + self.config.mtu() as u64 <= self.window()
+            && self.amplification_budget().is_none_or(|b| b >= MIN_PACKET)
+    }
+
     fn build_packet(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
-        let max_payload = self.max_payload();
+        let full_payload = self.max_payload();
+        let mut max_payload = full_payload;
+        if let Some(budget) = self.amplification_budget() {
+            if budget < MIN_PACKET {
+                return false;
+            }
+            max_payload = max_payload.min(budget - (self.config.mtu() - full_payload));
+        }
         let mut payload = Vec::with_capacity(max_payload);
         let mut segments = Vec::new();
         let mut eliciting = false;
@@ -1230,11 +1275,11 @@ impl Connection {
         let mut data_ok = sending_data
             && self
                 .sendq
-                .has_sendable(now, self.config.nagle_time, max_payload);
+                .has_sendable(now, self.config.nagle_time, full_payload);
         self.pacing_wait = None;
         if data_ok && self.probes == 0 {
             let mtu = self.config.mtu();
-            if self.in_flight + mtu as u64 > self.window() {
+            if !self.can_send_data() {
                 data_ok = false;
             } else if let Some(at) = self.pacer.delay(
                 now,
@@ -1249,12 +1294,6 @@ impl Connection {
         let ping = self.ping_pending && sending_data;
         if !(ack_now || closing || self.closed_ack_due || data_ok || ping) {
             return false;
-        }
-        if !self.validated {
-            // Hold everything until the budget allows a full packet.
-            if self.amp_sent + self.config.mtu() as u64 > self.amp_received {
-                return false;
-            }
         }
         if self.ack.dirty || ack_now {
             if let Some(f) = self.ack_frame(now) {
@@ -1286,7 +1325,7 @@ impl Connection {
                 now,
                 self.config.nagle_time,
                 max_payload - payload.len(),
-                max_payload,
+                full_payload,
             ) {
                 Frame::Segment(seg).encode(&mut payload);
                 segments.extend(r);

@@ -69,16 +69,17 @@ impl Partial {
         let replaced = self
             .pieces
             .insert(s.offset, Bytes::copy_from_slice(&s.data))
-            .map_or(0, |old| old.len());
-        Ok((s.data.len(), replaced))
+            .map_or(0, |old| old.len() + PIECE_OVERHEAD);
+        Ok((s.data.len() + PIECE_OVERHEAD, replaced))
     }
 
     fn is_complete(&self) -> bool {
         self.have.contains_range(0..self.total)
     }
 
+    /// Bytes charged against the receive buffer: the data plus bookkeeping per piece.
     fn held(&self) -> usize {
-        self.pieces.values().map(Bytes::len).sum()
+        self.pieces.values().map(|p| p.len() + PIECE_OVERHEAD).sum()
     }
 
     fn assemble(self) -> Bytes {
@@ -90,6 +91,11 @@ impl Partial {
         out.freeze()
     }
 }
+
+/// What one stored fragment costs beyond its data (map entry, range bookkeeping); charged
+/// against the receive buffer so that a flood of tiny fragments cannot hold more memory than
+/// the buffer allows.
+pub const PIECE_OVERHEAD: usize = 64;
 
 /// Incomplete unreliable messages kept at once; the oldest is dropped past this.
 pub const MAX_PARTIAL_UNRELIABLE: usize = 16;
@@ -291,7 +297,10 @@ mod tests {
             r.insert(t, &seg(None, m, 0, 4, b"ab"), 100).unwrap();
         }
         assert!(r.pop().is_none());
-        assert_eq!(r.held_bytes(), 2 * MAX_PARTIAL_UNRELIABLE);
+        assert_eq!(
+            r.held_bytes(),
+            (2 + PIECE_OVERHEAD) * MAX_PARTIAL_UNRELIABLE
+        );
         r.insert(t, &seg(None, 99, 2, 4, b"cd"), 100).unwrap();
         assert_eq!(r.pop().unwrap().payload, Bytes::from_static(b"abcd"));
     }

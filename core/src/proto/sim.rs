@@ -249,6 +249,15 @@ impl Sim {
     /// Advances to the next thing that happens. Returns `false` when nothing is left to do.
     pub fn step(&mut self) -> bool {
         self.steps += 1;
+        if self.steps > self.max_steps {
+            for n in &self.nodes {
+                for id in n.endpoint.connection_ids() {
+                    if let Some(c) = n.endpoint.connection(id) {
+                        eprintln!("{}: {}", n.addr, c.debug_timers(self.now));
+                    }
+                }
+            }
+        }
         assert!(
             self.steps <= self.max_steps,
             "livelock: {} simulation steps without finishing",
