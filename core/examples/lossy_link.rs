@@ -4,10 +4,10 @@
 
 use bytes::Bytes;
 use punchline::identity::KeyPair;
-use punchline::proto::sim::{Link, Sim};
 use punchline::proto::{
     ConnectionConfig, ConnectionState, Credentials, EndReason, EndpointConfig, SendFlags,
 };
+use punchline::sim::{Link, Sim};
 use std::time::Duration;
 
 fn main() {

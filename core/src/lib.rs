@@ -7,5 +7,6 @@
 #![warn(missing_docs)]
 
 pub mod proto;
+pub mod sim;
 
 pub use punchline_identity as identity;

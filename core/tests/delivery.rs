@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
-use punchline::proto::sim::Link;
 use punchline::proto::{ConnectionConfig, ConnectionState, EndReason, Error, SendFlags};
+use punchline::sim::Link;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::HashMap;
@@ -176,7 +176,7 @@ fn unreliable_messages_are_whole_intact_and_never_duplicated() {
 fn tampered_and_replayed_packets_are_dropped_and_the_connection_lives_on() {
     let (mut sim, c, s) = connected(31);
     let mut n = 0u32;
-    let mut captured: Vec<punchline::proto::sim::Packet> = Vec::new();
+    let mut captured: Vec<punchline::sim::Packet> = Vec::new();
     sim.filter = Some(Box::new(move |p| {
         n += 1;
         if p.data[0] == 0x40 && n % 7 == 0 {
@@ -387,7 +387,7 @@ fn small_messages_are_coalesced_by_nagle() {
     assert_eq!(sim.now - t0, sim.link.delay);
 }
 
-fn s_id(sim: &punchline::proto::sim::Sim) -> punchline::proto::ConnId {
+fn s_id(sim: &punchline::sim::Sim) -> punchline::proto::ConnId {
     sim.first_conn(1).unwrap()
 }
 
@@ -516,4 +516,43 @@ fn garbage_and_truncated_datagrams_are_dropped_and_counted() {
         "{ep:?}"
     );
     assert_eq!(sim.state(0, c), ConnectionState::Connected);
+}
+
+/// Virtual seconds to move `bytes` of reliable data from client to server.
+fn transfer_time(seed: u64, conn: ConnectionConfig, bytes: usize) -> Duration {
+    let (mut sim, c, s) = connected_with(seed, keyed(1), keyed(2), conn);
+    let start = sim.now;
+    let chunk = 16 * 1024;
+    let (mut sent, mut got) = (0usize, 0usize);
+    assert!(sim.run_until(Duration::from_secs(600), |sim| {
+        while sent < bytes && send(sim, 0, c, payload(0, chunk), SendFlags::RELIABLE).is_ok() {
+            sent += chunk;
+        }
+        got += drain(sim, 1, s)
+            .iter()
+            .map(|m| m.payload.len())
+            .sum::<usize>();
+        got >= bytes
+    }));
+    sim.now - start
+}
+
+#[test]
+fn send_rate_max_clamps_the_pace_and_congestion_control_goes_faster_without_it() {
+    let mb = 1024 * 1024;
+    let capped = transfer_time(
+        141,
+        ConnectionConfig {
+            send_rate_max: 100_000,
+            ..ConnectionConfig::default()
+        },
+        mb,
+    );
+    let free = transfer_time(141, ConnectionConfig::default(), mb);
+    // 1 MiB at 100 kB/s is at least ten seconds (less the initial burst).
+    assert!(
+        capped >= Duration::from_secs(9),
+        "capped transfer took {capped:?}"
+    );
+    assert!(free * 5 < capped, "uncapped {free:?} vs capped {capped:?}");
 }

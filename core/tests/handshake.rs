@@ -5,10 +5,10 @@ mod common;
 
 use common::*;
 use punchline::identity::{CertStore, Certificate, Identity, KeyPair};
-use punchline::proto::sim::{Sim, SIM_UNIX_START};
 use punchline::proto::{
     ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason, EndpointConfig,
 };
+use punchline::sim::{Sim, SIM_UNIX_START};
 use std::time::Duration;
 
 #[test]

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use punchline::identity::KeyPair;
-use punchline::proto::sim::Sim;
+use punchline::sim::Sim;
 use punchline::proto::{ConnectionConfig, Credentials, EndpointConfig};
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //!
 //! Nothing here performs IO, reads a clock or draws OS randomness: time is passed in as an
 //! `Instant`, and randomness comes from a seed. This makes every behaviour reproducible in
-//! virtual time ([`sim`]).
+//! virtual time ([`crate::sim`]).
 
 pub mod auth;
 pub mod codec;
@@ -16,7 +16,6 @@ pub mod ranges;
 pub mod recovery;
 pub mod recv;
 pub mod send;
-pub mod sim;
 pub mod types;
 
 pub use config::{ConnectionConfig, Credentials, EndpointConfig};

@@ -3,10 +3,10 @@
 
 use bytes::Bytes;
 use punchline::identity::KeyPair;
-use punchline::proto::sim::Sim;
 use punchline::proto::{
     ConnId, ConnectionConfig, ConnectionState, Credentials, EndpointConfig, Received, SendFlags,
 };
+use punchline::sim::Sim;
 use std::time::Duration;
 
 /// An endpoint config whose identity is a key made from `seed`.

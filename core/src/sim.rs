@@ -1,12 +1,12 @@
-//! A deterministic virtual-time network for protocol tests: endpoints exchange datagrams
+//! A deterministic virtual-time network for protocol tests (outside `proto`, which never
+//! reads a clock; this harness reads it once, to have an `Instant` to start from): endpoints exchange datagrams
 //! through a link with seeded loss, delay, jitter, reordering, duplication and an MTU cap,
 //! and time jumps straight to the next event. Stepping is bounded, so a livelock fails the
 //! test instead of hanging it.
 
-use super::config::{ConnectionConfig, EndpointConfig};
-use super::connection::Event;
-use super::endpoint::{ConnId, Endpoint};
-use super::types::ConnectionState;
+use crate::proto::{
+    ConnId, ConnectionConfig, ConnectionState, Endpoint, EndpointConfig, Event, Side,
+};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::cmp::Reverse;
@@ -236,7 +236,7 @@ impl Sim {
                     })
                     && n.endpoint
                         .connection(id)
-                        .is_some_and(|c| c.side() == super::Side::Server)
+                        .is_some_and(|c| c.side() == Side::Server)
                 {
                     // Accepting a connection that just appeared cannot fail.
                     let _ = n.endpoint.accept(now, id);
