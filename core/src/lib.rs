@@ -6,7 +6,15 @@
 //! The protocol lives in [`proto`], a sans-IO state machine driven by time and datagrams.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod proto;
+pub mod runtime;
 pub mod sim;
+
+pub use api::{
+    ConnectionHandle, ConnectionInfo, ConnectionStatusChanged, ListenSocketHandle, Message,
+    PollGroupHandle, QuickStatus, Sockets, SocketsConfig,
+};
+pub use proto::{ConnectionState, EndReason, Error, SendFlags};
 
 pub use punchline_identity as identity;

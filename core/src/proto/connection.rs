@@ -113,6 +113,10 @@ pub struct PathStatus {
     pub sent_unacked_reliable: usize,
     /// How long the oldest queued message has waited.
     pub queue_time: Duration,
+    /// Fraction of the peer's packets that reached us (1.0 when none were missed).
+    pub received_fraction: f32,
+    /// Fraction of our packets the peer acknowledged rather than lost.
+    pub delivered_fraction: f32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +417,15 @@ impl Connection {
                 .sendq
                 .oldest_queued()
                 .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
+            received_fraction: match self.replay.largest() {
+                Some(l) => (self.stats.packets_received as f32 / (l + 1) as f32).min(1.0),
+                None => 1.0,
+            },
+            delivered_fraction: if self.next_pn == 0 {
+                1.0
+            } else {
+                1.0 - (self.stats.packets_lost as f32 / self.next_pn as f32).min(1.0)
+            },
         }
     }
     /// True once the peer's address is known to be genuine.
@@ -548,6 +561,20 @@ impl Connection {
             return None;
         }
         self.recv.pop()
+    }
+
+    /// The next received message, without taking it.
+    pub fn peek_received(&self) -> Option<&Received> {
+        if self.state == ConnectionState::Connecting || self.state.is_closed_locally() {
+            return None;
+        }
+        self.recv.peek()
+    }
+
+    /// Changes settings of a live connection (limits, rates, Nagle, timeouts).
+    pub fn set_config(&mut self, config: ConnectionConfig) {
+        self.config = config;
+        self.arm_idle();
     }
 
     /// Received messages waiting.

@@ -98,6 +98,16 @@ impl Endpoint {
         &self.config
     }
 
+    /// Starts or stops accepting client hellos.
+    pub fn set_listen(&mut self, listen: bool) {
+        Arc::make_mut(&mut self.config).listen = listen;
+    }
+
+    /// Changes the settings given to connections accepted from now on.
+    pub fn set_incoming(&mut self, incoming: ConnectionConfig) {
+        Arc::make_mut(&mut self.config).incoming = incoming;
+    }
+
     /// Counters.
     pub fn stats(&self) -> &EndpointStats {
         &self.stats

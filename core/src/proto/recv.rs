@@ -147,6 +147,11 @@ impl Reassembly {
         self.ready_bytes
     }
 
+    /// The next message for the application, left in place.
+    pub fn peek(&self) -> Option<&Received> {
+        self.ready.front()
+    }
+
     /// Takes the next message for the application.
     pub fn pop(&mut self) -> Option<Received> {
         let m = self.ready.pop_front()?;

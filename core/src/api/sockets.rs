@@ -1,0 +1,1316 @@
+//! [`Sockets`]: connections by IP address over UDP (or in-process buffers), driven by a
+//! service thread, usable from any thread and from tokio code.
+
+use super::config::{
+    self, apply_to_connection, resolve, CallbackFn, ConfigData, ConfigError, ConfigScope,
+    ConfigStore, ConfigValue, GetResult,
+};
+use super::{ConnectionHandle, ListenSocketHandle, PollGroupHandle};
+use crate::proto::{
+    ConnId, ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason,
+    Endpoint, EndpointConfig, Error, Event, SendFlags,
+};
+use crate::runtime::{drive, Driven, Io, Service, Wake};
+use bytes::Bytes;
+use punchline_identity::{CertStore, Certificate, Identity, KeyPair};
+use rand_core::{OsRng, RngCore};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Notify};
+
+/// Config values set at global scope: shared by every [`Sockets`] in the process.
+static GLOBAL: LazyLock<Mutex<ConfigStore>> = LazyLock::new(|| Mutex::new(ConfigStore::default()));
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Who a [`Sockets`] instance is.
+#[derive(Debug, Clone, Default)]
+pub struct SocketsConfig {
+    /// The signing key; a fresh random one when `None`.
+    pub key: Option<KeyPair>,
+    /// The identity to claim; the key's own identity when `None`.
+    pub identity: Option<Identity>,
+    /// A certificate for (identity, key).
+    pub cert: Option<Certificate>,
+    /// Trusted CAs (when any is set, peers must present certificates).
+    pub trusted: CertStore,
+    /// The application id certificates must allow.
+    pub app_id: Option<u32>,
+}
+
+/// Where a config value is read or written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigTarget {
+    /// Process-wide defaults.
+    Global,
+    /// This `Sockets` instance.
+    Interface,
+    /// A listen socket (and the connections it accepts).
+    ListenSocket(ListenSocketHandle),
+    /// One connection.
+    Connection(ConnectionHandle),
+}
+
+impl ConfigTarget {
+    fn scope(self) -> ConfigScope {
+        match self {
+            ConfigTarget::Global => ConfigScope::Global,
+            ConfigTarget::Interface => ConfigScope::SocketsInterface,
+            ConfigTarget::ListenSocket(_) => ConfigScope::ListenSocket,
+            ConfigTarget::Connection(_) => ConfigScope::Connection,
+        }
+    }
+}
+
+/// Availability of a service, with the reference API's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Availability {
+    /// A dependency is missing.
+    CannotTry = -102,
+    /// Tried and never succeeded.
+    Failed = -101,
+    /// Worked before, not now.
+    Previously = -100,
+    /// Retrying after a failure.
+    Retrying = -10,
+    /// Not applicable.
+    Unknown = 0,
+    /// Never tried.
+    NeverTried = 1,
+    /// Waiting on a dependency.
+    Waiting = 2,
+    /// Trying now.
+    Attempting = 3,
+    /// Available.
+    Current = 100,
+}
+
+/// A received message. Dropping it releases it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The payload.
+    pub payload: Bytes,
+    /// The connection it came on.
+    pub connection: ConnectionHandle,
+    /// The sender's message number.
+    pub message_number: u64,
+    /// `RELIABLE` or `UNRELIABLE`.
+    pub flags: SendFlags,
+    /// Lane / channel (always 0 on connections).
+    pub channel: i32,
+    /// The connection's user data when the message was received.
+    pub user_data: i64,
+    /// The peer's identity.
+    pub peer_identity: Identity,
+    /// When the message was complete.
+    pub received_at: Instant,
+}
+
+/// A message for [`Sockets::send_messages`].
+#[derive(Debug, Clone)]
+pub struct OutMessage {
+    /// Where to.
+    pub connection: ConnectionHandle,
+    /// The payload (shared, not copied).
+    pub payload: Bytes,
+    /// Send flags.
+    pub flags: SendFlags,
+}
+
+/// A connection's identity, address, state and flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionInfo {
+    /// The peer's identity (its address while unknown).
+    pub identity_remote: Identity,
+    /// User data.
+    pub user_data: i64,
+    /// The listen socket that accepted it, if any.
+    pub listen_socket: Option<ListenSocketHandle>,
+    /// The peer's address.
+    pub address_remote: SocketAddr,
+    /// The state.
+    pub state: ConnectionState,
+    /// Why it ended.
+    pub end_reason: EndReason,
+    /// Debug text for the end.
+    pub end_debug: String,
+    /// A human-readable description.
+    pub description: String,
+    /// Info flags.
+    pub flags: ConnectionInfoFlags,
+}
+
+/// A connection's state changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionStatusChanged {
+    /// The connection.
+    pub connection: ConnectionHandle,
+    /// Its info after the change.
+    pub info: ConnectionInfo,
+    /// The state before.
+    pub old_state: ConnectionState,
+}
+
+/// Real-time numbers of a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuickStatus {
+    /// The state.
+    pub state: ConnectionState,
+    /// Smoothed round-trip time in ms.
+    pub ping_ms: i32,
+    /// Fraction of the peer's packets that reached us.
+    pub connection_quality_local: f32,
+    /// Fraction of our packets that reached the peer.
+    pub connection_quality_remote: f32,
+    /// Packets sent per second, recently.
+    pub out_packets_per_sec: f32,
+    /// Bytes sent per second, recently.
+    pub out_bytes_per_sec: f32,
+    /// Packets received per second, recently.
+    pub in_packets_per_sec: f32,
+    /// Bytes received per second, recently.
+    pub in_bytes_per_sec: f32,
+    /// The current pacing rate.
+    pub send_rate_bytes_per_sec: i64,
+    /// Unreliable bytes queued.
+    pub pending_unreliable: i64,
+    /// Reliable bytes queued, not yet sent.
+    pub pending_reliable: i64,
+    /// Reliable bytes sent, not yet acknowledged.
+    pub sent_unacked_reliable: i64,
+    /// How long the oldest queued message has waited, in µs.
+    pub queue_time_usec: i64,
+}
+
+/// Status changes as an async stream for tokio code.
+#[derive(Debug)]
+pub struct StatusEvents {
+    rx: mpsc::UnboundedReceiver<ConnectionStatusChanged>,
+}
+
+impl StatusEvents {
+    /// The next status change; `None` once the `Sockets` is gone.
+    pub async fn recv(&mut self) -> Option<ConnectionStatusChanged> {
+        self.rx.recv().await
+    }
+
+    /// A status change if one is waiting.
+    pub fn try_recv(&mut self) -> Option<ConnectionStatusChanged> {
+        self.rx.try_recv().ok()
+    }
+}
+
+type EpId = u32;
+
+#[derive(Debug)]
+struct EpState {
+    endpoint: Endpoint,
+    nudge: Arc<Notify>,
+    local_addr: SocketAddr,
+    listen: Option<ListenSocketHandle>,
+    loopback_buffers: bool,
+    auto_accept: bool,
+    /// Stop the driver once no connection is left.
+    closing: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RateSample {
+    at: Option<Instant>,
+    packets_out: u64,
+    bytes_out: u64,
+    packets_in: u64,
+    bytes_in: u64,
+}
+
+#[derive(Debug)]
+struct ConnEntry {
+    ep: EpId,
+    id: ConnId,
+    user_data: i64,
+    name: String,
+    poll_group: Option<PollGroupHandle>,
+    listen: Option<ListenSocketHandle>,
+    config: ConfigStore,
+    sample: RateSample,
+}
+
+#[derive(Debug)]
+struct ListenEntry {
+    ep: EpId,
+    config: ConfigStore,
+}
+
+struct State {
+    endpoints: HashMap<EpId, EpState>,
+    conns: HashMap<ConnectionHandle, ConnEntry>,
+    by_proto: HashMap<(EpId, ConnId), ConnectionHandle>,
+    listens: HashMap<ListenSocketHandle, ListenEntry>,
+    groups: HashMap<PollGroupHandle, Vec<ConnectionHandle>>,
+    interface: ConfigStore,
+    callbacks: VecDeque<(ConnectionStatusChanged, CallbackFn)>,
+    subscribers: Vec<mpsc::UnboundedSender<ConnectionStatusChanged>>,
+    next_handle: u32,
+    credentials: Credentials,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("endpoints", &self.endpoints.len())
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+}
+
+/// The ISteamNetworkingSockets analog: listen sockets, connections, messages, poll groups.
+///
+/// Cheap to clone (clones share one instance) and safe to use from many threads at once. No
+/// call blocks on network IO: a service thread does the sending, receiving and timers, and
+/// status changes are queued for [`run_callbacks`](Self::run_callbacks) or read as a stream
+/// with [`status_events`](Self::status_events).
+#[derive(Debug, Clone)]
+pub struct Sockets {
+    shared: Arc<Shared>,
+    service: Arc<Service>,
+}
+
+impl Sockets {
+    /// A `Sockets` with a fresh random identity key.
+    pub fn new() -> std::io::Result<Self> {
+        Self::with_config(SocketsConfig::default())
+    }
+
+    /// A `Sockets` with the given identity and trust.
+    pub fn with_config(cfg: SocketsConfig) -> std::io::Result<Self> {
+        let key = cfg.key.unwrap_or_else(|| KeyPair::generate(&mut OsRng));
+        let credentials = Credentials {
+            identity: cfg.identity,
+            key: Some(key),
+            cert: cfg.cert,
+            trusted: cfg.trusted,
+            app_id: cfg.app_id,
+        };
+        let service = Arc::new(Service::start()?);
+        let state = State {
+            endpoints: HashMap::new(),
+            conns: HashMap::new(),
+            by_proto: HashMap::new(),
+            listens: HashMap::new(),
+            groups: HashMap::new(),
+            interface: ConfigStore::default(),
+            callbacks: VecDeque::new(),
+            subscribers: Vec::new(),
+            next_handle: 1,
+            credentials,
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+            }),
+            service,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.shared.state)
+    }
+
+    // ----- listen / connect ------------------------------------------------------------------
+
+    /// Listens for connections on `local` (port required; an unspecified IPv6 address listens
+    /// dual-stack). `options` apply before any packet is handled.
+    pub fn create_listen_socket_ip(
+        &self,
+        local: SocketAddr,
+        options: &[(ConfigValue, ConfigData)],
+    ) -> Result<ListenSocketHandle, Error> {
+        let store = options_store(options, ConfigScope::ListenSocket)?;
+        let io = self.bind(local)?;
+        let mut st = self.state();
+        let incoming = st.connection_config(&[&store]);
+        let handle = ListenSocketHandle(st.fresh_handle());
+        let credentials = st.credentials.clone();
+        let ep = st.add_endpoint(
+            EndpointConfig {
+                credentials,
+                listen: true,
+                incoming,
+                ..EndpointConfig::default()
+            },
+            io.local_addr().map_err(io_err)?,
+            Some(handle),
+        );
+        st.listens.insert(handle, ListenEntry { ep, config: store });
+        drop(st);
+        self.spawn_driver(ep, io);
+        Ok(handle)
+    }
+
+    /// Connects to a listen socket at `addr`. The connection starts in Connecting;
+    /// `options` apply before the first packet is sent.
+    pub fn connect_by_ip_address(
+        &self,
+        addr: SocketAddr,
+        options: &[(ConfigValue, ConfigData)],
+    ) -> Result<ConnectionHandle, Error> {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(Error::InvalidParam(format!("cannot connect to {addr}")));
+        }
+        let store = options_store(options, ConfigScope::Connection)?;
+        let bind: SocketAddr = match addr.ip() {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let io = self.bind(bind)?;
+        let mut st = self.state();
+        let cfg = st.connection_config(&[&store]);
+        let credentials = st.credentials.clone();
+        let ep = st.add_endpoint(
+            EndpointConfig {
+                credentials,
+                ..EndpointConfig::default()
+            },
+            io.local_addr().map_err(io_err)?,
+            None,
+        );
+        let e = st.endpoints.get_mut(&ep).expect("just added");
+        e.closing = true; // the endpoint lives as long as its one connection
+        let id = e.endpoint.connect(Instant::now(), addr, cfg);
+        let h = st.add_connection(ep, id, None, store);
+        st.pump(ep);
+        drop(st);
+        self.spawn_driver(ep, io);
+        Ok(h)
+    }
+
+    fn bind(&self, addr: SocketAddr) -> Result<Io, Error> {
+        let _guard = self.service.handle().enter();
+        Io::bind_udp(addr).map_err(|e| Error::InvalidParam(format!("cannot bind {addr}: {e}")))
+    }
+
+    fn spawn_driver(&self, ep: EpId, io: Io) {
+        let nudge = match self.state().endpoints.get(&ep) {
+            Some(e) => e.nudge.clone(),
+            None => return,
+        };
+        let owner = EpDriver {
+            shared: self.shared.clone(),
+            ep,
+        };
+        self.service
+            .handle()
+            .spawn(drive(owner, Arc::new(io), nudge));
+    }
+
+    /// Accepts a connection waiting in Connecting.
+    pub fn accept_connection(&self, h: ConnectionHandle) -> Result<(), Error> {
+        let mut st = self.state();
+        let (ep, id) = st.locate(h)?;
+        let e = st.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
+        if e.endpoint.connection(id).is_some_and(|c| c.side() == crate::proto::Side::Client) {
+            return Err(Error::InvalidParam("only incoming connections are accepted".into()));
+        }
+        let r = e.endpoint.accept(Instant::now(), id);
+        e.nudge.notify_one();
+        st.pump(ep);
+        r
+    }
+
+    /// Closes a connection and releases its handle. `reason` is an application code
+    /// (1000..=2999; 0 means 1000); with `linger`, queued reliable data is delivered first.
+    pub fn close_connection(
+        &self,
+        h: ConnectionHandle,
+        reason: u32,
+        debug: &str,
+        linger: bool,
+    ) -> bool {
+        let mut st = self.state();
+        let Some(entry) = st.conns.remove(&h) else {
+            return false;
+        };
+        st.forget(h, &entry);
+        let reason = match reason {
+            0 => EndReason::APP_GENERIC,
+            r if EndReason(r).is_application() => EndReason(r),
+            _ => EndReason::APP_EXCEPTION_GENERIC,
+        };
+        if let Some(e) = st.endpoints.get_mut(&entry.ep) {
+            if let Some(c) = e.endpoint.connection_mut(entry.id) {
+                c.close(Instant::now(), reason, debug, linger);
+            }
+            e.nudge.notify_one();
+        }
+        st.pump(entry.ep);
+        true
+    }
+
+    /// Stops listening; connections accepted through it are closed at once.
+    pub fn close_listen_socket(&self, h: ListenSocketHandle) -> bool {
+        let mut st = self.state();
+        let Some(l) = st.listens.remove(&h) else {
+            return false;
+        };
+        let accepted: Vec<ConnectionHandle> = st
+            .conns
+            .iter()
+            .filter(|(_, c)| c.listen == Some(h))
+            .map(|(h, _)| *h)
+            .collect();
+        drop(st);
+        for c in accepted {
+            self.close_connection(c, 0, "listen socket closed", false);
+        }
+        let mut st = self.state();
+        if let Some(e) = st.endpoints.get_mut(&l.ep) {
+            e.endpoint.set_listen(false);
+            e.closing = true;
+            e.nudge.notify_one();
+        }
+        true
+    }
+
+    /// The address a listen socket is bound to (with the real port when 0 was asked for).
+    pub fn get_listen_socket_address(&self, h: ListenSocketHandle) -> Result<SocketAddr, Error> {
+        let st = self.state();
+        let l = st.listens.get(&h).ok_or_else(|| bad_handle("listen socket", h.0))?;
+        Ok(st.endpoints[&l.ep].local_addr)
+    }
+
+    // ----- messages ----------------------------------------------------------------------
+
+    /// Sends a message; returns its message number.
+    pub fn send_message_to_connection(
+        &self,
+        h: ConnectionHandle,
+        data: impl Into<Bytes>,
+        flags: SendFlags,
+    ) -> Result<u64, Error> {
+        let mut st = self.state();
+        st.send(h, data.into(), flags)
+    }
+
+    /// Sends a batch; payloads are shared, not copied. One result per message.
+    pub fn send_messages(&self, messages: Vec<OutMessage>) -> Vec<Result<u64, Error>> {
+        let mut st = self.state();
+        messages
+            .into_iter()
+            .map(|m| st.send(m.connection, m.payload, m.flags))
+            .collect()
+    }
+
+    /// Sends everything queued on a connection without waiting for Nagle.
+    pub fn flush_messages_on_connection(&self, h: ConnectionHandle) -> Result<(), Error> {
+        let mut st = self.state();
+        let (ep, id) = st.locate(h)?;
+        let e = st.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
+        let r = e
+            .endpoint
+            .connection_mut(id)
+            .ok_or(Error::NoConnection)?
+            .flush();
+        e.nudge.notify_one();
+        r
+    }
+
+    /// Takes up to `max` messages received on a connection.
+    pub fn receive_messages_on_connection(
+        &self,
+        h: ConnectionHandle,
+        max: usize,
+    ) -> Result<Vec<Message>, Error> {
+        let mut st = self.state();
+        st.locate(h)?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            match st.take_message(h) {
+                Some(m) => out.push(m),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- poll groups -------------------------------------------------------------------
+
+    /// A new, empty poll group.
+    pub fn create_poll_group(&self) -> PollGroupHandle {
+        let mut st = self.state();
+        let g = PollGroupHandle(st.fresh_handle());
+        st.groups.insert(g, Vec::new());
+        g
+    }
+
+    /// Destroys a poll group; its connections stay open, in no group.
+    pub fn destroy_poll_group(&self, g: PollGroupHandle) -> bool {
+        let mut st = self.state();
+        let Some(members) = st.groups.remove(&g) else {
+            return false;
+        };
+        for h in members {
+            if let Some(c) = st.conns.get_mut(&h) {
+                c.poll_group = None;
+            }
+        }
+        true
+    }
+
+    /// Puts a connection in a poll group (or in none, with [`PollGroupHandle::INVALID`]).
+    pub fn set_connection_poll_group(
+        &self,
+        h: ConnectionHandle,
+        g: PollGroupHandle,
+    ) -> Result<(), Error> {
+        let mut st = self.state();
+        if g != PollGroupHandle::INVALID && !st.groups.contains_key(&g) {
+            return Err(bad_handle("poll group", g.0));
+        }
+        let old = st
+            .conns
+            .get(&h)
+            .ok_or_else(|| bad_handle("connection", h.0))?
+            .poll_group;
+        if let Some(old) = old {
+            if let Some(m) = st.groups.get_mut(&old) {
+                m.retain(|x| *x != h);
+            }
+        }
+        let new = (g != PollGroupHandle::INVALID).then_some(g);
+        if let Some(g) = new {
+            st.groups.get_mut(&g).expect("checked").push(h);
+        }
+        st.conns.get_mut(&h).expect("checked").poll_group = new;
+        Ok(())
+    }
+
+    /// Takes up to `max` messages from the connections of a poll group, in arrival order.
+    pub fn receive_messages_on_poll_group(
+        &self,
+        g: PollGroupHandle,
+        max: usize,
+    ) -> Result<Vec<Message>, Error> {
+        let mut st = self.state();
+        let members = st.groups.get(&g).ok_or_else(|| bad_handle("poll group", g.0))?.clone();
+        let mut out = Vec::new();
+        while out.len() < max {
+            // The member whose next message arrived first.
+            let next = members
+                .iter()
+                .filter_map(|h| st.peek_time(*h).map(|t| (t, *h)))
+                .min();
+            match next.and_then(|(_, h)| st.take_message(h)) {
+                Some(m) => out.push(m),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- info --------------------------------------------------------------------------
+
+    /// Identity, address, state, end reason and flags of a connection.
+    pub fn get_connection_info(&self, h: ConnectionHandle) -> Result<ConnectionInfo, Error> {
+        self.state().info(h)
+    }
+
+    /// Real-time status: ping, quality, rates, queues.
+    pub fn get_quick_connection_status(&self, h: ConnectionHandle) -> Result<QuickStatus, Error> {
+        let mut st = self.state();
+        let (ep, id) = st.locate(h)?;
+        let now = Instant::now();
+        let c = st.endpoints[&ep]
+            .endpoint
+            .connection(id)
+            .ok_or(Error::NoConnection)?;
+        let path = c.path_status(now);
+        let stats = c.stats().clone();
+        let state = c.state();
+        let entry = st.conns.get_mut(&h).expect("located");
+        let s = &mut entry.sample;
+        let (since, elapsed) = match s.at {
+            Some(at) => (*s, now.saturating_duration_since(at).as_secs_f32().max(0.001)),
+            None => (RateSample::default(), 1.0),
+        };
+        let rate = |now: u64, then: u64| (now.saturating_sub(then)) as f32 / elapsed;
+        let status = QuickStatus {
+            state,
+            ping_ms: path.rtt.as_millis() as i32,
+            connection_quality_local: path.received_fraction,
+            connection_quality_remote: path.delivered_fraction,
+            out_packets_per_sec: rate(stats.packets_sent, since.packets_out),
+            out_bytes_per_sec: rate(stats.bytes_sent, since.bytes_out),
+            in_packets_per_sec: rate(stats.packets_received, since.packets_in),
+            in_bytes_per_sec: rate(stats.bytes_received, since.bytes_in),
+            send_rate_bytes_per_sec: path.send_rate as i64,
+            pending_unreliable: path.pending_unreliable as i64,
+            pending_reliable: path.pending_reliable as i64,
+            sent_unacked_reliable: path.sent_unacked_reliable as i64,
+            queue_time_usec: path.queue_time.as_micros() as i64,
+        };
+        if s.at.is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1)) {
+            *s = RateSample {
+                at: Some(now),
+                packets_out: stats.packets_sent,
+                bytes_out: stats.bytes_sent,
+                packets_in: stats.packets_received,
+                bytes_in: stats.bytes_received,
+            };
+        }
+        Ok(status)
+    }
+
+    /// A multi-line text report of a connection, for humans.
+    pub fn get_detailed_connection_status(&self, h: ConnectionHandle) -> Result<String, Error> {
+        let info = self.get_connection_info(h)?;
+        let q = self.get_quick_connection_status(h)?;
+        let st = self.state();
+        let (ep, id) = st.locate(h)?;
+        let c = st.endpoints[&ep].endpoint.connection(id).ok_or(Error::NoConnection)?;
+        let s = c.stats();
+        let p = c.path_status(Instant::now());
+        Ok(format!(
+            "{desc}\n\
+             state: {state:?}  end: {end:?} {debug:?}\n\
+             peer: {peer}  flags: {flags:?}\n\
+             ping: {ping} ms  quality local {ql:.3} remote {qr:.3}\n\
+             rates: out {op:.0} pkt/s {ob:.0} B/s, in {ip:.0} pkt/s {ib:.0} B/s, send rate {sr} B/s\n\
+             window: {cw} B, in flight {inf} B\n\
+             queues: reliable {pr} B, unreliable {pu} B, unacked {ua} B, oldest {qt} us\n\
+             totals: sent {ps} pkts / {bs} B, received {pr2} pkts / {br} B, lost {lost}, \
+             retransmitted {rt} segments\n\
+             dropped: {df} failed decryption, {rd} replays, {mf} malformed, {rb} receive-buffer\n\
+             messages: {ms} sent, {mr} received",
+            desc = info.description,
+            state = info.state,
+            end = info.end_reason,
+            debug = info.end_debug,
+            peer = info.identity_remote,
+            flags = info.flags,
+            ping = q.ping_ms,
+            ql = q.connection_quality_local,
+            qr = q.connection_quality_remote,
+            op = q.out_packets_per_sec,
+            ob = q.out_bytes_per_sec,
+            ip = q.in_packets_per_sec,
+            ib = q.in_bytes_per_sec,
+            sr = q.send_rate_bytes_per_sec,
+            cw = p.congestion_window,
+            inf = p.bytes_in_flight,
+            pr = q.pending_reliable,
+            pu = q.pending_unreliable,
+            ua = q.sent_unacked_reliable,
+            qt = q.queue_time_usec,
+            ps = s.packets_sent,
+            bs = s.bytes_sent,
+            pr2 = s.packets_received,
+            br = s.bytes_received,
+            lost = s.packets_lost,
+            rt = s.segments_retransmitted,
+            df = s.decrypt_failures,
+            rd = s.replays_dropped,
+            mf = s.malformed,
+            rb = s.recv_buffer_drops,
+            ms = s.messages_sent,
+            mr = s.messages_received,
+        ))
+    }
+
+    /// Sets a connection's user data (returned in messages and info).
+    pub fn set_connection_user_data(&self, h: ConnectionHandle, data: i64) -> bool {
+        match self.state().conns.get_mut(&h) {
+            Some(c) => {
+                c.user_data = data;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A connection's user data, or -1 for an invalid handle.
+    pub fn get_connection_user_data(&self, h: ConnectionHandle) -> i64 {
+        self.state().conns.get(&h).map_or(-1, |c| c.user_data)
+    }
+
+    /// Names a connection (for descriptions and logs).
+    pub fn set_connection_name(&self, h: ConnectionHandle, name: &str) -> bool {
+        match self.state().conns.get_mut(&h) {
+            Some(c) => {
+                c.name = name.chars().take(64).collect();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A connection's name.
+    pub fn get_connection_name(&self, h: ConnectionHandle) -> Option<String> {
+        self.state().conns.get(&h).map(|c| c.name.clone())
+    }
+
+    /// This instance's identity.
+    pub fn get_identity(&self) -> Identity {
+        self.state().credentials.identity()
+    }
+
+    /// Makes sure this instance can authenticate: it always holds a key, so this reports
+    /// `Current` at once.
+    pub fn init_authentication(&self) -> Availability {
+        self.get_authentication_status().0
+    }
+
+    /// Whether this instance can prove its identity, and a sentence saying how.
+    pub fn get_authentication_status(&self) -> (Availability, String) {
+        let st = self.state();
+        let c = &st.credentials;
+        let how = match (&c.cert, &c.key) {
+            (Some(_), _) => format!("certificate for {}", c.identity()),
+            (None, Some(_)) => format!("self-certifying key identity {}", c.identity()),
+            (None, None) => "no key: connections are unauthenticated".to_string(),
+        };
+        let a = if c.key.is_some() {
+            Availability::Current
+        } else {
+            Availability::CannotTry
+        };
+        (a, how)
+    }
+
+    // ----- socket pairs ------------------------------------------------------------------
+
+    /// Two connections joined to each other, for tests and in-process use. With
+    /// `use_network_loopback` they talk over real loopback UDP (encrypted, subject to the
+    /// fake network conditions); otherwise over in-process buffers. Each side takes the given
+    /// identity (or "localhost"). Returns once both are connected: the handshake is local, so
+    /// this takes well under a millisecond.
+    pub fn create_socket_pair(
+        &self,
+        use_network_loopback: bool,
+        identity1: Option<Identity>,
+        identity2: Option<Identity>,
+    ) -> Result<(ConnectionHandle, ConnectionHandle), Error> {
+        let (io1, io2) = if use_network_loopback {
+            let lo: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+            (self.bind(lo)?, self.bind(lo)?)
+        } else {
+            let n = OsRng.next_u32() as u16 | 1;
+            Io::pipe_pair(
+                (Ipv4Addr::new(127, 0, 0, 1), n).into(),
+                (Ipv4Addr::new(127, 0, 0, 2), n).into(),
+            )
+        };
+        let addr1 = io1.local_addr().map_err(io_err)?;
+        let addr2 = io2.local_addr().map_err(io_err)?;
+        let mut st = self.state();
+        let mut cfg = st.connection_config(&[]);
+        cfg.allow_without_auth = 2;
+        let creds = |id: Option<Identity>, key: &Credentials| Credentials {
+            identity: Some(id.unwrap_or_else(Identity::localhost)),
+            key: key.key.clone(),
+            ..Credentials::default()
+        };
+        let c1 = creds(identity1, &st.credentials);
+        let c2 = creds(identity2, &st.credentials);
+        // Side 2 listens and accepts on its own; side 1 connects to it.
+        let ep2 = st.add_endpoint(
+            EndpointConfig {
+                credentials: c2,
+                listen: true,
+                incoming: cfg.clone(),
+                ..EndpointConfig::default()
+            },
+            addr2,
+            None,
+        );
+        let ep1 = st.add_endpoint(
+            EndpointConfig {
+                credentials: c1,
+                ..EndpointConfig::default()
+            },
+            addr1,
+            None,
+        );
+        for ep in [ep1, ep2] {
+            let e = st.endpoints.get_mut(&ep).expect("just added");
+            e.loopback_buffers = !use_network_loopback;
+            e.closing = true;
+        }
+        st.endpoints.get_mut(&ep2).expect("just added").auto_accept = true;
+        let id1 = st
+            .endpoints
+            .get_mut(&ep1)
+            .expect("just added")
+            .endpoint
+            .connect(Instant::now(), addr2, cfg);
+        let h1 = st.add_connection(ep1, id1, None, ConfigStore::default());
+        st.pump(ep1);
+        drop(st);
+        self.spawn_driver(ep1, io1);
+        self.spawn_driver(ep2, io2);
+        // Wait for the local handshake.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            {
+                let st = self.state();
+                let h2 = st
+                    .conns
+                    .iter()
+                    .find(|(_, c)| c.ep == ep2)
+                    .map(|(h, _)| *h);
+                let connected = |h: ConnectionHandle| {
+                    st.info(h).is_ok_and(|i| i.state == ConnectionState::Connected)
+                };
+                if let Some(h2) = h2 {
+                    if connected(h1) && connected(h2) {
+                        return Ok((h1, h2));
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::InvalidState);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    // ----- events ------------------------------------------------------------------------
+
+    /// Delivers queued status changes to the callbacks set through
+    /// `Callback_ConnectionStatusChanged`, on the calling thread.
+    pub fn run_callbacks(&self) {
+        loop {
+            let next = self.state().callbacks.pop_front();
+            let Some((event, cb)) = next else {
+                return;
+            };
+            (cb.0)(&event);
+        }
+    }
+
+    /// Every status change from now on, as an async stream.
+    pub fn status_events(&self) -> StatusEvents {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state().subscribers.push(tx);
+        StatusEvents { rx }
+    }
+
+    // ----- config values ------------------------------------------------------------------
+
+    /// Sets (or with `None` clears) a config value at a scope. Connection values set on a
+    /// live connection, or above it, take effect at once.
+    pub fn set_config_value(
+        &self,
+        value: ConfigValue,
+        target: ConfigTarget,
+        data: Option<ConfigData>,
+    ) -> Result<(), ConfigError> {
+        config::check_scope(value, target.scope())?;
+        let mut st = self.state();
+        match target {
+            ConfigTarget::Global => lock(&GLOBAL).set(value, data)?,
+            ConfigTarget::Interface => st.interface.set(value, data)?,
+            ConfigTarget::ListenSocket(h) => {
+                st.listens
+                    .get_mut(&h)
+                    .ok_or(ConfigError::BadScopeObject)?
+                    .config
+                    .set(value, data)?;
+            }
+            ConfigTarget::Connection(h) => {
+                let c = st.conns.get_mut(&h).ok_or(ConfigError::BadScopeObject)?;
+                c.config.set(value, data)?;
+                if value == ConfigValue::ConnectionUserData {
+                    if let Some(d) = c.config.get(value).and_then(ConfigData::as_i64) {
+                        c.user_data = d;
+                    }
+                }
+            }
+        }
+        st.reapply_config();
+        Ok(())
+    }
+
+    /// Reads a config value as it applies at a scope: `Ok` when set there, `OkInherited`
+    /// when it comes from a wider scope or the default.
+    pub fn get_config_value(
+        &self,
+        value: ConfigValue,
+        target: ConfigTarget,
+    ) -> Result<(ConfigData, GetResult), ConfigError> {
+        let st = self.state();
+        let global = lock(&GLOBAL);
+        let chain: Vec<&ConfigStore> = match target {
+            ConfigTarget::Global => vec![&global],
+            ConfigTarget::Interface => vec![&st.interface, &global],
+            ConfigTarget::ListenSocket(h) => {
+                let l = st.listens.get(&h).ok_or(ConfigError::BadScopeObject)?;
+                vec![&l.config, &st.interface, &global]
+            }
+            ConfigTarget::Connection(h) => {
+                let c = st.conns.get(&h).ok_or(ConfigError::BadScopeObject)?;
+                let mut v = vec![&c.config];
+                if let Some(l) = c.listen.and_then(|l| st.listens.get(&l)) {
+                    v.push(&l.config);
+                }
+                v.push(&st.interface);
+                v.push(&global);
+                v
+            }
+        };
+        if let ConfigTarget::Connection(h) = target {
+            if value == ConfigValue::ConnectionUserData {
+                let c = &st.conns[&h];
+                return Ok((ConfigData::Int64(c.user_data), GetResult::Ok));
+            }
+        }
+        Ok(resolve(value, &chain))
+    }
+}
+
+fn io_err(e: std::io::Error) -> Error {
+    Error::InvalidParam(format!("socket error: {e}"))
+}
+
+fn bad_handle(what: &str, h: u32) -> Error {
+    Error::InvalidParam(format!("no {what} with handle {h}"))
+}
+
+fn options_store(
+    options: &[(ConfigValue, ConfigData)],
+    scope: ConfigScope,
+) -> Result<ConfigStore, Error> {
+    let mut store = ConfigStore::default();
+    for (v, d) in options {
+        config::check_scope(*v, scope)
+            .and_then(|()| store.set(*v, Some(d.clone())))
+            .map_err(|e| Error::InvalidParam(e.to_string()))?;
+    }
+    Ok(store)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl State {
+    fn fresh_handle(&mut self) -> u32 {
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        h
+    }
+
+    fn add_endpoint(
+        &mut self,
+        config: EndpointConfig,
+        local_addr: SocketAddr,
+        listen: Option<ListenSocketHandle>,
+    ) -> EpId {
+        let id = self.fresh_handle();
+        let endpoint = Endpoint::new(config, OsRng.next_u64(), Instant::now(), unix_now());
+        self.endpoints.insert(
+            id,
+            EpState {
+                endpoint,
+                nudge: Arc::new(Notify::new()),
+                local_addr,
+                listen,
+                loopback_buffers: false,
+                auto_accept: false,
+                closing: false,
+            },
+        );
+        id
+    }
+
+    fn add_connection(
+        &mut self,
+        ep: EpId,
+        id: ConnId,
+        listen: Option<ListenSocketHandle>,
+        config: ConfigStore,
+    ) -> ConnectionHandle {
+        let h = ConnectionHandle(self.fresh_handle());
+        let user_data = {
+            let global = lock(&GLOBAL);
+            let mut chain = vec![&config];
+            if let Some(l) = listen.and_then(|l| self.listens.get(&l)) {
+                chain.push(&l.config);
+            }
+            chain.push(&self.interface);
+            chain.push(&global);
+            resolve(ConfigValue::ConnectionUserData, &chain)
+                .0
+                .as_i64()
+                .unwrap_or(-1)
+        };
+        self.conns.insert(
+            h,
+            ConnEntry {
+                ep,
+                id,
+                user_data,
+                name: String::new(),
+                poll_group: None,
+                listen,
+                config,
+                sample: RateSample::default(),
+            },
+        );
+        self.by_proto.insert((ep, id), h);
+        h
+    }
+
+    /// Drops a released handle from the lookup tables.
+    fn forget(&mut self, h: ConnectionHandle, entry: &ConnEntry) {
+        self.by_proto.remove(&(entry.ep, entry.id));
+        if let Some(g) = entry.poll_group {
+            if let Some(m) = self.groups.get_mut(&g) {
+                m.retain(|x| *x != h);
+            }
+        }
+    }
+
+    /// The protocol settings for a connection whose own values are `own` (most specific
+    /// first), above which the interface and global values apply.
+    fn connection_config(&self, own: &[&ConfigStore]) -> ConnectionConfig {
+        let global = lock(&GLOBAL);
+        let mut chain: Vec<&ConfigStore> = own.to_vec();
+        chain.push(&self.interface);
+        chain.push(&global);
+        let mut cfg = ConnectionConfig::default();
+        apply_to_connection(&chain, &mut cfg);
+        cfg
+    }
+
+    /// Re-resolves settings of every live connection and listen socket after a change.
+    fn reapply_config(&mut self) {
+        let listen_cfgs: Vec<(EpId, ConnectionConfig)> = self
+            .listens
+            .values()
+            .map(|l| (l.ep, self.connection_config(&[&l.config])))
+            .collect();
+        for (ep, cfg) in listen_cfgs {
+            if let Some(e) = self.endpoints.get_mut(&ep) {
+                e.endpoint.set_incoming(cfg);
+            }
+        }
+        let conn_cfgs: Vec<(EpId, ConnId, ConnectionConfig)> = self
+            .conns
+            .values()
+            .map(|c| {
+                let mut own = vec![&c.config];
+                if let Some(l) = c.listen.and_then(|l| self.listens.get(&l)) {
+                    own.push(&l.config);
+                }
+                (c.ep, c.id, self.connection_config(&own))
+            })
+            .collect();
+        for (ep, id, cfg) in conn_cfgs {
+            if let Some(c) = self
+                .endpoints
+                .get_mut(&ep)
+                .and_then(|e| e.endpoint.connection_mut(id))
+            {
+                let mut cfg = cfg;
+                cfg.expected_peer = c.config().expected_peer.clone();
+                cfg.allow_without_auth = cfg.allow_without_auth.max(c.config().allow_without_auth);
+                c.set_config(cfg);
+            }
+        }
+        for e in self.endpoints.values() {
+            e.nudge.notify_one();
+        }
+    }
+
+    fn locate(&self, h: ConnectionHandle) -> Result<(EpId, ConnId), Error> {
+        let c = self.conns.get(&h).ok_or_else(|| bad_handle("connection", h.0))?;
+        Ok((c.ep, c.id))
+    }
+
+    fn send(&mut self, h: ConnectionHandle, data: Bytes, flags: SendFlags) -> Result<u64, Error> {
+        let (ep, id) = self.locate(h)?;
+        let e = self.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
+        let c = e.endpoint.connection_mut(id).ok_or(Error::NoConnection)?;
+        let n = c.send_message(Instant::now(), data, flags)?;
+        e.nudge.notify_one();
+        Ok(n)
+    }
+
+    fn peek_time(&self, h: ConnectionHandle) -> Option<Instant> {
+        let (ep, id) = self.locate(h).ok()?;
+        self.endpoints
+            .get(&ep)?
+            .endpoint
+            .connection(id)?
+            .peek_received()
+            .map(|m| m.received_at)
+    }
+
+    fn take_message(&mut self, h: ConnectionHandle) -> Option<Message> {
+        let entry = self.conns.get(&h)?;
+        let (ep, id, user_data) = (entry.ep, entry.id, entry.user_data);
+        let e = self.endpoints.get_mut(&ep)?;
+        let c = e.endpoint.connection_mut(id)?;
+        let m = c.receive()?;
+        // Reading frees receive buffer: the peer may be waiting to send more.
+        e.nudge.notify_one();
+        Some(Message {
+            payload: m.payload,
+            connection: h,
+            message_number: m.msg_num,
+            flags: if m.reliable {
+                SendFlags::RELIABLE
+            } else {
+                SendFlags::UNRELIABLE
+            },
+            channel: 0,
+            user_data,
+            peer_identity: c
+                .peer_identity()
+                .cloned()
+                .unwrap_or_else(|| Identity::ip(c.remote_addr())),
+            received_at: m.received_at,
+        })
+    }
+
+    fn info(&self, h: ConnectionHandle) -> Result<ConnectionInfo, Error> {
+        let entry = self.conns.get(&h).ok_or_else(|| bad_handle("connection", h.0))?;
+        let e = self.endpoints.get(&entry.ep).ok_or(Error::NoConnection)?;
+        let c = e.endpoint.connection(entry.id).ok_or(Error::NoConnection)?;
+        let mut flags = c.info_flags();
+        if e.loopback_buffers {
+            flags |= ConnectionInfoFlags::LOOPBACK_BUFFERS | ConnectionInfoFlags::FAST;
+        }
+        let remote = c.remote_addr();
+        let name = if entry.name.is_empty() {
+            String::new()
+        } else {
+            format!(" '{}'", entry.name)
+        };
+        Ok(ConnectionInfo {
+            identity_remote: c
+                .peer_identity()
+                .cloned()
+                .unwrap_or_else(|| Identity::ip(remote)),
+            user_data: entry.user_data,
+            listen_socket: entry.listen,
+            address_remote: remote,
+            state: c.state(),
+            end_reason: c.end_reason(),
+            end_debug: c.end_debug().to_string(),
+            description: format!("#{}{name} {remote}", h.0),
+            flags,
+        })
+    }
+
+    /// Turns an endpoint's protocol events into status changes for the application.
+    fn pump(&mut self, ep: EpId) {
+        let mut events = Vec::new();
+        if let Some(e) = self.endpoints.get_mut(&ep) {
+            while let Some(ev) = e.endpoint.poll_event() {
+                events.push(ev);
+            }
+        }
+        for (id, Event::StateChanged { old, new }) in events {
+            let handle = match self.by_proto.get(&(ep, id)) {
+                Some(h) => *h,
+                None if old == ConnectionState::None && new == ConnectionState::Connecting => {
+                    let Some(e) = self.endpoints.get(&ep) else {
+                        continue;
+                    };
+                    if e.auto_accept {
+                        let h = self.add_connection(ep, id, None, ConfigStore::default());
+                        if let Some(e) = self.endpoints.get_mut(&ep) {
+                            let _ = e.endpoint.accept(Instant::now(), id);
+                            e.nudge.notify_one();
+                        }
+                        // The accept's own events follow in the next pump.
+                        let _ = h;
+                        self.pump(ep);
+                        continue;
+                    }
+                    let listen = e.listen;
+                    self.add_connection(ep, id, listen, ConfigStore::default())
+                }
+                None => continue, // closed by the application: no more reports
+            };
+            let Ok(info) = self.info(handle) else {
+                continue;
+            };
+            let event = ConnectionStatusChanged {
+                connection: handle,
+                info,
+                old_state: old,
+            };
+            self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+            if let Some(cb) = self.status_callback(handle) {
+                self.callbacks.push_back((event, cb));
+            }
+        }
+    }
+
+    /// The status-change callback in effect for a connection.
+    fn status_callback(&self, h: ConnectionHandle) -> Option<CallbackFn> {
+        let c = self.conns.get(&h)?;
+        let global = lock(&GLOBAL);
+        let mut chain = vec![&c.config];
+        if let Some(l) = c.listen.and_then(|l| self.listens.get(&l)) {
+            chain.push(&l.config);
+        }
+        chain.push(&self.interface);
+        chain.push(&global);
+        resolve(ConfigValue::CallbackConnectionStatusChanged, &chain)
+            .0
+            .as_callback()
+            .cloned()
+    }
+}
+
+/// Drives one endpoint from the service thread.
+struct EpDriver {
+    shared: Arc<Shared>,
+    ep: EpId,
+}
+
+impl Driven for EpDriver {
+    fn on_datagram(&self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let mut st = lock(&self.shared.state);
+        if let Some(e) = st.endpoints.get_mut(&self.ep) {
+            e.endpoint.handle_datagram(now, from, data);
+        }
+        st.pump(self.ep);
+    }
+
+    fn poll(&self, now: Instant, out: &mut Vec<(SocketAddr, Vec<u8>)>) -> Wake {
+        let mut st = lock(&self.shared.state);
+        let Some(e) = st.endpoints.get_mut(&self.ep) else {
+            return Wake::Stop;
+        };
+        e.endpoint.handle_timeout(now);
+        let mut buf = Vec::with_capacity(1500);
+        while let Some(t) = e.endpoint.poll_transmit(now, &mut buf) {
+            out.push((t.destination, buf[..t.len].to_vec()));
+        }
+        let done = e.closing && e.endpoint.connection_ids().next().is_none();
+        let wake = e.endpoint.poll_timeout();
+        st.pump(self.ep);
+        if done && out.is_empty() {
+            st.endpoints.remove(&self.ep);
+            return Wake::Stop;
+        }
+        wake.map_or(Wake::Idle, Wake::At)
+    }
+}

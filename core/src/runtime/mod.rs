@@ -1,0 +1,239 @@
+//! The driver: a service thread running a small tokio runtime that owns the sockets and
+//! timers, feeds datagrams and timeouts to the sans-IO endpoints, and sends what they produce.
+//!
+//! Each endpoint has one task: flush transmits -> wait for a datagram, the endpoint's next
+//! timeout, or a nudge from an API call -> feed the endpoint -> repeat. The endpoint itself
+//! lives in the shared state behind one mutex, which is never held across an `.await`.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, Notify};
+
+/// The service thread and its runtime.
+#[derive(Debug)]
+pub struct Service {
+    handle: tokio::runtime::Handle,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Service {
+    /// Starts the service thread.
+    pub fn start() -> io::Result<Self> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("punchline-service".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(rt.handle().clone()));
+                rt.block_on(async {
+                    let _ = shutdown_rx.await;
+                });
+            })?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|_| io::Error::other("service thread exited during start"))??;
+        Ok(Self {
+            handle,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// The runtime's handle, for spawning driver tasks.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            // Dropped from the service thread itself (a callback holding the last handle):
+            // it exits on its own once `block_on` returns.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Where an endpoint's datagrams go: a UDP socket, or an in-process pipe to another endpoint.
+#[derive(Debug)]
+pub enum Io {
+    /// A real UDP socket.
+    Udp(tokio::net::UdpSocket),
+    /// In-process buffers (a socket pair without the network).
+    Pipe {
+        /// This end's made-up address.
+        local: SocketAddr,
+        /// Datagrams to the other end.
+        tx: mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
+        /// Datagrams from the other end.
+        rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>>,
+    },
+}
+
+impl Io {
+    /// Binds a UDP socket; an unspecified IPv6 address binds dual-stack. Call inside the
+    /// runtime's context.
+    pub fn bind_udp(addr: SocketAddr) -> io::Result<Io> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let domain = if addr.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
+        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+        // Room for bursts; the kernel caps these at its own maximum.
+        let _ = socket.set_recv_buffer_size(2 * 1024 * 1024);
+        let _ = socket.set_send_buffer_size(2 * 1024 * 1024);
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(Io::Udp(tokio::net::UdpSocket::from_std(socket.into())?))
+    }
+
+    /// Two ends of an in-process pipe with made-up loopback addresses.
+    pub fn pipe_pair(a: SocketAddr, b: SocketAddr) -> (Io, Io) {
+        let (tx_ab, rx_ab) = mpsc::unbounded_channel();
+        let (tx_ba, rx_ba) = mpsc::unbounded_channel();
+        (
+            Io::Pipe {
+                local: a,
+                tx: tx_ab,
+                rx: tokio::sync::Mutex::new(rx_ba),
+            },
+            Io::Pipe {
+                local: b,
+                tx: tx_ba,
+                rx: tokio::sync::Mutex::new(rx_ab),
+            },
+        )
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Io::Udp(s) => s.local_addr(),
+            Io::Pipe { local, .. } => Ok(*local),
+        }
+    }
+
+    /// Sends one datagram (errors such as an unreachable peer are the caller's to log).
+    pub async fn send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
+        match self {
+            Io::Udp(s) => {
+                let to = match (s.local_addr()?.is_ipv6(), to.ip()) {
+                    (true, IpAddr::V4(v4)) => SocketAddr::new(v4.to_ipv6_mapped().into(), to.port()),
+                    _ => to,
+                };
+                s.send_to(data, to).await.map(|_| ())
+            }
+            Io::Pipe { local, tx, .. } => tx
+                .send((*local, data.to_vec()))
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "pipe peer gone")),
+        }
+    }
+
+    /// Receives one datagram into `buf`; returns its length and sender (IPv4-mapped addresses
+    /// come back as plain IPv4).
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        match self {
+            Io::Udp(s) => {
+                let (n, from) = s.recv_from(buf).await?;
+                Ok((n, canonical(from)))
+            }
+            Io::Pipe { rx, .. } => match rx.lock().await.recv().await {
+                Some((from, data)) => {
+                    let n = data.len().min(buf.len());
+                    buf[..n].copy_from_slice(&data[..n]);
+                    Ok((n, from))
+                }
+                None => std::future::pending().await,
+            },
+        }
+    }
+}
+
+/// Maps an IPv4-mapped IPv6 address to plain IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// What a driver task needs from its owner: feed the endpoint and collect what to send.
+pub trait Driven: Send + Sync + 'static {
+    /// Feeds a datagram.
+    fn on_datagram(&self, now: Instant, from: SocketAddr, data: &[u8]);
+    /// Runs timers due by `now`, collects datagrams to send into `out`, and says when to
+    /// wake next.
+    fn poll(&self, now: Instant, out: &mut Vec<(SocketAddr, Vec<u8>)>) -> Wake;
+}
+
+/// When a driver task should run next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// At this time, or earlier for a datagram or a nudge.
+    At(Instant),
+    /// Only for a datagram or a nudge.
+    Idle,
+    /// The endpoint is gone: stop.
+    Stop,
+}
+
+/// Runs one endpoint until its owner says it is gone.
+pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
+    let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::new();
+    loop {
+        out.clear();
+        let deadline = match owner.poll(Instant::now(), &mut out) {
+            Wake::Stop => return,
+            Wake::At(t) => Some(t),
+            Wake::Idle => None,
+        };
+        for (to, data) in out.drain(..) {
+            if let Err(e) = io.send_to(&data, to).await {
+                tracing::debug!(%to, error = %e, "send failed");
+            }
+        }
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = io.recv_from(&mut buf) => match r {
+                Ok((n, from)) => owner.on_datagram(Instant::now(), from, &buf[..n]),
+                // ICMP errors from earlier sends surface here on Linux; they are not fatal.
+                Err(e) => tracing::trace!(error = %e, "recv error"),
+            },
+            () = sleep => {}
+            () = nudge.notified() => {}
+        }
+    }
+}
