@@ -67,13 +67,21 @@ impl ChatServer {
     fn on_status(&mut self, ev: ConnectionStatusChanged, log: &mut Vec<String>) {
         let h = ev.connection;
         match ev.info.state {
-            ConnectionState::Connecting => {
-                if self.sockets.accept_connection(h).is_ok() {
-                    let _ = self.sockets.set_connection_poll_group(h, self.group);
-                    let nick = format!("guest{}", h.0);
-                    log.push(format!("* {nick} connected from {}", ev.info.address_remote));
-                    self.nicks.insert(h, nick);
+            ConnectionState::Connecting if ev.info.listen_socket.is_some() => {
+                if let Err(e) = self.sockets.accept_connection(h) {
+                    log.push(format!(
+                        "* could not accept {}: {e}",
+                        ev.info.address_remote
+                    ));
+                    return;
                 }
+                let _ = self.sockets.set_connection_poll_group(h, self.group);
+                let nick = format!("guest{}", h.0);
+                log.push(format!(
+                    "* {nick} connected from {}",
+                    ev.info.address_remote
+                ));
+                self.nicks.insert(h, nick);
             }
             ConnectionState::ClosedByPeer | ConnectionState::ProblemDetectedLocally => {
                 let nick = self.nicks.remove(&h).unwrap_or_default();
@@ -163,7 +171,9 @@ impl ChatClient {
         let mut out = Vec::new();
         if let Ok(msgs) = self.sockets.receive_messages_on_connection(self.conn, 64) {
             for m in msgs {
-                out.push(ClientEvent::Line(String::from_utf8_lossy(&m.payload).into_owned()));
+                out.push(ClientEvent::Line(
+                    String::from_utf8_lossy(&m.payload).into_owned(),
+                ));
             }
         }
         while let Some(ev) = self.events.try_recv() {
@@ -171,7 +181,10 @@ impl ChatClient {
                 ConnectionState::Connected => out.push(ClientEvent::Connected),
                 ConnectionState::ClosedByPeer | ConnectionState::ProblemDetectedLocally => {
                     // Lines that arrived before the close are still readable.
-                    if let Ok(msgs) = self.sockets.receive_messages_on_connection(self.conn, usize::MAX) {
+                    if let Ok(msgs) = self
+                        .sockets
+                        .receive_messages_on_connection(self.conn, usize::MAX)
+                    {
                         for m in msgs {
                             out.push(ClientEvent::Line(
                                 String::from_utf8_lossy(&m.payload).into_owned(),

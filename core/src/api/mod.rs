@@ -4,9 +4,7 @@
 pub mod config;
 mod sockets;
 
-pub use crate::proto::{
-    ConnectionInfoFlags, ConnectionState, EndReason, Error, SendFlags,
-};
+pub use crate::proto::{ConnectionInfoFlags, ConnectionState, EndReason, Error, SendFlags};
 pub use sockets::{
     Availability, ConfigTarget, ConnectionInfo, ConnectionStatusChanged, Message, OutMessage,
     QuickStatus, Sockets, SocketsConfig, StatusEvents,

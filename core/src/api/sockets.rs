@@ -419,8 +419,13 @@ impl Sockets {
         let mut st = self.state();
         let (ep, id) = st.locate(h)?;
         let e = st.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
-        if e.endpoint.connection(id).is_some_and(|c| c.side() == crate::proto::Side::Client) {
-            return Err(Error::InvalidParam("only incoming connections are accepted".into()));
+        if e.endpoint
+            .connection(id)
+            .is_some_and(|c| c.side() == crate::proto::Side::Client)
+        {
+            return Err(Error::InvalidParam(
+                "only incoming connections are accepted".into(),
+            ));
         }
         let r = e.endpoint.accept(Instant::now(), id);
         e.nudge.notify_one();
@@ -485,7 +490,10 @@ impl Sockets {
     /// The address a listen socket is bound to (with the real port when 0 was asked for).
     pub fn get_listen_socket_address(&self, h: ListenSocketHandle) -> Result<SocketAddr, Error> {
         let st = self.state();
-        let l = st.listens.get(&h).ok_or_else(|| bad_handle("listen socket", h.0))?;
+        let l = st
+            .listens
+            .get(&h)
+            .ok_or_else(|| bad_handle("listen socket", h.0))?;
         Ok(st.endpoints[&l.ep].local_addr)
     }
 
@@ -602,7 +610,11 @@ impl Sockets {
         max: usize,
     ) -> Result<Vec<Message>, Error> {
         let mut st = self.state();
-        let members = st.groups.get(&g).ok_or_else(|| bad_handle("poll group", g.0))?.clone();
+        let members = st
+            .groups
+            .get(&g)
+            .ok_or_else(|| bad_handle("poll group", g.0))?
+            .clone();
         let mut out = Vec::new();
         while out.len() < max {
             // The member whose next message arrived first.
@@ -640,7 +652,10 @@ impl Sockets {
         let entry = st.conns.get_mut(&h).expect("located");
         let s = &mut entry.sample;
         let (since, elapsed) = match s.at {
-            Some(at) => (*s, now.saturating_duration_since(at).as_secs_f32().max(0.001)),
+            Some(at) => (
+                *s,
+                now.saturating_duration_since(at).as_secs_f32().max(0.001),
+            ),
             None => (RateSample::default(), 1.0),
         };
         let rate = |now: u64, then: u64| (now.saturating_sub(then)) as f32 / elapsed;
@@ -659,7 +674,9 @@ impl Sockets {
             sent_unacked_reliable: path.sent_unacked_reliable as i64,
             queue_time_usec: path.queue_time.as_micros() as i64,
         };
-        if s.at.is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1)) {
+        if s.at
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1))
+        {
             *s = RateSample {
                 at: Some(now),
                 packets_out: stats.packets_sent,
@@ -677,7 +694,10 @@ impl Sockets {
         let q = self.get_quick_connection_status(h)?;
         let st = self.state();
         let (ep, id) = st.locate(h)?;
-        let c = st.endpoints[&ep].endpoint.connection(id).ok_or(Error::NoConnection)?;
+        let c = st.endpoints[&ep]
+            .endpoint
+            .connection(id)
+            .ok_or(Error::NoConnection)?;
         let s = c.stats();
         let p = c.path_status(Instant::now());
         Ok(format!(
@@ -844,8 +864,9 @@ impl Sockets {
         for ep in [ep1, ep2] {
             let e = st.endpoints.get_mut(&ep).expect("just added");
             e.loopback_buffers = !use_network_loopback;
-            e.closing = true;
         }
+        // Side 1 lives as long as its connection; side 2 from when it has accepted one.
+        st.endpoints.get_mut(&ep1).expect("just added").closing = true;
         st.endpoints.get_mut(&ep2).expect("just added").auto_accept = true;
         let id1 = st
             .endpoints
@@ -863,13 +884,10 @@ impl Sockets {
         loop {
             {
                 let st = self.state();
-                let h2 = st
-                    .conns
-                    .iter()
-                    .find(|(_, c)| c.ep == ep2)
-                    .map(|(h, _)| *h);
+                let h2 = st.conns.iter().find(|(_, c)| c.ep == ep2).map(|(h, _)| *h);
                 let connected = |h: ConnectionHandle| {
-                    st.info(h).is_ok_and(|i| i.state == ConnectionState::Connected)
+                    st.info(h)
+                        .is_ok_and(|i| i.state == ConnectionState::Connected)
                 };
                 if let Some(h2) = h2 {
                     if connected(h1) && connected(h2) {
@@ -1136,7 +1154,10 @@ impl State {
     }
 
     fn locate(&self, h: ConnectionHandle) -> Result<(EpId, ConnId), Error> {
-        let c = self.conns.get(&h).ok_or_else(|| bad_handle("connection", h.0))?;
+        let c = self
+            .conns
+            .get(&h)
+            .ok_or_else(|| bad_handle("connection", h.0))?;
         Ok((c.ep, c.id))
     }
 
@@ -1187,7 +1208,10 @@ impl State {
     }
 
     fn info(&self, h: ConnectionHandle) -> Result<ConnectionInfo, Error> {
-        let entry = self.conns.get(&h).ok_or_else(|| bad_handle("connection", h.0))?;
+        let entry = self
+            .conns
+            .get(&h)
+            .ok_or_else(|| bad_handle("connection", h.0))?;
         let e = self.endpoints.get(&entry.ep).ok_or(Error::NoConnection)?;
         let c = e.endpoint.connection(entry.id).ok_or(Error::NoConnection)?;
         let mut flags = c.info_flags();
@@ -1232,13 +1256,14 @@ impl State {
                         continue;
                     };
                     if e.auto_accept {
-                        let h = self.add_connection(ep, id, None, ConfigStore::default());
+                        self.add_connection(ep, id, None, ConfigStore::default());
                         if let Some(e) = self.endpoints.get_mut(&ep) {
                             let _ = e.endpoint.accept(Instant::now(), id);
+                            e.endpoint.set_listen(false);
+                            e.closing = true;
                             e.nudge.notify_one();
                         }
                         // The accept's own events follow in the next pump.
-                        let _ = h;
                         self.pump(ep);
                         continue;
                     }

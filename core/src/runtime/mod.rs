@@ -142,7 +142,9 @@ impl Io {
         match self {
             Io::Udp(s) => {
                 let to = match (s.local_addr()?.is_ipv6(), to.ip()) {
-                    (true, IpAddr::V4(v4)) => SocketAddr::new(v4.to_ipv6_mapped().into(), to.port()),
+                    (true, IpAddr::V4(v4)) => {
+                        SocketAddr::new(v4.to_ipv6_mapped().into(), to.port())
+                    }
                     _ => to,
                 };
                 s.send_to(data, to).await.map(|_| ())

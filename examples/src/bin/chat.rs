@@ -87,8 +87,19 @@ fn demo() -> Result<(), String> {
     let addr = server.local_addr();
     println!("server listening on {addr}");
     let scripts: [(&str, &[&str]); 2] = [
-        ("alice", &["/nick alice", "hi everyone", "anyone up for a match?"]),
-        ("bob", &["/nick bob", "hello alice", "sure, give me a minute", "/quit"]),
+        (
+            "alice",
+            &["/nick alice", "hi everyone", "anyone up for a match?"],
+        ),
+        (
+            "bob",
+            &[
+                "/nick bob",
+                "hello alice",
+                "sure, give me a minute",
+                "/quit",
+            ],
+        ),
     ];
     let mut clients = Vec::new();
     for (name, _) in &scripts {
@@ -147,7 +158,10 @@ fn demo() -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("demo timed out; alice saw {:?}, bob saw {:?}", seen[0], seen[1]));
+            return Err(format!(
+                "demo timed out; alice saw {:?}, bob saw {:?}",
+                seen[0], seen[1]
+            ));
         }
         std::thread::sleep(TICK);
     }
