@@ -722,3 +722,52 @@ fn calls_from_many_threads_at_once_are_safe() {
         per_conn.len() == 8 && per_conn.values().all(|n| *n == 500)
     }));
 }
+
+#[test]
+fn usable_from_tokio_code_with_the_event_stream() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = Sockets::new().unwrap();
+        let mut server_events = server.status_events();
+        let listen = server
+            .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
+            .unwrap();
+        let addr = server.get_listen_socket_address(listen).unwrap();
+        let client = Sockets::new().unwrap();
+        let mut client_events = client.status_events();
+        let h = client.connect_by_ip_address(addr, &[]).unwrap();
+        let limit = Duration::from_secs(10);
+        let incoming = tokio::time::timeout(limit, server_events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(incoming.info.state, ConnectionState::Connecting);
+        assert_eq!(incoming.old_state, ConnectionState::None);
+        server.accept_connection(incoming.connection).unwrap();
+        loop {
+            let ev = tokio::time::timeout(limit, client_events.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(ev.connection, h);
+            if ev.info.state == ConnectionState::Connected {
+                break;
+            }
+        }
+        server.close_connection(incoming.connection, 1234, "bye from async", false);
+        loop {
+            let ev = tokio::time::timeout(limit, client_events.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if ev.info.state == ConnectionState::ClosedByPeer {
+                assert_eq!(ev.info.end_reason, EndReason(1234));
+                assert_eq!(ev.info.end_debug, "bye from async");
+                break;
+            }
+        }
+    });
+}

@@ -10,18 +10,39 @@ use crate::proto::{
     ConnId, ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason,
     Endpoint, EndpointConfig, Error, Event, SendFlags,
 };
-use crate::runtime::{drive, Driven, Io, Service, Wake};
+use crate::runtime::{drive, Driven, FakeConditions, Io, Service, Wake};
 use bytes::Bytes;
 use punchline_identity::{CertStore, Certificate, Identity, KeyPair};
 use rand_core::{OsRng, RngCore};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Notify};
 
 /// Config values set at global scope: shared by every [`Sockets`] in the process.
 static GLOBAL: LazyLock<Mutex<ConfigStore>> = LazyLock::new(|| Mutex::new(ConfigStore::default()));
+
+/// The fake network conditions from the global config values, read by every driver.
+static FAKE: RwLock<FakeConditions> = RwLock::new(FakeConditions {
+    loss_send: 0.0,
+    loss_recv: 0.0,
+    lag_send: Duration::ZERO,
+    lag_recv: Duration::ZERO,
+});
+
+fn update_fake_conditions(global: &ConfigStore) {
+    let chain = [global];
+    let pct = |v| resolve(v, &chain).0.as_f32().unwrap_or(0.0);
+    let ms = |v| Duration::from_millis(resolve(v, &chain).0.as_i32().unwrap_or(0).max(0) as u64);
+    let fake = FakeConditions {
+        loss_send: pct(ConfigValue::FakePacketLossSend),
+        loss_recv: pct(ConfigValue::FakePacketLossRecv),
+        lag_send: ms(ConfigValue::FakePacketLagSend),
+        lag_recv: ms(ConfigValue::FakePacketLagRecv),
+    };
+    *FAKE.write().unwrap_or_else(|e| e.into_inner()) = fake;
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep going with it.
@@ -936,7 +957,11 @@ impl Sockets {
         config::check_scope(value, target.scope())?;
         let mut st = self.state();
         match target {
-            ConfigTarget::Global => lock(&GLOBAL).set(value, data)?,
+            ConfigTarget::Global => {
+                let mut global = lock(&GLOBAL);
+                global.set(value, data)?;
+                update_fake_conditions(&global);
+            }
             ConfigTarget::Interface => st.interface.set(value, data)?,
             ConfigTarget::ListenSocket(h) => {
                 st.listens
@@ -1311,6 +1336,10 @@ struct EpDriver {
 }
 
 impl Driven for EpDriver {
+    fn fake(&self) -> FakeConditions {
+        *FAKE.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn on_datagram(&self, now: Instant, from: SocketAddr, data: &[u8]) {
         let mut st = lock(&self.shared.state);
         if let Some(e) = st.endpoints.get_mut(&self.ep) {

@@ -5,11 +5,59 @@
 //! timeout, or a nudge from an API call -> feed the endpoint -> repeat. The endpoint itself
 //! lives in the shared state behind one mutex, which is never held across an `.await`.
 
+use rand_chacha::ChaCha8Rng;
+use rand_core::{OsRng, RngCore, SeedableRng};
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
+
+/// Simulated network trouble applied at the socket (the global `FakePacketLoss_*` and
+/// `FakePacketLag_*` config values), for testing an application on a clean network.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FakeConditions {
+    /// Percent of outgoing datagrams dropped.
+    pub loss_send: f32,
+    /// Percent of incoming datagrams dropped.
+    pub loss_recv: f32,
+    /// Delay added to every outgoing datagram.
+    pub lag_send: Duration,
+    /// Delay added to every incoming datagram.
+    pub lag_recv: Duration,
+}
+
+/// A FIFO of datagrams held back by fake lag (the lag is the same for all, so order holds).
+#[derive(Debug, Default)]
+struct DelayLine {
+    queue: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+}
+
+impl DelayLine {
+    /// Holds a datagram until `due`; a line that grew past 100k datagrams drops new ones.
+    fn push(&mut self, due: Instant, addr: SocketAddr, data: Vec<u8>) {
+        if self.queue.len() < 100_000 {
+            self.queue.push_back((due, addr, data));
+        }
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        if self.queue.front().is_some_and(|(due, _, _)| *due <= now) {
+            self.queue.pop_front().map(|(_, a, d)| (a, d))
+        } else {
+            None
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.queue.front().map(|(due, _, _)| *due)
+    }
+}
+
+fn dropped(rng: &mut ChaCha8Rng, percent: f32) -> bool {
+    percent > 0.0 && (rng.next_u32() as f64 / u32::MAX as f64) * 100.0 < f64::from(percent)
+}
 
 /// The service thread and its runtime.
 #[derive(Debug)]
@@ -193,6 +241,10 @@ pub trait Driven: Send + Sync + 'static {
     /// Runs timers due by `now`, collects datagrams to send into `out`, and says when to
     /// wake next.
     fn poll(&self, now: Instant, out: &mut Vec<(SocketAddr, Vec<u8>)>) -> Wake;
+    /// The fake network conditions in force now.
+    fn fake(&self) -> FakeConditions {
+        FakeConditions::default()
+    }
 }
 
 /// When a driver task should run next.
@@ -210,18 +262,37 @@ pub enum Wake {
 pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(OsRng.next_u64());
+    let (mut lag_out, mut lag_in) = (DelayLine::default(), DelayLine::default());
     loop {
+        let fake = owner.fake();
+        let now = Instant::now();
+        while let Some((from, data)) = lag_in.pop_due(now) {
+            owner.on_datagram(now, from, &data);
+        }
         out.clear();
-        let deadline = match owner.poll(Instant::now(), &mut out) {
+        let deadline = match owner.poll(now, &mut out) {
             Wake::Stop => return,
             Wake::At(t) => Some(t),
             Wake::Idle => None,
         };
         for (to, data) in out.drain(..) {
-            if let Err(e) = io.send_to(&data, to).await {
-                tracing::debug!(%to, error = %e, "send failed");
+            if dropped(&mut rng, fake.loss_send) {
+                continue;
+            }
+            if fake.lag_send.is_zero() && lag_out.queue.is_empty() {
+                send(&io, &data, to).await;
+            } else {
+                lag_out.push(now + fake.lag_send, to, data);
             }
         }
+        while let Some((to, data)) = lag_out.pop_due(Instant::now()) {
+            send(&io, &data, to).await;
+        }
+        let deadline = [deadline, lag_out.next_due(), lag_in.next_due()]
+            .into_iter()
+            .flatten()
+            .min();
         let sleep = async {
             match deadline {
                 Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
@@ -230,12 +301,28 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
         };
         tokio::select! {
             r = io.recv_from(&mut buf) => match r {
-                Ok((n, from)) => owner.on_datagram(Instant::now(), from, &buf[..n]),
+                Ok((n, from)) => {
+                    if dropped(&mut rng, fake.loss_recv) {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    if fake.lag_recv.is_zero() && lag_in.queue.is_empty() {
+                        owner.on_datagram(now, from, &buf[..n]);
+                    } else {
+                        lag_in.push(now + fake.lag_recv, from, buf[..n].to_vec());
+                    }
+                }
                 // ICMP errors from earlier sends surface here on Linux; they are not fatal.
                 Err(e) => tracing::trace!(error = %e, "recv error"),
             },
             () = sleep => {}
             () = nudge.notified() => {}
         }
+    }
+}
+
+async fn send(io: &Io, data: &[u8], to: SocketAddr) {
+    if let Err(e) = io.send_to(data, to).await {
+        tracing::debug!(%to, error = %e, "send failed");
     }
 }
