@@ -449,8 +449,11 @@ fn a_full_receive_buffer_drops_packets_and_loses_nothing_reliable() {
     for i in 0..200u64 {
         send(&mut sim, 0, c, payload(i, 1000), SendFlags::RELIABLE).unwrap();
     }
-    // The application does not read for a while: the buffer fills and packets are dropped.
-    sim.run_for(Duration::from_secs(3));
+    // The application does not read for longer than the connection timeout: the buffer fills
+    // and packets are dropped, but acks still flow and neither side times out.
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.state(0, c), ConnectionState::Connected);
+    assert_eq!(sim.state(1, s), ConnectionState::Connected);
     let conn = sim.nodes[1].endpoint.connection(s).unwrap();
     assert!(
         conn.pending_received() <= 50,

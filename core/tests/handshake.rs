@@ -21,6 +21,11 @@ fn handshake_completes_in_one_round_trip_with_proven_identities() {
     // One round trip on a 10 ms link: hello out, server hello back.
     assert_eq!(sim.now - start, Duration::from_millis(20));
     let s = sim.first_conn(1).unwrap();
+    // The server sees Connected when the client's first packet confirms it holds the keys.
+    assert_eq!(sim.state(1, s), ConnectionState::Connecting);
+    assert!(sim.run_until(Duration::from_secs(1), |sim| sim.state(1, s)
+        == ConnectionState::Connected));
+    assert_eq!(sim.now - start, Duration::from_millis(30));
     let client = sim.nodes[0].endpoint.connection(c).unwrap();
     let server = sim.nodes[1].endpoint.connection(s).unwrap();
     assert_eq!(
@@ -32,7 +37,6 @@ fn handshake_completes_in_one_round_trip_with_proven_identities() {
         Some(&KeyPair::from_seed([1; 32]).identity())
     );
     assert_eq!(client.info_flags(), ConnectionInfoFlags::default());
-    assert_eq!(sim.state(1, s), ConnectionState::Connected);
 }
 
 /// Runs a handshake that must fail; returns the client connection's end.
@@ -328,4 +332,96 @@ fn a_spoofed_first_packet_is_never_amplified() {
         "sent {to_victim} bytes to a victim that sent one 1200-byte hello"
     );
     assert!(sent <= received);
+}
+
+#[test]
+fn a_replayed_hello_never_yields_a_connected_peer() {
+    let mut sim = Sim::pair(12, keyed(1), keyed(2));
+    let attacker: std::net::SocketAddr = "10.6.6.6:666".parse().unwrap();
+    let captured = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let cap = captured.clone();
+    sim.filter = Some(Box::new(move |p| {
+        if p.data[0] == 0xC1 && cap.borrow().is_none() {
+            *cap.borrow_mut() = Some(p.clone());
+        }
+        true
+    }));
+    let c = sim.connect(0, 1, ConnectionConfig::default());
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c)
+        == ConnectionState::Connected));
+    // Someone replays the client's signed hello from elsewhere.
+    let hello = captured.borrow().clone().unwrap();
+    sim.inject(attacker, hello.to, hello.data);
+    sim.run_for(Duration::from_secs(30));
+    let server = &sim.nodes[1];
+    let states: Vec<ConnectionState> = server
+        .events
+        .iter()
+        .filter(|(id, _)| Some(*id) != sim.first_conn(1))
+        .map(|(_, e)| match e {
+            punchline::proto::Event::StateChanged { new, .. } => *new,
+        })
+        .collect();
+    assert!(
+        !states.is_empty(),
+        "the replay was accepted as a new connection"
+    );
+    assert!(!states.contains(&ConnectionState::Connected), "{states:?}");
+    assert_eq!(
+        sim.state(0, c),
+        ConnectionState::Connected,
+        "the real client is unaffected"
+    );
+}
+
+#[test]
+fn an_authentic_packet_from_another_address_does_not_redirect_traffic() {
+    let (mut sim, c, s) = connected(13);
+    let victim: std::net::SocketAddr = "10.7.7.7:777".parse().unwrap();
+    // The client's packets appear to come from the victim for a while.
+    sim.filter = Some(Box::new(move |p| {
+        if p.from.port() == 1000 {
+            p.from = victim;
+        }
+        true
+    }));
+    for i in 0..20 {
+        send(
+            &mut sim,
+            0,
+            c,
+            payload(i, 100),
+            punchline::proto::SendFlags::RELIABLE_NO_NAGLE,
+        )
+        .unwrap();
+        send(
+            &mut sim,
+            1,
+            s,
+            payload(i, 100),
+            punchline::proto::SendFlags::RELIABLE_NO_NAGLE,
+        )
+        .unwrap();
+    }
+    sim.run_for(Duration::from_secs(2));
+    assert!(
+        sim.unrouted.iter().all(|(a, _)| *a != victim),
+        "traffic went to the victim"
+    );
+    assert!(
+        sim.nodes[1]
+            .endpoint
+            .connection(s)
+            .unwrap()
+            .stats()
+            .wrong_address
+            > 0
+    );
+    // Back on its real address, everything queued gets through.
+    sim.filter = None;
+    let mut got = 0;
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        got += drain(sim, 1, s).len();
+        got == 20
+    }));
 }

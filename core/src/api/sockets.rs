@@ -489,6 +489,11 @@ impl Sockets {
         let Some(l) = st.listens.remove(&h) else {
             return false;
         };
+        // Stop taking hellos first, so no connection appears after the list below is made.
+        if let Some(e) = st.endpoints.get_mut(&l.ep) {
+            e.endpoint.set_listen(false);
+            e.closing = true;
+        }
         let accepted: Vec<ConnectionHandle> = st
             .conns
             .iter()
@@ -499,10 +504,7 @@ impl Sockets {
         for c in accepted {
             self.close_connection(c, 0, "listen socket closed", false);
         }
-        let mut st = self.state();
-        if let Some(e) = st.endpoints.get_mut(&l.ep) {
-            e.endpoint.set_listen(false);
-            e.closing = true;
+        if let Some(e) = self.state().endpoints.get(&l.ep) {
             e.nudge.notify_one();
         }
         true
@@ -1267,13 +1269,12 @@ impl State {
 
     /// Turns an endpoint's protocol events into status changes for the application.
     fn pump(&mut self, ep: EpId) {
-        let mut events = Vec::new();
-        if let Some(e) = self.endpoints.get_mut(&ep) {
-            while let Some(ev) = e.endpoint.poll_event() {
-                events.push(ev);
-            }
-        }
-        for (id, Event::StateChanged { old, new }) in events {
+        // Events that handling one event causes (an automatic accept) queue behind it.
+        while let Some((id, Event::StateChanged { old, new })) = self
+            .endpoints
+            .get_mut(&ep)
+            .and_then(|e| e.endpoint.poll_event())
+        {
             let handle = match self.by_proto.get(&(ep, id)) {
                 Some(h) => *h,
                 None if old == ConnectionState::None && new == ConnectionState::Connecting => {
@@ -1288,8 +1289,6 @@ impl State {
                             e.closing = true;
                             e.nudge.notify_one();
                         }
-                        // The accept's own events follow in the next pump.
-                        self.pump(ep);
                         continue;
                     }
                     let listen = e.listen;

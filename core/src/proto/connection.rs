@@ -88,6 +88,8 @@ pub struct Stats {
     pub malformed: u64,
     /// Packets dropped because the receive buffer was full.
     pub recv_buffer_drops: u64,
+    /// Authentic packets dropped because they came from an address other than the peer's.
+    pub wrong_address: u64,
     /// Messages sent.
     pub messages_sent: u64,
     /// Messages received.
@@ -145,6 +147,8 @@ enum Handshake {
         secret: StaticSecret,
         hello: ClientHello,
         bytes: Vec<u8>,
+        /// Every hello sent (the first, and one per retry): the server answers one of them.
+        sent: Vec<Vec<u8>>,
         retries_left: u8,
         backoff: Duration,
         due: bool,
@@ -258,6 +262,7 @@ impl Connection {
         c.handshake = Handshake::Client {
             secret,
             hello,
+            sent: vec![bytes.clone()],
             bytes,
             retries_left: 2,
             backoff: Duration::from_millis(250),
@@ -462,6 +467,7 @@ impl Connection {
         let reply = ServerHello {
             client_id: hello.client_id,
             server_id: self.local_id,
+            client_hello_hash: crypto::hash(&[&bytes]),
             ephemeral: XPublic::from(&secret).to_bytes(),
             unencrypted: self.unencrypted,
             creds: packet::Credentials {
@@ -482,7 +488,7 @@ impl Connection {
         self.reject_due = None;
         self.due_server_hello(true);
         self.last_recv = now;
-        self.set_state(ConnectionState::Connected);
+        // Connected once the client's first packet proves it holds the keys.
         self.arm_idle();
         Ok(())
     }
@@ -601,7 +607,12 @@ impl Connection {
                     self.handshake = Handshake::Done;
                 }
                 self.end(reason, debug);
-                self.set_state(ConnectionState::Dead);
+                if self.keys.is_some() {
+                    // Keys agreed (accepted, not yet confirmed): tell the peer properly.
+                    self.start_fin_wait(now);
+                } else {
+                    self.set_state(ConnectionState::Dead);
+                }
             }
             ConnectionState::Connected => {
                 self.end(reason, debug);
@@ -689,7 +700,14 @@ impl Connection {
         if from != self.remote || self.state != ConnectionState::Connecting {
             return;
         }
-        let Handshake::Client { secret, bytes, .. } = &self.handshake else {
+        let Handshake::Client { secret, sent, .. } = &self.handshake else {
+            return;
+        };
+        let Some(bytes) = sent
+            .iter()
+            .find(|b| crypto::hash(&[b.as_slice()]) == hello.client_hello_hash)
+        else {
+            self.stats.malformed += 1; // an answer to no hello of ours
             return;
         };
         if !hello.verify(bytes) {
@@ -745,6 +763,7 @@ impl Connection {
         let Handshake::Client {
             hello,
             bytes,
+            sent,
             retries_left,
             due,
             ..
@@ -758,6 +777,7 @@ impl Connection {
         *retries_left -= 1;
         hello.cookie = cookie;
         *bytes = hello.encode(self.creds.key.as_ref());
+        sent.push(bytes.clone());
         *due = true;
     }
 
@@ -775,8 +795,11 @@ impl Connection {
     }
 
     /// The peer says it has no such connection.
-    pub(crate) fn handle_no_connection(&mut self, from: SocketAddr) {
-        if from != self.remote || self.remote_id == 0 {
+    pub(crate) fn handle_no_connection(&mut self, now: Instant, from: SocketAddr) {
+        // Unauthenticated: believe it only when the peer has also gone quiet, so a forged one
+        // cannot end a healthy connection.
+        let quiet = (self.rtt.pto() * 3).max(Duration::from_secs(1));
+        if from != self.remote || self.remote_id == 0 || now < self.last_recv + quiet {
             return;
         }
         match self.state {
@@ -825,8 +848,14 @@ impl Connection {
             self.stats.decrypt_failures += 1;
             return;
         }
+        if from != self.remote {
+            // Authentic, but from another address: moving there unvalidated would let the peer
+            // aim our traffic at a third party. Path changes are the route layer's job.
+            self.stats.wrong_address += 1;
+            return;
+        }
         let payload = Bytes::from(payload);
-        let frames = match decode_frames(&payload, self.config.recv_max_segments_per_packet) {
+        let mut frames = match decode_frames(&payload, self.config.recv_max_segments_per_packet) {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(conn = self.local_id, error = %e, "dropping malformed packet");
@@ -834,37 +863,40 @@ impl Connection {
                 return;
             }
         };
-        if !self.has_room_for(&frames) {
-            self.stats.recv_buffer_drops += 1;
-            return;
-        }
-        // The packet is genuine: commit to it.
-        self.replay.record(pn);
-        self.stats.packets_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
         self.amp_received += datagram.len() as u64;
         self.last_recv = now;
-        if !self.validated {
-            // Only the holder of the keys, who received our hello at that address, can send this.
-            self.validated = true;
+        if !self.admit(&frames) {
+            // No room for its messages: drop them unacknowledged (the peer resends), but act
+            // on its acks and closes so a slow reader does not stall or time out the peer.
+            self.stats.recv_buffer_drops += 1;
+            frames.retain(|f| !f.is_ack_eliciting());
+        } else {
+            self.replay.record(pn);
+            self.stats.packets_received += 1;
         }
-        if from != self.remote {
-            tracing::debug!(conn = self.local_id, old = %self.remote, new = %from, "peer address changed");
-            self.remote = from;
-        }
+        // Only the holder of the keys, who received our hello at that address, can send this.
+        self.validated = true;
         if let Handshake::ServerAccepted { .. } = self.handshake {
+            // Key confirmation: the client holds the keys, so the hello was not a replay.
             self.handshake = Handshake::Done;
             self.pending_hello = None;
+            if self.state == ConnectionState::Connecting {
+                self.set_state(ConnectionState::Connected);
+            }
         }
         self.arm_idle();
-        if frames.iter().any(Frame::is_ack_eliciting) {
-            self.on_eliciting_packet(now, pn);
-        } else {
-            self.ack.received.insert(pn..pn + 1);
-            self.trim_ack_ranges();
-        }
-        if self.ack.received.max() == Some(pn) {
-            self.ack.largest_at = Some(now);
+        if !self.replay.is_fresh(pn) {
+            // Recorded above: acknowledge it.
+            if frames.iter().any(Frame::is_ack_eliciting) {
+                self.on_eliciting_packet(now, pn);
+            } else {
+                self.ack.received.insert(pn..pn + 1);
+                self.trim_ack_ranges();
+            }
+            if self.ack.received.max() == Some(pn) {
+                self.ack.largest_at = Some(now);
+            }
         }
         for frame in frames {
             match frame {
@@ -892,14 +924,18 @@ impl Connection {
         }
     }
 
-    /// Whether a packet's message data fits the receive limits. Messages the application has
-    /// not read always count; a packet carrying the next in-order message may exceed the
-    /// limits by what is held out of order, so that backlog can never starve the message that
-    /// would drain it.
-    fn has_room_for(&self, frames: &[Frame]) -> bool {
+    /// Whether a packet's messages may be taken: they fit the receive limits, and no reliable
+    /// segment is beyond the reordering window (it would be acknowledged but never delivered).
+    /// Messages the application has not read always count; a packet carrying the next
+    /// in-order message may exceed the limits by at most one message, so an out-of-order
+    /// backlog can never starve the message that would drain it.
+    fn admit(&self, frames: &[Frame]) -> bool {
         let (mut bytes, mut msgs, mut head) = (0usize, 0usize, false);
         for f in frames {
             if let Frame::Segment(s) = f {
+                if !self.recv.in_window(s) {
+                    return false;
+                }
                 head |= self.recv.is_head(s);
                 bytes += s.data.len();
                 if s.data.len() as u64 != s.total {
@@ -908,13 +944,21 @@ impl Connection {
                 msgs += 1;
             }
         }
-        let fits = |held_bytes: usize, held_msgs: usize| {
-            held_bytes + bytes <= self.config.recv_buffer_size
-                && held_msgs + msgs <= self.config.recv_buffer_messages
+        let cfg = &self.config;
+        let fits = |held_bytes: usize, held_msgs: usize, slack_bytes: usize, slack_msgs: usize| {
+            held_bytes + bytes <= cfg.recv_buffer_size + slack_bytes
+                && held_msgs + msgs <= cfg.recv_buffer_messages + slack_msgs
         };
         msgs == 0
-            || fits(self.recv.held_bytes(), self.recv.held_messages())
-            || (head && fits(self.recv.ready_bytes(), self.recv.ready_len()))
+            || fits(self.recv.held_bytes(), self.recv.held_messages(), 0, 0)
+            || (head
+                && fits(self.recv.ready_bytes(), self.recv.ready_len(), 0, 0)
+                && fits(
+                    self.recv.held_bytes(),
+                    self.recv.held_messages(),
+                    cfg.recv_max_message_size + cfg.mtu(),
+                    1,
+                ))
     }
 
     fn on_segment(&mut self, now: Instant, s: &Segment) -> bool {
@@ -1096,6 +1140,10 @@ impl Connection {
         if self.expired(Timer::Loss, now) {
             self.timers[Timer::Loss as usize] = None;
             self.on_loss_timer(now);
+            if self.timers[Timer::Loss as usize].is_some_and(|t| t <= now) {
+                // Backoff is capped; never leave the timer in the past.
+                self.timers[Timer::Loss as usize] = Some(now + self.rtt.pto());
+            }
         }
     }
 
@@ -1104,6 +1152,16 @@ impl Connection {
     }
 
     fn on_loss_timer(&mut self, now: Instant) {
+        if !matches!(
+            self.state,
+            ConnectionState::Connected | ConnectionState::Linger | ConnectionState::FinWait
+        ) && self.close_frame.is_none()
+        {
+            // Nothing will be sent again: forget what is in flight.
+            self.sent.clear();
+            self.in_flight = 0;
+            return;
+        }
         let delay = self.rtt.loss_delay();
         let time_loss = self
             .sent
@@ -1323,18 +1381,26 @@ impl Connection {
             return false;
         }
         if self.ack.dirty || ack_now {
-            if let Some(f) = self.ack_frame(now) {
+            if let Some(f) = self.ack_frame(now, max_payload / 2) {
                 f.encode(&mut payload);
             }
         }
         if closing {
             if let Some((reason, debug)) = &self.close_frame {
-                Frame::Close {
-                    reason: *reason,
-                    debug: debug.clone(),
+                // The debug text gives way when the packet (or amplification budget) is short.
+                let room = max_payload.saturating_sub(payload.len() + 6);
+                let mut end = debug.len().min(room);
+                while !debug.is_char_boundary(end) {
+                    end -= 1;
                 }
-                .encode(&mut payload);
-                eliciting = true;
+                if room > 0 || debug.is_empty() {
+                    Frame::Close {
+                        reason: *reason,
+                        debug: debug[..end].to_string(),
+                    }
+                    .encode(&mut payload);
+                    eliciting = true;
+                }
             }
             self.close_due = false;
         }
@@ -1351,7 +1417,7 @@ impl Connection {
             while let Some((seg, r)) = self.sendq.next_segment(
                 now,
                 self.config.nagle_time,
-                max_payload - payload.len(),
+                max_payload.saturating_sub(payload.len()),
                 full_payload,
             ) {
                 Frame::Segment(seg).encode(&mut payload);
@@ -1402,15 +1468,21 @@ impl Connection {
         true
     }
 
-    fn ack_frame(&mut self, now: Instant) -> Option<Frame> {
+    /// An ACK frame of at most about `max_len` bytes (older ranges are left out).
+    fn ack_frame(&mut self, now: Instant, max_len: usize) -> Option<Frame> {
         if self.ack.received.is_empty() {
             return None;
         }
+        let mut len = 1 + 8 + 8 + 8;
         let ranges: Vec<AckRange> = self
             .ack
             .received
             .iter_rev()
             .take(MAX_ACK_RANGES)
+            .take_while(|_| {
+                len += 16;
+                len <= max_len.max(41)
+            })
             .map(|r| r.start..=r.end - 1)
             .collect();
         let delay = self

@@ -238,7 +238,7 @@ impl Endpoint {
                             .map(Connection::local_id);
                         if let Some(id) = id {
                             if let Some(c) = self.connections.get_mut(&id) {
-                                c.handle_no_connection(from);
+                                c.handle_no_connection(now, from);
                             }
                             self.drain_events(id);
                         }

@@ -7,7 +7,8 @@
 //! client hello:   [0xC1] [version] [client id u32] [ephemeral X25519 32] [unencrypted pref u8]
 //!                 [flags u8] [identity] [ed25519 key 32]? [cert len u16, cert]?
 //!                 [cookie len u8, cookie] [signature 64]? [zero padding to 1200 bytes]
-//! server hello:   [0xC2] [version] [client id u32] [server id u32] [ephemeral 32]
+//! server hello:   [0xC2] [version] [client id u32] [server id u32] [client hello hash 32]
+//!                 [ephemeral 32]
 //!                 [unencrypted u8] [flags u8] [identity] [key 32]? [cert]? [signature 64]?
 //! retry:          [0xC3] [version] [client id u32] [cookie len u8, cookie]
 //! reject:         [0xC4] [version] [client id u32] [end reason u32] [debug len u8, debug]
@@ -218,6 +219,8 @@ pub struct ServerHello {
     pub client_id: u32,
     /// The server's connection id (the client sends to it).
     pub server_id: u32,
+    /// SHA-256 of the client hello this answers (a client may have sent several).
+    pub client_hello_hash: [u8; 32],
     /// The server's ephemeral X25519 public key.
     pub ephemeral: [u8; 32],
     /// True when data packets go unencrypted.
@@ -234,6 +237,7 @@ impl ServerHello {
         out.extend_from_slice(&[SERVER_HELLO, PROTOCOL_VERSION]);
         out.extend_from_slice(&self.client_id.to_be_bytes());
         out.extend_from_slice(&self.server_id.to_be_bytes());
+        out.extend_from_slice(&self.client_hello_hash);
         out.extend_from_slice(&self.ephemeral);
         out.push(u8::from(self.unencrypted));
         self.creds.encode(&mut out);
@@ -256,6 +260,7 @@ impl ServerHello {
         r.bytes(2)?;
         let client_id = r.u32()?;
         let server_id = r.u32()?;
+        let client_hello_hash = r.array()?;
         let ephemeral = r.array()?;
         let unencrypted = match r.u8()? {
             0 => false,
@@ -273,6 +278,7 @@ impl ServerHello {
         Ok(Self {
             client_id,
             server_id,
+            client_hello_hash,
             ephemeral,
             unencrypted,
             creds,
@@ -475,6 +481,7 @@ mod tests {
         let s = ServerHello {
             client_id: 1,
             server_id: 2,
+            client_hello_hash: [5; 32],
             ephemeral: [4; 32],
             unencrypted: false,
             creds: Credentials {

@@ -137,6 +137,12 @@ impl Reassembly {
         s.reliable_seq == Some(self.next_seq)
     }
 
+    /// False for a reliable segment too far ahead of the next expected message.
+    pub fn in_window(&self, s: &Segment) -> bool {
+        s.reliable_seq
+            .is_none_or(|seq| seq < self.next_seq || seq - self.next_seq < RELIABLE_WINDOW)
+    }
+
     /// Messages ready for the application.
     pub fn ready_len(&self) -> usize {
         self.ready.len()
