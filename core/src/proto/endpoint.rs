@@ -11,7 +11,8 @@ use super::types::{ConnectionState, EndReason};
 use super::Error;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +66,14 @@ pub struct Endpoint {
     no_conn_last: Instant,
     events: VecDeque<(ConnId, Event)>,
     stats: EndpointStats,
+    /// Connections that may have something to send, in the order they became so.
+    dirty: VecDeque<u32>,
+    dirty_set: HashSet<u32>,
+    /// Connection deadlines; an entry is current only if it matches `scheduled`.
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    scheduled: HashMap<u32, Instant>,
+    /// Connections in Connecting (handshakes pending).
+    connecting: HashSet<u32>,
 }
 
 impl Endpoint {
@@ -90,6 +99,32 @@ impl Endpoint {
             no_conn_last: now,
             events: VecDeque::new(),
             stats: EndpointStats::default(),
+            dirty: VecDeque::new(),
+            dirty_set: HashSet::new(),
+            timers: BinaryHeap::new(),
+            scheduled: HashMap::new(),
+            connecting: HashSet::new(),
+        }
+    }
+
+    /// Notes that connection `id` may have something to send and its deadline may have moved.
+    fn touch(&mut self, id: u32) {
+        if self.dirty_set.insert(id) {
+            self.dirty.push_back(id);
+        }
+    }
+
+    /// Records connection `id`'s next deadline.
+    fn reschedule(&mut self, id: u32) {
+        match self.connections.get(&id).and_then(Connection::poll_timeout) {
+            Some(t) => {
+                if self.scheduled.insert(id, t) != Some(t) {
+                    self.timers.push(Reverse((t, id)));
+                }
+            }
+            None => {
+                self.scheduled.remove(&id);
+            }
         }
     }
 
@@ -144,6 +179,7 @@ impl Endpoint {
         let c = Connection::new_client(now, id, remote, config, self.credentials.clone(), secret);
         self.connections.insert(id, c);
         self.drain_events(id);
+        self.touch(id);
         ConnId(id)
     }
 
@@ -156,6 +192,7 @@ impl Endpoint {
             .ok_or_else(|| Error::InvalidParam(format!("no connection {}", id.0)))?;
         let r = c.accept(now, secret);
         self.drain_events(id.0);
+        self.touch(id.0);
         r
     }
 
@@ -164,9 +201,13 @@ impl Endpoint {
         self.connections.get(&id.0)
     }
 
-    /// The connection with this handle, for commands. Call `poll_event` afterwards: commands
-    /// such as `close` queue state changes.
+    /// The connection with this handle, for commands. Afterwards drain `poll_transmit` (the
+    /// connection is marked as possibly having something to send) and `poll_event` (commands
+    /// such as `close` queue state changes).
     pub fn connection_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        if self.connections.contains_key(&id.0) {
+            self.touch(id.0);
+        }
         self.connections.get_mut(&id.0)
     }
 
@@ -178,7 +219,11 @@ impl Endpoint {
     /// Forgets a connection at once (its handle becomes invalid).
     pub fn remove(&mut self, id: ConnId) -> Option<Connection> {
         let c = self.connections.remove(&id.0)?;
-        self.by_hello.retain(|_, v| *v != id.0);
+        if c.side() == super::Side::Server {
+            self.by_hello.remove(&(c.remote_addr(), c.remote_id()));
+        }
+        self.scheduled.remove(&id.0);
+        self.connecting.remove(&id.0);
         Some(c)
     }
 
@@ -194,6 +239,7 @@ impl Endpoint {
                     Some(c) => {
                         c.handle_packet(now, from, datagram);
                         self.drain_events(h.dst_id);
+                        self.touch(h.dst_id);
                     }
                     None => self.reply_no_connection(now, from, h.dst_id, datagram.len()),
                 },
@@ -208,6 +254,7 @@ impl Endpoint {
                     let id = h.client_id;
                     if let Some(c) = self.connections.get_mut(&id) {
                         c.handle_server_hello(now, from, datagram, h, unix);
+                        self.touch(id);
                     }
                     self.drain_events(id);
                 }
@@ -218,6 +265,7 @@ impl Endpoint {
                     Ok(Control::Retry { client_id, cookie }) => {
                         if let Some(c) = self.connections.get_mut(&client_id) {
                             c.handle_retry(from, cookie);
+                            self.touch(client_id);
                         }
                     }
                     Ok(Control::Reject {
@@ -228,6 +276,7 @@ impl Endpoint {
                         if let Some(c) = self.connections.get_mut(&client_id) {
                             c.handle_reject(from, reason, debug);
                             self.drain_events(client_id);
+                            self.touch(client_id);
                         }
                     }
                     Ok(Control::NoConnection { conn_id }) => {
@@ -241,6 +290,7 @@ impl Endpoint {
                                 c.handle_no_connection(now, from);
                             }
                             self.drain_events(id);
+                            self.touch(id);
                         }
                     }
                     Err(_) => self.stats.malformed += 1,
@@ -291,14 +341,11 @@ impl Endpoint {
         if let Some(&id) = self.by_hello.get(&(from, hello.client_id)) {
             if let Some(c) = self.connections.get_mut(&id) {
                 c.handle_repeated_client_hello(datagram);
+                self.touch(id);
                 return;
             }
         }
-        let pending = self
-            .connections
-            .values()
-            .filter(|c| c.state() == ConnectionState::Connecting)
-            .count();
+        let pending = self.connecting.len();
         let now_ms = now.saturating_duration_since(self.start).as_millis() as u64;
         if pending >= self.config.cookie_threshold
             && !self
@@ -368,6 +415,7 @@ impl Endpoint {
         self.connections.insert(id, c);
         self.by_hello.insert((from, client_id), id);
         self.drain_events(id);
+        self.touch(id);
     }
 
     fn queue_reply(&mut self, to: SocketAddr, bytes: Vec<u8>) {
@@ -396,33 +444,40 @@ impl Endpoint {
     fn drain_events(&mut self, id: u32) {
         if let Some(c) = self.connections.get_mut(&id) {
             while let Some(e) = c.poll_event() {
+                let Event::StateChanged { new, .. } = e;
+                if new == ConnectionState::Connecting {
+                    self.connecting.insert(id);
+                } else {
+                    self.connecting.remove(&id);
+                }
                 self.events.push_back((ConnId(id), e));
             }
         }
     }
 
-    /// Processes expired timers of every connection.
+    /// Processes the timers that expired by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<u32> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        while let Some(&Reverse((t, id))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if self.scheduled.get(&id) != Some(&t) {
+                continue; // superseded by a later deadline
+            }
+            self.scheduled.remove(&id);
             if let Some(c) = self.connections.get_mut(&id) {
                 c.handle_timeout(now);
             }
             self.drain_events(id);
+            self.touch(id);
         }
     }
 
-    /// The earliest time `handle_timeout` must be called.
+    /// The earliest time `handle_timeout` must be called (after draining `poll_transmit`,
+    /// which brings every deadline up to date). It may be early, never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.connections
-            .values()
-            .filter_map(Connection::poll_timeout)
-            .min()
+        self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
     /// Writes the next datagram into `buf`.
@@ -435,10 +490,12 @@ impl Endpoint {
                 len: buf.len(),
             });
         }
-        let mut ids: Vec<u32> = self.connections.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let c = self.connections.get_mut(&id)?;
+        while let Some(&id) = self.dirty.front() {
+            let Some(c) = self.connections.get_mut(&id) else {
+                self.dirty.pop_front();
+                self.dirty_set.remove(&id);
+                continue;
+            };
             if c.poll_transmit(now, buf) {
                 let t = Transmit {
                     destination: c.remote_addr(),
@@ -447,14 +504,14 @@ impl Endpoint {
                 self.drain_events(id);
                 return Some(t);
             }
+            self.dirty.pop_front();
+            self.dirty_set.remove(&id);
             self.drain_events(id);
             // A Dead connection with nothing left to send is forgotten.
-            if self
-                .connections
-                .get(&id)
-                .is_some_and(|c| c.state() == ConnectionState::Dead)
-            {
+            if c_is_dead(self.connections.get(&id)) {
                 self.remove(ConnId(id));
+            } else {
+                self.reschedule(id);
             }
         }
         None
@@ -464,4 +521,8 @@ impl Endpoint {
     pub fn poll_event(&mut self) -> Option<(ConnId, Event)> {
         self.events.pop_front()
     }
+}
+
+fn c_is_dead(c: Option<&Connection>) -> bool {
+    c.is_some_and(|c| c.state() == ConnectionState::Dead)
 }

@@ -1,0 +1,447 @@
+//! Side-by-side benchmark on loopback: punchline, quinn doing the same jobs, and raw UDP as the
+//! ceiling, all in one run. Prints a table, then one JSON object as the last line.
+//!
+//! `cargo bench -p punchline --bench compare` (full) or `-- --quick` (under two minutes).
+
+mod proxy;
+mod quinn_peer;
+
+use bytes::Bytes;
+use proxy::{Impair, Proxy};
+use punchline::api::config::{ConfigData, ConfigValue};
+use punchline::api::{ConfigTarget, StatusEvents};
+use punchline::{ConnectionHandle, ConnectionState, Error, SendFlags, Sockets};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1024 * 1024;
+const BULK_MSG: usize = 256 * 1024;
+const DATAGRAM: usize = 1300;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let bulk_total = if quick { 256 * MIB } else { 1024 * MIB };
+    let small_count = 1_000_000;
+    let rounds = 10_000;
+    let idle_conns = 10_000;
+    let loss_total = if quick { 8 * MIB } else { 32 * MIB };
+
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let mut json: Vec<(String, String)> = Vec::new();
+    let mut num = |k: &str, v: f64| json.push((k.to_string(), format!("{v:.3}")));
+
+    eprintln!("bulk: {} MiB of {} KiB reliable messages", bulk_total / MIB, BULK_MSG / 1024);
+    let pl = mb_s(bulk_total, punchline_bulk(bulk_total, BULK_MSG, None, 1));
+    let qn = mb_s(bulk_total, quinn_peer::bulk(bulk_total, BULK_MSG, None, 1));
+    let udp = raw_udp_blast(bulk_total);
+    rows.push(row("bulk MB/s", pl, qn, Some(udp)));
+    num("bulk_mb_s", pl);
+    num("bulk_vs_quinn", pl / qn);
+    num("bulk_vs_udp", pl / udp);
+
+    eprintln!("small: {small_count} reliable 64-byte messages");
+    let pl = small_count as f64 / punchline_small(small_count, 64).as_secs_f64();
+    let qn = small_count as f64 / quinn_peer::small_messages(small_count, 64).as_secs_f64();
+    rows.push(row("small msgs/s", pl, qn, None));
+    num("small_msgs_s", pl);
+    num("small_vs_quinn", pl / qn);
+
+    eprintln!("ping-pong: {rounds} round trips of 64 bytes");
+    let pl = percentiles(punchline_pingpong(rounds, 64));
+    let qn = percentiles(quinn_peer::pingpong(rounds, 64));
+    let udp = percentiles(raw_udp_pingpong(rounds, 64));
+    rows.push(row("ping-pong p50 us", pl.0, qn.0, Some(udp.0)));
+    rows.push(row("ping-pong p99 us", pl.1, qn.1, Some(udp.1)));
+    num("pingpong_p50_us", pl.0);
+    num("pingpong_p99_us", pl.1);
+    num("pingpong_vs_udp", pl.0 / udp.0);
+    num("pingpong_vs_quinn", pl.0 / qn.0);
+
+    eprintln!("handshakes");
+    let (hs, rtts) = punchline_handshakes(if quick { 500 } else { 2000 });
+    rows.push((
+        "handshakes/s".into(),
+        format!("{hs:.0}"),
+        "-".into(),
+        format!("{rtts:.1} round trips each"),
+    ));
+    num("handshakes_s", hs);
+    num("handshake_rtts", rtts);
+
+    eprintln!("memory: {idle_conns} idle connections");
+    let (per_conn, opened) = punchline_idle_memory(idle_conns);
+    rows.push((
+        format!("bytes per idle connection ({opened} open)"),
+        format!("{per_conn:.0}"),
+        "-".into(),
+        "-".into(),
+    ));
+    num("idle_conn_bytes", per_conn);
+    num("idle_conns_opened", opened as f64);
+
+    for loss in [0.01, 0.05] {
+        eprintln!("loss {}%: {} MiB through a 20 ms RTT relay", loss * 100.0, loss_total / MIB);
+        let imp = Impair {
+            loss,
+            delay: Duration::from_millis(10),
+        };
+        let pl = mb_s(loss_total, punchline_bulk(loss_total, BULK_MSG, Some(imp), 7));
+        let qn = mb_s(loss_total, quinn_peer::bulk(loss_total, BULK_MSG, Some(imp), 7));
+        let name = format!("goodput at {}% loss, 20 ms RTT, MB/s", loss * 100.0);
+        rows.push(row(&name, pl, qn, None));
+        let key = format!("loss{}", (loss * 100.0) as u32);
+        num(&format!("{key}_goodput_mb_s"), pl);
+        num(&format!("{key}_goodput_vs_quinn"), pl / qn);
+    }
+
+    println!();
+    println!("{:<44} {:>14} {:>14} {:>20}", "measure", "punchline", "quinn", "raw UDP / note");
+    for (a, b, c, d) in &rows {
+        println!("{a:<44} {b:>14} {c:>14} {d:>20}");
+    }
+    let body: Vec<String> = json.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+    println!("{{{}}}", body.join(", "));
+}
+
+fn row(name: &str, pl: f64, qn: f64, udp: Option<f64>) -> (String, String, String, String) {
+    (
+        name.to_string(),
+        format!("{pl:.1}"),
+        format!("{qn:.1}"),
+        udp.map_or("-".into(), |u| format!("{u:.1}")),
+    )
+}
+
+fn mb_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+fn percentiles(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6;
+    (at(0.50), at(0.99))
+}
+
+// ----- punchline ---------------------------------------------------------------------------
+
+/// A server and a client `Sockets`, connected, with buffers sized for bulk transfer.
+struct Pair {
+    server: Sockets,
+    client: Sockets,
+    s: ConnectionHandle,
+    c: ConnectionHandle,
+    _proxy: Option<Proxy>,
+}
+
+fn big_buffers(s: &Sockets) {
+    for (v, n) in [
+        (ConfigValue::SendBufferSize, 32 * MIB as i32),
+        (ConfigValue::RecvBufferSize, 64 * MIB as i32),
+        (ConfigValue::RecvBufferMessages, 1_000_000),
+    ] {
+        s.set_config_value(v, ConfigTarget::Interface, Some(ConfigData::Int32(n)))
+            .expect("valid config");
+    }
+}
+
+fn accept_one(server: &Sockets, events: &mut StatusEvents) -> ConnectionHandle {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(ev) = events.try_recv() {
+            if ev.info.state == ConnectionState::Connecting && ev.info.listen_socket.is_some() {
+                server.accept_connection(ev.connection).expect("accept");
+                return ev.connection;
+            }
+        }
+        assert!(Instant::now() < end, "no incoming connection");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn connected(s: &Sockets, h: ConnectionHandle) -> bool {
+    s.get_connection_info(h)
+        .is_ok_and(|i| i.state == ConnectionState::Connected)
+}
+
+fn pair(impair: Option<Impair>, seed: u64) -> Pair {
+    let server = Sockets::new().expect("sockets");
+    let client = Sockets::new().expect("sockets");
+    big_buffers(&server);
+    big_buffers(&client);
+    let mut events = server.status_events();
+    let listen = server
+        .create_listen_socket_ip("127.0.0.1:0".parse().expect("addr"), &[])
+        .expect("listen");
+    let addr = server.get_listen_socket_address(listen).expect("addr");
+    let proxy = impair.map(|imp| Proxy::start(addr, imp, seed));
+    let target = proxy.as_ref().map_or(addr, |p| p.addr);
+    let c = client.connect_by_ip_address(target, &[]).expect("connect");
+    let s = accept_one(&server, &mut events);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !(connected(&client, c) && connected(&server, s)) {
+        assert!(Instant::now() < end, "handshake did not finish");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    Pair {
+        server,
+        client,
+        s,
+        c,
+        _proxy: proxy,
+    }
+}
+
+/// Sends `payload` until accepted, waiting while the send buffer is full.
+fn send_blocking(s: &Sockets, h: ConnectionHandle, payload: Bytes, flags: SendFlags) {
+    loop {
+        match s.send_message_to_connection(h, payload.clone(), flags) {
+            Ok(_) => return,
+            Err(Error::LimitExceeded) => std::thread::sleep(Duration::from_micros(50)),
+            Err(e) => panic!("send failed: {e}"),
+        }
+    }
+}
+
+/// Receives until `done(bytes, messages)`; returns when it was satisfied.
+fn receive_until(s: &Sockets, h: ConnectionHandle, done: impl Fn(u64, u64) -> bool) -> Instant {
+    let (mut bytes, mut msgs) = (0u64, 0u64);
+    loop {
+        let got = s.receive_messages_on_connection(h, 4096).expect("receive");
+        if got.is_empty() {
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        for m in &got {
+            bytes += m.payload.len() as u64;
+            msgs += 1;
+        }
+        if done(bytes, msgs) {
+            return Instant::now();
+        }
+    }
+}
+
+fn punchline_bulk(total: u64, msg: usize, impair: Option<Impair>, seed: u64) -> Duration {
+    let p = pair(impair, seed);
+    let payload = Bytes::from(vec![0xAB; msg]);
+    let (client, c) = (p.client.clone(), p.c);
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < total {
+            send_blocking(&client, c, payload.clone(), SendFlags::RELIABLE);
+            sent += msg as u64;
+        }
+    });
+    let end = receive_until(&p.server, p.s, |b, _| b >= total);
+    sender.join().expect("sender");
+    end - start
+}
+
+fn punchline_small(count: usize, size: usize) -> Duration {
+    let p = pair(None, 0);
+    let payload = Bytes::from(vec![0x5A; size]);
+    let (client, c) = (p.client.clone(), p.c);
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        for _ in 0..count {
+            send_blocking(&client, c, payload.clone(), SendFlags::RELIABLE);
+        }
+    });
+    let end = receive_until(&p.server, p.s, |_, m| m >= count as u64);
+    sender.join().expect("sender");
+    end - start
+}
+
+fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
+    let p = pair(None, 0);
+    let (server, s) = (p.server.clone(), p.s);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let echo = std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let got = server.receive_messages_on_connection(s, 64).expect("receive");
+            if got.is_empty() {
+                std::thread::yield_now();
+            }
+            for m in got {
+                let _ = server.send_message_to_connection(s, m.payload, SendFlags::RELIABLE_NO_NAGLE);
+            }
+        }
+    });
+    let payload = Bytes::from(vec![1u8; size]);
+    let mut out = Vec::with_capacity(rounds);
+    for i in 0..rounds + 100 {
+        let t = Instant::now();
+        send_blocking(&p.client, p.c, payload.clone(), SendFlags::RELIABLE_NO_NAGLE);
+        loop {
+            if !p.client.receive_messages_on_connection(p.c, 1).expect("receive").is_empty() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        if i >= 100 {
+            out.push(t.elapsed());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    echo.join().expect("echo");
+    out
+}
+
+/// Connections per second with `n` concurrent handshakes, and round trips per handshake
+/// (measured in the virtual-time simulation, where the link delay is exact).
+fn punchline_handshakes(n: usize) -> (f64, f64) {
+    let server = Sockets::new().expect("sockets");
+    let client = Sockets::new().expect("sockets");
+    let mut events = server.status_events();
+    let listen = server
+        .create_listen_socket_ip("127.0.0.1:0".parse().expect("addr"), &[])
+        .expect("listen");
+    let addr = server.get_listen_socket_address(listen).expect("addr");
+    let start = Instant::now();
+    let handles: Vec<ConnectionHandle> = (0..n)
+        .map(|_| client.connect_by_ip_address(addr, &[]).expect("connect"))
+        .collect();
+    let mut accepted = 0;
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        while let Some(ev) = events.try_recv() {
+            if ev.info.state == ConnectionState::Connecting {
+                server.accept_connection(ev.connection).expect("accept");
+                accepted += 1;
+            }
+        }
+        if accepted == n && handles.iter().all(|h| connected(&client, *h)) {
+            break;
+        }
+        assert!(Instant::now() < end, "handshakes did not finish");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    (rate, handshake_round_trips())
+}
+
+fn handshake_round_trips() -> f64 {
+    use punchline::identity::KeyPair;
+    use punchline::proto::{ConnectionConfig, Credentials, EndpointConfig};
+    use punchline::sim::Sim;
+    let key = |s| EndpointConfig {
+        credentials: Credentials::with_key(KeyPair::from_seed([s; 32])),
+        ..EndpointConfig::default()
+    };
+    let mut sim = Sim::pair(1, key(1), key(2));
+    let rtt = sim.link.delay * 2;
+    let start = sim.now;
+    let c = sim.connect(0, 1, ConnectionConfig::default());
+    sim.run_until(Duration::from_secs(5), |s| s.state(0, c) == ConnectionState::Connected);
+    (sim.now - start).as_secs_f64() / rtt.as_secs_f64()
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Resident bytes per connection (both ends live in this process, so each connection counts
+/// twice: the figure is per end), with `n` idle connections open.
+fn punchline_idle_memory(n: usize) -> (f64, usize) {
+    let server = Sockets::new().expect("sockets");
+    let client = Sockets::new().expect("sockets");
+    let mut events = server.status_events();
+    let listen = server
+        .create_listen_socket_ip("127.0.0.1:0".parse().expect("addr"), &[])
+        .expect("listen");
+    let addr = server.get_listen_socket_address(listen).expect("addr");
+    std::thread::sleep(Duration::from_millis(100));
+    let before = rss_bytes();
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        match client.connect_by_ip_address(addr, &[]) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                eprintln!("stopped at {} connections: {e}", handles.len());
+                break;
+            }
+        }
+    }
+    let opened = handles.len();
+    let mut accepted = 0;
+    let end = Instant::now() + Duration::from_secs(120);
+    while accepted < opened && Instant::now() < end {
+        while let Some(ev) = events.try_recv() {
+            if ev.info.state == ConnectionState::Connecting {
+                let _ = server.accept_connection(ev.connection);
+                accepted += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_bytes();
+    let per_end = after.saturating_sub(before) as f64 / (2 * opened.max(1)) as f64;
+    (per_end, opened)
+}
+
+// ----- raw UDP -----------------------------------------------------------------------------
+
+/// Blasts `total` bytes in `DATAGRAM`-byte datagrams at a receiver; returns the receiver's
+/// MB/s (kernel drops count against it).
+fn raw_udp_blast(total: u64) -> f64 {
+    let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    rx.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let to: SocketAddr = rx.local_addr().expect("addr");
+    let sender = std::thread::spawn(move || {
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let buf = vec![0u8; DATAGRAM];
+        let mut sent = 0;
+        while sent < total {
+            if tx.send_to(&buf, to).is_ok() {
+                sent += DATAGRAM as u64;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 65_536];
+    let mut got = 0u64;
+    let (mut first, mut last) = (None, Instant::now());
+    while let Ok(n) = rx.recv(&mut buf) {
+        first.get_or_insert_with(Instant::now);
+        got += n as u64;
+        last = Instant::now();
+    }
+    sender.join().expect("sender");
+    got as f64 / 1e6 / (last - first.unwrap_or(last)).as_secs_f64().max(1e-9)
+}
+
+fn raw_udp_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let total = rounds + 100;
+    let echo = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 2048];
+        for _ in 0..total {
+            let (n, from) = server.recv_from(&mut buf).expect("recv");
+            server.send_to(&buf[..n], from).expect("send");
+        }
+    });
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    client.connect(addr).expect("connect");
+    let payload = vec![1u8; size];
+    let mut buf = vec![0u8; 2048];
+    let mut out = Vec::with_capacity(rounds);
+    for i in 0..total {
+        let t = Instant::now();
+        client.send(&payload).expect("send");
+        client.recv(&mut buf).expect("recv");
+        if i >= 100 {
+            out.push(t.elapsed());
+        }
+    }
+    echo.join().expect("echo");
+    out
+}
