@@ -276,6 +276,8 @@ struct State {
     groups: HashMap<PollGroupHandle, Vec<ConnectionHandle>>,
     interface: ConfigStore,
     callbacks: VecDeque<(ConnectionStatusChanged, CallbackFn)>,
+    /// The shared endpoint for outgoing connections, per address family (true: IPv6).
+    client_endpoints: HashMap<bool, EpId>,
     subscribers: Vec<mpsc::UnboundedSender<ConnectionStatusChanged>>,
     next_handle: u32,
     credentials: Credentials,
@@ -332,6 +334,7 @@ impl Sockets {
             groups: HashMap::new(),
             interface: ConfigStore::default(),
             callbacks: VecDeque::new(),
+            client_endpoints: HashMap::new(),
             subscribers: Vec::new(),
             next_handle: 1,
             credentials,
@@ -390,29 +393,40 @@ impl Sockets {
             return Err(Error::InvalidParam(format!("cannot connect to {addr}")));
         }
         let store = options_store(options, ConfigScope::Connection)?;
-        let bind: SocketAddr = match addr.ip() {
-            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        // All outgoing connections of one address family share one socket.
+        let v6 = addr.is_ipv6();
+        let existing = self.state().client_endpoints.get(&v6).copied();
+        let ep = match existing {
+            Some(ep) => ep,
+            None => {
+                let bind: SocketAddr = match addr.ip() {
+                    IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                    IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+                };
+                let io = self.bind(bind)?;
+                let mut st = self.state();
+                let credentials = st.credentials.clone();
+                let ep = st.add_endpoint(
+                    EndpointConfig {
+                        credentials,
+                        ..EndpointConfig::default()
+                    },
+                    io.local_addr().map_err(io_err)?,
+                    None,
+                );
+                st.client_endpoints.insert(v6, ep);
+                drop(st);
+                self.spawn_driver(ep, io);
+                ep
+            }
         };
-        let io = self.bind(bind)?;
         let mut st = self.state();
         let cfg = st.connection_config(&[&store]);
-        let credentials = st.credentials.clone();
-        let ep = st.add_endpoint(
-            EndpointConfig {
-                credentials,
-                ..EndpointConfig::default()
-            },
-            io.local_addr().map_err(io_err)?,
-            None,
-        );
-        let e = st.endpoints.get_mut(&ep).expect("just added");
-        e.closing = true; // the endpoint lives as long as its one connection
+        let e = st.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
         let id = e.endpoint.connect(Instant::now(), addr, cfg);
+        e.nudge.notify_one();
         let h = st.add_connection(ep, id, None, store);
         st.pump(ep);
-        drop(st);
-        self.spawn_driver(ep, io);
         Ok(h)
     }
 
