@@ -24,13 +24,17 @@ fn main() {
     let small_count = 1_000_000;
     let rounds = 10_000;
     let idle_conns = 10_000;
-    let loss_total = if quick { 8 * MIB } else { 32 * MIB };
+    let loss_total = if quick { 2 * MIB } else { 8 * MIB };
 
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
     let mut json: Vec<(String, String)> = Vec::new();
     let mut num = |k: &str, v: f64| json.push((k.to_string(), format!("{v:.3}")));
 
-    eprintln!("bulk: {} MiB of {} KiB reliable messages", bulk_total / MIB, BULK_MSG / 1024);
+    eprintln!(
+        "bulk: {} MiB of {} KiB reliable messages",
+        bulk_total / MIB,
+        BULK_MSG / 1024
+    );
     let pl = mb_s(bulk_total, punchline_bulk(bulk_total, BULK_MSG, None, 1));
     let qn = mb_s(bulk_total, quinn_peer::bulk(bulk_total, BULK_MSG, None, 1));
     let udp = raw_udp_blast(bulk_total);
@@ -80,13 +84,23 @@ fn main() {
     num("idle_conns_opened", opened as f64);
 
     for loss in [0.01, 0.05] {
-        eprintln!("loss {}%: {} MiB through a 20 ms RTT relay", loss * 100.0, loss_total / MIB);
+        eprintln!(
+            "loss {}%: {} MiB through a 20 ms RTT relay",
+            loss * 100.0,
+            loss_total / MIB
+        );
         let imp = Impair {
             loss,
             delay: Duration::from_millis(10),
         };
-        let pl = mb_s(loss_total, punchline_bulk(loss_total, BULK_MSG, Some(imp), 7));
-        let qn = mb_s(loss_total, quinn_peer::bulk(loss_total, BULK_MSG, Some(imp), 7));
+        let pl = mb_s(
+            loss_total,
+            punchline_bulk(loss_total, BULK_MSG, Some(imp), 7),
+        );
+        let qn = mb_s(
+            loss_total,
+            quinn_peer::bulk(loss_total, BULK_MSG, Some(imp), 7),
+        );
         let name = format!("goodput at {}% loss, 20 ms RTT, MB/s", loss * 100.0);
         rows.push(row(&name, pl, qn, None));
         let key = format!("loss{}", (loss * 100.0) as u32);
@@ -95,7 +109,10 @@ fn main() {
     }
 
     println!();
-    println!("{:<44} {:>14} {:>14} {:>20}", "measure", "punchline", "quinn", "raw UDP / note");
+    println!(
+        "{:<44} {:>14} {:>14} {:>20}",
+        "measure", "punchline", "quinn", "raw UDP / note"
+    );
     for (a, b, c, d) in &rows {
         println!("{a:<44} {b:>14} {c:>14} {d:>20}");
     }
@@ -260,12 +277,15 @@ fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
     let stop2 = stop.clone();
     let echo = std::thread::spawn(move || {
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            let got = server.receive_messages_on_connection(s, 64).expect("receive");
+            let got = server
+                .receive_messages_on_connection(s, 64)
+                .expect("receive");
             if got.is_empty() {
                 std::thread::yield_now();
             }
             for m in got {
-                let _ = server.send_message_to_connection(s, m.payload, SendFlags::RELIABLE_NO_NAGLE);
+                let _ =
+                    server.send_message_to_connection(s, m.payload, SendFlags::RELIABLE_NO_NAGLE);
             }
         }
     });
@@ -273,9 +293,19 @@ fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
     let mut out = Vec::with_capacity(rounds);
     for i in 0..rounds + 100 {
         let t = Instant::now();
-        send_blocking(&p.client, p.c, payload.clone(), SendFlags::RELIABLE_NO_NAGLE);
+        send_blocking(
+            &p.client,
+            p.c,
+            payload.clone(),
+            SendFlags::RELIABLE_NO_NAGLE,
+        );
         loop {
-            if !p.client.receive_messages_on_connection(p.c, 1).expect("receive").is_empty() {
+            if !p
+                .client
+                .receive_messages_on_connection(p.c, 1)
+                .expect("receive")
+                .is_empty()
+            {
                 break;
             }
             std::thread::yield_now();
@@ -334,7 +364,9 @@ fn handshake_round_trips() -> f64 {
     let rtt = sim.link.delay * 2;
     let start = sim.now;
     let c = sim.connect(0, 1, ConnectionConfig::default());
-    sim.run_until(Duration::from_secs(5), |s| s.state(0, c) == ConnectionState::Connected);
+    sim.run_until(Duration::from_secs(5), |s| {
+        s.state(0, c) == ConnectionState::Connected
+    });
     (sim.now - start).as_secs_f64() / rtt.as_secs_f64()
 }
 
@@ -394,7 +426,8 @@ fn punchline_idle_memory(n: usize) -> (f64, usize) {
 /// MB/s (kernel drops count against it).
 fn raw_udp_blast(total: u64) -> f64 {
     let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    rx.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let to: SocketAddr = rx.local_addr().expect("addr");
     let sender = std::thread::spawn(move || {
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");

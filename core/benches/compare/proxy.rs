@@ -31,7 +31,8 @@ impl Proxy {
     /// the same for every peer measured.
     pub fn start(server: SocketAddr, imp: Impair, seed: u64) -> Proxy {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind relay");
-        sock.set_read_timeout(Some(Duration::from_millis(1))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_millis(1)))
+            .expect("timeout");
         let addr = sock.local_addr().expect("addr");
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();

@@ -127,7 +127,10 @@ pub fn bulk(total: u64, msg: usize, impair: Option<Impair>, seed: u64) -> Durati
         let server_task = tokio::spawn(async move {
             let conn = accept(&srv).await;
             let _ = ready_tx.send(());
-            let mut recv = conn.accept_uni().await.expect("accept unidirectional stream");
+            let mut recv = conn
+                .accept_uni()
+                .await
+                .expect("accept unidirectional stream");
             let mut got = 0u64;
             while got < total {
                 let chunk = recv
@@ -185,7 +188,10 @@ pub fn small_messages(count: usize, size: usize) -> Duration {
         let server_task = tokio::spawn(async move {
             let conn = accept(&srv).await;
             let _ = ready_tx.send(());
-            let mut recv = conn.accept_uni().await.expect("accept unidirectional stream");
+            let mut recv = conn
+                .accept_uni()
+                .await
+                .expect("accept unidirectional stream");
             let mut parser = FrameParser::default();
             let mut parsed = 0usize;
             while parsed < count {
@@ -294,7 +300,9 @@ pub fn pingpong(rounds: usize, size: usize) -> Vec<Duration> {
                     Err(quinn::ReadExactError::FinishedEarly(0)) => break,
                     Err(e) => panic!("server read in ping-pong: {e}"),
                 }
-                send.write_all(&buf).await.expect("server echo in ping-pong");
+                send.write_all(&buf)
+                    .await
+                    .expect("server echo in ping-pong");
             }
             let _ = send.finish();
             conn

@@ -10,7 +10,7 @@ use crate::proto::{
     ConnId, ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason,
     Endpoint, EndpointConfig, Error, Event, SendFlags,
 };
-use crate::runtime::{drive, Driven, FakeConditions, Io, Service, Wake};
+use crate::runtime::{drive, Driven, FakeConditions, Inbox, Io, Outbox, Service, Wake};
 use bytes::Bytes;
 use punchline_identity::{CertStore, Certificate, Identity, KeyPair};
 use rand_core::{OsRng, RngCore};
@@ -239,6 +239,8 @@ struct EpState {
     auto_accept: bool,
     /// Stop the driver once no connection is left.
     closing: bool,
+    /// Reused buffer for building datagrams.
+    scratch: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -1089,6 +1091,7 @@ impl State {
                 loopback_buffers: false,
                 auto_accept: false,
                 closing: false,
+                scratch: Vec::with_capacity(2048),
             },
         );
         id
@@ -1353,24 +1356,27 @@ impl Driven for EpDriver {
         *FAKE.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn on_datagram(&self, now: Instant, from: SocketAddr, data: &[u8]) {
+    fn on_datagrams(&self, now: Instant, inbox: &Inbox) {
         let mut st = lock(&self.shared.state);
         if let Some(e) = st.endpoints.get_mut(&self.ep) {
-            e.endpoint.handle_datagram(now, from, data);
+            for (from, data) in inbox.iter() {
+                e.endpoint.handle_datagram(now, from, data);
+            }
         }
         st.pump(self.ep);
     }
 
-    fn poll(&self, now: Instant, out: &mut Vec<(SocketAddr, Vec<u8>)>) -> Wake {
+    fn poll(&self, now: Instant, out: &mut Outbox) -> Wake {
         let mut st = lock(&self.shared.state);
         let Some(e) = st.endpoints.get_mut(&self.ep) else {
             return Wake::Stop;
         };
         e.endpoint.handle_timeout(now);
-        let mut buf = Vec::with_capacity(1500);
+        let mut buf = std::mem::take(&mut e.scratch);
         while let Some(t) = e.endpoint.poll_transmit(now, &mut buf) {
-            out.push((t.destination, buf[..t.len].to_vec()));
+            out.push(t.destination, &buf[..t.len]);
         }
+        e.scratch = buf;
         let done = e.closing && e.endpoint.connection_ids().next().is_none();
         let wake = e.endpoint.poll_timeout();
         st.pump(self.ep);

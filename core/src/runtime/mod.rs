@@ -203,6 +203,23 @@ impl Io {
         }
     }
 
+    /// Receives a datagram that is already waiting, without blocking.
+    pub fn try_recv_from(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        match self {
+            Io::Udp(s) => s
+                .try_recv_from(buf)
+                .ok()
+                .map(|(n, from)| (n, canonical(from))),
+            Io::Pipe { rx, .. } => {
+                let mut rx = rx.try_lock().ok()?;
+                let (from, data) = rx.try_recv().ok()?;
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                Some((n, from))
+            }
+        }
+    }
+
     /// Receives one datagram into `buf`; returns its length and sender (IPv4-mapped addresses
     /// come back as plain IPv4).
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
@@ -234,13 +251,71 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Datagrams to send, packed into one reused buffer (no allocation per datagram once warm).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    data: Vec<u8>,
+    items: Vec<(SocketAddr, usize, usize)>,
+}
+
+impl Outbox {
+    /// Queues a datagram.
+    pub fn push(&mut self, to: SocketAddr, datagram: &[u8]) {
+        let start = self.data.len();
+        self.data.extend_from_slice(datagram);
+        self.items.push((to, start, datagram.len()));
+    }
+
+    /// Number of datagrams queued.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.items.clear();
+    }
+}
+
+/// Datagrams received in one go, fed to the endpoint under one lock.
+#[derive(Debug)]
+pub struct Inbox {
+    slots: Vec<Vec<u8>>,
+    items: Vec<(SocketAddr, usize)>,
+}
+
+/// Most datagrams read before they are handed over.
+const INBOX_SLOTS: usize = 32;
+
+impl Inbox {
+    fn new() -> Self {
+        Self {
+            slots: (0..INBOX_SLOTS).map(|_| vec![0u8; 65_536]).collect(),
+            items: Vec::with_capacity(INBOX_SLOTS),
+        }
+    }
+
+    /// The datagrams, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.items
+            .iter()
+            .zip(&self.slots)
+            .map(|((from, n), buf)| (*from, &buf[..*n]))
+    }
+}
+
 /// What a driver task needs from its owner: feed the endpoint and collect what to send.
 pub trait Driven: Send + Sync + 'static {
-    /// Feeds a datagram.
-    fn on_datagram(&self, now: Instant, from: SocketAddr, data: &[u8]);
-    /// Runs timers due by `now`, collects datagrams to send into `out`, and says when to
+    /// Feeds received datagrams.
+    fn on_datagrams(&self, now: Instant, inbox: &Inbox);
+    /// Runs timers due by `now`, queues datagrams to send into `out`, and says when to
     /// wake next.
-    fn poll(&self, now: Instant, out: &mut Vec<(SocketAddr, Vec<u8>)>) -> Wake;
+    fn poll(&self, now: Instant, out: &mut Outbox) -> Wake;
     /// The fake network conditions in force now.
     fn fake(&self) -> FakeConditions {
         FakeConditions::default()
@@ -260,15 +335,21 @@ pub enum Wake {
 
 /// Runs one endpoint until its owner says it is gone.
 pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
-    let mut buf = vec![0u8; 65_536];
-    let mut out = Vec::new();
+    let mut inbox = Inbox::new();
+    let mut out = Outbox::default();
     let mut rng = ChaCha8Rng::seed_from_u64(OsRng.next_u64());
     let (mut lag_out, mut lag_in) = (DelayLine::default(), DelayLine::default());
+    let mut delayed = Inbox::new();
+    delayed.slots.truncate(1);
     loop {
         let fake = owner.fake();
         let now = Instant::now();
         while let Some((from, data)) = lag_in.pop_due(now) {
-            owner.on_datagram(now, from, &data);
+            delayed.slots[0].clear();
+            delayed.slots[0].extend_from_slice(&data);
+            delayed.items.clear();
+            delayed.items.push((from, data.len()));
+            owner.on_datagrams(now, &delayed);
         }
         out.clear();
         let deadline = match owner.poll(now, &mut out) {
@@ -276,14 +357,15 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
             Wake::At(t) => Some(t),
             Wake::Idle => None,
         };
-        for (to, data) in out.drain(..) {
+        for &(to, start, len) in &out.items {
+            let data = &out.data[start..start + len];
             if dropped(&mut rng, fake.loss_send) {
                 continue;
             }
             if fake.lag_send.is_zero() && lag_out.queue.is_empty() {
-                send(&io, &data, to).await;
+                send(&io, data, to).await;
             } else {
-                lag_out.push(now + fake.lag_send, to, data);
+                lag_out.push(now + fake.lag_send, to, data.to_vec());
             }
         }
         while let Some((to, data)) = lag_out.pop_due(Instant::now()) {
@@ -300,17 +382,19 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
             }
         };
         tokio::select! {
-            r = io.recv_from(&mut buf) => match r {
+            r = io.recv_from(&mut inbox.slots[0]) => match r {
                 Ok((n, from)) => {
-                    if dropped(&mut rng, fake.loss_recv) {
-                        continue;
+                    inbox.items.clear();
+                    inbox.items.push((from, n));
+                    // Take whatever else is already waiting, then feed it all under one lock.
+                    while inbox.items.len() < INBOX_SLOTS {
+                        let i = inbox.items.len();
+                        match io.try_recv_from(&mut inbox.slots[i]) {
+                            Some((n, from)) => inbox.items.push((from, n)),
+                            None => break,
+                        }
                     }
-                    let now = Instant::now();
-                    if fake.lag_recv.is_zero() && lag_in.queue.is_empty() {
-                        owner.on_datagram(now, from, &buf[..n]);
-                    } else {
-                        lag_in.push(now + fake.lag_recv, from, buf[..n].to_vec());
-                    }
+                    receive(&owner, &mut inbox, &fake, &mut rng, &mut lag_in);
                 }
                 // ICMP errors from earlier sends surface here on Linux; they are not fatal.
                 Err(e) => tracing::trace!(error = %e, "recv error"),
@@ -319,6 +403,36 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
             () = nudge.notified() => {}
         }
     }
+}
+
+/// Applies fake receive loss and lag to a batch, then feeds the rest.
+fn receive<D: Driven>(
+    owner: &D,
+    inbox: &mut Inbox,
+    fake: &FakeConditions,
+    rng: &mut ChaCha8Rng,
+    lag_in: &mut DelayLine,
+) {
+    let now = Instant::now();
+    if fake.loss_recv > 0.0 {
+        // Keep the survivors, compacted to the front.
+        let mut w = 0;
+        for r in 0..inbox.items.len() {
+            if !dropped(rng, fake.loss_recv) {
+                inbox.slots.swap(w, r);
+                inbox.items[w] = inbox.items[r];
+                w += 1;
+            }
+        }
+        inbox.items.truncate(w);
+    }
+    if !fake.lag_recv.is_zero() || !lag_in.queue.is_empty() {
+        for (from, data) in inbox.iter() {
+            lag_in.push(now + fake.lag_recv, from, data.to_vec());
+        }
+        return;
+    }
+    owner.on_datagrams(now, inbox);
 }
 
 async fn send(io: &Io, data: &[u8], to: SocketAddr) {
