@@ -20,6 +20,12 @@ const DATAGRAM: usize = 1300;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only bulk,pingpong` runs just those parts (for development).
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let run = |part: &str| {
+        only.as_ref()
+            .is_none_or(|o| o.split(',').any(|p| p == part))
+    };
     let bulk_total = if quick { 256 * MIB } else { 1024 * MIB };
     let small_count = 1_000_000;
     let rounds = 10_000;
@@ -30,60 +36,70 @@ fn main() {
     let mut json: Vec<(String, String)> = Vec::new();
     let mut num = |k: &str, v: f64| json.push((k.to_string(), format!("{v:.3}")));
 
-    eprintln!(
-        "bulk: {} MiB of {} KiB reliable messages",
-        bulk_total / MIB,
-        BULK_MSG / 1024
-    );
-    let pl = mb_s(bulk_total, punchline_bulk(bulk_total, BULK_MSG, None, 1));
-    let qn = mb_s(bulk_total, quinn_peer::bulk(bulk_total, BULK_MSG, None, 1));
-    let udp = raw_udp_blast(bulk_total);
-    rows.push(row("bulk MB/s", pl, qn, Some(udp)));
-    num("bulk_mb_s", pl);
-    num("bulk_vs_quinn", pl / qn);
-    num("bulk_vs_udp", pl / udp);
+    if run("bulk") {
+        eprintln!(
+            "bulk: {} MiB of {} KiB reliable messages",
+            bulk_total / MIB,
+            BULK_MSG / 1024
+        );
+        let pl = mb_s(bulk_total, punchline_bulk(bulk_total, BULK_MSG, None, 1));
+        let qn = mb_s(bulk_total, quinn_peer::bulk(bulk_total, BULK_MSG, None, 1));
+        let udp = raw_udp_blast(bulk_total);
+        rows.push(row("bulk MB/s", pl, qn, Some(udp)));
+        num("bulk_mb_s", pl);
+        num("bulk_vs_quinn", pl / qn);
+        num("bulk_vs_udp", pl / udp);
+    }
 
-    eprintln!("small: {small_count} reliable 64-byte messages");
-    let pl = small_count as f64 / punchline_small(small_count, 64).as_secs_f64();
-    let qn = small_count as f64 / quinn_peer::small_messages(small_count, 64).as_secs_f64();
-    rows.push(row("small msgs/s", pl, qn, None));
-    num("small_msgs_s", pl);
-    num("small_vs_quinn", pl / qn);
+    if run("small") {
+        eprintln!("small: {small_count} reliable 64-byte messages");
+        let pl = small_count as f64 / punchline_small(small_count, 64).as_secs_f64();
+        let qn = small_count as f64 / quinn_peer::small_messages(small_count, 64).as_secs_f64();
+        rows.push(row("small msgs/s", pl, qn, None));
+        num("small_msgs_s", pl);
+        num("small_vs_quinn", pl / qn);
+    }
 
-    eprintln!("ping-pong: {rounds} round trips of 64 bytes");
-    let pl = percentiles(punchline_pingpong(rounds, 64));
-    let qn = percentiles(quinn_peer::pingpong(rounds, 64));
-    let udp = percentiles(raw_udp_pingpong(rounds, 64));
-    rows.push(row("ping-pong p50 us", pl.0, qn.0, Some(udp.0)));
-    rows.push(row("ping-pong p99 us", pl.1, qn.1, Some(udp.1)));
-    num("pingpong_p50_us", pl.0);
-    num("pingpong_p99_us", pl.1);
-    num("pingpong_vs_udp", pl.0 / udp.0);
-    num("pingpong_vs_quinn", pl.0 / qn.0);
+    if run("pingpong") {
+        eprintln!("ping-pong: {rounds} round trips of 64 bytes");
+        let pl = percentiles(punchline_pingpong(rounds, 64));
+        let qn = percentiles(quinn_peer::pingpong(rounds, 64));
+        let udp = percentiles(raw_udp_pingpong(rounds, 64));
+        rows.push(row("ping-pong p50 us", pl.0, qn.0, Some(udp.0)));
+        rows.push(row("ping-pong p99 us", pl.1, qn.1, Some(udp.1)));
+        num("pingpong_p50_us", pl.0);
+        num("pingpong_p99_us", pl.1);
+        num("pingpong_vs_udp", pl.0 / udp.0);
+        num("pingpong_vs_quinn", pl.0 / qn.0);
+    }
 
-    eprintln!("handshakes");
-    let (hs, rtts) = punchline_handshakes(if quick { 500 } else { 2000 });
-    rows.push((
-        "handshakes/s".into(),
-        format!("{hs:.0}"),
-        "-".into(),
-        format!("{rtts:.1} round trips each"),
-    ));
-    num("handshakes_s", hs);
-    num("handshake_rtts", rtts);
+    if run("handshakes") {
+        eprintln!("handshakes");
+        let (hs, rtts) = punchline_handshakes(if quick { 500 } else { 2000 });
+        rows.push((
+            "handshakes/s".into(),
+            format!("{hs:.0}"),
+            "-".into(),
+            format!("{rtts:.1} round trips each"),
+        ));
+        num("handshakes_s", hs);
+        num("handshake_rtts", rtts);
+    }
 
-    eprintln!("memory: {idle_conns} idle connections");
-    let (per_conn, opened) = punchline_idle_memory(idle_conns);
-    rows.push((
-        format!("bytes per idle connection ({opened} open)"),
-        format!("{per_conn:.0}"),
-        "-".into(),
-        "-".into(),
-    ));
-    num("idle_conn_bytes", per_conn);
-    num("idle_conns_opened", opened as f64);
+    if run("memory") {
+        eprintln!("memory: {idle_conns} idle connections");
+        let (per_conn, opened) = punchline_idle_memory(idle_conns);
+        rows.push((
+            format!("bytes per idle connection ({opened} open)"),
+            format!("{per_conn:.0}"),
+            "-".into(),
+            "-".into(),
+        ));
+        num("idle_conn_bytes", per_conn);
+        num("idle_conns_opened", opened as f64);
+    }
 
-    for loss in [0.01, 0.05] {
+    for loss in [0.01, 0.05].into_iter().filter(|_| run("loss")) {
         eprintln!(
             "loss {}%: {} MiB through a 20 ms RTT relay",
             loss * 100.0,
@@ -225,7 +241,7 @@ fn receive_until(s: &Sockets, h: ConnectionHandle, done: impl Fn(u64, u64) -> bo
     loop {
         let got = s.receive_messages_on_connection(h, 4096).expect("receive");
         if got.is_empty() {
-            std::thread::sleep(Duration::from_micros(50));
+            s.wait_for_activity(Duration::from_millis(10));
             continue;
         }
         for m in &got {
@@ -281,7 +297,7 @@ fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
                 .receive_messages_on_connection(s, 64)
                 .expect("receive");
             if got.is_empty() {
-                std::thread::yield_now();
+                server.wait_for_activity(Duration::from_millis(10));
             }
             for m in got {
                 let _ =
@@ -308,7 +324,7 @@ fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
             {
                 break;
             }
-            std::thread::yield_now();
+            p.client.wait_for_activity(Duration::from_millis(10));
         }
         if i >= 100 {
             out.push(t.elapsed());

@@ -297,6 +297,8 @@ impl std::fmt::Debug for State {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// Signalled when datagrams were handled (messages or status changes may be waiting).
+    activity: std::sync::Condvar,
 }
 
 /// The ISteamNetworkingSockets analog: listen sockets, connections, messages, poll groups.
@@ -344,6 +346,7 @@ impl Sockets {
         Ok(Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
+                activity: std::sync::Condvar::new(),
             }),
             service,
         })
@@ -941,6 +944,14 @@ impl Sockets {
         }
     }
 
+    /// Blocks the calling thread until datagrams arrive for this instance (so messages or
+    /// status changes may be waiting) or `timeout` passes. For threads that would otherwise
+    /// poll in a loop; tokio code can use [`status_events`](Self::status_events) instead.
+    pub fn wait_for_activity(&self, timeout: Duration) {
+        let st = self.state();
+        let _ = self.shared.activity.wait_timeout(st, timeout);
+    }
+
     // ----- events ------------------------------------------------------------------------
 
     /// Delivers queued status changes to the callbacks set through
@@ -1364,6 +1375,8 @@ impl Driven for EpDriver {
             }
         }
         st.pump(self.ep);
+        drop(st);
+        self.shared.activity.notify_all();
     }
 
     fn poll(&self, now: Instant, out: &mut Outbox) -> Wake {

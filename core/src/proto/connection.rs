@@ -1370,7 +1370,8 @@ impl Connection {
                 now,
                 mtu,
                 self.pacing_rate(),
-                (self.window() / 4).max(mtu as u64 * 2),
+                // A burst of ten packets (an initial window's worth) before pacing spreads them.
+                (self.window() / 4).max(mtu as u64 * 10),
             ) {
                 data_ok = false;
                 self.pacing_wait = Some(at);
