@@ -8,7 +8,7 @@
 use rand_chacha::ChaCha8Rng;
 use rand_core::{OsRng, RngCore, SeedableRng};
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,8 +124,14 @@ impl Drop for Service {
 /// Where an endpoint's datagrams go: a UDP socket, or an in-process pipe to another endpoint.
 #[derive(Debug)]
 pub enum Io {
-    /// A real UDP socket.
-    Udp(tokio::net::UdpSocket),
+    /// A real UDP socket, with batched syscalls (sendmmsg/recvmmsg) and segmentation offload
+    /// (GSO/GRO) where the kernel has them, through `quinn-udp`.
+    Udp {
+        /// The socket.
+        socket: tokio::net::UdpSocket,
+        /// Its offload capabilities and state.
+        state: quinn_udp::UdpSocketState,
+    },
     /// In-process buffers (a socket pair without the network).
     Pipe {
         /// This end's made-up address.
@@ -152,11 +158,16 @@ impl Io {
             socket.set_only_v6(false)?;
         }
         // Room for bursts; the kernel caps these at its own maximum.
-        let _ = socket.set_recv_buffer_size(2 * 1024 * 1024);
-        let _ = socket.set_send_buffer_size(2 * 1024 * 1024);
+        let _ = socket.set_recv_buffer_size(4 * 1024 * 1024);
+        let _ = socket.set_send_buffer_size(4 * 1024 * 1024);
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        Ok(Io::Udp(tokio::net::UdpSocket::from_std(socket.into())?))
+        let socket: std::net::UdpSocket = socket.into();
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        Ok(Io::Udp {
+            socket: tokio::net::UdpSocket::from_std(socket)?,
+            state,
+        })
     }
 
     /// Two ends of an in-process pipe with made-up loopback addresses.
@@ -180,62 +191,110 @@ impl Io {
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
-            Io::Udp(s) => s.local_addr(),
+            Io::Udp { socket, .. } => socket.local_addr(),
             Io::Pipe { local, .. } => Ok(*local),
         }
     }
 
-    /// Sends one datagram (errors such as an unreachable peer are the caller's to log).
-    pub async fn send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
+    /// How many equal-sized datagrams one send may carry (1 without GSO).
+    fn max_segments(&self) -> usize {
         match self {
-            Io::Udp(s) => {
-                let to = match (s.local_addr()?.is_ipv6(), to.ip()) {
+            Io::Udp { state, .. } => state.max_gso_segments().clamp(1, 64),
+            Io::Pipe { .. } => 1,
+        }
+    }
+
+    /// Sends `contents` to `to` as datagrams of `segment` bytes (the last may be shorter).
+    async fn send_segments(
+        &self,
+        contents: &[u8],
+        segment: usize,
+        to: SocketAddr,
+    ) -> io::Result<()> {
+        match self {
+            Io::Udp { socket, state } => {
+                let to = match (socket.local_addr()?.is_ipv6(), to.ip()) {
                     (true, IpAddr::V4(v4)) => {
                         SocketAddr::new(v4.to_ipv6_mapped().into(), to.port())
                     }
                     _ => to,
                 };
-                s.send_to(data, to).await.map(|_| ())
-            }
-            Io::Pipe { local, tx, .. } => tx
-                .send((*local, data.to_vec()))
-                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "pipe peer gone")),
-        }
-    }
-
-    /// Receives a datagram that is already waiting, without blocking.
-    pub fn try_recv_from(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-        match self {
-            Io::Udp(s) => s
-                .try_recv_from(buf)
-                .ok()
-                .map(|(n, from)| (n, canonical(from))),
-            Io::Pipe { rx, .. } => {
-                let mut rx = rx.try_lock().ok()?;
-                let (from, data) = rx.try_recv().ok()?;
-                let n = data.len().min(buf.len());
-                buf[..n].copy_from_slice(&data[..n]);
-                Some((n, from))
-            }
-        }
-    }
-
-    /// Receives one datagram into `buf`; returns its length and sender (IPv4-mapped addresses
-    /// come back as plain IPv4).
-    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        match self {
-            Io::Udp(s) => {
-                let (n, from) = s.recv_from(buf).await?;
-                Ok((n, canonical(from)))
-            }
-            Io::Pipe { rx, .. } => match rx.lock().await.recv().await {
-                Some((from, data)) => {
-                    let n = data.len().min(buf.len());
-                    buf[..n].copy_from_slice(&data[..n]);
-                    Ok((n, from))
+                let transmit = quinn_udp::Transmit {
+                    destination: to,
+                    ecn: None,
+                    contents,
+                    segment_size: (contents.len() > segment).then_some(segment),
+                    src_ip: None,
+                };
+                loop {
+                    socket.writable().await?;
+                    match socket.try_io(tokio::io::Interest::WRITABLE, || {
+                        state.try_send(socket.into(), &transmit)
+                    }) {
+                        Ok(()) => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
                 }
-                None => std::future::pending().await,
+            }
+            Io::Pipe { local, tx, .. } => {
+                for chunk in contents.chunks(segment.max(1)) {
+                    tx.send((*local, chunk.to_vec()))
+                        .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "pipe peer gone"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for datagrams and reads as many as are ready into `inbox` (at least one).
+    async fn recv_batch(&self, inbox: &mut Inbox) -> io::Result<()> {
+        inbox.items.clear();
+        match self {
+            Io::Udp { socket, state } => loop {
+                socket.readable().await?;
+                let mut metas = [quinn_udp::RecvMeta::default(); INBOX_SLOTS];
+                let mut iovs: Vec<IoSliceMut<'_>> =
+                    inbox.slots.iter_mut().map(|s| IoSliceMut::new(s)).collect();
+                let r = socket.try_io(tokio::io::Interest::READABLE, || {
+                    state.recv(socket.into(), &mut iovs, &mut metas)
+                });
+                drop(iovs);
+                match r {
+                    Ok(n) => {
+                        for (slot, meta) in metas.iter().enumerate().take(n) {
+                            let stride = meta.stride.max(1);
+                            let mut start = 0;
+                            while start < meta.len {
+                                let len = stride.min(meta.len - start);
+                                inbox.items.push((canonical(meta.addr), slot, start, len));
+                                start += len;
+                            }
+                        }
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
             },
+            Io::Pipe { rx, .. } => {
+                let mut rx = rx.lock().await;
+                let Some(first) = rx.recv().await else {
+                    return std::future::pending().await;
+                };
+                let mut next = Some(first);
+                let mut slot = 0;
+                while let Some((from, data)) = next.take() {
+                    let n = data.len().min(inbox.slots[slot].len());
+                    inbox.slots[slot][..n].copy_from_slice(&data[..n]);
+                    inbox.items.push((from, slot, 0, n));
+                    slot += 1;
+                    if slot < inbox.slots.len() {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -286,17 +345,18 @@ impl Outbox {
 #[derive(Debug)]
 pub struct Inbox {
     slots: Vec<Vec<u8>>,
-    items: Vec<(SocketAddr, usize)>,
+    /// (sender, slot, offset, length): with GRO one slot holds several datagrams.
+    items: Vec<(SocketAddr, usize, usize, usize)>,
 }
 
-/// Most datagrams read before they are handed over.
+/// Buffers read per receive call.
 const INBOX_SLOTS: usize = 32;
 
 impl Inbox {
-    fn new() -> Self {
+    fn new(slots: usize) -> Self {
         Self {
-            slots: (0..INBOX_SLOTS).map(|_| vec![0u8; 65_536]).collect(),
-            items: Vec::with_capacity(INBOX_SLOTS),
+            slots: (0..slots).map(|_| vec![0u8; 65_536]).collect(),
+            items: Vec::with_capacity(slots * 4),
         }
     }
 
@@ -304,8 +364,7 @@ impl Inbox {
     pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
         self.items
             .iter()
-            .zip(&self.slots)
-            .map(|((from, n), buf)| (*from, &buf[..*n]))
+            .map(|&(from, slot, start, len)| (from, &self.slots[slot][start..start + len]))
     }
 }
 
@@ -335,20 +394,23 @@ pub enum Wake {
 
 /// Runs one endpoint until its owner says it is gone.
 pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
-    let mut inbox = Inbox::new();
+    let mut inbox = Inbox::new(if matches!(*io, Io::Udp { .. }) {
+        INBOX_SLOTS
+    } else {
+        64
+    });
     let mut out = Outbox::default();
     let mut rng = ChaCha8Rng::seed_from_u64(OsRng.next_u64());
     let (mut lag_out, mut lag_in) = (DelayLine::default(), DelayLine::default());
-    let mut delayed = Inbox::new();
-    delayed.slots.truncate(1);
+    let mut delayed = Inbox::new(1);
+    let max_segments = io.max_segments();
     loop {
         let fake = owner.fake();
         let now = Instant::now();
         while let Some((from, data)) = lag_in.pop_due(now) {
-            delayed.slots[0].clear();
-            delayed.slots[0].extend_from_slice(&data);
+            delayed.slots[0][..data.len()].copy_from_slice(&data);
             delayed.items.clear();
-            delayed.items.push((from, data.len()));
+            delayed.items.push((from, 0, 0, data.len()));
             owner.on_datagrams(now, &delayed);
         }
         out.clear();
@@ -357,19 +419,42 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
             Wake::At(t) => Some(t),
             Wake::Idle => None,
         };
-        for &(to, start, len) in &out.items {
-            let data = &out.data[start..start + len];
-            if dropped(&mut rng, fake.loss_send) {
+        let faking = fake.loss_send > 0.0 || !fake.lag_send.is_zero() || !lag_out.queue.is_empty();
+        let mut i = 0;
+        while i < out.items.len() {
+            let (to, start, len) = out.items[i];
+            if faking {
+                i += 1;
+                if !dropped(&mut rng, fake.loss_send) {
+                    lag_out.push(
+                        now + fake.lag_send,
+                        to,
+                        out.data[start..start + len].to_vec(),
+                    );
+                }
                 continue;
             }
-            if fake.lag_send.is_zero() && lag_out.queue.is_empty() {
-                send(&io, data, to).await;
-            } else {
-                lag_out.push(now + fake.lag_send, to, data.to_vec());
+            // A run of equal-sized datagrams to one peer goes out in one segmented send.
+            let mut end = i + 1;
+            while end < out.items.len()
+                && end - i < max_segments
+                && out.items[end - 1].2 == len
+                && out.items[end].0 == to
+                && out.items[end].2 <= len
+            {
+                end += 1;
             }
+            let (_, last_start, last_len) = out.items[end - 1];
+            let contents = &out.data[start..last_start + last_len];
+            if let Err(e) = io.send_segments(contents, len, to).await {
+                tracing::debug!(%to, error = %e, "send failed");
+            }
+            i = end;
         }
         while let Some((to, data)) = lag_out.pop_due(Instant::now()) {
-            send(&io, &data, to).await;
+            if let Err(e) = io.send_segments(&data, data.len(), to).await {
+                tracing::debug!(%to, error = %e, "send failed");
+            }
         }
         let deadline = [deadline, lag_out.next_due(), lag_in.next_due()]
             .into_iter()
@@ -382,20 +467,8 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
             }
         };
         tokio::select! {
-            r = io.recv_from(&mut inbox.slots[0]) => match r {
-                Ok((n, from)) => {
-                    inbox.items.clear();
-                    inbox.items.push((from, n));
-                    // Take whatever else is already waiting, then feed it all under one lock.
-                    while inbox.items.len() < INBOX_SLOTS {
-                        let i = inbox.items.len();
-                        match io.try_recv_from(&mut inbox.slots[i]) {
-                            Some((n, from)) => inbox.items.push((from, n)),
-                            None => break,
-                        }
-                    }
-                    receive(&owner, &mut inbox, &fake, &mut rng, &mut lag_in);
-                }
+            r = io.recv_batch(&mut inbox) => match r {
+                Ok(()) => receive(&owner, &mut inbox, &fake, &mut rng, &mut lag_in),
                 // ICMP errors from earlier sends surface here on Linux; they are not fatal.
                 Err(e) => tracing::trace!(error = %e, "recv error"),
             },
@@ -416,15 +489,7 @@ fn receive<D: Driven>(
     let now = Instant::now();
     if fake.loss_recv > 0.0 {
         // Keep the survivors, compacted to the front.
-        let mut w = 0;
-        for r in 0..inbox.items.len() {
-            if !dropped(rng, fake.loss_recv) {
-                inbox.slots.swap(w, r);
-                inbox.items[w] = inbox.items[r];
-                w += 1;
-            }
-        }
-        inbox.items.truncate(w);
+        inbox.items.retain(|_| !dropped(rng, fake.loss_recv));
     }
     if !fake.lag_recv.is_zero() || !lag_in.queue.is_empty() {
         for (from, data) in inbox.iter() {
@@ -433,10 +498,4 @@ fn receive<D: Driven>(
         return;
     }
     owner.on_datagrams(now, inbox);
-}
-
-async fn send(io: &Io, data: &[u8], to: SocketAddr) {
-    if let Err(e) = io.send_to(data, to).await {
-        tracing::debug!(%to, error = %e, "send failed");
-    }
 }
