@@ -213,7 +213,11 @@ impl Sim {
     fn flush_transmits(&mut self) {
         let mut buf = Vec::with_capacity(2048);
         for i in 0..self.nodes.len() {
-            while let Some(t) = self.nodes[i].endpoint.poll_transmit(self.now, &mut buf) {
+            loop {
+                buf.clear();
+                let Some(t) = self.nodes[i].endpoint.poll_transmit(self.now, &mut buf) else {
+                    break;
+                };
                 let p = Packet {
                     from: self.nodes[i].addr,
                     to: t.destination,

@@ -239,8 +239,6 @@ struct EpState {
     auto_accept: bool,
     /// Stop the driver once no connection is left.
     closing: bool,
-    /// Reused buffer for building datagrams.
-    scratch: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -1102,7 +1100,6 @@ impl State {
                 loopback_buffers: false,
                 auto_accept: false,
                 closing: false,
-                scratch: Vec::with_capacity(2048),
             },
         );
         id
@@ -1385,11 +1382,11 @@ impl Driven for EpDriver {
             return Wake::Stop;
         };
         e.endpoint.handle_timeout(now);
-        let mut buf = std::mem::take(&mut e.scratch);
-        while let Some(t) = e.endpoint.poll_transmit(now, &mut buf) {
-            out.push(t.destination, &buf[..t.len]);
-        }
-        e.scratch = buf;
+        out.fill(|buf| {
+            e.endpoint
+                .poll_transmit(now, buf)
+                .map(|t| (t.destination, t.len))
+        });
         let done = e.closing && e.endpoint.connection_ids().next().is_none();
         let wake = e.endpoint.poll_timeout();
         st.pump(self.ep);

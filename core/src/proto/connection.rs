@@ -133,12 +133,15 @@ enum Timer {
 }
 const TIMER_COUNT: usize = 6;
 
+/// Reliable ranges carried by one packet; most carry one or two, kept inline.
+type SegRefs = smallvec::SmallVec<[SegRef; 2]>;
+
 /// An ack-eliciting packet in flight (packets carrying only acks are not tracked).
 #[derive(Debug)]
 struct SentPacket {
     time: Instant,
     size: u64,
-    segments: Vec<SegRef>,
+    segments: SegRefs,
 }
 
 enum Handshake {
@@ -1284,10 +1287,9 @@ impl Connection {
         self.config.mtu() - SHORT_HEADER_LEN - tag
     }
 
-    /// Writes the next datagram into `buf` (cleared first). Returns `false` when there is
-    /// nothing to send now.
+    /// Appends the next datagram to `buf`. Returns `false` (and leaves `buf` as it was) when
+    /// there is nothing to send now.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
-        buf.clear();
         self.last_poll = self.last_poll.max(now);
         if let Some(reject) = self.reject_due.take() {
             buf.extend_from_slice(&reject);
@@ -1305,7 +1307,7 @@ impl Connection {
                 buf.extend_from_slice(bytes);
                 self.timers[Timer::Handshake as usize] = Some(now + *backoff);
                 self.stats.packets_sent += 1;
-                self.stats.bytes_sent += buf.len() as u64;
+                self.stats.bytes_sent += bytes.len() as u64;
                 return true;
             }
             return false;
@@ -1315,10 +1317,10 @@ impl Connection {
                 return false;
             }
             buf.extend_from_slice(hello);
-            self.pending_hello = None;
-            self.amp_sent += buf.len() as u64;
+            self.amp_sent += hello.len() as u64;
             self.stats.packets_sent += 1;
-            self.stats.bytes_sent += buf.len() as u64;
+            self.stats.bytes_sent += hello.len() as u64;
+            self.pending_hello = None;
             return true;
         }
         if self.keys.is_none() || self.state == ConnectionState::Dead {
@@ -1347,8 +1349,7 @@ impl Connection {
             }
             max_payload = max_payload.min(budget - (self.config.mtu() - full_payload));
         }
-        let mut payload = Vec::with_capacity(max_payload);
-        let mut segments = Vec::new();
+        let mut segments = SegRefs::new();
         let mut eliciting = false;
         let ack_now = self.ack.deadline.is_some_and(|d| d <= now);
         let sending_data = matches!(
@@ -1381,15 +1382,26 @@ impl Connection {
         if !(ack_now || closing || self.closed_ack_due || data_ok || ping) {
             return false;
         }
+        // Frames go straight into `buf` after the header and are sealed there in place.
+        let start = buf.len();
+        let pn = self.next_pn;
+        ShortHeader {
+            encrypted: !self.unencrypted,
+            dst_id: self.remote_id,
+            pn_low: pn as u32,
+        }
+        .encode(buf);
+        let body = buf.len();
+        let payload = buf;
         if self.ack.dirty || ack_now {
             if let Some(f) = self.ack_frame(now, max_payload / 2) {
-                f.encode(&mut payload);
+                f.encode(payload);
             }
         }
         if closing {
             if let Some((reason, debug)) = &self.close_frame {
                 // The debug text gives way when the packet (or amplification budget) is short.
-                let room = max_payload.saturating_sub(payload.len() + 6);
+                let room = max_payload.saturating_sub(payload.len() - body + 6);
                 let mut end = debug.len().min(room);
                 while !debug.is_char_boundary(end) {
                     end -= 1;
@@ -1399,18 +1411,18 @@ impl Connection {
                         reason: *reason,
                         debug: debug[..end].to_string(),
                     }
-                    .encode(&mut payload);
+                    .encode(payload);
                     eliciting = true;
                 }
             }
             self.close_due = false;
         }
         if self.closed_ack_due {
-            Frame::Closed.encode(&mut payload);
+            Frame::Closed.encode(payload);
             self.closed_ack_due = false;
         }
         if ping {
-            Frame::Ping.encode(&mut payload);
+            Frame::Ping.encode(payload);
             self.ping_pending = false;
             eliciting = true;
         }
@@ -1418,41 +1430,36 @@ impl Connection {
             while let Some((seg, r)) = self.sendq.next_segment(
                 now,
                 self.config.nagle_time,
-                max_payload.saturating_sub(payload.len()),
+                max_payload.saturating_sub(payload.len() - body),
                 full_payload,
             ) {
-                Frame::Segment(seg).encode(&mut payload);
+                Frame::Segment(seg).encode(payload);
                 segments.extend(r);
                 eliciting = true;
             }
         }
-        if payload.is_empty() {
+        if payload.len() == body {
+            payload.truncate(start);
             return false;
         }
         if self.probes > 0 && eliciting {
             self.probes -= 1;
         }
-        let pn = self.next_pn;
         self.next_pn += 1;
-        let header = ShortHeader {
-            encrypted: !self.unencrypted,
-            dst_id: self.remote_id,
-            pn_low: pn as u32,
-        };
-        header.encode(buf);
         if let Some(keys) = &self.keys {
             if !self.unencrypted {
-                keys.send.seal(pn, &buf[..SHORT_HEADER_LEN], &mut payload);
+                let (header, frames) = payload[start..].split_at_mut(SHORT_HEADER_LEN);
+                let tag = keys.send.seal_in_place(pn, header, frames);
+                payload.extend_from_slice(&tag);
             }
         }
-        buf.extend_from_slice(&payload);
-        let size = buf.len() as u64;
+        let size = (payload.len() - start) as u64;
         self.amp_sent += size;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += size;
         if eliciting {
             self.in_flight += size;
-            self.pacer.on_send(buf.len());
+            self.pacer.on_send(size as usize);
             self.last_eliciting_sent = Some(now);
         }
         if eliciting {

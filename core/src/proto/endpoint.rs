@@ -26,7 +26,7 @@ pub struct ConnId(pub u32);
 pub struct Transmit {
     /// Where to.
     pub destination: SocketAddr,
-    /// Bytes written at the front of the caller's buffer.
+    /// Bytes appended to the end of the caller's buffer.
     pub len: usize,
 }
 
@@ -480,16 +480,16 @@ impl Endpoint {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// Writes the next datagram into `buf`.
+    /// Appends the next datagram to `buf`; it is the last `len` bytes of `buf`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         if let Some((to, bytes)) = self.replies.pop_front() {
-            buf.clear();
             buf.extend_from_slice(&bytes);
             return Some(Transmit {
                 destination: to,
-                len: buf.len(),
+                len: bytes.len(),
             });
         }
+        let start = buf.len();
         while let Some(&id) = self.dirty.front() {
             let Some(c) = self.connections.get_mut(&id) else {
                 self.dirty.pop_front();
@@ -499,7 +499,7 @@ impl Endpoint {
             if c.poll_transmit(now, buf) {
                 let t = Transmit {
                     destination: c.remote_addr(),
-                    len: buf.len(),
+                    len: buf.len() - start,
                 };
                 self.drain_events(id);
                 return Some(t);
