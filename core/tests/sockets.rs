@@ -100,10 +100,25 @@ fn a_hundred_clients_exchange_reliable_and_unreliable_messages() {
     let conns: Vec<ConnectionHandle> = (0..CLIENTS)
         .map(|_| connect(&client, server.addr))
         .collect();
-    assert!(wait_until(Duration::from_secs(30), || {
+    let ok = wait_until(Duration::from_secs(30), || {
         server.service();
         conns.iter().all(|h| connected(&client, *h)) && server.conns.len() == CLIENTS
-    }));
+    });
+    if !ok {
+        let states: Vec<_> = conns
+            .iter()
+            .map(|h| client.get_connection_info(*h).map(|i| i.state))
+            .collect();
+        let server_states: Vec<_> = server
+            .conns
+            .iter()
+            .map(|h| server.sockets.get_connection_info(*h).map(|i| i.state))
+            .collect();
+        panic!(
+            "client {states:?}\nserver {server_states:?}\n{}",
+            client.get_detailed_connection_status(conns[0]).unwrap()
+        );
+    }
     // The server learns which client is which from the first reliable message.
     let mut who: HashMap<ConnectionHandle, usize> = HashMap::new();
     for (i, h) in conns.iter().enumerate() {

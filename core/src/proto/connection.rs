@@ -20,7 +20,7 @@ use super::recv::{Reassembly, Received, RecvError};
 use super::send::{SegRef, SendQueue};
 use super::types::{ConnectionInfoFlags, ConnectionState, EndReason, SendFlags};
 use super::Error;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use punchline_identity::Identity;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -824,8 +824,8 @@ impl Connection {
     }
 
     /// A data packet addressed to this connection.
-    pub(crate) fn handle_packet(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        let Ok(header) = ShortHeader::decode(datagram) else {
+    pub(crate) fn handle_packet(&mut self, now: Instant, from: SocketAddr, mut datagram: BytesMut) {
+        let Ok(header) = ShortHeader::decode(&datagram) else {
             self.stats.malformed += 1;
             return;
         };
@@ -841,15 +841,16 @@ impl Connection {
             self.stats.replays_dropped += 1;
             return;
         }
-        let mut payload = datagram[SHORT_HEADER_LEN..].to_vec();
-        if header.encrypted
-            && keys
-                .recv
-                .open(pn, &datagram[..SHORT_HEADER_LEN], &mut payload)
-                .is_err()
-        {
-            self.stats.decrypt_failures += 1;
-            return;
+        let len = datagram.len();
+        if header.encrypted {
+            let (head, body) = datagram.split_at_mut(SHORT_HEADER_LEN);
+            match keys.recv.open_in_place(pn, head, body) {
+                Ok(n) => datagram.truncate(SHORT_HEADER_LEN + n),
+                Err(_) => {
+                    self.stats.decrypt_failures += 1;
+                    return;
+                }
+            }
         }
         if from != self.remote {
             // Authentic, but from another address: moving there unvalidated would let the peer
@@ -857,7 +858,8 @@ impl Connection {
             self.stats.wrong_address += 1;
             return;
         }
-        let payload = Bytes::from(payload);
+        // Decrypted in place; messages slice it without copying.
+        let payload = datagram.freeze().slice(SHORT_HEADER_LEN..);
         let mut frames = match decode_frames(&payload, self.config.recv_max_segments_per_packet) {
             Ok(f) => f,
             Err(e) => {
@@ -866,8 +868,8 @@ impl Connection {
                 return;
             }
         };
-        self.stats.bytes_received += datagram.len() as u64;
-        self.amp_received += datagram.len() as u64;
+        self.stats.bytes_received += len as u64;
+        self.amp_received += len as u64;
         self.last_recv = now;
         if !self.admit(&frames) {
             // No room for its messages: drop them unacknowledged (the peer resends), but act
@@ -940,10 +942,7 @@ impl Connection {
                     return false;
                 }
                 head |= self.recv.is_head(s);
-                bytes += s.data.len();
-                if s.data.len() as u64 != s.total {
-                    bytes += super::recv::PIECE_OVERHEAD;
-                }
+                bytes += self.recv.charge(s);
                 msgs += 1;
             }
         }

@@ -9,6 +9,7 @@ use super::crypto::{CookieKey, COOKIE_LEN};
 use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, PROTOCOL_VERSION};
 use super::types::{ConnectionState, EndReason};
 use super::Error;
+use bytes::BytesMut;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::cmp::Reverse;
@@ -74,7 +75,12 @@ pub struct Endpoint {
     scheduled: HashMap<u32, Instant>,
     /// Connections in Connecting (handshakes pending).
     connecting: HashSet<u32>,
+    /// Where received data packets are copied to be decrypted in place.
+    rx_arena: BytesMut,
 }
+
+/// Bytes of receive arena allocated at a time.
+const RX_ARENA: usize = 64 * 1024;
 
 impl Endpoint {
     /// An endpoint. `seed` feeds every random choice (connection ids, ephemeral keys,
@@ -104,6 +110,7 @@ impl Endpoint {
             timers: BinaryHeap::new(),
             scheduled: HashMap::new(),
             connecting: HashSet::new(),
+            rx_arena: BytesMut::new(),
         }
     }
 
@@ -237,7 +244,13 @@ impl Endpoint {
             packet::DATA | packet::DATA_PLAIN => match ShortHeader::decode(datagram) {
                 Ok(h) => match self.connections.get_mut(&h.dst_id) {
                     Some(c) => {
-                        c.handle_packet(now, from, datagram);
+                        // Copy into the receive arena: one allocation per ~50 packets, and
+                        // the packet is decrypted where it lies.
+                        if self.rx_arena.capacity() - self.rx_arena.len() < datagram.len() {
+                            self.rx_arena = BytesMut::with_capacity(RX_ARENA.max(datagram.len()));
+                        }
+                        self.rx_arena.extend_from_slice(datagram);
+                        c.handle_packet(now, from, self.rx_arena.split());
                         self.drain_events(h.dst_id);
                         self.touch(h.dst_id);
                     }

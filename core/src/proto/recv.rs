@@ -36,11 +36,11 @@ pub enum RecvError {
     OutOfWindow,
 }
 
+/// A message being reassembled: its full-size buffer, which fragments are copied into.
 #[derive(Debug)]
 struct Partial {
     msg_num: u64,
-    total: u64,
-    pieces: BTreeMap<u64, Bytes>,
+    buf: BytesMut,
     have: RangeSet,
 }
 
@@ -48,53 +48,35 @@ impl Partial {
     fn new(s: &Segment) -> Self {
         Self {
             msg_num: s.msg_num,
-            total: s.total,
-            pieces: BTreeMap::new(),
+            buf: BytesMut::zeroed(s.total as usize),
             have: RangeSet::new(),
         }
     }
 
-    /// Adds a piece; returns (bytes now held in addition, bytes released by a replaced piece).
-    fn add(&mut self, s: &Segment) -> Result<(usize, usize), RecvError> {
-        if s.msg_num != self.msg_num || s.total != self.total {
+    /// Copies a piece into place.
+    fn add(&mut self, s: &Segment) -> Result<(), RecvError> {
+        if s.msg_num != self.msg_num || s.total != self.buf.len() as u64 {
             return Err(RecvError::Inconsistent);
         }
-        let range = s.offset..s.offset + s.data.len() as u64;
-        if self.have.contains_range(range.clone()) {
-            return Ok((0, 0));
-        }
-        self.have.insert(range);
-        // Copy, so a small fragment does not keep its whole packet alive. A piece at the same
-        // offset is never longer than this one (it would cover it), so replacing loses nothing.
-        let replaced = self
-            .pieces
-            .insert(s.offset, Bytes::copy_from_slice(&s.data))
-            .map_or(0, |old| old.len() + PIECE_OVERHEAD);
-        Ok((s.data.len() + PIECE_OVERHEAD, replaced))
+        // The decoder checked offset + len <= total.
+        let start = s.offset as usize;
+        self.buf[start..start + s.data.len()].copy_from_slice(&s.data);
+        self.have.insert(s.offset..s.offset + s.data.len() as u64);
+        Ok(())
     }
 
     fn is_complete(&self) -> bool {
-        self.have.contains_range(0..self.total)
+        self.have.contains_range(0..self.buf.len() as u64)
     }
 
-    /// Bytes charged against the receive buffer: the data plus bookkeeping per piece.
-    fn held(&self) -> usize {
-        self.pieces.values().map(|p| p.len() + PIECE_OVERHEAD).sum()
-    }
-
-    fn assemble(self) -> Bytes {
-        let mut out = BytesMut::zeroed(self.total as usize);
-        for (off, piece) in self.pieces {
-            let off = off as usize;
-            out[off..off + piece.len()].copy_from_slice(&piece);
-        }
-        out.freeze()
+    /// What it is charged against the receive buffer: its whole size from the first piece on,
+    /// so claimed sizes are paid for before any memory is committed to them.
+    fn charge(&self) -> usize {
+        self.buf.len() + PIECE_OVERHEAD
     }
 }
 
-/// What one stored fragment costs beyond its data (map entry, range bookkeeping); charged
-/// against the receive buffer so that a flood of tiny fragments cannot hold more memory than
-/// the buffer allows.
+/// What a message under reassembly costs beyond its data (map entry, range bookkeeping).
 pub const PIECE_OVERHEAD: usize = 64;
 
 /// Incomplete unreliable messages kept at once; the oldest is dropped past this.
@@ -135,6 +117,24 @@ impl Reassembly {
     /// out-of-order backlog cannot starve the message that would drain it).
     pub fn is_head(&self, s: &Segment) -> bool {
         s.reliable_seq == Some(self.next_seq)
+    }
+
+    /// Bytes taking `s` would add to [`held_bytes`](Self::held_bytes): a fragment of a
+    /// message not yet under reassembly is charged the message's whole size.
+    pub fn charge(&self, s: &Segment) -> usize {
+        let whole = s.offset == 0 && s.data.len() as u64 == s.total;
+        if whole {
+            return s.data.len();
+        }
+        let started = match s.reliable_seq {
+            Some(seq) => seq < self.next_seq || self.partial_reliable.contains_key(&seq),
+            None => self.partial_unreliable.contains_key(&s.msg_num),
+        };
+        if started {
+            0
+        } else {
+            s.total as usize + PIECE_OVERHEAD
+        }
     }
 
     /// False for a reliable segment too far ahead of the next expected message.
@@ -193,23 +193,26 @@ impl Reassembly {
         }
         let whole = s.offset == 0 && s.data.len() as u64 == s.total;
         let payload = if whole && !self.partial_reliable.contains_key(&seq) {
+            self.held_bytes += s.data.len();
             s.data.clone()
         } else {
-            let p = self
-                .partial_reliable
-                .entry(seq)
-                .or_insert_with(|| Partial::new(s));
-            let (added, released) = p.add(s)?;
-            self.held_bytes = self.held_bytes + added - released;
+            let p = match self.partial_reliable.entry(seq) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let p = e.insert(Partial::new(s));
+                    self.held_bytes += p.charge();
+                    p
+                }
+            };
+            p.add(s)?;
             if !p.is_complete() {
                 return Ok(());
             }
             // Just checked that the entry exists and is complete.
             let p = self.partial_reliable.remove(&seq).expect("entry present");
-            self.held_bytes -= p.held();
-            p.assemble()
+            self.held_bytes -= PIECE_OVERHEAD;
+            p.buf.freeze()
         };
-        self.held_bytes += payload.len();
         self.held_messages += 1;
         self.complete_reliable.insert(
             seq,
@@ -231,34 +234,34 @@ impl Reassembly {
     fn insert_unreliable(&mut self, now: Instant, s: &Segment) {
         let whole = s.offset == 0 && s.data.len() as u64 == s.total;
         let payload = if whole {
+            self.held_bytes += s.data.len();
             s.data.clone()
         } else {
             if !self.partial_unreliable.contains_key(&s.msg_num)
                 && self.partial_unreliable.len() >= MAX_PARTIAL_UNRELIABLE
             {
                 if let Some((_, old)) = self.partial_unreliable.pop_first() {
-                    self.held_bytes -= old.held();
+                    self.held_bytes -= old.charge();
                 }
             }
-            let p = self
-                .partial_unreliable
-                .entry(s.msg_num)
-                .or_insert_with(|| Partial::new(s));
-            match p.add(s) {
-                Ok((added, released)) => self.held_bytes = self.held_bytes + added - released,
-                Err(_) => return, // inconsistent: drop this piece
-            }
-            if !p.is_complete() {
-                return;
+            let p = match self.partial_unreliable.entry(s.msg_num) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let p = e.insert(Partial::new(s));
+                    self.held_bytes += p.charge();
+                    p
+                }
+            };
+            if p.add(s).is_err() || !p.is_complete() {
+                return; // an inconsistent piece is dropped; an incomplete message waits
             }
             let p = self
                 .partial_unreliable
                 .remove(&s.msg_num)
                 .expect("entry present");
-            self.held_bytes -= p.held();
-            p.assemble()
+            self.held_bytes -= PIECE_OVERHEAD;
+            p.buf.freeze()
         };
-        self.held_bytes += payload.len();
         self.ready_bytes += payload.len();
         self.held_messages += 1;
         self.ready.push_back(Received {
@@ -310,7 +313,7 @@ mod tests {
         assert!(r.pop().is_none());
         assert_eq!(
             r.held_bytes(),
-            (2 + PIECE_OVERHEAD) * MAX_PARTIAL_UNRELIABLE
+            (4 + PIECE_OVERHEAD) * MAX_PARTIAL_UNRELIABLE
         );
         r.insert(t, &seg(None, 99, 2, 4, b"cd"), 100).unwrap();
         assert_eq!(r.pop().unwrap().payload, Bytes::from_static(b"abcd"));

@@ -357,6 +357,9 @@ pub struct Inbox {
     items: Vec<(SocketAddr, usize, usize, usize)>,
 }
 
+/// Most bytes in one segmented send.
+const MAX_GSO_BYTES: usize = 64_000;
+
 /// Buffers read per receive call.
 const INBOX_SLOTS: usize = 32;
 
@@ -442,20 +445,30 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
                 }
                 continue;
             }
-            // A run of equal-sized datagrams to one peer goes out in one segmented send.
+            // A run of equal-sized datagrams to one peer goes out in one segmented send (at most
+            // 64 KiB in all: the kernel refuses larger).
             let mut end = i + 1;
             while end < out.items.len()
                 && end - i < max_segments
                 && out.items[end - 1].2 == len
                 && out.items[end].0 == to
                 && out.items[end].2 <= len
+                && out.items[end].1 + out.items[end].2 - start <= MAX_GSO_BYTES
             {
                 end += 1;
             }
             let (_, last_start, last_len) = out.items[end - 1];
             let contents = &out.data[start..last_start + last_len];
             if let Err(e) = io.send_segments(contents, len, to).await {
-                tracing::debug!(%to, error = %e, "send failed");
+                tracing::debug!(%to, error = %e, segments = end - i, "send failed");
+                if end - i > 1 {
+                    // Segmentation refused: send them one by one.
+                    for &(to, start, len) in &out.items[i..end] {
+                        let _ = io
+                            .send_segments(&out.data[start..start + len], len, to)
+                            .await;
+                    }
+                }
             }
             i = end;
         }
