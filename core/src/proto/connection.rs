@@ -15,7 +15,7 @@ use super::config::{ConnectionConfig, Credentials};
 use super::crypto::{self, expand_packet_number, Keys, ReplayWindow, TAG_LEN};
 use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, SHORT_HEADER_LEN};
 use super::ranges::RangeSet;
-use super::recovery::{NewReno, Pacer, RttEstimator};
+use super::recovery::{Cubic, Pacer, RttEstimator};
 use super::recv::{Reassembly, Received, RecvError};
 use super::send::{SegRef, SendQueue};
 use super::types::{ConnectionInfoFlags, ConnectionState, EndReason, SendFlags};
@@ -213,7 +213,7 @@ pub struct Connection {
     largest_acked: Option<u64>,
     in_flight: u64,
     rtt: RttEstimator,
-    cc: NewReno,
+    cc: Cubic,
     pacer: Pacer,
     pto_count: u32,
     probes: u32,
@@ -330,7 +330,7 @@ impl Connection {
             largest_acked: None,
             in_flight: 0,
             rtt: RttEstimator::new(),
-            cc: NewReno::new(mss),
+            cc: Cubic::new(mss),
             pacer: Pacer::new(),
             pto_count: 0,
             probes: 0,
@@ -1043,9 +1043,12 @@ impl Connection {
             }
         }
         self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
+        // The window was in use if what was in flight came close to filling it.
+        let cwnd_limited = self.in_flight + 2 * self.config.mtu() as u64 >= self.window();
         for (_, p) in newly {
             self.in_flight -= p.size;
-            self.cc.on_ack(p.time, p.size);
+            self.cc
+                .on_ack(now, p.time, p.size, self.rtt.smoothed, cwnd_limited);
             for s in p.segments {
                 self.sendq.on_acked(s);
             }
@@ -1274,7 +1277,9 @@ impl Connection {
 
     fn pacing_rate(&self) -> u64 {
         let srtt = self.rtt.smoothed.as_secs_f64().max(0.000_1);
-        let rate = (self.window() as f64 * 1.25 / srtt) as u64;
+        // Pace at twice the window per RTT in slow start (so it can double), 1.25x after.
+        let gain = if self.cc.in_slow_start() { 2.0 } else { 1.25 };
+        let rate = (self.window() as f64 * gain / srtt) as u64;
         rate.clamp(
             self.config.send_rate_min,
             self.config.send_rate_max.max(self.config.send_rate_min),

@@ -77,18 +77,38 @@ impl Default for RttEstimator {
     }
 }
 
-/// NewReno congestion window.
+/// CUBIC congestion control (RFC 9438), in bytes.
+///
+/// Why CUBIC: it is loss-based like the TCP it shares paths with, so it is fair to them; its
+/// window grows as a cubic function of the time since the last loss, independent of the RTT,
+/// so it refills a fast path in a few round trips after a reduction instead of Reno's one
+/// packet per RTT; and its Reno-friendly estimate keeps it from doing worse than Reno on short
+/// or lossy paths. Slow start doubles the window every round trip until the first loss; each
+/// loss (at most one reduction per round trip) multiplies it by 0.7. The window only grows
+/// while the sender actually uses it, so an idle or application-limited game connection does
+/// not build up a window it never tested. Pacing spreads every window over the round trip
+/// (see `Connection`), and `SendRateMin` / `SendRateMax` clamp the resulting rate.
 #[derive(Debug, Clone)]
-pub struct NewReno {
+pub struct Cubic {
     /// Bytes that may be in flight.
     pub window: u64,
     ssthresh: u64,
     recovery_start: Option<Instant>,
     mss: u64,
+    /// The window just before the last reduction, in bytes.
+    w_max: f64,
+    /// Seconds from the epoch start until the window returns to `w_max`.
+    k: f64,
+    epoch_start: Option<Instant>,
+    /// The window Reno would have now, in bytes.
+    w_est: f64,
 }
 
-impl NewReno {
-    /// A window for packets of `mss` bytes.
+const CUBIC_C: f64 = 0.4;
+const CUBIC_BETA: f64 = 0.7;
+
+impl Cubic {
+    /// A window for packets of `mss` bytes: ten packets to start.
     pub fn new(mss: usize) -> Self {
         let mss = mss as u64;
         Self {
@@ -96,6 +116,10 @@ impl NewReno {
             ssthresh: u64::MAX,
             recovery_start: None,
             mss,
+            w_max: 0.0,
+            k: 0.0,
+            epoch_start: None,
+            w_est: 0.0,
         }
     }
 
@@ -103,15 +127,47 @@ impl NewReno {
         2 * self.mss
     }
 
-    /// Grows the window for `bytes` newly acknowledged of a packet sent at `sent`.
-    pub fn on_ack(&mut self, sent: Instant, bytes: u64) {
-        if self.recovery_start.is_some_and(|r| sent <= r) {
+    /// True while in slow start.
+    pub fn in_slow_start(&self) -> bool {
+        self.window < self.ssthresh
+    }
+
+    /// Grows the window for `bytes` newly acknowledged of a packet sent at `sent`;
+    /// `cwnd_limited` says whether the sender was using the window when it sent.
+    pub fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        rtt: Duration,
+        cwnd_limited: bool,
+    ) {
+        if self.recovery_start.is_some_and(|r| sent <= r) || !cwnd_limited {
             return;
         }
-        if self.window < self.ssthresh {
+        if self.in_slow_start() {
             self.window += bytes;
-        } else {
-            self.window += (self.mss * bytes / self.window).max(1);
+            return;
+        }
+        let mss = self.mss as f64;
+        let window = self.window as f64;
+        let epoch = *self.epoch_start.get_or_insert_with(|| {
+            self.k = if self.w_max > window {
+                ((self.w_max - window) / mss / CUBIC_C).cbrt()
+            } else {
+                0.0
+            };
+            self.w_est = window;
+            now
+        });
+        let t = now.saturating_duration_since(epoch).as_secs_f64() + rtt.as_secs_f64();
+        let cubic = (CUBIC_C * (t - self.k).powi(3)) * mss + self.w_max.max(window);
+        self.w_est += mss * (3.0 * (1.0 - CUBIC_BETA) / (1.0 + CUBIC_BETA)) * bytes as f64 / window;
+        // Grow toward the target, but by at most half a window per round trip.
+        let target = cubic.max(self.w_est).min(1.5 * window);
+        if target > window {
+            let grow = (target - window) * bytes as f64 / window;
+            self.window += grow.max(1.0) as u64;
         }
     }
 
@@ -121,13 +177,16 @@ impl NewReno {
             return;
         }
         self.recovery_start = Some(now);
-        self.window = (self.window / 2).max(self.min_window());
+        self.epoch_start = None;
+        let window = self.window as f64;
+        // Fast convergence: give way to newer flows when losses come before the old peak.
+        self.w_max = if window < self.w_max {
+            window * (1.0 + CUBIC_BETA) / 2.0
+        } else {
+            window
+        };
+        self.window = ((window * CUBIC_BETA) as u64).max(self.min_window());
         self.ssthresh = self.window;
-    }
-
-    /// True while in slow start.
-    pub fn in_slow_start(&self) -> bool {
-        self.window < self.ssthresh
     }
 }
 
@@ -198,18 +257,26 @@ mod tests {
     }
 
     #[test]
-    fn newreno_halves_once_per_recovery() {
+    fn cubic_slow_starts_cuts_once_per_recovery_and_regrows_to_the_old_peak() {
         let t0 = Instant::now();
-        let mut cc = NewReno::new(1000);
-        cc.on_ack(t0, 10_000);
-        assert_eq!(cc.window, 20_000);
-        let t1 = t0 + Duration::from_millis(10);
+        let rtt = Duration::from_millis(10);
+        let mut cc = Cubic::new(1000);
+        cc.on_ack(t0, t0, 10_000, rtt, true);
+        assert_eq!(cc.window, 20_000, "slow start adds what was acknowledged");
+        cc.on_ack(t0, t0, 10_000, rtt, false);
+        assert_eq!(cc.window, 20_000, "no growth while application-limited");
+        let t1 = t0 + rtt;
         cc.on_loss(t1, t0);
-        assert_eq!(cc.window, 10_000);
+        assert_eq!(cc.window, 14_000);
         cc.on_loss(t1, t0); // same flight: no second cut
-        assert_eq!(cc.window, 10_000);
-        cc.on_ack(t1 + Duration::from_millis(1), 10_000); // congestion avoidance
-        assert_eq!(cc.window, 11_000);
+        assert_eq!(cc.window, 14_000);
+        // Acks of packets sent after the loss grow it back toward 20 000 and beyond.
+        let mut now = t1;
+        for _ in 0..200 {
+            now += rtt;
+            cc.on_ack(now, now - rtt, cc.window, rtt, true);
+        }
+        assert!(cc.window > 20_000, "window {}", cc.window);
     }
 
     #[test]
