@@ -559,3 +559,37 @@ fn send_rate_max_clamps_the_pace_and_congestion_control_goes_faster_without_it()
     );
     assert!(free * 5 < capped, "uncapped {free:?} vs capped {capped:?}");
 }
+
+/// The congestion window after moving `bytes` over the sim link with `loss`.
+fn window_after_transfer(seed: u64, loss: f64, bytes: usize) -> u64 {
+    let (mut sim, c, s) = connected(seed);
+    sim.link.loss = loss;
+    let chunk = 16 * 1024;
+    let (mut sent, mut got) = (0usize, 0usize);
+    assert!(sim.run_until(Duration::from_secs(600), |sim| {
+        while sent < bytes && send(sim, 0, c, payload(0, chunk), SendFlags::RELIABLE).is_ok() {
+            sent += chunk;
+        }
+        got += drain(sim, 1, s)
+            .iter()
+            .map(|m| m.payload.len())
+            .sum::<usize>();
+        got >= bytes
+    }));
+    let now = sim.now;
+    sim.nodes[0]
+        .endpoint
+        .connection(c)
+        .unwrap()
+        .path_status(now)
+        .congestion_window
+}
+
+#[test]
+fn congestion_control_opens_on_a_clean_path_and_backs_off_under_loss() {
+    let clean = window_after_transfer(151, 0.0, 4 * 1024 * 1024);
+    let lossy = window_after_transfer(151, 0.05, 1024 * 1024);
+    // Ten packets to start; a clean path lets it grow far beyond that.
+    assert!(clean > 200_000, "clean-path window {clean}");
+    assert!(lossy * 4 < clean, "lossy window {lossy} vs clean {clean}");
+}
