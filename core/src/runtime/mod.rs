@@ -196,6 +196,25 @@ impl Io {
         }
     }
 
+    /// Sends one datagram at once from the calling thread, without waiting; fails with
+    /// `WouldBlock` when the socket buffer is full.
+    pub fn try_send_now(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
+        match self {
+            Io::Udp { socket, .. } => {
+                let to = match (socket.local_addr()?.is_ipv6(), to.ip()) {
+                    (true, IpAddr::V4(v4)) => {
+                        SocketAddr::new(v4.to_ipv6_mapped().into(), to.port())
+                    }
+                    _ => to,
+                };
+                socket.try_send_to(data, to).map(|_| ())
+            }
+            Io::Pipe { local, tx, .. } => tx
+                .send((*local, data.to_vec()))
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "pipe peer gone")),
+        }
+    }
+
     /// How many equal-sized datagrams one send may carry (1 without GSO).
     fn max_segments(&self) -> usize {
         match self {
