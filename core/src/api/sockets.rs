@@ -14,6 +14,7 @@ use crate::runtime::{drive, Driven, FakeConditions, Inbox, Io, Outbox, Service, 
 use bytes::Bytes;
 use punchline_identity::{CertStore, Certificate, Identity, KeyPair};
 use rand_core::{OsRng, RngCore};
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
@@ -275,9 +276,9 @@ struct ListenEntry {
 }
 
 struct State {
-    endpoints: HashMap<EpId, EpState>,
-    conns: HashMap<ConnectionHandle, ConnEntry>,
-    by_proto: HashMap<(EpId, ConnId), ConnectionHandle>,
+    endpoints: FxHashMap<EpId, EpState>,
+    conns: FxHashMap<ConnectionHandle, ConnEntry>,
+    by_proto: FxHashMap<(EpId, ConnId), ConnectionHandle>,
     listens: HashMap<ListenSocketHandle, ListenEntry>,
     groups: HashMap<PollGroupHandle, Vec<ConnectionHandle>>,
     interface: ConfigStore,
@@ -335,9 +336,9 @@ impl Sockets {
         };
         let service = Arc::new(Service::start()?);
         let state = State {
-            endpoints: HashMap::new(),
-            conns: HashMap::new(),
-            by_proto: HashMap::new(),
+            endpoints: FxHashMap::default(),
+            conns: FxHashMap::default(),
+            by_proto: FxHashMap::default(),
             listens: HashMap::new(),
             groups: HashMap::new(),
             interface: ConfigStore::default(),

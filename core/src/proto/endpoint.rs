@@ -12,6 +12,7 @@ use super::Error;
 use bytes::BytesMut;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -57,7 +58,7 @@ pub struct Endpoint {
     config: Arc<EndpointConfig>,
     credentials: Arc<super::config::Credentials>,
     rng: ChaCha20Rng,
-    connections: HashMap<u32, Connection>,
+    connections: FxHashMap<u32, Connection>,
     by_hello: HashMap<(SocketAddr, u32), u32>,
     cookie_key: CookieKey,
     start: Instant,
@@ -69,10 +70,10 @@ pub struct Endpoint {
     stats: EndpointStats,
     /// Connections that may have something to send, in the order they became so.
     dirty: VecDeque<u32>,
-    dirty_set: HashSet<u32>,
+    dirty_set: FxHashSet<u32>,
     /// Connection deadlines; an entry is current only if it matches `scheduled`.
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
-    scheduled: HashMap<u32, Instant>,
+    scheduled: FxHashMap<u32, Instant>,
     /// Connections in Connecting (handshakes pending).
     connecting: HashSet<u32>,
     /// Where received data packets are copied to be decrypted in place.
@@ -96,7 +97,7 @@ impl Endpoint {
             config: Arc::new(config),
             credentials,
             rng,
-            connections: HashMap::new(),
+            connections: FxHashMap::default(),
             by_hello: HashMap::new(),
             cookie_key: CookieKey::new(secret),
             start: now,
@@ -106,9 +107,9 @@ impl Endpoint {
             events: VecDeque::new(),
             stats: EndpointStats::default(),
             dirty: VecDeque::new(),
-            dirty_set: HashSet::new(),
+            dirty_set: FxHashSet::default(),
             timers: BinaryHeap::new(),
-            scheduled: HashMap::new(),
+            scheduled: FxHashMap::default(),
             connecting: HashSet::new(),
             rx_arena: BytesMut::new(),
         }

@@ -192,6 +192,21 @@ impl Reassembly {
             return Err(RecvError::OutOfWindow);
         }
         let whole = s.offset == 0 && s.data.len() as u64 == s.total;
+        if whole && seq == self.next_seq && !self.partial_reliable.contains_key(&seq) {
+            // The common case: the next message, whole, straight to the application.
+            self.held_bytes += s.data.len();
+            self.held_messages += 1;
+            self.ready_bytes += s.data.len();
+            self.ready.push_back(Received {
+                msg_num: s.msg_num,
+                reliable: true,
+                payload: s.data.clone(),
+                received_at: now,
+            });
+            self.next_seq += 1;
+            self.release_in_order();
+            return Ok(());
+        }
         let payload = if whole && !self.partial_reliable.contains_key(&seq) {
             self.held_bytes += s.data.len();
             s.data.clone()
@@ -223,12 +238,17 @@ impl Reassembly {
                 received_at: now,
             },
         );
+        self.release_in_order();
+        Ok(())
+    }
+
+    /// Moves messages that are now in order from the reorder map to the application.
+    fn release_in_order(&mut self) {
         while let Some(m) = self.complete_reliable.remove(&self.next_seq) {
             self.ready_bytes += m.payload.len();
             self.ready.push_back(m);
             self.next_seq += 1;
         }
-        Ok(())
     }
 
     fn insert_unreliable(&mut self, now: Instant, s: &Segment) {

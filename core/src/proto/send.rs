@@ -4,7 +4,7 @@
 use super::codec::Segment;
 use super::ranges::RangeSet;
 use bytes::Bytes;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// A reliable byte range carried by a sent packet.
@@ -38,7 +38,11 @@ struct Unacked {
 #[derive(Debug)]
 pub struct SendQueue {
     queue: VecDeque<Queued>,
-    unacked: BTreeMap<u64, Unacked>,
+    /// Reliable messages not yet fully acknowledged, by sequence number from `unacked_base`
+    /// (sequence numbers are consecutive, so a deque indexes them directly).
+    unacked: VecDeque<Option<Unacked>>,
+    unacked_base: u64,
+    unacked_count: usize,
     retx: VecDeque<SegRef>,
     next_msg_num: u64,
     next_seq: u64,
@@ -59,7 +63,9 @@ impl SendQueue {
     pub fn new() -> Self {
         Self {
             queue: VecDeque::new(),
-            unacked: BTreeMap::new(),
+            unacked: VecDeque::new(),
+            unacked_base: 0,
+            unacked_count: 0,
             retx: VecDeque::new(),
             next_msg_num: 1,
             next_seq: 0,
@@ -77,14 +83,15 @@ impl SendQueue {
         let reliable_seq = reliable.then(|| {
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.unacked.insert(
-                seq,
-                Unacked {
-                    msg_num,
-                    payload: payload.clone(),
-                    acked: RangeSet::new(),
-                },
-            );
+            if self.unacked.is_empty() {
+                self.unacked_base = seq;
+            }
+            self.unacked.push_back(Some(Unacked {
+                msg_num,
+                payload: payload.clone(),
+                acked: RangeSet::new(),
+            }));
+            self.unacked_count += 1;
             self.unacked_bytes += payload.len();
             self.queued_reliable += payload.len();
             seq
@@ -136,7 +143,35 @@ impl SendQueue {
 
     /// True when nothing reliable is queued, unacknowledged or due for retransmission.
     pub fn reliable_done(&self) -> bool {
-        self.unacked.is_empty()
+        self.unacked_count == 0
+    }
+
+    fn unacked(&self, seq: u64) -> Option<&Unacked> {
+        let i = usize::try_from(seq.checked_sub(self.unacked_base)?).ok()?;
+        self.unacked.get(i)?.as_ref()
+    }
+
+    fn unacked_mut(&mut self, seq: u64) -> Option<&mut Unacked> {
+        let i = usize::try_from(seq.checked_sub(self.unacked_base)?).ok()?;
+        self.unacked.get_mut(i)?.as_mut()
+    }
+
+    fn forget_unacked(&mut self, seq: u64) {
+        let Some(i) = seq
+            .checked_sub(self.unacked_base)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return;
+        };
+        if let Some(slot) = self.unacked.get_mut(i) {
+            if slot.take().is_some() {
+                self.unacked_count -= 1;
+            }
+        }
+        while matches!(self.unacked.front(), Some(None)) {
+            self.unacked.pop_front();
+            self.unacked_base += 1;
+        }
     }
 
     /// True when there is something to send now: a retransmission, or queued data that
@@ -187,7 +222,7 @@ impl SendQueue {
         packet_payload: usize,
     ) -> Option<(Segment, Option<SegRef>)> {
         while let Some(r) = self.retx.front().copied() {
-            let Some(u) = self.unacked.get(&r.seq) else {
+            let Some(u) = self.unacked(r.seq) else {
                 self.retx.pop_front();
                 continue;
             };
@@ -195,14 +230,14 @@ impl SendQueue {
                 self.retx.pop_front();
                 continue;
             }
-            let total = u.payload.len() as u64;
-            let whole =
-                Segment::header_len(Some(r.seq), u.msg_num, r.offset, total, r.len as usize);
+            let (msg_num, payload) = (u.msg_num, u.payload.clone());
+            let total = payload.len() as u64;
+            let whole = Segment::header_len(Some(r.seq), msg_num, r.offset, total, r.len as usize);
             let len = if whole + r.len as usize <= space {
                 r.len
             } else {
                 let frag =
-                    Segment::header_len_as(false, Some(r.seq), u.msg_num, r.offset, total, space);
+                    Segment::header_len_as(false, Some(r.seq), msg_num, r.offset, total, space);
                 if frag + 1 > space {
                     return None;
                 }
@@ -218,12 +253,10 @@ impl SendQueue {
             }
             let seg = Segment {
                 reliable_seq: Some(r.seq),
-                msg_num: u.msg_num,
+                msg_num,
                 offset: r.offset,
                 total,
-                data: u
-                    .payload
-                    .slice(r.offset as usize..(r.offset + len) as usize),
+                data: payload.slice(r.offset as usize..(r.offset + len) as usize),
             };
             let rf = SegRef {
                 seq: r.seq,
@@ -286,25 +319,25 @@ impl SendQueue {
 
     /// Records that the peer received `r`; frees the message once all of it is acknowledged.
     pub fn on_acked(&mut self, r: SegRef) {
-        let Some(u) = self.unacked.get_mut(&r.seq) else {
-            return;
-        };
-        u.acked.insert(r.offset..r.offset + r.len);
-        let total = u.payload.len() as u64;
         // Only the front of the queue can be partly sent.
         let sent_whole = self
             .queue
             .front()
             .is_none_or(|q| q.reliable_seq != Some(r.seq));
+        let Some(u) = self.unacked_mut(r.seq) else {
+            return;
+        };
+        u.acked.insert(r.offset..r.offset + r.len);
+        let total = u.payload.len() as u64;
         if sent_whole && (total == 0 || u.acked.contains_range(0..total)) {
-            self.unacked_bytes -= u.payload.len();
-            self.unacked.remove(&r.seq);
+            self.unacked_bytes -= total as usize;
+            self.forget_unacked(r.seq);
         }
     }
 
     /// Queues `r` for retransmission, unless it was acknowledged meanwhile.
     pub fn on_lost(&mut self, r: SegRef) {
-        if let Some(u) = self.unacked.get(&r.seq) {
+        if let Some(u) = self.unacked(r.seq) {
             if r.len == 0 || !u.acked.contains_range(r.offset..r.offset + r.len) {
                 self.retx.push_back(r);
             }
