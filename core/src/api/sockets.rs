@@ -304,6 +304,8 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when datagrams were handled (messages or status changes may be waiting).
     activity: std::sync::Condvar,
+    /// Buffers for threads that read the sockets themselves while waiting.
+    spin_inbox: Mutex<Inbox>,
 }
 
 /// The ISteamNetworkingSockets analog: listen sockets, connections, messages, poll groups.
@@ -352,6 +354,7 @@ impl Sockets {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 activity: std::sync::Condvar::new(),
+                spin_inbox: Mutex::new(Inbox::new(4)),
             }),
             service,
         })
@@ -954,7 +957,41 @@ impl Sockets {
     /// Blocks the calling thread until datagrams arrive for this instance (so messages or
     /// status changes may be waiting) or `timeout` passes. For threads that would otherwise
     /// poll in a loop; tokio code can use [`status_events`](Self::status_events) instead.
+    ///
+    /// It first watches the sockets itself for a few microseconds: a reply on a fast path often
+    /// arrives that soon, and handling it on this thread saves waking it later.
     pub fn wait_for_activity(&self, timeout: Duration) {
+        const SPIN: Duration = Duration::from_micros(30);
+        let ios: Vec<(EpId, Arc<Io>)> = self
+            .state()
+            .endpoints
+            .iter()
+            .filter_map(|(ep, e)| e.io.clone().map(|io| (*ep, io)))
+            .collect();
+        let spin_until = Instant::now() + SPIN.min(timeout);
+        // Fake receive loss and lag live in the service thread's path: no shortcut then.
+        let faking = *FAKE.read().unwrap_or_else(|e| e.into_inner()) != FakeConditions::default();
+        let spin_inbox = (!faking)
+            .then(|| self.shared.spin_inbox.try_lock().ok())
+            .flatten();
+        if let Some(mut inbox) = spin_inbox {
+            loop {
+                for (ep, io) in &ios {
+                    if io.try_recv_batch(&mut inbox) {
+                        EpDriver {
+                            shared: self.shared.clone(),
+                            ep: *ep,
+                        }
+                        .on_datagrams(Instant::now(), &inbox);
+                        return;
+                    }
+                }
+                if Instant::now() >= spin_until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
         let st = self.state();
         let _ = self.shared.activity.wait_timeout(st, timeout);
     }

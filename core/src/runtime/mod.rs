@@ -266,6 +266,25 @@ impl Io {
         }
     }
 
+    /// Reads datagrams that are already waiting into `inbox`, without blocking and from any
+    /// thread. Returns false when none were waiting (or for an in-process pipe).
+    pub fn try_recv_batch(&self, inbox: &mut Inbox) -> bool {
+        inbox.items.clear();
+        let Io::Udp { socket, state } = self else {
+            return false;
+        };
+        let mut metas = [quinn_udp::RecvMeta::default(); INBOX_SLOTS];
+        let mut iovs: Vec<IoSliceMut<'_>> =
+            inbox.slots.iter_mut().map(|s| IoSliceMut::new(s)).collect();
+        let n = match state.recv(socket.into(), &mut iovs, &mut metas) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        drop(iovs);
+        inbox.take_metas(&metas[..n]);
+        !inbox.items.is_empty()
+    }
+
     /// Waits for datagrams and reads as many as are ready into `inbox` (at least one).
     async fn recv_batch(&self, inbox: &mut Inbox) -> io::Result<()> {
         inbox.items.clear();
@@ -281,15 +300,7 @@ impl Io {
                 drop(iovs);
                 match r {
                     Ok(n) => {
-                        for (slot, meta) in metas.iter().enumerate().take(n) {
-                            let stride = meta.stride.max(1);
-                            let mut start = 0;
-                            while start < meta.len {
-                                let len = stride.min(meta.len - start);
-                                inbox.items.push((canonical(meta.addr), slot, start, len));
-                                start += len;
-                            }
-                        }
+                        inbox.take_metas(&metas[..n]);
                         return Ok(());
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -383,10 +394,24 @@ const MAX_GSO_BYTES: usize = 64_000;
 const INBOX_SLOTS: usize = 32;
 
 impl Inbox {
-    fn new(slots: usize) -> Self {
+    /// An inbox of `slots` 64 KiB buffers.
+    pub fn new(slots: usize) -> Self {
         Self {
             slots: (0..slots).map(|_| vec![0u8; 65_536]).collect(),
             items: Vec::with_capacity(slots * 4),
+        }
+    }
+
+    /// Records what a receive call put in the slots, splitting coalesced (GRO) buffers.
+    fn take_metas(&mut self, metas: &[quinn_udp::RecvMeta]) {
+        for (slot, meta) in metas.iter().enumerate().take(self.slots.len()) {
+            let stride = meta.stride.max(1);
+            let mut start = 0;
+            while start < meta.len {
+                let len = stride.min(meta.len - start);
+                self.items.push((canonical(meta.addr), slot, start, len));
+                start += len;
+            }
         }
     }
 
