@@ -88,6 +88,8 @@ pub struct Stats {
     pub malformed: u64,
     /// Packets dropped because the receive buffer was full.
     pub recv_buffer_drops: u64,
+    /// Packets declared lost that arrived after all (reordered).
+    pub spurious_losses: u64,
     /// Authentic packets dropped because they came from an address other than the peer's.
     pub wrong_address: u64,
     /// Messages sent.
@@ -231,6 +233,12 @@ pub struct Connection {
     pending_hello: Option<Vec<u8>>,
     pacing_wait: Option<Instant>,
     last_poll: Instant,
+    /// Packets later than this many behind the newest acknowledged one count as lost.
+    reorder_threshold: u64,
+    /// Multiplies the time-based loss threshold (9/8 RTT).
+    reorder_time_factor: f64,
+    /// Recently declared lost, to notice the ones that were only reordered.
+    declared_lost: VecDeque<u64>,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -348,6 +356,9 @@ impl Connection {
             pending_hello: None,
             pacing_wait: None,
             last_poll: now,
+            reorder_threshold: 3,
+            reorder_time_factor: 1.0,
+            declared_lost: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
         };
@@ -1025,6 +1036,7 @@ impl Connection {
 
     fn on_ack(&mut self, now: Instant, delay_micros: u64, ranges: &[AckRange]) {
         let mut newly: Vec<(u64, SentPacket)> = Vec::new();
+        self.note_spurious_losses(ranges);
         for r in ranges {
             let pns: Vec<u64> = self.sent.range(r.clone()).map(|(pn, _)| *pn).collect();
             for pn in pns {
@@ -1062,17 +1074,22 @@ impl Connection {
         let Some(largest) = self.largest_acked else {
             return;
         };
-        let delay = self.rtt.loss_delay();
+        let delay = self.loss_delay();
+        let threshold = self.reorder_threshold;
         let lost: Vec<u64> = self
             .sent
             .range(..largest)
-            .filter(|(pn, p)| **pn + 3 <= largest || p.time + delay <= now)
+            .filter(|(pn, p)| **pn + threshold <= largest || p.time + delay <= now)
             .map(|(pn, _)| *pn)
             .collect();
         for pn in lost {
             // Just listed from the map.
             let p = self.sent.remove(&pn).expect("listed");
             self.stats.packets_lost += 1;
+            self.declared_lost.push_back(pn);
+            if self.declared_lost.len() > 256 {
+                self.declared_lost.pop_front();
+            }
             self.in_flight -= p.size;
             self.cc.on_loss(now, p.time);
             for s in p.segments {
@@ -1081,6 +1098,26 @@ impl Connection {
             }
         }
         self.arm_loss_timer();
+    }
+
+    /// An ack for a packet already declared lost means it was reordered, not lost: undo the
+    /// window cut and tolerate more reordering from now on (up to 20 packets and 2 RTTs).
+    fn note_spurious_losses(&mut self, ranges: &[AckRange]) {
+        let before = self.declared_lost.len();
+        self.declared_lost
+            .retain(|pn| !ranges.iter().any(|r| r.contains(pn)));
+        let spurious = before - self.declared_lost.len();
+        if spurious > 0 {
+            self.stats.spurious_losses += spurious as u64;
+            self.cc.undo();
+            self.reorder_threshold = (self.reorder_threshold + spurious as u64).min(20);
+            self.reorder_time_factor = (self.reorder_time_factor + 0.25).min(2.0);
+        }
+    }
+
+    /// How long after a later packet is acknowledged an earlier one counts as lost.
+    fn loss_delay(&self) -> Duration {
+        self.rtt.loss_delay().mul_f64(self.reorder_time_factor)
     }
 
     fn maybe_finish_linger(&mut self, now: Instant) {
@@ -1167,7 +1204,7 @@ impl Connection {
             self.in_flight = 0;
             return;
         }
-        let delay = self.rtt.loss_delay();
+        let delay = self.loss_delay();
         let time_loss = self
             .sent
             .range(..self.largest_acked.unwrap_or(0))
@@ -1194,7 +1231,7 @@ impl Connection {
     }
 
     fn arm_loss_timer(&mut self) {
-        let delay = self.rtt.loss_delay();
+        let delay = self.loss_delay();
         let time_loss = self
             .sent
             .range(..self.largest_acked.unwrap_or(0))

@@ -102,6 +102,8 @@ pub struct Cubic {
     epoch_start: Option<Instant>,
     /// The window Reno would have now, in bytes.
     w_est: f64,
+    /// The state before the last reduction, to undo it if the loss proves spurious.
+    before_cut: Option<Box<Cubic>>,
 }
 
 const CUBIC_C: f64 = 0.4;
@@ -120,6 +122,15 @@ impl Cubic {
             k: 0.0,
             epoch_start: None,
             w_est: 0.0,
+            before_cut: None,
+        }
+    }
+
+    /// Undoes the last reduction: the packet it was for arrived after all (it was reordered,
+    /// not lost).
+    pub fn undo(&mut self) {
+        if let Some(before) = self.before_cut.take() {
+            *self = *before;
         }
     }
 
@@ -176,6 +187,9 @@ impl Cubic {
         if self.recovery_start.is_some_and(|r| sent <= r) {
             return;
         }
+        let mut before = self.clone();
+        before.before_cut = None;
+        self.before_cut = Some(Box::new(before));
         self.recovery_start = Some(now);
         self.epoch_start = None;
         let window = self.window as f64;
