@@ -306,6 +306,10 @@ struct Shared {
     activity: std::sync::Condvar,
     /// Buffers for threads that read the sockets themselves while waiting.
     spin_inbox: Mutex<Inbox>,
+    /// Recent waits whose spin found a datagram (adaptive: spinning that keeps missing only
+    /// burns CPU the other threads need, so it stops until an occasional retry hits again).
+    spin_credit: std::sync::atomic::AtomicU32,
+    waits: std::sync::atomic::AtomicU32,
 }
 
 /// The ISteamNetworkingSockets analog: listen sockets, connections, messages, poll groups.
@@ -355,6 +359,8 @@ impl Sockets {
                 state: Mutex::new(state),
                 activity: std::sync::Condvar::new(),
                 spin_inbox: Mutex::new(Inbox::new(4)),
+                spin_credit: std::sync::atomic::AtomicU32::new(4),
+                waits: std::sync::atomic::AtomicU32::new(0),
             }),
             service,
         })
@@ -971,13 +977,17 @@ impl Sockets {
         let spin_until = Instant::now() + SPIN.min(timeout);
         // Fake receive loss and lag live in the service thread's path: no shortcut then.
         let faking = *FAKE.read().unwrap_or_else(|e| e.into_inner()) != FakeConditions::default();
-        let spin_inbox = (!faking)
+        use std::sync::atomic::Ordering::Relaxed;
+        let retry = self.shared.waits.fetch_add(1, Relaxed) % 64 == 0;
+        let spin = !faking && (retry || self.shared.spin_credit.load(Relaxed) > 0);
+        let spin_inbox = spin
             .then(|| self.shared.spin_inbox.try_lock().ok())
             .flatten();
         if let Some(mut inbox) = spin_inbox {
             loop {
                 for (ep, io) in &ios {
                     if io.try_recv_batch(&mut inbox) {
+                        self.shared.spin_credit.store(8, Relaxed);
                         EpDriver {
                             shared: self.shared.clone(),
                             ep: *ep,
@@ -991,6 +1001,10 @@ impl Sockets {
                 }
                 std::hint::spin_loop();
             }
+            let _ = self
+                .shared
+                .spin_credit
+                .fetch_update(Relaxed, Relaxed, |c| c.checked_sub(1));
         }
         let st = self.state();
         let _ = self.shared.activity.wait_timeout(st, timeout);
