@@ -341,28 +341,43 @@ fn punchline_handshakes(n: usize) -> (f64, f64) {
     let server = Sockets::new().expect("sockets");
     let client = Sockets::new().expect("sockets");
     let mut events = server.status_events();
+    let mut client_events = client.status_events();
     let listen = server
         .create_listen_socket_ip("127.0.0.1:0".parse().expect("addr"), &[])
         .expect("listen");
     let addr = server.get_listen_socket_address(listen).expect("addr");
     let start = Instant::now();
-    let handles: Vec<ConnectionHandle> = (0..n)
-        .map(|_| client.connect_by_ip_address(addr, &[]).expect("connect"))
-        .collect();
-    let mut accepted = 0;
+    for _ in 0..n {
+        client.connect_by_ip_address(addr, &[]).expect("connect");
+    }
+    let (mut accepted, mut server_up, mut client_up) = (0, 0, 0);
     let end = Instant::now() + Duration::from_secs(60);
-    loop {
+    while server_up < n || client_up < n {
+        let mut idle = true;
         while let Some(ev) = events.try_recv() {
-            if ev.info.state == ConnectionState::Connecting {
-                server.accept_connection(ev.connection).expect("accept");
-                accepted += 1;
+            idle = false;
+            match ev.info.state {
+                ConnectionState::Connecting => {
+                    server.accept_connection(ev.connection).expect("accept");
+                    accepted += 1;
+                }
+                ConnectionState::Connected => server_up += 1,
+                _ => {}
             }
         }
-        if accepted == n && handles.iter().all(|h| connected(&client, *h)) {
-            break;
+        while let Some(ev) = client_events.try_recv() {
+            idle = false;
+            if ev.info.state == ConnectionState::Connected {
+                client_up += 1;
+            }
         }
-        assert!(Instant::now() < end, "handshakes did not finish");
-        std::thread::sleep(Duration::from_micros(200));
+        assert!(
+            Instant::now() < end,
+            "handshakes did not finish ({accepted} accepted)"
+        );
+        if idle {
+            server.wait_for_activity(Duration::from_millis(1));
+        }
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     (rate, handshake_round_trips())
