@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 const MIB: u64 = 1024 * 1024;
 const BULK_MSG: usize = 256 * 1024;
 const DATAGRAM: usize = 1300;
+/// How long latency-critical loops read the socket themselves before sleeping.
+const SPIN: Duration = Duration::from_micros(50);
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -297,7 +299,7 @@ fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
                 .receive_messages_on_connection(s, 64)
                 .expect("receive");
             if got.is_empty() {
-                server.wait_for_activity(Duration::from_millis(10));
+                server.wait_for_activity_spinning(Duration::from_millis(10), SPIN);
             }
             for m in got {
                 let _ =
@@ -324,7 +326,8 @@ fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
             {
                 break;
             }
-            p.client.wait_for_activity(Duration::from_millis(10));
+            p.client
+                .wait_for_activity_spinning(Duration::from_millis(10), SPIN);
         }
         if i >= 100 {
             out.push(t.elapsed());

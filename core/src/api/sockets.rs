@@ -306,10 +306,6 @@ struct Shared {
     activity: std::sync::Condvar,
     /// Buffers for threads that read the sockets themselves while waiting.
     spin_inbox: Mutex<Inbox>,
-    /// Recent waits whose spin found a datagram (adaptive: spinning that keeps missing only
-    /// burns CPU the other threads need, so it stops until an occasional retry hits again).
-    spin_credit: std::sync::atomic::AtomicU32,
-    waits: std::sync::atomic::AtomicU32,
 }
 
 /// The ISteamNetworkingSockets analog: listen sockets, connections, messages, poll groups.
@@ -359,8 +355,6 @@ impl Sockets {
                 state: Mutex::new(state),
                 activity: std::sync::Condvar::new(),
                 spin_inbox: Mutex::new(Inbox::new(4)),
-                spin_credit: std::sync::atomic::AtomicU32::new(4),
-                waits: std::sync::atomic::AtomicU32::new(0),
             }),
             service,
         })
@@ -963,36 +957,44 @@ impl Sockets {
     /// Blocks the calling thread until datagrams arrive for this instance (so messages or
     /// status changes may be waiting) or `timeout` passes. For threads that would otherwise
     /// poll in a loop; tokio code can use [`status_events`](Self::status_events) instead.
-    ///
-    /// It first watches the sockets itself for a few microseconds: a reply on a fast path often
-    /// arrives that soon, and handling it on this thread saves waking it later.
     pub fn wait_for_activity(&self, timeout: Duration) {
-        const SPIN: Duration = Duration::from_micros(30);
-        let ios: Vec<(EpId, Arc<Io>)> = self
-            .state()
-            .endpoints
-            .iter()
-            .filter_map(|(ep, e)| e.io.clone().map(|io| (*ep, io)))
-            .collect();
-        let spin_until = Instant::now() + SPIN.min(timeout);
-        // Fake receive loss and lag live in the service thread's path: no shortcut then.
+        let st = self.state();
+        let _ = self.shared.activity.wait_timeout(st, timeout);
+    }
+
+    /// Like [`wait_for_activity`](Self::wait_for_activity), but first reads the sockets on
+    /// this thread for up to `spin` (busy, burning this core): a reply on a fast path often
+    /// arrives within microseconds, and handling it here saves a thread wake-up (about half
+    /// of a loopback round trip). For latency-critical loops with little traffic, such as a
+    /// game client's network thread; a busy server should use `wait_for_activity`.
+    pub fn wait_for_activity_spinning(&self, timeout: Duration, spin: Duration) {
         let faking = *FAKE.read().unwrap_or_else(|e| e.into_inner()) != FakeConditions::default();
-        use std::sync::atomic::Ordering::Relaxed;
-        let retry = self.shared.waits.fetch_add(1, Relaxed) % 64 == 0;
-        let spin = !faking && (retry || self.shared.spin_credit.load(Relaxed) > 0);
-        let spin_inbox = spin
-            .then(|| self.shared.spin_inbox.try_lock().ok())
-            .flatten();
-        if let Some(mut inbox) = spin_inbox {
+        // Fake receive loss and lag live in the service thread's path: no shortcut then.
+        let inbox = if faking {
+            None
+        } else {
+            self.shared.spin_inbox.try_lock().ok()
+        };
+        if let Some(mut inbox) = inbox {
+            let ios: Vec<(EpId, Arc<Io>)> = self
+                .state()
+                .endpoints
+                .iter()
+                .filter_map(|(ep, e)| e.io.clone().map(|io| (*ep, io)))
+                .collect();
+            let spin_until = Instant::now() + spin.min(timeout);
             loop {
                 for (ep, io) in &ios {
                     if io.try_recv_batch(&mut inbox) {
-                        self.shared.spin_credit.store(8, Relaxed);
                         EpDriver {
                             shared: self.shared.clone(),
                             ep: *ep,
                         }
                         .on_datagrams(Instant::now(), &inbox);
+                        // The service thread sends what these call for and re-arms timers.
+                        if let Some(e) = self.state().endpoints.get(ep) {
+                            e.nudge.notify_one();
+                        }
                         return;
                     }
                 }
@@ -1001,13 +1003,8 @@ impl Sockets {
                 }
                 std::hint::spin_loop();
             }
-            let _ = self
-                .shared
-                .spin_credit
-                .fetch_update(Relaxed, Relaxed, |c| c.checked_sub(1));
         }
-        let st = self.state();
-        let _ = self.shared.activity.wait_timeout(st, timeout);
+        self.wait_for_activity(timeout);
     }
 
     // ----- events ------------------------------------------------------------------------
