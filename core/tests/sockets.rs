@@ -786,3 +786,32 @@ fn usable_from_tokio_code_with_the_event_stream() {
         }
     });
 }
+
+#[test]
+fn waiting_threads_see_messages_arrive() {
+    let s = Sockets::new().unwrap();
+    let (a, b) = s.create_socket_pair(true, None, None).unwrap();
+    for spin in [false, true] {
+        for i in 0..50u8 {
+            s.send_message_to_connection(a, vec![i; 10], SendFlags::RELIABLE_NO_NAGLE)
+                .unwrap();
+            let end = Instant::now() + Duration::from_secs(5);
+            let got = loop {
+                let m = s.receive_messages_on_connection(b, 10).unwrap();
+                if !m.is_empty() || Instant::now() > end {
+                    break m;
+                }
+                if spin {
+                    s.wait_for_activity_spinning(
+                        Duration::from_millis(50),
+                        Duration::from_micros(50),
+                    );
+                } else {
+                    s.wait_for_activity(Duration::from_millis(50));
+                }
+            };
+            assert_eq!(got.len(), 1, "message {i} (spinning: {spin})");
+            assert_eq!(got[0].payload[..], [i; 10]);
+        }
+    }
+}
