@@ -1,7 +1,9 @@
 //! Side-by-side benchmark on loopback: punchline, quinn doing the same jobs, and raw UDP as the
 //! ceiling, all in one run. Prints a table, then one JSON object as the last line.
 //!
-//! `cargo bench -p punchline --bench compare` (full) or `-- --quick` (under two minutes).
+//! `cargo bench -p punchline --bench compare` (full) or `-- --quick` (under two minutes);
+//! `-- --only bulk,small,pingpong,handshakes,memory,loss` runs some parts, and `BENCH_DETAIL=1`
+//! prints the detailed connection status after each impaired transfer.
 
 mod proxy;
 mod quinn_peer;
@@ -270,6 +272,14 @@ fn punchline_bulk(total: u64, msg: usize, impair: Option<Impair>, seed: u64) -> 
     });
     let end = receive_until(&p.server, p.s, |b, _| b >= total);
     sender.join().expect("sender");
+    if impair.is_some() && std::env::var_os("BENCH_DETAIL").is_some() {
+        eprintln!(
+            "{}",
+            p.client
+                .get_detailed_connection_status(p.c)
+                .expect("status")
+        );
+    }
     end - start
 }
 
