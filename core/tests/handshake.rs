@@ -425,3 +425,37 @@ fn an_authentic_packet_from_another_address_does_not_redirect_traffic() {
         got == 20
     }));
 }
+
+#[test]
+fn a_burst_of_hellos_all_get_their_cookies_in_one_round() {
+    // 600 clients say hello at the same instant to a server that demands cookies: every
+    // retry must go out (none dropped for queue space), so all connect without waiting for a
+    // hello retransmission (250 ms).
+    let mut sim = Sim::new(14);
+    let mut server = keyed(2);
+    server.listen = true;
+    server.cookie_threshold = 0;
+    let s = sim.add_node("10.0.0.2:2000".parse().unwrap(), server);
+    sim.nodes[s].auto_accept = true;
+    let clients: Vec<(usize, punchline::proto::ConnId)> = (0..600)
+        .map(|i| {
+            let addr = format!("10.1.{}.{}:1000", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap();
+            let n = sim.add_node(addr, keyed(1));
+            (n, sim.connect(n, s, ConnectionConfig::default()))
+        })
+        .collect();
+    let start = sim.now;
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        clients
+            .iter()
+            .all(|(n, c)| sim.state(*n, *c) == ConnectionState::Connected)
+    }));
+    assert!(
+        sim.now - start < Duration::from_millis(250),
+        "took {:?}",
+        sim.now - start
+    );
+    assert_eq!(sim.nodes[s].endpoint.stats().retries_sent, 600);
+}

@@ -49,8 +49,9 @@ pub struct EndpointStats {
 
 /// How long a cookie stays valid.
 const COOKIE_LIFETIME: Duration = Duration::from_secs(10);
-/// Datagrams of stateless replies (retries, rejections) held before more are dropped.
-const MAX_QUEUED_REPLIES: usize = 256;
+/// Datagrams of stateless replies (retries, rejections) held before more are dropped: room
+/// for a full receive batch of hellos (a batch can carry well over a thousand with GRO).
+const MAX_QUEUED_REPLIES: usize = 4096;
 
 /// Routes datagrams to connections and creates them.
 #[derive(Debug)]

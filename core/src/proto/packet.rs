@@ -92,14 +92,18 @@ impl Credentials {
         }
         let (identity, used) = Identity::decode(r.rest())?;
         r.bytes(used)?;
-        let key =
-            if flags & FLAG_KEY != 0 {
-                Some(PublicKey::from_bytes(&r.array()?).map_err(|_| {
+        let key = if flags & FLAG_KEY != 0 {
+            let bytes: [u8; 32] = r.array()?;
+            match &identity {
+                // The usual case: the identity is the key, already checked as a curve point.
+                Identity::PublicKey(k) if *k.as_bytes() == bytes => Some(*k),
+                _ => Some(PublicKey::from_bytes(&bytes).map_err(|_| {
                     DecodeError::Malformed("ed25519 key is not a valid curve point")
-                })?)
-            } else {
-                None
-            };
+                })?),
+            }
+        } else {
+            None
+        };
         let cert = if flags & FLAG_CERT != 0 {
             let len = r.u16()? as usize;
             let body = r.bytes(len)?;
