@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use punchline::proto::{ConnectionConfig, ConnectionState, EndReason, Error, SendFlags};
+use punchline::proto::{ConnId, ConnectionConfig, ConnectionState, EndReason, Error, SendFlags};
 use punchline::sim::Link;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -521,9 +521,8 @@ fn garbage_and_truncated_datagrams_are_dropped_and_counted() {
     assert_eq!(sim.state(0, c), ConnectionState::Connected);
 }
 
-/// Virtual seconds to move `bytes` of reliable data from client to server.
-fn transfer_time(seed: u64, conn: ConnectionConfig, bytes: usize) -> Duration {
-    let (mut sim, c, s) = connected_with(seed, keyed(1), keyed(2), conn);
+/// Moves `bytes` of reliable data from client to server; returns the virtual time it took.
+fn transfer(sim: &mut punchline::sim::Sim, c: ConnId, s: ConnId, bytes: usize) -> Duration {
     let start = sim.now;
     let chunk = 16 * 1024;
     let (mut sent, mut got) = (0usize, 0usize);
@@ -538,6 +537,12 @@ fn transfer_time(seed: u64, conn: ConnectionConfig, bytes: usize) -> Duration {
         got >= bytes
     }));
     sim.now - start
+}
+
+/// Virtual time to move `bytes` over a fresh connection with settings `conn`.
+fn transfer_time(seed: u64, conn: ConnectionConfig, bytes: usize) -> Duration {
+    let (mut sim, c, s) = connected_with(seed, keyed(1), keyed(2), conn);
+    transfer(&mut sim, c, s, bytes)
 }
 
 #[test]
@@ -564,18 +569,7 @@ fn send_rate_max_clamps_the_pace_and_congestion_control_goes_faster_without_it()
 fn window_after_transfer(seed: u64, loss: f64, bytes: usize) -> u64 {
     let (mut sim, c, s) = connected(seed);
     sim.link.loss = loss;
-    let chunk = 16 * 1024;
-    let (mut sent, mut got) = (0usize, 0usize);
-    assert!(sim.run_until(Duration::from_secs(600), |sim| {
-        while sent < bytes && send(sim, 0, c, payload(0, chunk), SendFlags::RELIABLE).is_ok() {
-            sent += chunk;
-        }
-        got += drain(sim, 1, s)
-            .iter()
-            .map(|m| m.payload.len())
-            .sum::<usize>();
-        got >= bytes
-    }));
+    transfer(&mut sim, c, s, bytes);
     let now = sim.now;
     sim.nodes[0]
         .endpoint
