@@ -761,7 +761,7 @@ impl Sockets {
              window: {cw} B, in flight {inf} B\n\
              queues: reliable {pr} B, unreliable {pu} B, unacked {ua} B, oldest {qt} us\n\
              totals: sent {ps} pkts / {bs} B, received {pr2} pkts / {br} B, lost {lost}, \
-             retransmitted {rt} segments\n\
+             retransmitted {rt} segments, {sp} spurious losses\n\
              dropped: {df} failed decryption, {rd} replays, {mf} malformed, {rb} receive-buffer\n\
              messages: {ms} sent, {mr} received",
             desc = info.description,
@@ -790,6 +790,7 @@ impl Sockets {
             br = s.bytes_received,
             lost = s.packets_lost,
             rt = s.segments_retransmitted,
+            sp = s.spurious_losses,
             df = s.decrypt_failures,
             rd = s.replays_dropped,
             mf = s.malformed,
