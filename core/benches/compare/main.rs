@@ -2,7 +2,8 @@
 //! ceiling, all in one run. Prints a table, then one JSON object as the last line.
 //!
 //! `cargo bench -p punchline --bench compare` (full) or `-- --quick` (under two minutes);
-//! `-- --only bulk,small,pingpong,handshakes,memory,loss` runs some parts, and `BENCH_DETAIL=1`
+//! `-- --only bulk,small,pingpong,handshakes,memory,loss` runs some parts (`loss0`: the relay
+//! with no loss), and `BENCH_DETAIL=1`
 //! prints the detailed connection status after each impaired transfer.
 
 mod proxy;
@@ -103,7 +104,8 @@ fn main() {
         num("idle_conns_opened", opened as f64);
     }
 
-    for loss in [0.01, 0.05].into_iter().filter(|_| run("loss")) {
+    let losses: &[f64] = if run("loss0") { &[0.0] } else { &[0.01, 0.05] };
+    for &loss in losses.iter().filter(|_| run("loss") || run("loss0")) {
         eprintln!(
             "loss {}%: {} MiB through a 20 ms RTT relay",
             loss * 100.0,
