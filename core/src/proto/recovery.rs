@@ -1,4 +1,4 @@
-//! Round-trip time estimation, NewReno congestion control and a token-bucket pacer.
+//! Round-trip time estimation, CUBIC congestion control and a token-bucket pacer.
 
 use std::time::{Duration, Instant};
 
