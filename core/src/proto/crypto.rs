@@ -43,13 +43,6 @@ impl DirectionKey {
         Nonce::assume_unique_for_key(n)
     }
 
-    /// Encrypts `payload` in place and appends the tag; `header` is authenticated, not encrypted.
-    pub fn seal(&self, pn: u64, header: &[u8], payload: &mut Vec<u8>) {
-        let start = payload.len();
-        let tag = self.seal_in_place(pn, header, &mut payload[..start]);
-        payload.extend_from_slice(&tag);
-    }
-
     /// Encrypts `payload` in place and returns the tag.
     pub fn seal_in_place(&self, pn: u64, header: &[u8], payload: &mut [u8]) -> [u8; TAG_LEN] {
         // Sealing fails only for inputs over the AEAD's size limit (64 GiB), far above a packet.
@@ -60,13 +53,6 @@ impl DirectionKey {
         let mut out = [0u8; TAG_LEN];
         out.copy_from_slice(tag.as_ref());
         out
-    }
-
-    /// Decrypts `payload` (ciphertext followed by tag) in place; on success the tag is removed.
-    pub fn open(&self, pn: u64, header: &[u8], payload: &mut Vec<u8>) -> Result<(), CryptoError> {
-        let n = self.open_in_place(pn, header, payload)?;
-        payload.truncate(n);
-        Ok(())
     }
 
     /// Decrypts ciphertext-and-tag in place; returns the plaintext length.
@@ -274,17 +260,19 @@ mod tests {
         let ck = Keys::derive(&[7; 32], &[9; 32], true);
         let sk = Keys::derive(&[7; 32], &[9; 32], false);
         let mut p = b"hello".to_vec();
-        ck.send.seal(5, b"hdr", &mut p);
-        let mut q = p.clone();
-        sk.recv.open(5, b"hdr", &mut q).unwrap();
-        assert_eq!(q, b"hello");
+        let tag = ck.send.seal_in_place(5, b"hdr", &mut p);
+        p.extend_from_slice(&tag);
+        let open = |pn: u64, hdr: &[u8], mut c: Vec<u8>| {
+            sk.recv
+                .open_in_place(pn, hdr, &mut c)
+                .map(|n| c[..n].to_vec())
+        };
+        assert_eq!(open(5, b"hdr", p.clone()).unwrap(), b"hello");
         let mut bad = p.clone();
         bad[0] ^= 1;
-        assert!(sk.recv.open(5, b"hdr", &mut bad).is_err());
-        let mut wrong_hdr = p.clone();
-        assert!(sk.recv.open(5, b"hdX", &mut wrong_hdr).is_err());
-        let mut wrong_pn = p;
-        assert!(sk.recv.open(6, b"hdr", &mut wrong_pn).is_err());
+        assert!(open(5, b"hdr", bad).is_err());
+        assert!(open(5, b"hdX", p.clone()).is_err());
+        assert!(open(6, b"hdr", p).is_err());
     }
 
     #[test]

@@ -348,24 +348,12 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Queues a datagram.
-    pub fn push(&mut self, to: SocketAddr, datagram: &[u8]) {
-        let start = self.data.len();
-        self.data.extend_from_slice(datagram);
-        self.items.push((to, start, datagram.len()));
-    }
-
     /// Lets `next` append datagrams straight into the buffer until it returns `None`; each
     /// call appends one and returns its destination and length.
     pub fn fill(&mut self, mut next: impl FnMut(&mut Vec<u8>) -> Option<(SocketAddr, usize)>) {
         while let Some((to, len)) = next(&mut self.data) {
             self.items.push((to, self.data.len() - len, len));
         }
-    }
-
-    /// Number of datagrams queued.
-    pub fn len(&self) -> usize {
-        self.items.len()
     }
 
     /// True when nothing is queued.
