@@ -1,13 +1,20 @@
 //! An impairing UDP relay for the benchmark: every compared peer goes through the same one, so
 //! loss and delay are identical for all. One client per relay; it learns the client's address
 //! from the first datagram.
+//!
+//! The relay runs on its own tokio runtime and waits for the next due datagram with a tokio
+//! timer (epoll's millisecond timeout, backed by high-resolution timers). A blocking socket with
+//! `SO_RCVTIMEO` would not do: that timeout counts in scheduler ticks (4 ms at HZ=250), which
+//! made every delayed datagram up to a tick late and added about 10 ms to a 20 ms round trip.
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Loss and one-way delay applied in both directions.
 #[derive(Debug, Clone, Copy)]
@@ -22,7 +29,7 @@ pub struct Impair {
 pub struct Proxy {
     /// Where clients send (instead of the server's address).
     pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Notify>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -30,13 +37,24 @@ impl Proxy {
     /// Relays between a client and `server`, impaired by `imp`; `seed` makes the loss pattern
     /// the same for every peer measured.
     pub fn start(server: SocketAddr, imp: Impair, seed: u64) -> Proxy {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind relay");
-        sock.set_read_timeout(Some(Duration::from_millis(1)))
-            .expect("timeout");
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind relay");
+        sock.set_nonblocking(true).expect("nonblocking");
         let addr = sock.local_addr().expect("addr");
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Notify::new());
         let s2 = stop.clone();
-        let thread = std::thread::spawn(move || relay(sock, server, imp, seed, &s2));
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let sock = UdpSocket::from_std(sock).expect("tokio socket");
+                tokio::select! {
+                    () = relay(sock, server, imp, seed) => {}
+                    () = s2.notified() => {}
+                }
+            });
+        });
         Proxy {
             addr,
             stop,
@@ -47,14 +65,14 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn relay(sock: UdpSocket, server: SocketAddr, imp: Impair, seed: u64, stop: &AtomicBool) {
+async fn relay(sock: UdpSocket, server: SocketAddr, imp: Impair, seed: u64) {
     let mut client: Option<SocketAddr> = None;
     let mut queue: VecDeque<(Instant, SocketAddr, Vec<u8>)> = VecDeque::new();
     let mut buf = vec![0u8; 65_536];
@@ -65,13 +83,23 @@ fn relay(sock: UdpSocket, server: SocketAddr, imp: Impair, seed: u64, stop: &Ato
         x ^= x << 17;
         (x >> 11) as f64 / (1u64 << 53) as f64
     };
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         let now = Instant::now();
         while queue.front().is_some_and(|(t, _, _)| *t <= now) {
             let (_, to, data) = queue.pop_front().expect("checked");
-            let _ = sock.send_to(&data, to);
+            let _ = sock.send_to(&data, to).await;
         }
-        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+        let next = queue.front().map(|(t, _, _)| *t);
+        let got = tokio::select! {
+            r = sock.recv_from(&mut buf) => r.ok(),
+            () = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => None,
+        };
+        let Some((n, from)) = got else {
             continue;
         };
         let to = if from == server {
@@ -87,7 +115,7 @@ fn relay(sock: UdpSocket, server: SocketAddr, imp: Impair, seed: u64, stop: &Ato
             continue;
         }
         if imp.delay.is_zero() && queue.is_empty() {
-            let _ = sock.send_to(&buf[..n], to);
+            let _ = sock.send_to(&buf[..n], to).await;
         } else {
             queue.push_back((Instant::now() + imp.delay, to, buf[..n].to_vec()));
         }

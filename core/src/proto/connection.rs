@@ -1091,7 +1091,7 @@ impl Connection {
                 self.declared_lost.pop_front();
             }
             self.in_flight -= p.size;
-            self.cc.on_loss(now, p.time);
+            self.cc.on_loss(now, p.time, self.queued_estimate());
             for s in p.segments {
                 self.stats.segments_retransmitted += 1;
                 self.sendq.on_lost(s);
@@ -1113,6 +1113,17 @@ impl Connection {
             self.reorder_threshold = (self.reorder_threshold + spurious as u64).min(20);
             self.reorder_time_factor = (self.reorder_time_factor + 0.25).min(2.0);
         }
+    }
+
+    /// How many of our packets wait in queues on the path: the window times the fraction of
+    /// the smoothed RTT above the minimum (what queues add to the propagation delay).
+    fn queued_estimate(&self) -> f64 {
+        let srtt = self.rtt.smoothed.as_secs_f64();
+        if srtt <= 0.0 {
+            return 0.0;
+        }
+        let packets = self.cc.window as f64 / self.config.mtu() as f64;
+        packets * (1.0 - self.rtt.min.as_secs_f64() / srtt).max(0.0)
     }
 
     /// How long after a later packet is acknowledged an earlier one counts as lost.

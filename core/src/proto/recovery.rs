@@ -88,6 +88,14 @@ impl Default for RttEstimator {
 /// while the sender actually uses it, so an idle or application-limited game connection does
 /// not build up a window it never tested. Pacing spreads every window over the round trip
 /// (see `Connection`), and `SendRateMin` / `SendRateMax` clamp the resulting rate.
+///
+/// Not every loss is congestion: on wireless links and busy home routers packets are lost at
+/// random while no queue builds. As in TCP Veno (Fu and Liew, 2003), the sender estimates
+/// how many of its packets sit in queues when a loss is detected, from the window and how far
+/// the smoothed RTT is above the minimum: `window * (1 - min_rtt / srtt)`. Under
+/// `RANDOM_LOSS_QUEUE` packets the loss is taken as random and the window shrinks by a
+/// smaller factor (`RANDOM_LOSS_BETA`) than for congestion. A real bottleneck fills its queue
+/// before it drops, so congestion still gets the full CUBIC reduction.
 #[derive(Debug, Clone)]
 pub struct Cubic {
     /// Bytes that may be in flight.
@@ -108,6 +116,10 @@ pub struct Cubic {
 
 const CUBIC_C: f64 = 0.4;
 const CUBIC_BETA: f64 = 0.7;
+/// The window factor after a loss with (almost) nothing queued.
+const RANDOM_LOSS_BETA: f64 = 0.85;
+/// Fewer packets than this queued on the path when a loss is detected: the loss was random.
+pub const RANDOM_LOSS_QUEUE: f64 = 3.0;
 
 impl Cubic {
     /// A window for packets of `mss` bytes: ten packets to start.
@@ -182,8 +194,9 @@ impl Cubic {
         }
     }
 
-    /// Shrinks the window for a loss of a packet sent at `sent`; one reduction per round trip.
-    pub fn on_loss(&mut self, now: Instant, sent: Instant) {
+    /// Shrinks the window for a loss of a packet sent at `sent`, when an estimated `queued`
+    /// packets of this connection wait in queues on the path; one reduction per round trip.
+    pub fn on_loss(&mut self, now: Instant, sent: Instant, queued: f64) {
         if self.recovery_start.is_some_and(|r| sent <= r) {
             return;
         }
@@ -199,7 +212,12 @@ impl Cubic {
         } else {
             window
         };
-        self.window = ((window * CUBIC_BETA) as u64).max(self.min_window());
+        let beta = if queued < RANDOM_LOSS_QUEUE {
+            RANDOM_LOSS_BETA
+        } else {
+            CUBIC_BETA
+        };
+        self.window = ((window * beta) as u64).max(self.min_window());
         self.ssthresh = self.window;
     }
 }
@@ -280,9 +298,9 @@ mod tests {
         cc.on_ack(t0, t0, 10_000, rtt, false);
         assert_eq!(cc.window, 20_000, "no growth while application-limited");
         let t1 = t0 + rtt;
-        cc.on_loss(t1, t0);
+        cc.on_loss(t1, t0, 10.0);
         assert_eq!(cc.window, 14_000);
-        cc.on_loss(t1, t0); // same flight: no second cut
+        cc.on_loss(t1, t0, 10.0); // same flight: no second cut
         assert_eq!(cc.window, 14_000);
         // Acks of packets sent after the loss grow it back toward 20 000 and beyond.
         let mut now = t1;
@@ -291,6 +309,18 @@ mod tests {
             cc.on_ack(now, now - rtt, cc.window, rtt, true);
         }
         assert!(cc.window > 20_000, "window {}", cc.window);
+    }
+
+    #[test]
+    fn a_loss_with_no_queue_built_cuts_less_than_congestion() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(10);
+        let mut random = Cubic::new(1000);
+        random.on_loss(t1, t0, 0.5);
+        let mut congested = Cubic::new(1000);
+        congested.on_loss(t1, t0, RANDOM_LOSS_QUEUE);
+        assert_eq!(congested.window, 7_000);
+        assert_eq!(random.window, 8_500);
     }
 
     #[test]
