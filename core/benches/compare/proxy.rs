@@ -7,7 +7,7 @@
 //! `SO_RCVTIMEO` would not do: that timeout counts in scheduler ticks (4 ms at HZ=250), which
 //! made every delayed datagram up to a tick late and added about 10 ms to a 20 ms round trip.
 
-use std::collections::VecDeque;
+use punchline::netcond::{Conditioner, Impairment};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -74,22 +74,21 @@ impl Drop for Proxy {
 
 async fn relay(sock: UdpSocket, server: SocketAddr, imp: Impair, seed: u64) {
     let mut client: Option<SocketAddr> = None;
-    let mut queue: VecDeque<(Instant, SocketAddr, Vec<u8>)> = VecDeque::new();
+    // One conditioner for both directions, like one lossy path shared by data and acks.
+    let mut net: Conditioner<(SocketAddr, Vec<u8>)> = Conditioner::new(
+        Impairment {
+            loss_pct: (imp.loss * 100.0) as f32,
+            lag: imp.delay,
+            ..Impairment::NONE
+        },
+        seed,
+    );
     let mut buf = vec![0u8; 65_536];
-    let mut x = seed | 1;
-    let mut chance = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    };
     loop {
-        let now = Instant::now();
-        while queue.front().is_some_and(|(t, _, _)| *t <= now) {
-            let (_, to, data) = queue.pop_front().expect("checked");
+        while let Some((to, data)) = net.pop_due(Instant::now().into_std()) {
             let _ = sock.send_to(&data, to).await;
         }
-        let next = queue.front().map(|(t, _, _)| *t);
+        let next = net.next_due().map(Instant::from_std);
         let got = tokio::select! {
             r = sock.recv_from(&mut buf) => r.ok(),
             () = async {
@@ -111,13 +110,6 @@ async fn relay(sock: UdpSocket, server: SocketAddr, imp: Impair, seed: u64) {
             client = Some(from);
             server
         };
-        if chance() < imp.loss {
-            continue;
-        }
-        if imp.delay.is_zero() && queue.is_empty() {
-            let _ = sock.send_to(&buf[..n], to).await;
-        } else {
-            queue.push_back((Instant::now() + imp.delay, to, buf[..n].to_vec()));
-        }
+        net.push(Instant::now().into_std(), (to, buf[..n].to_vec()), n);
     }
 }

@@ -6,6 +6,7 @@ use super::config::{
     ConfigStore, ConfigValue, GetResult,
 };
 use super::{ConnectionHandle, ListenSocketHandle, PollGroupHandle};
+use crate::netcond::Impairment;
 use crate::proto::{
     ConnId, ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason,
     Endpoint, EndpointConfig, Error, Event, SendFlags,
@@ -25,23 +26,67 @@ use tokio::sync::{mpsc, Notify};
 static GLOBAL: LazyLock<Mutex<ConfigStore>> = LazyLock::new(|| Mutex::new(ConfigStore::default()));
 
 /// The fake network conditions from the global config values, read by every driver.
-static FAKE: RwLock<FakeConditions> = RwLock::new(FakeConditions {
-    loss_send: 0.0,
-    loss_recv: 0.0,
-    lag_send: Duration::ZERO,
-    lag_recv: Duration::ZERO,
-});
+static FAKE: RwLock<FakeConditions> = RwLock::new(FakeConditions::NONE);
 
 fn update_fake_conditions(global: &ConfigStore) {
     let chain = [global];
     let pct = |v| resolve(v, &chain).0.as_f32().unwrap_or(0.0);
-    let ms = |v| Duration::from_millis(resolve(v, &chain).0.as_i32().unwrap_or(0).max(0) as u64);
-    let fake = FakeConditions {
-        loss_send: pct(ConfigValue::FakePacketLossSend),
-        loss_recv: pct(ConfigValue::FakePacketLossRecv),
-        lag_send: ms(ConfigValue::FakePacketLagSend),
-        lag_recv: ms(ConfigValue::FakePacketLagRecv),
+    let int = |v| resolve(v, &chain).0.as_i32().unwrap_or(0).max(0) as u64;
+    let ms = |v| Duration::from_millis(int(v));
+    let ms_f = |v| Duration::from_secs_f64(f64::from(pct(v)).max(0.0) / 1000.0);
+    use ConfigValue as V;
+    let direction =
+        |[loss, lag, reorder, dup, j_avg, j_max, j_pct, rate, burst]: [V; 9]| Impairment {
+            loss_pct: pct(loss),
+            lag: ms(lag),
+            jitter_pct: pct(j_pct),
+            jitter_avg: ms_f(j_avg),
+            jitter_max: ms(j_max),
+            reorder_pct: pct(reorder),
+            reorder_time: ms(V::FakePacketReorderTime),
+            dup_pct: pct(dup),
+            dup_time_max: ms(V::FakePacketDupTimeMax),
+            rate: int(rate),
+            burst: int(burst),
+        };
+    let mut fake = FakeConditions {
+        send: direction([
+            V::FakePacketLossSend,
+            V::FakePacketLagSend,
+            V::FakePacketReorderSend,
+            V::FakePacketDupSend,
+            V::FakePacketJitterSendAvg,
+            V::FakePacketJitterSendMax,
+            V::FakePacketJitterSendPct,
+            V::FakeRateLimitSendRate,
+            V::FakeRateLimitSendBurst,
+        ]),
+        recv: direction([
+            V::FakePacketLossRecv,
+            V::FakePacketLagRecv,
+            V::FakePacketReorderRecv,
+            V::FakePacketDupRecv,
+            V::FakePacketJitterRecvAvg,
+            V::FakePacketJitterRecvMax,
+            V::FakePacketJitterRecvPct,
+            V::FakeRateLimitRecvRate,
+            V::FakeRateLimitRecvBurst,
+        ]),
     };
+    // The shared times and the burst mean nothing on their own: a direction with nothing
+    // else set stays clean, so datagrams skip the conditioner.
+    for d in [&mut fake.send, &mut fake.recv] {
+        let idle = Impairment {
+            reorder_time: d.reorder_time,
+            dup_time_max: d.dup_time_max,
+            burst: d.burst,
+            jitter_max: d.jitter_max,
+            ..Impairment::NONE
+        };
+        if *d == idle {
+            *d = Impairment::NONE;
+        }
+    }
     *FAKE.write().unwrap_or_else(|e| e.into_inner()) = fake;
 }
 
@@ -969,7 +1014,7 @@ impl Sockets {
     /// of a loopback round trip). For latency-critical loops with little traffic, such as a
     /// game client's network thread; a busy server should use `wait_for_activity`.
     pub fn wait_for_activity_spinning(&self, timeout: Duration, spin: Duration) {
-        let faking = *FAKE.read().unwrap_or_else(|e| e.into_inner()) != FakeConditions::default();
+        let faking = !FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean();
         // Fake receive loss and lag live in the service thread's path: no shortcut then.
         let inbox = if faking {
             None
@@ -1141,7 +1186,7 @@ impl EpState {
         let Some(io) = self.io.clone() else {
             return false;
         };
-        if *FAKE.read().unwrap_or_else(|e| e.into_inner()) != FakeConditions::default() {
+        if !FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean() {
             return false;
         }
         let mut sent_all = true;

@@ -5,59 +5,40 @@
 //! timeout, or a nudge from an API call -> feed the endpoint -> repeat. The endpoint itself
 //! lives in the shared state behind one mutex, which is never held across an `.await`.
 
-use rand_chacha::ChaCha8Rng;
-use rand_core::{OsRng, RngCore, SeedableRng};
-use std::collections::VecDeque;
+use crate::netcond::{Conditioner, Impairment};
+use rand_core::{OsRng, RngCore};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
-/// Simulated network trouble applied at the socket (the global `FakePacketLoss_*` and
-/// `FakePacketLag_*` config values), for testing an application on a clean network.
+/// Simulated network trouble applied at the socket (the global `FakePacket*` and
+/// `FakeRateLimit*` config values), for testing an application on a clean network. Each
+/// direction runs through a [`Conditioner`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct FakeConditions {
-    /// Percent of outgoing datagrams dropped.
-    pub loss_send: f32,
-    /// Percent of incoming datagrams dropped.
-    pub loss_recv: f32,
-    /// Delay added to every outgoing datagram.
-    pub lag_send: Duration,
-    /// Delay added to every incoming datagram.
-    pub lag_recv: Duration,
+    /// What happens to outgoing datagrams.
+    pub send: Impairment,
+    /// What happens to incoming datagrams.
+    pub recv: Impairment,
 }
 
-/// A FIFO of datagrams held back by fake lag (the lag is the same for all, so order holds).
-#[derive(Debug, Default)]
-struct DelayLine {
-    queue: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
-}
+impl FakeConditions {
+    /// No fake trouble.
+    pub const NONE: Self = Self {
+        send: Impairment::NONE,
+        recv: Impairment::NONE,
+    };
 
-impl DelayLine {
-    /// Holds a datagram until `due`; a line that grew past 100k datagrams drops new ones.
-    fn push(&mut self, due: Instant, addr: SocketAddr, data: Vec<u8>) {
-        if self.queue.len() < 100_000 {
-            self.queue.push_back((due, addr, data));
-        }
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
-        if self.queue.front().is_some_and(|(due, _, _)| *due <= now) {
-            self.queue.pop_front().map(|(_, a, d)| (a, d))
-        } else {
-            None
-        }
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        self.queue.front().map(|(due, _, _)| *due)
+    /// True when datagrams pass untouched.
+    pub fn is_clean(&self) -> bool {
+        self.send.is_clean() && self.recv.is_clean()
     }
 }
 
-fn dropped(rng: &mut ChaCha8Rng, percent: f32) -> bool {
-    percent > 0.0 && (rng.next_u32() as f64 / u32::MAX as f64) * 100.0 < f64::from(percent)
-}
+/// A datagram held by fake conditions: the peer's address and the bytes.
+type HeldDatagram = (SocketAddr, Vec<u8>);
 
 /// The service thread and its runtime.
 #[derive(Debug)]
@@ -443,38 +424,35 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
         64
     });
     let mut out = Outbox::default();
-    let mut rng = ChaCha8Rng::seed_from_u64(OsRng.next_u64());
-    let (mut lag_out, mut lag_in) = (DelayLine::default(), DelayLine::default());
+    let mut fake_out: Conditioner<HeldDatagram> =
+        Conditioner::new(Impairment::NONE, OsRng.next_u64());
+    let mut fake_in: Conditioner<HeldDatagram> =
+        Conditioner::new(Impairment::NONE, OsRng.next_u64());
     let mut delayed = Inbox::new(1);
     let max_segments = io.max_segments();
     loop {
         let fake = owner.fake();
-        let now = Instant::now();
-        while let Some((from, data)) = lag_in.pop_due(now) {
-            delayed.slots[0][..data.len()].copy_from_slice(&data);
-            delayed.items.clear();
-            delayed.items.push((from, 0, 0, data.len()));
-            owner.on_datagrams(now, &delayed);
+        if fake.send != *fake_out.impairment() {
+            fake_out.set(fake.send);
         }
+        if fake.recv != *fake_in.impairment() {
+            fake_in.set(fake.recv);
+        }
+        let now = Instant::now();
+        feed_due(&owner, &mut fake_in, &mut delayed, now);
         out.clear();
         let deadline = match owner.poll(now, &mut out) {
             Wake::Stop => return,
             Wake::At(t) => Some(t),
             Wake::Idle => None,
         };
-        let faking = fake.loss_send > 0.0 || !fake.lag_send.is_zero() || !lag_out.queue.is_empty();
+        let faking = !fake.send.is_clean() || !fake_out.is_empty();
         let mut i = 0;
         while i < out.items.len() {
             let (to, start, len) = out.items[i];
             if faking {
                 i += 1;
-                if !dropped(&mut rng, fake.loss_send) {
-                    lag_out.push(
-                        now + fake.lag_send,
-                        to,
-                        out.data[start..start + len].to_vec(),
-                    );
-                }
+                fake_out.push(now, (to, out.data[start..start + len].to_vec()), len);
                 continue;
             }
             // A run of equal-sized datagrams to one peer goes out in one segmented send (at most
@@ -504,12 +482,12 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
             }
             i = end;
         }
-        while let Some((to, data)) = lag_out.pop_due(Instant::now()) {
+        while let Some((to, data)) = fake_out.pop_due(Instant::now()) {
             if let Err(e) = io.send_segments(&data, data.len(), to).await {
                 tracing::debug!(%to, error = %e, "send failed");
             }
         }
-        let deadline = [deadline, lag_out.next_due(), lag_in.next_due()]
+        let deadline = [deadline, fake_out.next_due(), fake_in.next_due()]
             .into_iter()
             .flatten()
             .min();
@@ -521,7 +499,7 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
         };
         tokio::select! {
             r = io.recv_batch(&mut inbox) => match r {
-                Ok(()) => receive(&owner, &mut inbox, &fake, &mut rng, &mut lag_in),
+                Ok(()) => receive(&owner, &mut inbox, &mut fake_in, &mut delayed),
                 // ICMP errors from earlier sends surface here on Linux; they are not fatal.
                 Err(e) => tracing::trace!(error = %e, "recv error"),
             },
@@ -531,24 +509,37 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
     }
 }
 
-/// Applies fake receive loss and lag to a batch, then feeds the rest.
+/// Feeds a received batch to the endpoint, through the fake receive conditions if any are in
+/// force.
 fn receive<D: Driven>(
     owner: &D,
     inbox: &mut Inbox,
-    fake: &FakeConditions,
-    rng: &mut ChaCha8Rng,
-    lag_in: &mut DelayLine,
+    fake_in: &mut Conditioner<HeldDatagram>,
+    delayed: &mut Inbox,
 ) {
     let now = Instant::now();
-    if fake.loss_recv > 0.0 {
-        // Keep the survivors, compacted to the front.
-        inbox.items.retain(|_| !dropped(rng, fake.loss_recv));
-    }
-    if !fake.lag_recv.is_zero() || !lag_in.queue.is_empty() {
-        for (from, data) in inbox.iter() {
-            lag_in.push(now + fake.lag_recv, from, data.to_vec());
-        }
+    if fake_in.impairment().is_clean() && fake_in.is_empty() {
+        owner.on_datagrams(now, inbox);
         return;
     }
-    owner.on_datagrams(now, inbox);
+    for (from, data) in inbox.iter() {
+        fake_in.push(now, (from, data.to_vec()), data.len());
+    }
+    feed_due(owner, fake_in, delayed, now);
+}
+
+/// Feeds the datagrams the fake receive conditions release by `now`, one at a time.
+fn feed_due<D: Driven>(
+    owner: &D,
+    fake_in: &mut Conditioner<HeldDatagram>,
+    delayed: &mut Inbox,
+    now: Instant,
+) {
+    while let Some((from, data)) = fake_in.pop_due(now) {
+        let len = data.len().min(delayed.slots[0].len());
+        delayed.slots[0][..len].copy_from_slice(&data[..len]);
+        delayed.items.clear();
+        delayed.items.push((from, 0, 0, len));
+        owner.on_datagrams(now, delayed);
+    }
 }
