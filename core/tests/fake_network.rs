@@ -1,46 +1,344 @@
-//! Fake loss and lag (global config values) on a real loopback socket pair. Its own test
-//! binary, because the values are process-wide.
+//! The fake network config values, end to end through the API, on both transports of a
+//! socket pair (real loopback UDP and in-process buffers). Its own test binary, because the
+//! values are process-wide; the tests here take turns.
 
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::api::ConfigTarget;
-use punchline::{SendFlags, Sockets};
+use punchline::{ConnectionHandle, Message, SendFlags, Sockets};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[test]
-fn fake_loss_and_lag_apply_to_a_loopback_pair() {
-    let s = Sockets::new().unwrap();
-    let set = |v, d| {
-        s.set_config_value(v, ConfigTarget::Global, Some(d))
-            .unwrap()
-    };
-    let (a, b) = s.create_socket_pair(true, None, None).unwrap();
-    set(ConfigValue::FakePacketLagSend, ConfigData::Int32(40));
-    set(ConfigValue::FakePacketLossSend, ConfigData::Float(20.0));
-    // 200 packets' worth: at 20% loss some are certainly lost (the chance of none is 1e-19).
-    for i in 0..200u32 {
-        let mut m = vec![0u8; 1000];
-        m[..4].copy_from_slice(&i.to_be_bytes());
-        s.send_message_to_connection(a, m, SendFlags::RELIABLE)
-            .unwrap();
+static TURN: Mutex<()> = Mutex::new(());
+
+/// Sets global fake values for as long as it lives (and takes this test's turn); every fake
+/// value goes back to its default on drop, also when a check fails.
+struct Fake {
+    sockets: Sockets,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+const ALL_FAKE: [ConfigValue; 20] = [
+    ConfigValue::FakePacketLossSend,
+    ConfigValue::FakePacketLossRecv,
+    ConfigValue::FakePacketLagSend,
+    ConfigValue::FakePacketLagRecv,
+    ConfigValue::FakePacketReorderSend,
+    ConfigValue::FakePacketReorderRecv,
+    ConfigValue::FakePacketReorderTime,
+    ConfigValue::FakePacketDupSend,
+    ConfigValue::FakePacketDupRecv,
+    ConfigValue::FakePacketDupTimeMax,
+    ConfigValue::FakePacketJitterSendAvg,
+    ConfigValue::FakePacketJitterSendMax,
+    ConfigValue::FakePacketJitterSendPct,
+    ConfigValue::FakePacketJitterRecvAvg,
+    ConfigValue::FakePacketJitterRecvMax,
+    ConfigValue::FakePacketJitterRecvPct,
+    ConfigValue::FakeRateLimitSendRate,
+    ConfigValue::FakeRateLimitSendBurst,
+    ConfigValue::FakeRateLimitRecvRate,
+    ConfigValue::FakeRateLimitRecvBurst,
+];
+
+impl Fake {
+    fn set(values: &[(ConfigValue, ConfigData)]) -> Fake {
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let sockets = Sockets::new().unwrap();
+        for (v, d) in values {
+            sockets
+                .set_config_value(*v, ConfigTarget::Global, Some(d.clone()))
+                .unwrap();
+        }
+        Fake {
+            sockets,
+            _turn: turn,
+        }
     }
+}
+
+impl Fake {
+    /// Sets more values (after, say, creating pairs on a clean network).
+    fn apply(&self, values: &[(ConfigValue, ConfigData)]) {
+        for (v, d) in values {
+            self.sockets
+                .set_config_value(*v, ConfigTarget::Global, Some(d.clone()))
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        for v in ALL_FAKE {
+            let _ = self.sockets.set_config_value(v, ConfigTarget::Global, None);
+        }
+    }
+}
+
+/// Both kinds of socket pair: (over loopback UDP?, name).
+const TRANSPORTS: [(bool, &str); 2] = [(true, "loopback UDP"), (false, "in-process")];
+
+fn numbered(i: u32, len: usize) -> Vec<u8> {
+    let mut m = vec![(i % 251) as u8; len.max(12)];
+    m[..4].copy_from_slice(&i.to_be_bytes());
+    let sent = Instant::now();
+    // Nanoseconds since the first call, to measure each message's delay.
+    let t = sent.duration_since(*EPOCH).as_nanos() as u64;
+    m[4..12].copy_from_slice(&t.to_be_bytes());
+    m
+}
+
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn number(m: &Message) -> u32 {
+    u32::from_be_bytes(m.payload[..4].try_into().unwrap())
+}
+
+/// How long the message took from send to receipt.
+fn delay(m: &Message) -> Duration {
+    let sent = u64::from_be_bytes(m.payload[4..12].try_into().unwrap());
+    m.received_at
+        .duration_since(*EPOCH)
+        .saturating_sub(Duration::from_nanos(sent))
+}
+
+fn receive_n(s: &Sockets, h: ConnectionHandle, n: usize, limit: Duration) -> Vec<Message> {
     let mut got = Vec::new();
-    let end = Instant::now() + Duration::from_secs(60);
-    while got.len() < 200 && Instant::now() < end {
-        got.extend(s.receive_messages_on_connection(b, 1000).unwrap());
-        std::thread::sleep(Duration::from_millis(2));
+    let end = Instant::now() + limit;
+    while got.len() < n && Instant::now() < end {
+        got.extend(s.receive_messages_on_connection(h, 1000).unwrap());
+        s.wait_for_activity(Duration::from_millis(5));
     }
-    assert_eq!(
-        got.len(),
-        200,
-        "every reliable message arrives despite 20% loss"
-    );
+    got
+}
+
+/// Reliable messages all arrive, once and in order.
+fn assert_reliable_in_order(got: &[Message], n: usize, what: &str) {
+    assert_eq!(got.len(), n, "{what}: every reliable message arrives once");
     for (i, m) in got.iter().enumerate() {
-        assert_eq!(m.payload[..4], (i as u32).to_be_bytes());
+        assert_eq!(number(m) as usize, i, "{what}: in order");
     }
-    let q = s.get_quick_connection_status(a).unwrap();
-    assert!(q.ping_ms >= 80, "40 ms each way, ping {}", q.ping_ms);
-    let text = s.get_detailed_connection_status(a).unwrap();
-    assert!(!text.contains("lost 0,"), "losses are seen: {text}");
-    set(ConfigValue::FakePacketLagSend, ConfigData::Int32(0));
-    set(ConfigValue::FakePacketLossSend, ConfigData::Float(0.0));
+}
+
+fn inversions(got: &[Message]) -> usize {
+    got.windows(2)
+        .filter(|w| number(&w[0]) > number(&w[1]))
+        .count()
+}
+
+#[test]
+fn loss_and_lag_apply_on_both_transports() {
+    use ConfigValue as V;
+    let f = Fake::set(&[]);
+    let s = &f.sockets;
+    for (net, name) in TRANSPORTS {
+        // Connected on a clean network (handshakes under loss are the loss matrix's job).
+        let (a, b) = s
+            .create_socket_pair(net, None, None)
+            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
+        f.apply(&[
+            (V::FakePacketLagSend, ConfigData::Int32(40)),
+            (V::FakePacketLossSend, ConfigData::Float(20.0)),
+        ]);
+        // 200 packets' worth: at 20% loss some are certainly lost (the chance of none is 1e-19).
+        for i in 0..200 {
+            s.send_message_to_connection(a, numbered(i, 1000), SendFlags::RELIABLE)
+                .unwrap();
+        }
+        let got = receive_n(s, b, 200, Duration::from_secs(60));
+        assert_reliable_in_order(&got, 200, name);
+        let q = s.get_quick_connection_status(a).unwrap();
+        assert!(
+            q.ping_ms >= 80,
+            "{name}: 40 ms each way, ping {}",
+            q.ping_ms
+        );
+        let text = s.get_detailed_connection_status(a).unwrap();
+        assert!(!text.contains("lost 0,"), "{name}: losses are seen: {text}");
+        f.apply(&[
+            (V::FakePacketLagSend, ConfigData::Int32(0)),
+            (V::FakePacketLossSend, ConfigData::Float(0.0)),
+        ]);
+    }
+}
+
+#[test]
+fn receive_side_lag_and_loss_apply_too() {
+    use ConfigValue as V;
+    let f = Fake::set(&[]);
+    let s = &f.sockets;
+    for (net, name) in TRANSPORTS {
+        let (a, b) = s
+            .create_socket_pair(net, None, None)
+            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
+        f.apply(&[
+            (V::FakePacketLagRecv, ConfigData::Int32(30)),
+            (V::FakePacketLossRecv, ConfigData::Float(10.0)),
+        ]);
+        for i in 0..300 {
+            s.send_message_to_connection(a, numbered(i, 800), SendFlags::RELIABLE)
+                .unwrap();
+        }
+        let got = receive_n(s, b, 300, Duration::from_secs(60));
+        assert_reliable_in_order(&got, 300, name);
+        let q = s.get_quick_connection_status(a).unwrap();
+        assert!(
+            q.ping_ms >= 60,
+            "{name}: 30 ms at each receiver, ping {}",
+            q.ping_ms
+        );
+        assert!(q.connection_quality_remote < 1.0, "{name}: losses are seen");
+        f.apply(&[
+            (V::FakePacketLagRecv, ConfigData::Int32(0)),
+            (V::FakePacketLossRecv, ConfigData::Float(0.0)),
+        ]);
+    }
+}
+
+#[test]
+fn duplicated_packets_never_duplicate_messages() {
+    use ConfigValue as V;
+    let f = Fake::set(&[
+        (V::FakePacketDupSend, ConfigData::Float(50.0)),
+        (V::FakePacketDupRecv, ConfigData::Float(50.0)),
+        (V::FakePacketDupTimeMax, ConfigData::Int32(20)),
+    ]);
+    let s = &f.sockets;
+    for (net, name) in TRANSPORTS {
+        let (a, b) = s
+            .create_socket_pair(net, None, None)
+            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
+        for i in 0..100 {
+            s.send_message_to_connection(a, numbered(i, 200), SendFlags::RELIABLE_NO_NAGLE)
+                .unwrap();
+            s.send_message_to_connection(
+                a,
+                numbered(1000 + i, 200),
+                SendFlags::UNRELIABLE_NO_NAGLE,
+            )
+            .unwrap();
+        }
+        let got = receive_n(s, b, 200, Duration::from_secs(30));
+        // Give the late copies (up to 20 ms behind) time to arrive, and be dropped.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut all = got;
+        all.extend(s.receive_messages_on_connection(b, 1000).unwrap());
+        let mut numbers: Vec<u32> = all.iter().map(number).collect();
+        numbers.sort_unstable();
+        let expected: Vec<u32> = (0..100).chain(1000..1100).collect();
+        assert_eq!(numbers, expected, "{name}: each message exactly once");
+        let text = s.get_detailed_connection_status(b).unwrap();
+        assert!(
+            !text.contains(" 0 replays"),
+            "{name}: copies dropped: {text}"
+        );
+    }
+}
+
+#[test]
+fn reorder_lets_later_packets_overtake_and_reliable_order_holds() {
+    use ConfigValue as V;
+    let f = Fake::set(&[
+        (V::FakePacketReorderSend, ConfigData::Float(30.0)),
+        (V::FakePacketReorderTime, ConfigData::Int32(20)),
+    ]);
+    let s = &f.sockets;
+    for (net, name) in TRANSPORTS {
+        let (a, b) = s
+            .create_socket_pair(net, None, None)
+            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
+        // Unreliable messages come out as their packets arrive: reordering shows.
+        for i in 0..200 {
+            s.send_message_to_connection(a, numbered(i, 100), SendFlags::UNRELIABLE_NO_NAGLE)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = receive_n(s, b, 200, Duration::from_secs(10));
+        assert!(
+            got.len() >= 190,
+            "{name}: reorder never drops ({})",
+            got.len()
+        );
+        assert!(inversions(&got) > 5, "{name}: some packets overtaken");
+        // Reliable ones are put back in order.
+        for i in 0..200 {
+            s.send_message_to_connection(a, numbered(i, 100), SendFlags::RELIABLE_NO_NAGLE)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = receive_n(s, b, 200, Duration::from_secs(30));
+        assert_reliable_in_order(&got, 200, name);
+    }
+}
+
+#[test]
+fn jitter_delays_and_clumps_but_never_reorders() {
+    use ConfigValue as V;
+    let f = Fake::set(&[
+        (V::FakePacketJitterSendAvg, ConfigData::Float(8.0)),
+        (V::FakePacketJitterSendMax, ConfigData::Int32(40)),
+        (V::FakePacketJitterSendPct, ConfigData::Float(30.0)),
+    ]);
+    let s = &f.sockets;
+    for (net, name) in TRANSPORTS {
+        let (a, b) = s
+            .create_socket_pair(net, None, None)
+            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
+        for i in 0..200 {
+            s.send_message_to_connection(a, numbered(i, 100), SendFlags::UNRELIABLE_NO_NAGLE)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = receive_n(s, b, 200, Duration::from_secs(10));
+        assert_eq!(got.len(), 200, "{name}: jitter never drops");
+        assert_eq!(inversions(&got), 0, "{name}: jitter alone never reorders");
+        let delayed = got
+            .iter()
+            .filter(|m| delay(m) > Duration::from_millis(3))
+            .count();
+        assert!(delayed >= 20, "{name}: only {delayed} of 200 held back");
+        let worst = got.iter().map(delay).max().unwrap();
+        assert!(
+            worst < Duration::from_secs(1),
+            "{name}: worst delay {worst:?}"
+        );
+    }
+}
+
+#[test]
+fn the_rate_limit_is_a_token_bucket() {
+    use ConfigValue as V;
+    const RATE: i32 = 100_000;
+    const BURST: i32 = 16_384;
+    let f = Fake::set(&[
+        (V::FakeRateLimitSendRate, ConfigData::Int32(RATE)),
+        (V::FakeRateLimitSendBurst, ConfigData::Int32(BURST)),
+    ]);
+    let s = &f.sockets;
+    for (net, name) in TRANSPORTS {
+        let (a, b) = s
+            .create_socket_pair(net, None, None)
+            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
+        let total = 300_000;
+        let start = Instant::now();
+        for i in 0..(total / 1000) as u32 {
+            s.send_message_to_connection(a, numbered(i, 1000), SendFlags::RELIABLE)
+                .unwrap();
+        }
+        let got = receive_n(s, b, total / 1000, Duration::from_secs(60));
+        assert_reliable_in_order(&got, total / 1000, name);
+        // No more than the bucket allows can have passed: rate x time + burst. (A bound on
+        // the limiter, not on our speed: a slow machine only makes it easier to meet.)
+        let elapsed = start.elapsed().as_secs_f64();
+        let allowed = f64::from(RATE) * elapsed + f64::from(BURST);
+        assert!(
+            (total as f64) <= allowed,
+            "{name}: {total} bytes in {elapsed:.2} s through a {RATE} B/s bucket"
+        );
+        let text = s.get_detailed_connection_status(a).unwrap();
+        assert!(
+            !text.contains("lost 0,"),
+            "{name}: the limiter drops: {text}"
+        );
+    }
 }

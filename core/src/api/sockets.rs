@@ -911,7 +911,8 @@ impl Sockets {
     /// `use_network_loopback` they talk over real loopback UDP (encrypted, subject to the
     /// fake network conditions); otherwise over in-process buffers. Each side takes the given
     /// identity (or "localhost"). Returns once both are connected: the handshake is local, so
-    /// this takes well under a millisecond.
+    /// this takes well under a millisecond (unless fake network conditions are in force; it
+    /// then waits up to `TimeoutInitial`).
     pub fn create_socket_pair(
         &self,
         use_network_loopback: bool,
@@ -966,6 +967,7 @@ impl Sockets {
         // Side 1 lives as long as its connection; side 2 from when it has accepted one.
         st.endpoints.get_mut(&ep1).expect("just added").closing = true;
         st.endpoints.get_mut(&ep2).expect("just added").auto_accept = true;
+        let timeout_initial = cfg.timeout_initial;
         let id1 = st
             .endpoints
             .get_mut(&ep1)
@@ -977,8 +979,9 @@ impl Sockets {
         drop(st);
         self.spawn_driver(ep1, io1);
         self.spawn_driver(ep2, io2);
-        // Wait for the local handshake.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Wait for the local handshake: quick, unless fake loss and lag are in force; then up
+        // to the usual time allowed for connecting.
+        let deadline = Instant::now() + timeout_initial;
         loop {
             {
                 let st = self.state();

@@ -239,6 +239,9 @@ pub struct Connection {
     reorder_time_factor: f64,
     /// Recently declared lost, to notice the ones that were only reordered.
     declared_lost: VecDeque<u64>,
+    /// Declared lost since the last window cut; the cut is undone only if every one of them
+    /// proves spurious. `None` once the list outgrew its bound (the cut then stands).
+    episode_lost: Option<Vec<u64>>,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -359,6 +362,7 @@ impl Connection {
             reorder_threshold: 3,
             reorder_time_factor: 1.0,
             declared_lost: VecDeque::new(),
+            episode_lost: None,
             events: VecDeque::new(),
             stats: Stats::default(),
         };
@@ -443,7 +447,12 @@ impl Connection {
             delivered_fraction: if self.next_pn == 0 {
                 1.0
             } else {
-                1.0 - (self.stats.packets_lost as f32 / self.next_pn as f32).min(1.0)
+                // Packets declared lost that arrived after all were only reordered.
+                let lost = self
+                    .stats
+                    .packets_lost
+                    .saturating_sub(self.stats.spurious_losses);
+                1.0 - (lost as f32 / self.next_pn as f32).min(1.0)
             },
         }
     }
@@ -1091,7 +1100,16 @@ impl Connection {
                 self.declared_lost.pop_front();
             }
             self.in_flight -= p.size;
-            self.cc.on_loss(now, p.time, self.queued_estimate());
+            if self.cc.on_loss(now, p.time, self.queued_estimate()) {
+                self.episode_lost = Some(Vec::new());
+            }
+            if let Some(episode) = &mut self.episode_lost {
+                if episode.len() < 64 {
+                    episode.push(pn);
+                } else {
+                    self.episode_lost = None;
+                }
+            }
             for s in p.segments {
                 self.stats.segments_retransmitted += 1;
                 self.sendq.on_lost(s);
@@ -1100,16 +1118,24 @@ impl Connection {
         self.arm_loss_timer();
     }
 
-    /// An ack for a packet already declared lost means it was reordered, not lost: undo the
-    /// window cut and tolerate more reordering from now on (up to 20 packets and 2 RTTs).
+    /// An ack for a packet already declared lost means it was reordered, not lost: tolerate
+    /// more reordering from now on (up to 20 packets and 2 RTTs), and undo the last window
+    /// cut if every loss since it proved spurious (a real loss in the same episode keeps it).
     fn note_spurious_losses(&mut self, ranges: &[AckRange]) {
+        let acked = |pn: &u64| ranges.iter().any(|r| r.contains(pn));
         let before = self.declared_lost.len();
-        self.declared_lost
-            .retain(|pn| !ranges.iter().any(|r| r.contains(pn)));
+        self.declared_lost.retain(|pn| !acked(pn));
         let spurious = before - self.declared_lost.len();
         if spurious > 0 {
             self.stats.spurious_losses += spurious as u64;
-            self.cc.undo();
+            if let Some(episode) = &mut self.episode_lost {
+                let n = episode.len();
+                episode.retain(|pn| !acked(pn));
+                if episode.is_empty() && n > 0 {
+                    self.cc.undo();
+                    self.episode_lost = None;
+                }
+            }
             self.reorder_threshold = (self.reorder_threshold + spurious as u64).min(20);
             self.reorder_time_factor = (self.reorder_time_factor + 0.25).min(2.0);
         }

@@ -196,9 +196,11 @@ impl Cubic {
 
     /// Shrinks the window for a loss of a packet sent at `sent`, when an estimated `queued`
     /// packets of this connection wait in queues on the path; one reduction per round trip.
-    pub fn on_loss(&mut self, now: Instant, sent: Instant, queued: f64) {
+    /// Returns whether the window was cut (not when the loss falls in the same round trip as
+    /// the last cut).
+    pub fn on_loss(&mut self, now: Instant, sent: Instant, queued: f64) -> bool {
         if self.recovery_start.is_some_and(|r| sent <= r) {
-            return;
+            return false;
         }
         let mut before = self.clone();
         before.before_cut = None;
@@ -219,6 +221,7 @@ impl Cubic {
         };
         self.window = ((window * beta) as u64).max(self.min_window());
         self.ssthresh = self.window;
+        true
     }
 }
 
@@ -298,9 +301,9 @@ mod tests {
         cc.on_ack(t0, t0, 10_000, rtt, false);
         assert_eq!(cc.window, 20_000, "no growth while application-limited");
         let t1 = t0 + rtt;
-        cc.on_loss(t1, t0, 10.0);
+        assert!(cc.on_loss(t1, t0, 10.0));
         assert_eq!(cc.window, 14_000);
-        cc.on_loss(t1, t0, 10.0); // same flight: no second cut
+        assert!(!cc.on_loss(t1, t0, 10.0), "same flight: no second cut");
         assert_eq!(cc.window, 14_000);
         // Acks of packets sent after the loss grow it back toward 20 000 and beyond.
         let mut now = t1;

@@ -1,0 +1,404 @@
+//! The loss matrix: real loopback connections under the fake network conditions (the global
+//! `FakePacket*` and `FakeRateLimit*` config values), each condition with a bulk transfer
+//! and a game-like pattern at the same time.
+//!
+//! Conditions are (send rate limit, loss, one-way lag, reorder), each also with 10%
+//! duplication. They are set on the sending side of every endpoint in the process, so each
+//! direction of each connection goes through them once. The values are process-wide, so the
+//! cases take turns (a lock); under nextest each runs in its own process anyway.
+//!
+//! What must hold: every reliable message arrives exactly once, in order and intact;
+//! unreliable messages are never corrupted, partial or duplicated; the connections stay up;
+//! ping and quality in the status are plausible for the condition.
+
+use bytes::Bytes;
+use punchline::api::config::{ConfigData, ConfigValue};
+use punchline::api::{ConfigTarget, StatusEvents};
+use punchline::{ConnectionHandle, ConnectionState, Error, SendFlags, Sockets};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The fake conditions are global: one case at a time.
+static TURN: Mutex<()> = Mutex::new(());
+
+#[derive(Debug, Clone, Copy)]
+struct Condition {
+    /// Token-bucket rate, bytes per second.
+    rate: i32,
+    loss_pct: f32,
+    lag_ms: i32,
+    reorder_pct: f32,
+    reorder_ms: i32,
+    dup_pct: f32,
+    /// Bytes moved by the bulk transfer (sized so each case takes seconds, not minutes).
+    bulk: usize,
+}
+
+const KB: i32 = 1000;
+
+const CONDITIONS: [Condition; 4] = [
+    Condition {
+        rate: 128 * KB,
+        loss_pct: 10.0,
+        lag_ms: 50,
+        reorder_pct: 2.0,
+        reorder_ms: 50,
+        dup_pct: 0.0,
+        bulk: 256 * 1024,
+    },
+    Condition {
+        rate: 1000 * KB,
+        loss_pct: 5.0,
+        lag_ms: 10,
+        reorder_pct: 1.0,
+        reorder_ms: 10,
+        dup_pct: 0.0,
+        bulk: 768 * 1024,
+    },
+    Condition {
+        rate: 2000 * KB,
+        loss_pct: 0.0,
+        lag_ms: 50,
+        reorder_pct: 30.0,
+        reorder_ms: 40,
+        dup_pct: 0.0,
+        bulk: 1024 * 1024,
+    },
+    Condition {
+        rate: 1000 * KB,
+        loss_pct: 20.0,
+        lag_ms: 100,
+        reorder_pct: 0.0,
+        reorder_ms: 0,
+        dup_pct: 0.0,
+        bulk: 96 * 1024,
+    },
+];
+
+/// Sets the condition globally for as long as it lives; back to a clean network on drop
+/// (also when a check fails).
+struct Applied<'a> {
+    sockets: &'a Sockets,
+}
+
+const FAKE_VALUES: [ConfigValue; 7] = [
+    ConfigValue::FakeRateLimitSendRate,
+    ConfigValue::FakePacketLossSend,
+    ConfigValue::FakePacketLagSend,
+    ConfigValue::FakePacketReorderSend,
+    ConfigValue::FakePacketReorderTime,
+    ConfigValue::FakePacketDupSend,
+    ConfigValue::FakePacketDupTimeMax,
+];
+
+impl<'a> Applied<'a> {
+    fn new(sockets: &'a Sockets, c: &Condition) -> Self {
+        let values = [
+            ConfigData::Int32(c.rate),
+            ConfigData::Float(c.loss_pct),
+            ConfigData::Int32(c.lag_ms),
+            ConfigData::Float(c.reorder_pct),
+            ConfigData::Int32(c.reorder_ms),
+            ConfigData::Float(c.dup_pct),
+            ConfigData::Int32(10),
+        ];
+        for (v, d) in FAKE_VALUES.into_iter().zip(values) {
+            sockets
+                .set_config_value(v, ConfigTarget::Global, Some(d))
+                .unwrap();
+        }
+        Applied { sockets }
+    }
+}
+
+impl Drop for Applied<'_> {
+    fn drop(&mut self) {
+        for v in FAKE_VALUES {
+            let _ = self.sockets.set_config_value(v, ConfigTarget::Global, None);
+        }
+    }
+}
+
+/// A connected client and server, each in its own `Sockets`.
+struct Pair {
+    server: Sockets,
+    client: Sockets,
+    s: ConnectionHandle,
+    c: ConnectionHandle,
+}
+
+fn accept_one(server: &Sockets, events: &mut StatusEvents) -> ConnectionHandle {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(ev) = events.try_recv() {
+            if ev.info.state == ConnectionState::Connecting && ev.info.listen_socket.is_some() {
+                server.accept_connection(ev.connection).unwrap();
+                return ev.connection;
+            }
+        }
+        assert!(Instant::now() < end, "no incoming connection");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn state(s: &Sockets, h: ConnectionHandle) -> ConnectionState {
+    s.get_connection_info(h).unwrap().state
+}
+
+fn pair() -> Pair {
+    let server = Sockets::new().unwrap();
+    let client = Sockets::new().unwrap();
+    let mut events = server.status_events();
+    let listen = server
+        .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
+        .unwrap();
+    let addr = server.get_listen_socket_address(listen).unwrap();
+    let c = client.connect_by_ip_address(addr, &[]).unwrap();
+    let s = accept_one(&server, &mut events);
+    let end = Instant::now() + Duration::from_secs(20);
+    while state(&client, c) != ConnectionState::Connected
+        || state(&server, s) != ConnectionState::Connected
+    {
+        assert!(Instant::now() < end, "handshake did not finish");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Pair {
+        server,
+        client,
+        s,
+        c,
+    }
+}
+
+/// A message whose every byte follows from its kind, number and length, so corruption,
+/// truncation and mix-ups all show: `[kind][number u32][length u32][pattern...]`.
+fn message(kind: u8, n: u32, len: usize) -> Vec<u8> {
+    let len = len.max(9);
+    let mut m = Vec::with_capacity(len);
+    m.push(kind);
+    m.extend_from_slice(&n.to_be_bytes());
+    m.extend_from_slice(&(len as u32).to_be_bytes());
+    let seed = n.wrapping_mul(2_654_435_761).wrapping_add(u32::from(kind));
+    m.extend((9..len).map(|i| (seed.wrapping_add(i as u32 * 31) >> 3) as u8));
+    m
+}
+
+/// Checks a message is whole and intact; returns (kind, number).
+fn check(m: &[u8]) -> (u8, u32) {
+    assert!(m.len() >= 9, "truncated message: {} bytes", m.len());
+    let n = u32::from_be_bytes(m[1..5].try_into().unwrap());
+    let len = u32::from_be_bytes(m[5..9].try_into().unwrap()) as usize;
+    assert_eq!(m.len(), len, "message {n} is partial");
+    assert!(
+        m == message(m[0], n, len).as_slice(),
+        "message {n} is corrupted"
+    );
+    (m[0], n)
+}
+
+fn send(s: &Sockets, h: ConnectionHandle, m: Vec<u8>, flags: SendFlags, until: Instant) {
+    let m = Bytes::from(m);
+    loop {
+        match s.send_message_to_connection(h, m.clone(), flags) {
+            Ok(_) => return,
+            Err(Error::LimitExceeded) => {
+                assert!(Instant::now() < until, "send buffer never drained");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => panic!("send failed: {e}"),
+        }
+    }
+}
+
+const RELIABLE: u8 = b'R';
+const UNRELIABLE: u8 = b'U';
+
+/// Bulk: `total` bytes of 16 KiB reliable messages, all checked on arrival.
+fn bulk(p: &Pair, total: usize, deadline: Instant) {
+    const SIZE: usize = 16 * 1024;
+    let count = total.div_ceil(SIZE) as u32;
+    let (client, c) = (p.client.clone(), p.c);
+    let sender = std::thread::spawn(move || {
+        for n in 0..count {
+            send(
+                &client,
+                c,
+                message(RELIABLE, n, SIZE),
+                SendFlags::RELIABLE,
+                deadline,
+            );
+        }
+    });
+    let mut next = 0;
+    while next < count {
+        assert!(
+            Instant::now() < deadline,
+            "bulk: {next} of {count} messages arrived in time"
+        );
+        for m in p.server.receive_messages_on_connection(p.s, 256).unwrap() {
+            assert_eq!(
+                check(&m.payload),
+                (RELIABLE, next),
+                "out of order or repeated"
+            );
+            next += 1;
+        }
+        p.server.wait_for_activity(Duration::from_millis(10));
+    }
+    sender.join().unwrap();
+}
+
+/// Game-like: every 30 ms one reliable message of up to 4000 bytes and one unreliable of up
+/// to 2000, for `ticks` ticks. Returns how many unreliable messages arrived.
+fn game(p: &Pair, ticks: u32, seed: u64, deadline: Instant) -> usize {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let start = Instant::now();
+    let mut next_reliable = 0;
+    let mut unreliable_seen = HashSet::new();
+    let mut receive = |next_reliable: &mut u32| {
+        for m in p.server.receive_messages_on_connection(p.s, 256).unwrap() {
+            match check(&m.payload) {
+                (RELIABLE, n) => {
+                    assert_eq!(n, *next_reliable, "reliable out of order or repeated");
+                    *next_reliable += 1;
+                }
+                (UNRELIABLE, n) => {
+                    assert!(n < ticks, "unreliable {n} was never sent");
+                    assert!(unreliable_seen.insert(n), "unreliable {n} duplicated");
+                }
+                (k, _) => panic!("unknown kind {k}"),
+            }
+        }
+    };
+    for tick in 0..ticks {
+        let r = 1 + (rng.next_u32() % 4000) as usize;
+        let u = 1 + (rng.next_u32() % 2000) as usize;
+        send(
+            &p.client,
+            p.c,
+            message(RELIABLE, tick, r),
+            SendFlags::RELIABLE,
+            deadline,
+        );
+        // Unreliable messages are never refused for lack of buffer; a full queue drops them.
+        let _ = p.client.send_message_to_connection(
+            p.c,
+            message(UNRELIABLE, tick, u),
+            SendFlags::UNRELIABLE,
+        );
+        receive(&mut next_reliable);
+        let at = start + Duration::from_millis(30) * (tick + 1);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+    }
+    while next_reliable < ticks {
+        assert!(
+            Instant::now() < deadline,
+            "game: {next_reliable} of {ticks} reliable messages arrived in time"
+        );
+        p.server.wait_for_activity(Duration::from_millis(10));
+        receive(&mut next_reliable);
+    }
+    // Stragglers (reordered or duplicated) that come after the last reliable one.
+    std::thread::sleep(Duration::from_millis(300));
+    receive(&mut next_reliable);
+    unreliable_seen.len()
+}
+
+fn run(c: Condition, seed: u64) {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let sockets = Sockets::new().unwrap();
+    // The handshakes go through the condition too.
+    let _applied = Applied::new(&sockets, &c);
+    let bulk_pair = pair();
+    let game_pair = pair();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let ticks = 100;
+    std::thread::scope(|s| {
+        let b = s.spawn(|| bulk(&bulk_pair, c.bulk, deadline));
+        let unreliable = game(&game_pair, ticks, seed, deadline);
+        b.join().unwrap();
+        // Unreliable ones may be lost, but not nearly all of them.
+        let floor = (ticks as f32 * (1.0 - c.loss_pct / 100.0) * 0.5) as usize;
+        assert!(
+            unreliable >= floor,
+            "only {unreliable} of {ticks} unreliable messages arrived under {c:?}"
+        );
+    });
+    for p in [&bulk_pair, &game_pair] {
+        assert_eq!(state(&p.client, p.c), ConnectionState::Connected, "{c:?}");
+        assert_eq!(state(&p.server, p.s), ConnectionState::Connected, "{c:?}");
+        let q = p.client.get_quick_connection_status(p.c).unwrap();
+        let rtt = 2 * c.lag_ms;
+        assert!(
+            q.ping_ms >= rtt * 9 / 10 && q.ping_ms <= rtt * 3 / 2 + c.reorder_ms + 30,
+            "ping {} ms for a {rtt} ms round trip under {c:?}",
+            q.ping_ms
+        );
+        let sq = p.server.get_quick_connection_status(p.s).unwrap();
+        eprintln!(
+            "{c:?}: ping {} ms, server received {:.3}, client delivered {:.3}",
+            q.ping_ms, sq.connection_quality_local, q.connection_quality_remote
+        );
+        let clean = 1.0 - c.loss_pct / 100.0;
+        for (what, quality) in [
+            ("server's received share", sq.connection_quality_local),
+            ("client's delivered share", q.connection_quality_remote),
+        ] {
+            assert!(
+                quality <= 1.0 && quality >= clean - 0.2,
+                "{what} {quality} under {c:?}: {}",
+                p.client.get_detailed_connection_status(p.c).unwrap()
+            );
+            if c.loss_pct >= 5.0 {
+                assert!(quality < 1.0, "{what} shows no loss under {c:?}");
+            }
+        }
+    }
+}
+
+fn with_dup(c: Condition) -> Condition {
+    Condition { dup_pct: 10.0, ..c }
+}
+
+#[test]
+fn rate_128k_loss_10_lag_50_reorder_2_at_50() {
+    run(CONDITIONS[0], 1);
+}
+
+#[test]
+fn rate_128k_loss_10_lag_50_reorder_2_at_50_dup_10() {
+    run(with_dup(CONDITIONS[0]), 2);
+}
+
+#[test]
+fn rate_1m_loss_5_lag_10_reorder_1_at_10() {
+    run(CONDITIONS[1], 3);
+}
+
+#[test]
+fn rate_1m_loss_5_lag_10_reorder_1_at_10_dup_10() {
+    run(with_dup(CONDITIONS[1]), 4);
+}
+
+#[test]
+fn rate_2m_loss_0_lag_50_reorder_30_at_40() {
+    run(CONDITIONS[2], 5);
+}
+
+#[test]
+fn rate_2m_loss_0_lag_50_reorder_30_at_40_dup_10() {
+    run(with_dup(CONDITIONS[2]), 6);
+}
+
+#[test]
+fn rate_1m_loss_20_lag_100() {
+    run(CONDITIONS[3], 7);
+}
+
+#[test]
+fn rate_1m_loss_20_lag_100_dup_10() {
+    run(with_dup(CONDITIONS[3]), 8);
+}
