@@ -116,8 +116,10 @@ pub struct Cubic {
 
 const CUBIC_C: f64 = 0.4;
 const CUBIC_BETA: f64 = 0.7;
-/// The window factor after a loss with (almost) nothing queued.
-const RANDOM_LOSS_BETA: f64 = 0.85;
+/// The window factor after a loss with (almost) nothing queued. Veno cuts Reno's window by
+/// a fifth for a random loss instead of a half, 0.4 of the congestion cut; the same share of
+/// CUBIC's 0.3 cut is 0.12.
+const RANDOM_LOSS_BETA: f64 = 0.88;
 /// Fewer packets than this queued on the path when a loss is detected: the loss was random.
 pub const RANDOM_LOSS_QUEUE: f64 = 3.0;
 
@@ -323,7 +325,7 @@ mod tests {
         let mut congested = Cubic::new(1000);
         congested.on_loss(t1, t0, RANDOM_LOSS_QUEUE);
         assert_eq!(congested.window, 7_000);
-        assert_eq!(random.window, 8_500);
+        assert_eq!(random.window, 8_800);
     }
 
     #[test]
