@@ -126,73 +126,61 @@ fn inversions(got: &[Message]) -> usize {
         .count()
 }
 
-#[test]
-fn loss_and_lag_apply_on_both_transports() {
-    use ConfigValue as V;
+/// On both transports: connect on a clean network (handshakes under loss are the loss
+/// matrix's job), set `lag_ms` of lag and `loss_pct` of loss with the given pair of values,
+/// and check `n` reliable messages all arrive in order, the ping shows the lag both ways and
+/// losses are seen.
+fn lag_and_loss_apply(lag: ConfigValue, lag_ms: i32, loss: ConfigValue, loss_pct: f32, n: u32) {
     let f = Fake::set(&[]);
     let s = &f.sockets;
     for (net, name) in TRANSPORTS {
-        // Connected on a clean network (handshakes under loss are the loss matrix's job).
         let (a, b) = s
             .create_socket_pair(net, None, None)
             .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
         f.apply(&[
-            (V::FakePacketLagSend, ConfigData::Int32(40)),
-            (V::FakePacketLossSend, ConfigData::Float(20.0)),
+            (lag, ConfigData::Int32(lag_ms)),
+            (loss, ConfigData::Float(loss_pct)),
         ]);
-        // 200 packets' worth: at 20% loss some are certainly lost (the chance of none is 1e-19).
-        for i in 0..200 {
+        for i in 0..n {
             s.send_message_to_connection(a, numbered(i, 1000), SendFlags::RELIABLE)
                 .unwrap();
         }
-        let got = receive_n(s, b, 200, Duration::from_secs(60));
-        assert_reliable_in_order(&got, 200, name);
+        let got = receive_n(s, b, n as usize, Duration::from_secs(60));
+        assert_reliable_in_order(&got, n as usize, name);
         let q = s.get_quick_connection_status(a).unwrap();
         assert!(
-            q.ping_ms >= 80,
-            "{name}: 40 ms each way, ping {}",
+            q.ping_ms >= 2 * lag_ms,
+            "{name}: {lag_ms} ms each way, ping {}",
             q.ping_ms
         );
         let text = s.get_detailed_connection_status(a).unwrap();
         assert!(!text.contains("lost 0,"), "{name}: losses are seen: {text}");
-        f.apply(&[
-            (V::FakePacketLagSend, ConfigData::Int32(0)),
-            (V::FakePacketLossSend, ConfigData::Float(0.0)),
-        ]);
+        assert!(q.connection_quality_remote < 1.0, "{name}: losses are seen");
+        f.apply(&[(lag, ConfigData::Int32(0)), (loss, ConfigData::Float(0.0))]);
     }
 }
 
 #[test]
-fn receive_side_lag_and_loss_apply_too() {
-    use ConfigValue as V;
-    let f = Fake::set(&[]);
-    let s = &f.sockets;
-    for (net, name) in TRANSPORTS {
-        let (a, b) = s
-            .create_socket_pair(net, None, None)
-            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
-        f.apply(&[
-            (V::FakePacketLagRecv, ConfigData::Int32(30)),
-            (V::FakePacketLossRecv, ConfigData::Float(10.0)),
-        ]);
-        for i in 0..300 {
-            s.send_message_to_connection(a, numbered(i, 800), SendFlags::RELIABLE)
-                .unwrap();
-        }
-        let got = receive_n(s, b, 300, Duration::from_secs(60));
-        assert_reliable_in_order(&got, 300, name);
-        let q = s.get_quick_connection_status(a).unwrap();
-        assert!(
-            q.ping_ms >= 60,
-            "{name}: 30 ms at each receiver, ping {}",
-            q.ping_ms
-        );
-        assert!(q.connection_quality_remote < 1.0, "{name}: losses are seen");
-        f.apply(&[
-            (V::FakePacketLagRecv, ConfigData::Int32(0)),
-            (V::FakePacketLossRecv, ConfigData::Float(0.0)),
-        ]);
-    }
+fn send_side_lag_and_loss_apply_on_both_transports() {
+    // 200 packets at 20% loss: some are certainly lost (the chance of none is 1e-19).
+    lag_and_loss_apply(
+        ConfigValue::FakePacketLagSend,
+        40,
+        ConfigValue::FakePacketLossSend,
+        20.0,
+        200,
+    );
+}
+
+#[test]
+fn receive_side_lag_and_loss_apply_on_both_transports() {
+    lag_and_loss_apply(
+        ConfigValue::FakePacketLagRecv,
+        30,
+        ConfigValue::FakePacketLossRecv,
+        20.0,
+        200,
+    );
 }
 
 #[test]

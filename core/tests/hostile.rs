@@ -11,7 +11,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{connected, drain, keyed, payload, send};
+use common::{connected, drain, keyed, payload, rss_bytes, send};
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::proto::codec::{decode_frames, AckRange, Frame, Segment};
 use punchline::proto::{ConnectionConfig, ConnectionState, Endpoint, SendFlags};
@@ -203,16 +203,6 @@ fn length_fields_past_the_end_of_the_packet_are_refused() {
 }
 
 // ----- over real sockets --------------------------------------------------------------------
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 /// Accepts every connection that shows up, adding it to `accepted`; returns how many.
 fn accept_all(

@@ -85,3 +85,14 @@ pub fn send(
         .expect("live connection")
         .send_message(now, data, flags)
 }
+
+/// This process's resident memory, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
