@@ -61,6 +61,9 @@ pub struct Endpoint {
     rng: ChaCha20Rng,
     connections: FxHashMap<u32, Connection>,
     by_hello: HashMap<(SocketAddr, u32), u32>,
+    /// Outgoing connections by (server address, server's id for it), once the server
+    /// answered: where a "no connection" reply is routed without a scan.
+    by_server: HashMap<(SocketAddr, u32), u32>,
     cookie_key: CookieKey,
     start: Instant,
     unix_at_start: u64,
@@ -100,6 +103,7 @@ impl Endpoint {
             rng,
             connections: FxHashMap::default(),
             by_hello: HashMap::new(),
+            by_server: HashMap::new(),
             cookie_key: CookieKey::new(secret),
             start: now,
             unix_at_start: unix_now,
@@ -228,8 +232,11 @@ impl Endpoint {
     /// Forgets a connection at once (its handle becomes invalid).
     pub fn remove(&mut self, id: ConnId) -> Option<Connection> {
         let c = self.connections.remove(&id.0)?;
+        let key = (c.remote_addr(), c.remote_id());
         if c.side() == super::Side::Server {
-            self.by_hello.remove(&(c.remote_addr(), c.remote_id()));
+            self.by_hello.remove(&key);
+        } else if self.by_server.get(&key) == Some(&id.0) {
+            self.by_server.remove(&key);
         }
         self.scheduled.remove(&id.0);
         self.connecting.remove(&id.0);
@@ -269,6 +276,9 @@ impl Endpoint {
                     let id = h.client_id;
                     if let Some(c) = self.connections.get_mut(&id) {
                         c.handle_server_hello(now, from, datagram, h, unix);
+                        if c.state() == ConnectionState::Connected {
+                            self.by_server.insert((c.remote_addr(), c.remote_id()), id);
+                        }
                         self.touch(id);
                     }
                     self.drain_events(id);
@@ -295,11 +305,8 @@ impl Endpoint {
                         }
                     }
                     Ok(Control::NoConnection { conn_id }) => {
-                        let id = self
-                            .connections
-                            .values()
-                            .find(|c| c.remote_id() == conn_id && c.remote_addr() == from)
-                            .map(Connection::local_id);
+                        let key = (from, conn_id);
+                        let id = self.by_hello.get(&key).or(self.by_server.get(&key)).copied();
                         if let Some(id) = id {
                             if let Some(c) = self.connections.get_mut(&id) {
                                 c.handle_no_connection(now, from);
