@@ -1,5 +1,6 @@
-//! Handshake outcomes in virtual time: success in one round trip, and each refusal with its
-//! end reason.
+//! Handshake outcomes in virtual time: success in two round trips on first contact (a
+//! cookie proves the client's address first) and in one with the address token the server
+//! gave on the previous connection, and each refusal with its end reason.
 
 mod common;
 
@@ -12,20 +13,34 @@ use punchline::sim::{Sim, SIM_UNIX_START};
 use std::time::Duration;
 
 #[test]
-fn handshake_completes_in_one_round_trip_with_proven_identities() {
+fn handshake_takes_two_round_trips_first_then_one_with_proven_identities() {
     let mut sim = Sim::pair(1, keyed(1), keyed(2));
     let start = sim.now;
     let c = sim.connect(0, 1, ConnectionConfig::default());
     assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c)
         == ConnectionState::Connected));
-    // One round trip on a 10 ms link: hello out, server hello back.
-    assert_eq!(sim.now - start, Duration::from_millis(20));
+    // First contact, on a 10 ms link: hello out, retry with a cookie back, hello with the
+    // cookie out, server hello back. Until the cookie came back the server kept nothing.
+    assert_eq!(sim.now - start, Duration::from_millis(40));
+    assert_eq!(sim.nodes[1].endpoint.stats().retries_sent, 1);
     let s = sim.first_conn(1).unwrap();
     // The server sees Connected when the client's first packet confirms it holds the keys.
     assert_eq!(sim.state(1, s), ConnectionState::Connecting);
     assert!(sim.run_until(Duration::from_secs(1), |sim| sim.state(1, s)
         == ConnectionState::Connected));
-    assert_eq!(sim.now - start, Duration::from_millis(30));
+    assert_eq!(sim.now - start, Duration::from_millis(50));
+    // Its reply carries an address token; the next connection uses it: one round trip.
+    sim.run_for(Duration::from_millis(20));
+    let again = sim.now;
+    let c2 = sim.connect(0, 1, ConnectionConfig::default());
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c2)
+        == ConnectionState::Connected));
+    assert_eq!(sim.now - again, Duration::from_millis(20));
+    assert_eq!(
+        sim.nodes[1].endpoint.stats().retries_sent,
+        1,
+        "no second retry"
+    );
     let client = sim.nodes[0].endpoint.connection(c).unwrap();
     let server = sim.nodes[1].endpoint.connection(s).unwrap();
     assert_eq!(
@@ -283,9 +298,12 @@ fn server_that_never_accepts_times_out_the_client() {
 
 #[test]
 fn a_spoofed_first_packet_is_never_amplified() {
+    // A server that keeps state for unproven clients (QUIC-style); the default keeps none
+    // (see hostile.rs).
     let mut sim = Sim::new(10);
     let mut server = keyed(2);
     server.listen = true;
+    server.cookie_threshold = 64;
     let victim: std::net::SocketAddr = "10.9.9.9:9999".parse().unwrap();
     sim.add_node("10.0.0.1:1000".parse().unwrap(), keyed(1));
     let s = sim.add_node("10.0.0.2:2000".parse().unwrap(), server);
@@ -335,8 +353,36 @@ fn a_spoofed_first_packet_is_never_amplified() {
 }
 
 #[test]
-fn a_replayed_hello_never_yields_a_connected_peer() {
+fn a_replayed_hello_gets_no_state_by_default() {
     let mut sim = Sim::pair(12, keyed(1), keyed(2));
+    let attacker: std::net::SocketAddr = "10.6.6.6:666".parse().unwrap();
+    // Capture the hello that carried the cookie: it is bound to the client's address.
+    let captured = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let cap = captured.clone();
+    sim.filter = Some(Box::new(move |p| {
+        if p.data[0] == 0xC1 {
+            *cap.borrow_mut() = Some(p.clone());
+        }
+        true
+    }));
+    let c = sim.connect(0, 1, ConnectionConfig::default());
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c)
+        == ConnectionState::Connected));
+    let hello = captured.borrow().clone().unwrap();
+    let before = sim.nodes[1].endpoint.connection_ids().count();
+    sim.inject(attacker, hello.to, hello.data);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.nodes[1].endpoint.connection_ids().count(), before);
+    assert_eq!(sim.state(0, c), ConnectionState::Connected);
+}
+
+#[test]
+fn a_replayed_hello_never_yields_a_connected_peer() {
+    // A server that keeps state for unproven clients (QUIC-style) must still never let a
+    // replay reach Connected: that needs the keys.
+    let mut server = keyed(2);
+    server.cookie_threshold = 64;
+    let mut sim = Sim::pair(12, keyed(1), server);
     let attacker: std::net::SocketAddr = "10.6.6.6:666".parse().unwrap();
     let captured = std::rc::Rc::new(std::cell::RefCell::new(None));
     let cap = captured.clone();

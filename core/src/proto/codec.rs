@@ -183,6 +183,9 @@ const FRAME_PING: u8 = 0x01;
 const FRAME_ACK: u8 = 0x02;
 const FRAME_CLOSE: u8 = 0x05;
 const FRAME_CLOSED: u8 = 0x06;
+const FRAME_ADDRESS_TOKEN: u8 = 0x07;
+/// The longest address token accepted.
+pub const MAX_TOKEN_LEN: usize = 64;
 const FRAME_SEGMENT: u8 = 0x10; // | RELIABLE | FRAGMENT
 const SEG_RELIABLE: u8 = 0x01;
 const SEG_FRAGMENT: u8 = 0x02;
@@ -272,6 +275,9 @@ pub enum Frame {
     },
     /// Acknowledges a CLOSE.
     Closed,
+    /// From the server: proof of the client's address to put in its next hellos, so later
+    /// connections skip the cookie round trip.
+    AddressToken(Vec<u8>),
 }
 
 impl Frame {
@@ -337,6 +343,12 @@ impl Frame {
                 put_short_string(out, &debug[..end]);
             }
             Frame::Closed => out.push(FRAME_CLOSED),
+            Frame::AddressToken(t) => {
+                out.push(FRAME_ADDRESS_TOKEN);
+                let t = &t[..t.len().min(MAX_TOKEN_LEN)];
+                out.push(t.len() as u8);
+                out.extend_from_slice(t);
+            }
         }
     }
 
@@ -414,6 +426,17 @@ impl Frame {
                 Frame::Close { reason, debug }
             }
             FRAME_CLOSED => Frame::Closed,
+            FRAME_ADDRESS_TOKEN => {
+                let len = r.u8()? as usize;
+                if len > MAX_TOKEN_LEN {
+                    return Err(DecodeError::TooLarge {
+                        what: "address token",
+                        value: len as u64,
+                        max: MAX_TOKEN_LEN as u64,
+                    });
+                }
+                Frame::AddressToken(r.bytes(len)?.to_vec())
+            }
             tag => return Err(DecodeError::UnknownType { what: "frame", tag }),
         };
         Ok(Some(frame))
@@ -484,6 +507,7 @@ mod tests {
                 debug: "bye".into(),
             },
             Frame::Closed,
+            Frame::AddressToken(vec![7; 24]),
         ];
         let mut out = Vec::new();
         for f in &frames {

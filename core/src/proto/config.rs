@@ -130,8 +130,11 @@ pub struct EndpointConfig {
     pub listen: bool,
     /// Defaults for connections accepted through this endpoint.
     pub incoming: ConnectionConfig,
-    /// Handshakes pending before the server demands a cookie (a stateless retry) of new
-    /// clients. Default 64; 0 always demands one.
+    /// Handshakes pending before the server demands proof of address of new clients (a
+    /// stateless retry with a cookie) before keeping any state for them. Default 0: always,
+    /// unless the hello carries an address token from an earlier connection (then the
+    /// handshake takes one round trip). Above 0, that many unproven clients may hold state
+    /// (in the manner of QUIC servers), saving them the round trip.
     pub cookie_threshold: usize,
     /// Most "no connection" replies per second. Default 20.
     pub no_connection_replies_per_sec: u32,
@@ -143,7 +146,7 @@ impl Default for EndpointConfig {
             credentials: Credentials::default(),
             listen: false,
             incoming: ConnectionConfig::default(),
-            cookie_threshold: 64,
+            cookie_threshold: 0,
             no_connection_replies_per_sec: 20,
         }
     }

@@ -239,6 +239,11 @@ pub struct Connection {
     reorder_time_factor: f64,
     /// Recently declared lost, to notice the ones that were only reordered.
     declared_lost: VecDeque<u64>,
+    /// Server: an address token to send the client once (`Some` until sent); whether one
+    /// was given. Client: the last token the server sent, for the endpoint to keep.
+    token_out: Option<Vec<u8>>,
+    token_given: bool,
+    token_in: Option<Vec<u8>>,
     /// Declared lost since the last window cut; the cut is undone only if every one of them
     /// proves spurious. `None` once the list outgrew its bound (the cut then stands).
     episode_lost: Option<Vec<u64>>,
@@ -249,6 +254,8 @@ pub struct Connection {
 impl Connection {
     /// A client connection; its hello is ready to send. `secret` is the ephemeral X25519
     /// secret (from the caller's seeded RNG).
+    /// `token` is an address token from an earlier connection to this server (or empty):
+    /// with it, the server skips the cookie round trip.
     pub(crate) fn new_client(
         now: Instant,
         local_id: u32,
@@ -256,6 +263,7 @@ impl Connection {
         config: ConnectionConfig,
         creds: Arc<Credentials>,
         secret: [u8; 32],
+        token: Vec<u8>,
     ) -> Self {
         let secret = StaticSecret::from(secret);
         let hello = ClientHello {
@@ -267,7 +275,7 @@ impl Connection {
                 key: creds.key.as_ref().map(|k| k.public_key()),
                 cert: creds.cert.clone(),
             },
-            cookie: Vec::new(),
+            cookie: token,
             signature: None,
         };
         let bytes = hello.encode(creds.key.as_ref());
@@ -362,6 +370,9 @@ impl Connection {
             reorder_threshold: 3,
             reorder_time_factor: 1.0,
             declared_lost: VecDeque::new(),
+            token_out: None,
+            token_given: false,
+            token_in: None,
             episode_lost: None,
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -384,7 +395,23 @@ impl Connection {
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote
     }
-    /// Which side we are.
+    /// Server side, connected, and not yet given an address token for the client.
+    pub(crate) fn wants_address_token(&self) -> bool {
+        self.side == Side::Server && self.state == ConnectionState::Connected && !self.token_given
+    }
+
+    /// Gives the client this address token (sent once, with the next packet).
+    pub(crate) fn give_address_token(&mut self, token: Vec<u8>) {
+        self.token_given = true;
+        self.token_out = Some(token);
+    }
+
+    /// Client side: the address token the server sent, if one came since the last call.
+    pub(crate) fn take_address_token(&mut self) -> Option<Vec<u8>> {
+        self.token_in.take()
+    }
+
+    /// Which end of the connection this is.
     pub fn side(&self) -> Side {
         self.side
     }
@@ -936,6 +963,11 @@ impl Connection {
                     }
                 }
                 Frame::Close { reason, debug } => self.on_peer_close(reason, debug),
+                Frame::AddressToken(t) => {
+                    if self.side == Side::Client {
+                        self.token_in = Some(t);
+                    }
+                }
                 Frame::Closed => {
                     if self.state == ConnectionState::FinWait {
                         self.set_state(ConnectionState::Dead);
@@ -1457,7 +1489,8 @@ impl Connection {
             }
         }
         let ping = self.ping_pending && sending_data;
-        if !(ack_now || closing || self.closed_ack_due || data_ok || ping) {
+        let token = self.token_out.is_some() && sending_data;
+        if !(ack_now || closing || self.closed_ack_due || data_ok || ping || token) {
             return false;
         }
         // Frames go straight into `buf` after the header and are sealed there in place.
@@ -1494,6 +1527,11 @@ impl Connection {
                 }
             }
             self.close_due = false;
+        }
+        if token {
+            if let Some(t) = self.token_out.take() {
+                Frame::AddressToken(t).encode(payload);
+            }
         }
         if self.closed_ack_due {
             Frame::Closed.encode(payload);

@@ -207,16 +207,27 @@ impl CookieKey {
         Self(secret)
     }
 
-    fn mac(&self, addr: SocketAddr, conn_id: u32, expiry_ms: u64) -> [u8; 16] {
+    /// The MAC of a cookie (`Some(conn id)`: bound to the address, port and handshake) or of
+    /// an address token (`None`: bound to the IP address only, for later connections).
+    fn mac(&self, addr: SocketAddr, conn_id: Option<u32>, expiry_ms: u64) -> [u8; 16] {
         // HMAC accepts keys of any length.
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
         let ip = match addr.ip() {
             std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
             std::net::IpAddr::V6(v6) => v6,
         };
-        m.update(&ip.octets());
-        m.update(&addr.port().to_be_bytes());
-        m.update(&conn_id.to_be_bytes());
+        match conn_id {
+            Some(id) => {
+                m.update(b"cookie");
+                m.update(&ip.octets());
+                m.update(&addr.port().to_be_bytes());
+                m.update(&id.to_be_bytes());
+            }
+            None => {
+                m.update(b"token");
+                m.update(&ip.octets());
+            }
+        }
         m.update(&expiry_ms.to_be_bytes());
         let full = m.finalize().into_bytes();
         let mut out = [0u8; 16];
@@ -224,16 +235,35 @@ impl CookieKey {
         out
     }
 
-    /// A cookie valid until `expiry_ms` (milliseconds on the endpoint's clock).
-    pub fn make(&self, addr: SocketAddr, conn_id: u32, expiry_ms: u64) -> [u8; COOKIE_LEN] {
+    fn seal(&self, addr: SocketAddr, conn_id: Option<u32>, expiry_ms: u64) -> [u8; COOKIE_LEN] {
         let mut out = [0u8; COOKIE_LEN];
         out[..8].copy_from_slice(&expiry_ms.to_be_bytes());
         out[8..].copy_from_slice(&self.mac(addr, conn_id, expiry_ms));
         out
     }
 
+    /// A cookie valid until `expiry_ms` (milliseconds on the endpoint's clock).
+    pub fn make(&self, addr: SocketAddr, conn_id: u32, expiry_ms: u64) -> [u8; COOKIE_LEN] {
+        self.seal(addr, Some(conn_id), expiry_ms)
+    }
+
+    /// An address token: proof, for later handshakes until `expiry_ms`, that a client at
+    /// `addr`'s IP address receives what is sent there (any port).
+    pub fn make_token(&self, addr: SocketAddr, expiry_ms: u64) -> [u8; COOKIE_LEN] {
+        self.seal(addr, None, expiry_ms)
+    }
+
     /// True when `cookie` was made by this key for this client and has not expired.
     pub fn check(&self, cookie: &[u8], addr: SocketAddr, conn_id: u32, now_ms: u64) -> bool {
+        self.verify(cookie, addr, Some(conn_id), now_ms)
+    }
+
+    /// True when `token` is an unexpired address token for `addr`'s IP address.
+    pub fn check_token(&self, token: &[u8], addr: SocketAddr, now_ms: u64) -> bool {
+        self.verify(token, addr, None, now_ms)
+    }
+
+    fn verify(&self, cookie: &[u8], addr: SocketAddr, conn_id: Option<u32>, now_ms: u64) -> bool {
         let Ok(c) = <[u8; COOKIE_LEN]>::try_from(cookie) else {
             return false;
         };
@@ -309,6 +339,13 @@ mod tests {
         assert!(!k.check(&c, a, 42, 1001));
         assert!(!k.check(&c, a, 43, 999));
         assert!(!k.check(&c, "127.0.0.1:5001".parse().unwrap(), 42, 999));
+        // An address token binds the IP address only, and is no cookie (nor the reverse).
+        let t = k.make_token(a, 1000);
+        assert!(k.check_token(&t, "127.0.0.1:6000".parse().unwrap(), 999));
+        assert!(!k.check_token(&t, "127.0.0.2:5000".parse().unwrap(), 999));
+        assert!(!k.check_token(&t, a, 1001));
+        assert!(!k.check(&t, a, 42, 999));
+        assert!(!k.check_token(&c, a, 999));
         assert!(!k.check(&c[..10], a, 42, 999));
     }
 }

@@ -49,6 +49,11 @@ pub struct EndpointStats {
 
 /// How long a cookie stays valid.
 const COOKIE_LIFETIME: Duration = Duration::from_secs(10);
+/// How long an address token (given to connected clients for their next handshakes) stays
+/// valid.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Address tokens a client endpoint keeps (one per server address).
+const MAX_TOKENS: usize = 1024;
 /// Datagrams of stateless replies (retries, rejections) held before more are dropped: room
 /// for a full receive batch of hellos (a batch can carry well over a thousand with GRO).
 const MAX_QUEUED_REPLIES: usize = 4096;
@@ -64,6 +69,8 @@ pub struct Endpoint {
     /// Outgoing connections by (server address, server's id for it), once the server
     /// answered: where a "no connection" reply is routed without a scan.
     by_server: HashMap<(SocketAddr, u32), u32>,
+    /// Address tokens servers gave us, by server address.
+    tokens: HashMap<SocketAddr, Vec<u8>>,
     cookie_key: CookieKey,
     start: Instant,
     unix_at_start: u64,
@@ -104,6 +111,7 @@ impl Endpoint {
             connections: FxHashMap::default(),
             by_hello: HashMap::new(),
             by_server: HashMap::new(),
+            tokens: HashMap::new(),
             cookie_key: CookieKey::new(secret),
             start: now,
             unix_at_start: unix_now,
@@ -189,7 +197,16 @@ impl Endpoint {
     ) -> ConnId {
         let id = self.fresh_id();
         let secret = self.secret();
-        let c = Connection::new_client(now, id, remote, config, self.credentials.clone(), secret);
+        let token = self.tokens.get(&remote).cloned().unwrap_or_default();
+        let c = Connection::new_client(
+            now,
+            id,
+            remote,
+            config,
+            self.credentials.clone(),
+            secret,
+            token,
+        );
         self.connections.insert(id, c);
         self.drain_events(id);
         self.touch(id);
@@ -260,6 +277,20 @@ impl Endpoint {
                         }
                         self.rx_arena.extend_from_slice(datagram);
                         c.handle_packet(now, from, self.rx_arena.split());
+                        if c.wants_address_token() {
+                            let expiry = now.saturating_duration_since(self.start).as_millis()
+                                as u64
+                                + TOKEN_LIFETIME.as_millis() as u64;
+                            c.give_address_token(self.cookie_key.make_token(from, expiry).to_vec());
+                        } else if let Some(t) = c.take_address_token() {
+                            if self.tokens.len() >= MAX_TOKENS && !self.tokens.contains_key(&from) {
+                                // Full: forget an arbitrary one (a later handshake to that
+                                // server only costs a cookie round trip).
+                                let old = self.tokens.keys().next().copied();
+                                old.map(|k| self.tokens.remove(&k));
+                            }
+                            self.tokens.insert(from, t);
+                        }
                         self.drain_events(h.dst_id);
                         self.touch(h.dst_id);
                     }
@@ -306,7 +337,11 @@ impl Endpoint {
                     }
                     Ok(Control::NoConnection { conn_id }) => {
                         let key = (from, conn_id);
-                        let id = self.by_hello.get(&key).or(self.by_server.get(&key)).copied();
+                        let id = self
+                            .by_hello
+                            .get(&key)
+                            .or(self.by_server.get(&key))
+                            .copied();
                         if let Some(id) = id {
                             if let Some(c) = self.connections.get_mut(&id) {
                                 c.handle_no_connection(now, from);
@@ -368,12 +403,14 @@ impl Endpoint {
             }
         }
         let pending = self.connecting.len();
-        let now_ms = now.saturating_duration_since(self.start).as_millis() as u64;
-        if pending >= self.config.cookie_threshold
-            && !self
-                .cookie_key
-                .check(&hello.cookie, from, hello.client_id, now_ms)
-        {
+        let now_ms = self.ms(now);
+        // Proof that the client receives at its address: a cookie from our Retry, or an
+        // address token from an earlier connection. Without one, no state is kept for it.
+        let proven = self
+            .cookie_key
+            .check(&hello.cookie, from, hello.client_id, now_ms)
+            || self.cookie_key.check_token(&hello.cookie, from, now_ms);
+        if pending >= self.config.cookie_threshold && !proven {
             let expiry = now_ms + COOKIE_LIFETIME.as_millis() as u64;
             let cookie = self.cookie_key.make(from, hello.client_id, expiry);
             debug_assert_eq!(cookie.len(), COOKIE_LEN);
@@ -438,6 +475,11 @@ impl Endpoint {
         self.by_hello.insert((from, client_id), id);
         self.drain_events(id);
         self.touch(id);
+    }
+
+    /// Milliseconds on this endpoint's clock (for cookies and tokens).
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_millis() as u64
     }
 
     fn queue_reply(&mut self, to: SocketAddr, bytes: Vec<u8>) {
