@@ -80,15 +80,23 @@ fn main() {
 
     if run("handshakes") {
         eprintln!("handshakes");
-        let (hs, rtts) = punchline_handshakes(if quick { 500 } else { 2000 });
+        let (hs, hs_again, rtts, rtts_again) = punchline_handshakes(if quick { 500 } else { 2000 });
         rows.push((
-            "handshakes/s".into(),
+            "handshakes/s, first contact".into(),
             format!("{hs:.0}"),
             "-".into(),
             format!("{rtts:.1} round trips each"),
         ));
+        rows.push((
+            "handshakes/s, returning (address token)".into(),
+            format!("{hs_again:.0}"),
+            "-".into(),
+            format!("{rtts_again:.1} round trips each"),
+        ));
         num("handshakes_s", hs);
         num("handshake_rtts", rtts);
+        num("handshakes_returning_s", hs_again);
+        num("handshake_rtts_returning", rtts_again);
     }
 
     if run("memory") {
@@ -354,9 +362,12 @@ fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
     out
 }
 
-/// Connections per second with `n` concurrent handshakes, and round trips per handshake
-/// (measured in the virtual-time simulation, where the link delay is exact).
-fn punchline_handshakes(n: usize) -> (f64, f64) {
+/// Connections per second with `n` concurrent handshakes from one client instance: first
+/// contact (each hello answered with a cookie first) and again once the client holds the
+/// server's address token (one round trip each). Returns (first-contact rate, returning
+/// rate, round trips first, round trips returning), round trips measured in the virtual-time
+/// simulation, where the link delay is exact.
+fn punchline_handshakes(n: usize) -> (f64, f64, f64, f64) {
     let server = Sockets::new().expect("sockets");
     let client = Sockets::new().expect("sockets");
     let mut events = server.status_events();
@@ -365,44 +376,52 @@ fn punchline_handshakes(n: usize) -> (f64, f64) {
         .create_listen_socket_ip("127.0.0.1:0".parse().expect("addr"), &[])
         .expect("listen");
     let addr = server.get_listen_socket_address(listen).expect("addr");
-    let start = Instant::now();
-    for _ in 0..n {
-        client.connect_by_ip_address(addr, &[]).expect("connect");
-    }
-    let (mut accepted, mut server_up, mut client_up) = (0, 0, 0);
-    let end = Instant::now() + Duration::from_secs(60);
-    while server_up < n || client_up < n {
-        let mut idle = true;
-        while let Some(ev) = events.try_recv() {
-            idle = false;
-            match ev.info.state {
-                ConnectionState::Connecting => {
-                    server.accept_connection(ev.connection).expect("accept");
-                    accepted += 1;
+    let mut burst = || {
+        let start = Instant::now();
+        for _ in 0..n {
+            client.connect_by_ip_address(addr, &[]).expect("connect");
+        }
+        let (mut accepted, mut server_up, mut client_up) = (0, 0, 0);
+        let end = Instant::now() + Duration::from_secs(60);
+        while server_up < n || client_up < n {
+            let mut idle = true;
+            while let Some(ev) = events.try_recv() {
+                idle = false;
+                match ev.info.state {
+                    ConnectionState::Connecting => {
+                        server.accept_connection(ev.connection).expect("accept");
+                        accepted += 1;
+                    }
+                    ConnectionState::Connected => server_up += 1,
+                    _ => {}
                 }
-                ConnectionState::Connected => server_up += 1,
-                _ => {}
+            }
+            while let Some(ev) = client_events.try_recv() {
+                idle = false;
+                if ev.info.state == ConnectionState::Connected {
+                    client_up += 1;
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "handshakes did not finish ({accepted} accepted)"
+            );
+            if idle {
+                server.wait_for_activity(Duration::from_millis(1));
             }
         }
-        while let Some(ev) = client_events.try_recv() {
-            idle = false;
-            if ev.info.state == ConnectionState::Connected {
-                client_up += 1;
-            }
-        }
-        assert!(
-            Instant::now() < end,
-            "handshakes did not finish ({accepted} accepted)"
-        );
-        if idle {
-            server.wait_for_activity(Duration::from_millis(1));
-        }
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    (rate, handshake_round_trips())
+        n as f64 / start.elapsed().as_secs_f64()
+    };
+    let first = burst();
+    // By now the client holds an address token from the server.
+    std::thread::sleep(Duration::from_millis(50));
+    let returning = burst();
+    let (rtt_first, rtt_again) = handshake_round_trips();
+    (first, returning, rtt_first, rtt_again)
 }
 
-fn handshake_round_trips() -> f64 {
+/// Round trips to Connected for a client's first connection to a server, and for its next.
+fn handshake_round_trips() -> (f64, f64) {
     use punchline::identity::KeyPair;
     use punchline::proto::{ConnectionConfig, Credentials, EndpointConfig};
     use punchline::sim::Sim;
@@ -412,12 +431,19 @@ fn handshake_round_trips() -> f64 {
     };
     let mut sim = Sim::pair(1, key(1), key(2));
     let rtt = sim.link.delay * 2;
-    let start = sim.now;
-    let c = sim.connect(0, 1, ConnectionConfig::default());
-    sim.run_until(Duration::from_secs(5), |s| {
-        s.state(0, c) == ConnectionState::Connected
-    });
-    (sim.now - start).as_secs_f64() / rtt.as_secs_f64()
+    let connect = |sim: &mut Sim| {
+        let start = sim.now;
+        let c = sim.connect(0, 1, ConnectionConfig::default());
+        sim.run_until(Duration::from_secs(5), |s| {
+            s.state(0, c) == ConnectionState::Connected
+        });
+        let rtts = (sim.now - start).as_secs_f64() / rtt.as_secs_f64();
+        // Let the server's reply (with the address token) arrive.
+        sim.run_for(rtt);
+        rtts
+    };
+    let first = connect(&mut sim);
+    (first, connect(&mut sim))
 }
 
 fn rss_bytes() -> u64 {
