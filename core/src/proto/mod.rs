@@ -15,6 +15,7 @@ pub mod packet;
 pub mod ranges;
 pub mod recovery;
 pub mod recv;
+pub mod rendezvous;
 pub mod send;
 pub mod types;
 
