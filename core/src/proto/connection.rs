@@ -56,6 +56,21 @@ pub(crate) struct Incoming {
     pub unencrypted: bool,
 }
 
+/// A P2P connection's rendezvous facts: who the peer must be, and the virtual ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct P2pInfo {
+    /// The identity the peer must prove in the handshake.
+    pub peer: Identity,
+    /// The rendezvous session carrying its signals.
+    pub session: u64,
+    /// Our virtual port.
+    pub local_vport: u16,
+    /// The peer's virtual port.
+    pub remote_vport: u16,
+    /// Symmetric connect mode.
+    pub symmetric: bool,
+}
+
 /// Which side started the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -165,6 +180,9 @@ enum Handshake {
         client_hello: Vec<u8>,
         reply: Vec<u8>,
     },
+    /// Server of a P2P connection: waiting for the client's hello over the path the
+    /// rendezvous found; `accepted` once the application accepted.
+    P2pAwaitingHello { accepted: bool },
     /// Keys agreed and no handshake packet will be needed again.
     Done,
 }
@@ -175,6 +193,7 @@ impl std::fmt::Debug for Handshake {
             Handshake::Client { .. } => "Client",
             Handshake::ServerPending { .. } => "ServerPending",
             Handshake::ServerAccepted { .. } => "ServerAccepted",
+            Handshake::P2pAwaitingHello { .. } => "P2pAwaitingHello",
             Handshake::Done => "Done",
         })
     }
@@ -244,6 +263,8 @@ pub struct Connection {
     token_out: Option<Vec<u8>>,
     token_given: bool,
     token_in: Option<Vec<u8>>,
+    /// Set for a P2P connection.
+    p2p: Option<P2pInfo>,
     /// Declared lost since the last window cut; the cut is undone only if every one of them
     /// proves spurious. `None` once the list outgrew its bound (the cut then stands).
     episode_lost: Option<Vec<u64>>,
@@ -292,6 +313,121 @@ impl Connection {
         };
         c.set_state(ConnectionState::Connecting);
         c
+    }
+
+    /// A P2P client connection: its hello waits until the rendezvous gives it a path
+    /// ([`set_route`](Self::set_route)).
+    pub(crate) fn new_p2p_client(
+        now: Instant,
+        local_id: u32,
+        config: ConnectionConfig,
+        creds: Arc<Credentials>,
+        secret: [u8; 32],
+        p2p: P2pInfo,
+    ) -> Self {
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut c = Self::new_client(now, local_id, nowhere, config, creds, secret, Vec::new());
+        if let Handshake::Client { due, .. } = &mut c.handshake {
+            *due = false;
+        }
+        c.p2p = Some(p2p);
+        c
+    }
+
+    /// A P2P server connection for a peer's connect request: waits in Connecting for the
+    /// application to accept, then for the peer's hello.
+    pub(crate) fn new_p2p_server(
+        now: Instant,
+        local_id: u32,
+        config: ConnectionConfig,
+        creds: Arc<Credentials>,
+        p2p: P2pInfo,
+    ) -> Self {
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut c = Self::new(now, Side::Server, local_id, nowhere, config, creds);
+        c.handshake = Handshake::P2pAwaitingHello { accepted: false };
+        c.p2p = Some(p2p);
+        c.set_state(ConnectionState::Connecting);
+        c
+    }
+
+    /// The P2P facts, for a P2P connection.
+    pub fn p2p(&self) -> Option<&P2pInfo> {
+        self.p2p.as_ref()
+    }
+
+    /// P2P client: the rendezvous found the peer at `addr`: send the hello there.
+    pub(crate) fn set_route(&mut self, addr: SocketAddr) {
+        if let Handshake::Client { due, .. } = &mut self.handshake {
+            if self.state == ConnectionState::Connecting {
+                self.remote = addr;
+                *due = true;
+                self.set_state(ConnectionState::FindingRoute);
+            }
+        }
+    }
+
+    /// True for a P2P client still waiting for the rendezvous to give it a path.
+    pub(crate) fn awaits_route(&self) -> bool {
+        self.p2p.is_some()
+            && self.state == ConnectionState::Connecting
+            && matches!(self.handshake, Handshake::Client { due: false, .. })
+            && self.remote.port() == 0
+    }
+
+    /// Symmetric connect, when the peer's session wins the tie: this outbound connection
+    /// becomes the server end of the peer's session, accepted already.
+    pub(crate) fn merge_into_peer_session(&mut self, session: u64) {
+        self.side = Side::Server;
+        self.handshake = Handshake::P2pAwaitingHello { accepted: true };
+        if let Some(p) = &mut self.p2p {
+            p.session = session;
+        }
+        self.set_state(ConnectionState::FindingRoute);
+    }
+
+    /// P2P server: true when waiting for the hello of an accepted request.
+    pub(crate) fn awaits_hello(&self) -> bool {
+        matches!(
+            self.handshake,
+            Handshake::P2pAwaitingHello { accepted: true }
+        )
+    }
+
+    /// P2P server: the peer's hello arrived (verified, and from the expected identity) at
+    /// `from`; answer it as an accepted connection.
+    pub(crate) fn adopt_hello(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        incoming: Incoming,
+        secret: [u8; 32],
+    ) -> Result<(), Error> {
+        if !self.awaits_hello() {
+            return Err(Error::InvalidState);
+        }
+        self.remote = from;
+        self.remote_id = incoming.hello.client_id;
+        self.amp_received = incoming.bytes.len() as u64;
+        self.unencrypted = incoming.unencrypted;
+        self.peer = Some(incoming.peer);
+        self.handshake = Handshake::ServerPending {
+            hello: incoming.hello,
+            bytes: incoming.bytes,
+        };
+        self.answer_hello(now, secret)
+    }
+
+    /// The rendezvous says the peer refused or closed.
+    pub(crate) fn closed_by_signal(&mut self, reason: u32, debug: String) {
+        if matches!(
+            self.state,
+            ConnectionState::Connecting | ConnectionState::FindingRoute
+        ) {
+            self.end(EndReason(reason), debug);
+            self.handshake = Handshake::Done;
+            self.set_state(ConnectionState::ClosedByPeer);
+        }
     }
 
     /// A server connection for a verified client hello, waiting for `accept`.
@@ -373,6 +509,7 @@ impl Connection {
             token_out: None,
             token_given: false,
             token_in: None,
+            p2p: None,
             episode_lost: None,
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -497,14 +634,27 @@ impl Connection {
     /// Accepts a connecting peer (server side): sends the server hello and becomes Connected.
     /// `secret` is the ephemeral X25519 secret.
     pub fn accept(&mut self, now: Instant, secret: [u8; 32]) -> Result<(), Error> {
+        if let Handshake::P2pAwaitingHello { accepted } = &mut self.handshake {
+            if *accepted || self.state != ConnectionState::Connecting {
+                return Err(Error::InvalidState);
+            }
+            *accepted = true;
+            self.set_state(ConnectionState::FindingRoute);
+            return Ok(());
+        }
+        if self.state != ConnectionState::Connecting {
+            return Err(Error::InvalidState);
+        }
+        self.answer_hello(now, secret)
+    }
+
+    /// Server: answers the pending client hello with ours.
+    fn answer_hello(&mut self, now: Instant, secret: [u8; 32]) -> Result<(), Error> {
         let Handshake::ServerPending { hello, bytes } =
             std::mem::replace(&mut self.handshake, Handshake::Done)
         else {
             return Err(Error::InvalidState);
         };
-        if self.state != ConnectionState::Connecting {
-            return Err(Error::InvalidState);
-        }
         let secret = StaticSecret::from(secret);
         let shared = secret.diffie_hellman(&XPublic::from(hello.ephemeral));
         if !shared.was_contributory() {
@@ -613,7 +763,7 @@ impl Connection {
 
     /// Takes the next received message. Connecting connections never have any.
     pub fn receive(&mut self) -> Option<Received> {
-        if self.state == ConnectionState::Connecting || self.state.is_closed_locally() {
+        if self.is_handshaking() || self.state.is_closed_locally() {
             return None;
         }
         self.recv.pop()
@@ -621,10 +771,18 @@ impl Connection {
 
     /// The next received message, without taking it.
     pub fn peek_received(&self) -> Option<&Received> {
-        if self.state == ConnectionState::Connecting || self.state.is_closed_locally() {
+        if self.is_handshaking() || self.state.is_closed_locally() {
             return None;
         }
         self.recv.peek()
+    }
+
+    /// Connecting, or finding a route (P2P): the handshake is not done.
+    fn is_handshaking(&self) -> bool {
+        matches!(
+            self.state,
+            ConnectionState::Connecting | ConnectionState::FindingRoute
+        )
     }
 
     /// Changes settings of a live connection (limits, rates, Nagle, timeouts).
@@ -747,7 +905,7 @@ impl Connection {
         hello: ServerHello,
         now_unix: u64,
     ) {
-        if from != self.remote || self.state != ConnectionState::Connecting {
+        if from != self.remote || !self.is_handshaking() {
             return;
         }
         let Handshake::Client { secret, sent, .. } = &self.handshake else {
@@ -779,6 +937,16 @@ impl Connection {
                 return;
             }
         };
+        if let Some(p2p) = &self.p2p {
+            if peer.identity != p2p.peer {
+                let debug = format!(
+                    "the peer proved identity {}, not {} named by the rendezvous",
+                    peer.identity, p2p.peer
+                );
+                self.fail(EndReason::REMOTE_BAD_CERT, &debug);
+                return;
+            }
+        }
         let shared = secret.diffie_hellman(&XPublic::from(hello.ephemeral));
         if !shared.was_contributory() {
             self.fail(
@@ -807,7 +975,7 @@ impl Connection {
 
     /// The server asked for a cookie.
     pub(crate) fn handle_retry(&mut self, from: SocketAddr, cookie: Vec<u8>) {
-        if from != self.remote || self.state != ConnectionState::Connecting {
+        if from != self.remote || !self.is_handshaking() {
             return;
         }
         let Handshake::Client {
@@ -834,7 +1002,7 @@ impl Connection {
     /// The server refused our hello.
     pub(crate) fn handle_reject(&mut self, from: SocketAddr, reason: u32, debug: String) {
         if from != self.remote
-            || self.state != ConnectionState::Connecting
+            || !self.is_handshaking()
             || !matches!(self.handshake, Handshake::Client { .. })
         {
             return;
@@ -933,7 +1101,7 @@ impl Connection {
             // Key confirmation: the client holds the keys, so the hello was not a replay.
             self.handshake = Handshake::Done;
             self.pending_hello = None;
-            if self.state == ConnectionState::Connecting {
+            if self.is_handshaking() {
                 self.set_state(ConnectionState::Connected);
             }
         }
@@ -1042,7 +1210,9 @@ impl Connection {
     fn on_peer_close(&mut self, reason: u32, debug: String) {
         self.closed_ack_due = true;
         match self.state {
-            ConnectionState::Connecting | ConnectionState::Connected => {
+            ConnectionState::Connecting
+            | ConnectionState::FindingRoute
+            | ConnectionState::Connected => {
                 self.end(EndReason(reason), debug);
                 self.sendq.clear();
                 self.set_state(ConnectionState::ClosedByPeer);
@@ -1204,7 +1374,7 @@ impl Connection {
                 | ConnectionState::FindingRoute
                 | ConnectionState::Connected
                 | ConnectionState::Linger => {
-                    let waited = if self.state == ConnectionState::Connecting {
+                    let waited = if self.is_handshaking() {
                         self.config.timeout_initial
                     } else {
                         self.config.timeout_connected
@@ -1315,7 +1485,9 @@ impl Connection {
 
     fn arm_idle(&mut self) {
         let t = match self.state {
-            ConnectionState::Connecting => self.started + self.config.timeout_initial,
+            ConnectionState::Connecting | ConnectionState::FindingRoute => {
+                self.started + self.config.timeout_initial
+            }
             ConnectionState::Connected | ConnectionState::Linger => {
                 self.last_recv + self.config.timeout_connected
             }

@@ -3,13 +3,16 @@
 //! replies "no connection" at a bounded rate.
 
 use super::auth;
+use super::codec::DecodeError;
 use super::config::{ConnectionConfig, EndpointConfig};
-use super::connection::{Connection, Event, Incoming};
+use super::connection::{Connection, Event, Incoming, P2pInfo};
 use super::crypto::{CookieKey, COOKIE_LEN};
 use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, PROTOCOL_VERSION};
+use super::rendezvous::{Body, Message, Session};
 use super::types::{ConnectionState, EndReason};
 use super::Error;
 use bytes::BytesMut;
+use punchline_identity::Identity;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -89,6 +92,39 @@ pub struct Endpoint {
     connecting: HashSet<u32>,
     /// Where received data packets are copied to be decrypted in place.
     rx_arena: BytesMut,
+    /// P2P rendezvous sessions by id, with the connection each serves.
+    sessions: HashMap<u64, (u32, Session)>,
+    /// Sessions whose connection ended before connecting and whose peer was told.
+    closing_sessions: HashSet<u64>,
+    /// Where peers can reach this endpoint, for rendezvous messages.
+    p2p_candidates: Vec<SocketAddr>,
+}
+
+/// A peer's request, through the rendezvous, to connect: the application decides
+/// ([`Endpoint::accept_p2p_request`] or [`Endpoint::reject_p2p_request`]; ignoring it is
+/// doing neither).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct P2pRequest {
+    /// Who asks.
+    pub from: Identity,
+    /// The virtual port it asks for.
+    pub to_vport: u16,
+    /// Its own virtual port.
+    pub from_vport: u16,
+    /// Symmetric connect mode.
+    pub symmetric: bool,
+    message: Message,
+}
+
+/// What a rendezvous signal led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalOutcome {
+    /// Taken in by an existing session (or merged into a symmetric connection).
+    Handled,
+    /// A new connect request, for the application to decide on.
+    Request(P2pRequest),
+    /// Not for us, or for no session we know.
+    Ignored,
 }
 
 /// Bytes of receive arena allocated at a time.
@@ -125,6 +161,9 @@ impl Endpoint {
             scheduled: FxHashMap::default(),
             connecting: HashSet::new(),
             rx_arena: BytesMut::new(),
+            sessions: HashMap::new(),
+            closing_sessions: HashSet::new(),
+            p2p_candidates: Vec::new(),
         }
     }
 
@@ -221,9 +260,265 @@ impl Endpoint {
             .get_mut(&id.0)
             .ok_or_else(|| Error::InvalidParam(format!("no connection {}", id.0)))?;
         let r = c.accept(now, secret);
+        if r.is_ok() && c.awaits_hello() {
+            // A P2P connect request accepted: tell the peer where to send its hello.
+            let session = c.p2p().map(|p| p.session);
+            let candidates = self.p2p_candidates.clone();
+            if let Some((_, s)) = session.and_then(|sid| self.sessions.get_mut(&sid)) {
+                // A fresh session holds one message at most: no backlog.
+                let _ = s.send(now, Body::ConnectAccept { candidates });
+            }
+        }
         self.drain_events(id.0);
         self.touch(id.0);
         r
+    }
+
+    // ----- P2P ---------------------------------------------------------------------------
+
+    /// Where peers can reach this endpoint; sent to them in rendezvous messages.
+    pub fn set_p2p_candidates(&mut self, candidates: Vec<SocketAddr>) {
+        self.p2p_candidates = candidates;
+    }
+
+    /// Starts a P2P connection to `peer` through the rendezvous: its signals come out of
+    /// [`poll_signal`](Self::poll_signal); the hello goes out once the peer accepts and says
+    /// where it is.
+    pub fn connect_p2p(
+        &mut self,
+        now: Instant,
+        peer: Identity,
+        local_vport: u16,
+        remote_vport: u16,
+        symmetric: bool,
+        config: ConnectionConfig,
+    ) -> ConnId {
+        let id = self.fresh_id();
+        let session = self.rng.next_u64();
+        let secret = self.secret();
+        let info = P2pInfo {
+            peer: peer.clone(),
+            session,
+            local_vport,
+            remote_vport,
+            symmetric,
+        };
+        let c = Connection::new_p2p_client(now, id, config, self.credentials.clone(), secret, info);
+        self.connections.insert(id, c);
+        let mut s = Session::new(session, self.credentials.identity(), peer);
+        // A fresh session holds one message at most: no backlog.
+        let _ = s.send(
+            now,
+            Body::ConnectRequest {
+                from_vport: local_vport,
+                to_vport: remote_vport,
+                symmetric,
+                candidates: self.p2p_candidates.clone(),
+            },
+        );
+        self.sessions.insert(session, (id, s));
+        self.drain_events(id);
+        self.touch(id);
+        ConnId(id)
+    }
+
+    /// Takes in a rendezvous signal from the signaling channel.
+    pub fn handle_signal(
+        &mut self,
+        now: Instant,
+        signal: &[u8],
+    ) -> Result<SignalOutcome, DecodeError> {
+        let m = Message::decode(signal)?;
+        let local = self.credentials.identity();
+        if m.to != local {
+            return Ok(SignalOutcome::Ignored);
+        }
+        if let Some((id, s)) = self.sessions.get_mut(&m.session) {
+            if s.peer != m.from {
+                return Ok(SignalOutcome::Ignored);
+            }
+            let id = *id;
+            for body in s.handle(m) {
+                self.on_session_body(id, body);
+            }
+            self.drain_events(id);
+            self.touch(id);
+            return Ok(SignalOutcome::Handled);
+        }
+        let Body::ConnectRequest {
+            from_vport,
+            to_vport,
+            symmetric,
+            ..
+        } = m.body
+        else {
+            return Ok(SignalOutcome::Ignored); // for a session that is gone
+        };
+        if symmetric {
+            // Both sides connecting to each other: one session survives, the one started by
+            // the smaller identity (in its encoding), on both sides.
+            let own = self.connections.iter().find_map(|(id, c)| {
+                c.p2p()
+                    .filter(|p| {
+                        p.symmetric
+                            && p.peer == m.from
+                            && p.local_vport == to_vport
+                            && p.remote_vport == from_vport
+                    })
+                    .filter(|_| c.awaits_route())
+                    .map(|p| (*id, p.session))
+            });
+            if let Some((id, own_session)) = own {
+                if identity_order(&local, &m.from) == std::cmp::Ordering::Less {
+                    return Ok(SignalOutcome::Ignored); // ours wins; the peer will merge
+                }
+                self.sessions.remove(&own_session);
+                let mut s = Session::new(m.session, local, m.from.clone());
+                let session = m.session;
+                let _ = s.handle(m);
+                let candidates = self.p2p_candidates.clone();
+                let _ = s.send(now, Body::ConnectAccept { candidates });
+                self.sessions.insert(session, (id, s));
+                if let Some(c) = self.connections.get_mut(&id) {
+                    c.merge_into_peer_session(session);
+                }
+                self.drain_events(id);
+                self.touch(id);
+                return Ok(SignalOutcome::Handled);
+            }
+        }
+        Ok(SignalOutcome::Request(P2pRequest {
+            from: m.from.clone(),
+            to_vport,
+            from_vport,
+            symmetric,
+            message: m,
+        }))
+    }
+
+    fn on_session_body(&mut self, id: u32, body: Body) {
+        let ipv4 = self.p2p_ipv4();
+        let Some(c) = self.connections.get_mut(&id) else {
+            return;
+        };
+        match body {
+            Body::ConnectAccept { candidates } => {
+                if c.awaits_route() {
+                    // Direct UDP: the first candidate of our address family. (ICE tries them
+                    // all; see the ice crate.)
+                    match candidates.iter().find(|a| a.is_ipv4() == ipv4) {
+                        Some(addr) => c.set_route(*addr),
+                        None => c.closed_by_signal(
+                            EndReason::MISC_P2P_RENDEZVOUS.0,
+                            "the peer gave no address we can reach".into(),
+                        ),
+                    }
+                }
+            }
+            Body::Close { reason, debug } => c.closed_by_signal(reason, debug),
+            Body::ConnectRequest { .. } | Body::Ack => {}
+        }
+    }
+
+    fn p2p_ipv4(&self) -> bool {
+        self.p2p_candidates.first().is_none_or(SocketAddr::is_ipv4)
+    }
+
+    /// Accepts a peer's connect request: a connection appears in Connecting, for the
+    /// application to accept like any other (then the peer is told where to send its hello).
+    pub fn accept_p2p_request(
+        &mut self,
+        now: Instant,
+        request: P2pRequest,
+        local_vport: u16,
+        config: ConnectionConfig,
+    ) -> ConnId {
+        let id = self.fresh_id();
+        let session = request.message.session;
+        let info = P2pInfo {
+            peer: request.from.clone(),
+            session,
+            local_vport,
+            remote_vport: request.from_vport,
+            symmetric: request.symmetric,
+        };
+        let c = Connection::new_p2p_server(now, id, config, self.credentials.clone(), info);
+        self.connections.insert(id, c);
+        let mut s = Session::new(session, self.credentials.identity(), request.from);
+        let _ = s.handle(request.message);
+        self.sessions.insert(session, (id, s));
+        self.drain_events(id);
+        self.touch(id);
+        ConnId(id)
+    }
+
+    /// Refuses a peer's connect request: returns the signal to send back (nothing is kept).
+    pub fn reject_p2p_request(
+        &self,
+        request: &P2pRequest,
+        reason: EndReason,
+        debug: &str,
+    ) -> Vec<u8> {
+        Message {
+            session: request.message.session,
+            seq: 1,
+            ack: request.message.seq,
+            from: self.credentials.identity(),
+            to: request.from.clone(),
+            body: Body::Close {
+                reason: reason.0,
+                debug: debug.to_string(),
+            },
+        }
+        .encode()
+    }
+
+    /// The next rendezvous signal to send by `now`: (to whom, bytes).
+    pub fn poll_signal(&mut self, now: Instant) -> Option<(Identity, Vec<u8>)> {
+        let mut done = Vec::new();
+        let mut out = None;
+        for (sid, (id, s)) in &mut self.sessions {
+            let c = self.connections.get(id);
+            let state = c.map_or(ConnectionState::Dead, Connection::state);
+            let ended = !matches!(
+                state,
+                ConnectionState::Connecting
+                    | ConnectionState::FindingRoute
+                    | ConnectionState::Connected
+            );
+            if ended && !self.closing_sessions.contains(sid) {
+                // Ended before it connected (or the peer may still be waiting): say so.
+                self.closing_sessions.insert(*sid);
+                if state != ConnectionState::ClosedByPeer {
+                    let (reason, debug) = c
+                        .map_or((EndReason::APP_GENERIC.0, String::new()), |c| {
+                            (c.end_reason().0, c.end_debug().to_string())
+                        });
+                    let _ = s.send(now, Body::Close { reason, debug });
+                }
+            }
+            if out.is_none() {
+                if let Some(m) = s.poll_transmit(now) {
+                    out = Some((s.peer.clone(), m.encode()));
+                }
+            }
+            if s.all_acked() && (ended || state == ConnectionState::Connected) {
+                done.push(*sid);
+            }
+        }
+        for sid in done {
+            self.sessions.remove(&sid);
+            self.closing_sessions.remove(&sid);
+        }
+        out
+    }
+
+    /// When [`poll_signal`](Self::poll_signal) next has something to send again.
+    pub fn poll_signal_timeout(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter_map(|(_, s)| s.poll_timeout())
+            .min()
     }
 
     /// The connection with this handle.
@@ -358,7 +653,7 @@ impl Endpoint {
     }
 
     fn handle_client_hello(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        if !self.config.listen {
+        if !self.config.listen && self.sessions.is_empty() {
             self.stats.malformed += 1;
             return;
         }
@@ -456,8 +751,34 @@ impl Endpoint {
                 return;
             }
         };
-        let id = self.fresh_id();
         let client_id = hello.client_id;
+        // A P2P connection accepted through the rendezvous, waiting for this peer's hello?
+        let awaiting = self.sessions.values().map(|(id, _)| *id).find(|id| {
+            self.connections.get(id).is_some_and(|c| {
+                c.awaits_hello() && c.p2p().is_some_and(|p| p.peer == peer.identity)
+            })
+        });
+        if let Some(id) = awaiting {
+            let secret = self.secret();
+            let incoming = Incoming {
+                hello,
+                bytes: datagram.to_vec(),
+                peer,
+                unencrypted,
+            };
+            if let Some(c) = self.connections.get_mut(&id) {
+                let _ = c.adopt_hello(now, from, incoming, secret);
+            }
+            self.by_hello.insert((from, client_id), id);
+            self.drain_events(id);
+            self.touch(id);
+            return;
+        }
+        if !self.config.listen {
+            self.stats.malformed += 1;
+            return;
+        }
+        let id = self.fresh_id();
         let c = Connection::new_server(
             now,
             id,
@@ -541,7 +862,11 @@ impl Endpoint {
     /// The earliest time `handle_timeout` must be called (after draining `poll_transmit`,
     /// which brings every deadline up to date). It may be early, never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        [timer, self.poll_signal_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Appends the next datagram to `buf`; it is the last `len` bytes of `buf`.
@@ -589,4 +914,12 @@ impl Endpoint {
 
 fn c_is_dead(c: Option<&Connection>) -> bool {
     c.is_some_and(|c| c.state() == ConnectionState::Dead)
+}
+
+/// The order symmetric connect breaks ties by: identities compared in their encoding.
+fn identity_order(a: &Identity, b: &Identity) -> std::cmp::Ordering {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    a.encode(&mut x);
+    b.encode(&mut y);
+    x.cmp(&y)
 }
