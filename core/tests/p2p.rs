@@ -61,7 +61,7 @@ impl Net {
     fn pump(&mut self) {
         let now = self.sim.now;
         for from in 0..2 {
-            while let Some((to, bytes)) = self.sim.nodes[from].endpoint.poll_signal(now) {
+            while let Some((_, to, bytes)) = self.sim.nodes[from].endpoint.poll_signal(now) {
                 let Some(dest) = (0..2).find(|&n| identity(&self.sim, n) == to) else {
                     continue;
                 };
@@ -333,7 +333,7 @@ fn a_peer_that_is_not_who_the_rendezvous_named_is_refused() {
         false,
         ConnectionConfig::default(),
     );
-    let (_, request) = net.sim.nodes[0].endpoint.poll_signal(now).unwrap();
+    let (_, _, request) = net.sim.nodes[0].endpoint.poll_signal(now).unwrap();
     let request = Message::decode(&request).unwrap();
     let forged = Message {
         session: request.session,

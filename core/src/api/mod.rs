@@ -2,9 +2,11 @@
 //! messages, connection info and status, status-change events and the config-value system.
 
 pub mod config;
+pub mod p2p;
 mod sockets;
 
 pub use crate::proto::{ConnectionInfoFlags, ConnectionState, EndReason, Error, SendFlags};
+pub use p2p::{Signaling, SignalingRecvContext};
 pub use sockets::{
     Availability, ConfigTarget, ConnectionInfo, ConnectionStatusChanged, Message, OutMessage,
     QuickStatus, Sockets, SocketsConfig, StatusEvents,

@@ -5,8 +5,10 @@ use super::config::{
     self, apply_to_connection, resolve, CallbackFn, ConfigData, ConfigError, ConfigScope,
     ConfigStore, ConfigValue, GetResult,
 };
+use super::p2p::{Signaling, SignalingRecvContext};
 use super::{ConnectionHandle, ListenSocketHandle, PollGroupHandle};
 use crate::netcond::Impairment;
+use crate::proto::endpoint::SignalOutcome;
 use crate::proto::{
     ConnId, ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason,
     Endpoint, EndpointConfig, Error, Event, SendFlags,
@@ -318,6 +320,8 @@ struct ConnEntry {
 struct ListenEntry {
     ep: EpId,
     config: ConfigStore,
+    /// The virtual port of a P2P listen socket.
+    vport: Option<u16>,
 }
 
 struct State {
@@ -333,6 +337,13 @@ struct State {
     subscribers: Vec<mpsc::UnboundedSender<ConnectionStatusChanged>>,
     next_handle: u32,
     credentials: Credentials,
+    /// The endpoint P2P connections use (created when first needed).
+    p2p_endpoint: Option<EpId>,
+    /// The signaling `connect_p2p` uses.
+    signaling: Option<Arc<dyn Signaling>>,
+    /// Signaling for particular P2P connections (custom signaling, or accepted requests), by
+    /// their id on the P2P endpoint (it outlives the handle: a close is signaled after).
+    conn_signaling: HashMap<ConnId, Arc<dyn Signaling>>,
 }
 
 impl std::fmt::Debug for State {
@@ -394,6 +405,9 @@ impl Sockets {
             subscribers: Vec::new(),
             next_handle: 1,
             credentials,
+            p2p_endpoint: None,
+            signaling: None,
+            conn_signaling: HashMap::new(),
         };
         Ok(Self {
             shared: Arc::new(Shared {
@@ -434,10 +448,237 @@ impl Sockets {
             io.local_addr().map_err(io_err)?,
             Some(handle),
         );
-        st.listens.insert(handle, ListenEntry { ep, config: store });
+        st.listens.insert(
+            handle,
+            ListenEntry {
+                ep,
+                config: store,
+                vport: None,
+            },
+        );
         drop(st);
         self.spawn_driver(ep, io);
         Ok(handle)
+    }
+
+    // ----- P2P -----------------------------------------------------------------------------
+
+    /// Sets the signaling [`connect_p2p`](Self::connect_p2p) sends rendezvous messages
+    /// through (the seeds' `CreateConnectionSignaling` callback). Signals from peers come back
+    /// through [`received_p2p_custom_signal`](Self::received_p2p_custom_signal).
+    pub fn set_signaling(&self, signaling: Arc<dyn Signaling>) {
+        self.state().signaling = Some(signaling);
+    }
+
+    /// Listens for P2P connections on virtual port `vport` (peers name it in `connect_p2p`).
+    pub fn create_listen_socket_p2p(
+        &self,
+        vport: u16,
+        options: &[(ConfigValue, ConfigData)],
+    ) -> Result<ListenSocketHandle, Error> {
+        let store = options_store(options, ConfigScope::ListenSocket)?;
+        let ep = self.p2p_endpoint()?;
+        let mut st = self.state();
+        if st.listens.values().any(|l| l.vport == Some(vport)) {
+            return Err(Error::InvalidParam(format!(
+                "virtual port {vport} is already listened on"
+            )));
+        }
+        let handle = ListenSocketHandle(st.fresh_handle());
+        st.listens.insert(
+            handle,
+            ListenEntry {
+                ep,
+                config: store,
+                vport: Some(vport),
+            },
+        );
+        Ok(handle)
+    }
+
+    /// Connects to the peer with identity `peer` on its virtual port `vport`, through the
+    /// signaling set with [`set_signaling`](Self::set_signaling). The connection is in
+    /// Connecting until the peer answers, FindingRoute while the path and handshake are
+    /// made, then Connected. With `SymmetricConnect` set in `options` and a matching incoming
+    /// connection already waiting, that one is accepted and returned instead.
+    pub fn connect_p2p(
+        &self,
+        peer: &Identity,
+        vport: u16,
+        options: &[(ConfigValue, ConfigData)],
+    ) -> Result<ConnectionHandle, Error> {
+        let signaling = self
+            .state()
+            .signaling
+            .clone()
+            .ok_or_else(|| Error::InvalidParam("no signaling set (set_signaling)".into()))?;
+        self.connect_p2p_custom_signaling(signaling, peer, vport, options)
+    }
+
+    /// Like [`connect_p2p`](Self::connect_p2p), with this connection's signals sent through
+    /// `signaling`.
+    pub fn connect_p2p_custom_signaling(
+        &self,
+        signaling: Arc<dyn Signaling>,
+        peer: &Identity,
+        vport: u16,
+        options: &[(ConfigValue, ConfigData)],
+    ) -> Result<ConnectionHandle, Error> {
+        if peer.is_invalid() {
+            return Err(Error::InvalidParam("invalid peer identity".into()));
+        }
+        let store = options_store(options, ConfigScope::Connection)?;
+        let ep = self.p2p_endpoint()?;
+        let mut st = self.state();
+        let symmetric = resolve_int(&st, &store, ConfigValue::SymmetricConnect) != 0;
+        let local_vport = match resolve_int(&st, &store, ConfigValue::LocalVirtualPort) {
+            v if (0..=i32::from(u16::MAX)).contains(&v) => v as u16,
+            _ => vport,
+        };
+        if symmetric {
+            // A matching incoming connection already waiting is accepted instead.
+            let waiting = st.conns.iter().find_map(|(h, c)| {
+                let conn = st.endpoints.get(&c.ep)?.endpoint.connection(c.id)?;
+                let p = conn.p2p()?;
+                (c.ep == ep
+                    && p.symmetric
+                    && &p.peer == peer
+                    && p.local_vport == local_vport
+                    && conn.state() == ConnectionState::Connecting
+                    && conn.side() == crate::proto::Side::Server)
+                    .then_some(*h)
+            });
+            if let Some(h) = waiting {
+                drop(st);
+                self.accept_connection(h)?;
+                return Ok(h);
+            }
+        }
+        let cfg = st.connection_config(&[&store]);
+        let e = st.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
+        let id = e.endpoint.connect_p2p(
+            Instant::now(),
+            peer.clone(),
+            local_vport,
+            vport,
+            symmetric,
+            cfg,
+        );
+        e.nudge.notify_one();
+        let h = st.add_connection(ep, id, None, store);
+        st.conn_signaling.insert(id, signaling);
+        st.pump(ep);
+        Ok(h)
+    }
+
+    /// Hands punchline a rendezvous signal that arrived from a peer. Connect requests go to
+    /// `ctx` to decide on. Returns false for a signal that is malformed or not for us.
+    pub fn received_p2p_custom_signal(
+        &self,
+        signal: &[u8],
+        ctx: &mut dyn SignalingRecvContext,
+    ) -> bool {
+        let Ok(ep) = self.p2p_endpoint() else {
+            return false;
+        };
+        let now = Instant::now();
+        let mut st = self.state();
+        let Some(e) = st.endpoints.get_mut(&ep) else {
+            return false;
+        };
+        let outcome = match e.endpoint.handle_signal(now, signal) {
+            Ok(o) => o,
+            Err(err) => {
+                tracing::debug!(error = %err, "malformed rendezvous signal");
+                return false;
+            }
+        };
+        e.nudge.notify_one();
+        let request = match outcome {
+            SignalOutcome::Handled => {
+                st.pump(ep);
+                return true;
+            }
+            SignalOutcome::Ignored => return false,
+            SignalOutcome::Request(r) => r,
+        };
+        // The connection exists while the application decides (it may close it to refuse).
+        let listen = st
+            .listens
+            .iter()
+            .find(|(_, l)| l.vport == Some(request.to_vport))
+            .map(|(h, _)| *h);
+        let store = ConfigStore::default();
+        let cfg = match listen.and_then(|l| st.listens.get(&l)) {
+            Some(l) => st.connection_config(&[&l.config]),
+            None => st.connection_config(&[]),
+        };
+        let peer = request.from.clone();
+        let vport = request.to_vport;
+        let e = st.endpoints.get_mut(&ep).expect("checked above");
+        let id = e
+            .endpoint
+            .accept_p2p_request(now, request.clone(), vport, cfg);
+        let h = st.add_connection(ep, id, listen, store);
+        drop(st);
+        let answer = ctx.on_connect_request(h, &peer, vport);
+        let mut st = self.state();
+        match answer {
+            Some(signaling) if st.conns.contains_key(&h) => {
+                st.conn_signaling.insert(id, signaling);
+                st.pump(ep);
+            }
+            _ => {
+                let refused = !st.conns.contains_key(&h);
+                let reason = st
+                    .endpoints
+                    .get(&ep)
+                    .and_then(|e| e.endpoint.connection(id))
+                    .map_or(EndReason::APP_GENERIC, |c| c.end_reason());
+                if let Some(entry) = st.conns.remove(&h) {
+                    st.forget(h, &entry);
+                }
+                if let Some(e) = st.endpoints.get_mut(&ep) {
+                    e.endpoint.remove(id);
+                    if refused {
+                        let signal = e.endpoint.reject_p2p_request(&request, reason, "refused");
+                        drop(st);
+                        ctx.send_rejection_signal(&peer, &signal);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// The endpoint (and socket) P2P connections use, created when first needed.
+    fn p2p_endpoint(&self) -> Result<EpId, Error> {
+        if let Some(ep) = self.state().p2p_endpoint {
+            return Ok(ep);
+        }
+        let io = self.bind((Ipv4Addr::UNSPECIFIED, 0).into())?;
+        let local = io.local_addr().map_err(io_err)?;
+        let mut st = self.state();
+        if let Some(ep) = st.p2p_endpoint {
+            return Ok(ep); // another thread made it meanwhile
+        }
+        let credentials = st.credentials.clone();
+        let ep = st.add_endpoint(
+            EndpointConfig {
+                credentials,
+                ..EndpointConfig::default()
+            },
+            local,
+            None,
+        );
+        let candidates = p2p_candidates(local);
+        if let Some(e) = st.endpoints.get_mut(&ep) {
+            e.endpoint.set_p2p_candidates(candidates);
+        }
+        st.p2p_endpoint = Some(ep);
+        drop(st);
+        self.spawn_driver(ep, io);
+        Ok(ep)
     }
 
     /// Connects to a listen socket at `addr`. The connection starts in Connecting;
@@ -514,13 +755,16 @@ impl Sockets {
         let mut st = self.state();
         let (ep, id) = st.locate(h)?;
         let e = st.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
-        if e.endpoint
-            .connection(id)
-            .is_some_and(|c| c.side() == crate::proto::Side::Client)
-        {
-            return Err(Error::InvalidParam(
-                "only incoming connections are accepted".into(),
-            ));
+        if let Some(c) = e.endpoint.connection(id) {
+            if c.p2p().is_some() && c.state() != ConnectionState::Connecting {
+                // Accepted already (symmetric connect does it implicitly).
+                return Err(Error::DuplicateRequest);
+            }
+            if c.side() == crate::proto::Side::Client {
+                return Err(Error::InvalidParam(
+                    "only incoming connections are accepted".into(),
+                ));
+            }
         }
         let r = e.endpoint.accept(Instant::now(), id);
         e.nudge.notify_one();
@@ -542,6 +786,7 @@ impl Sockets {
             return false;
         };
         st.forget(h, &entry);
+        // Keep the connection's signaling until its close has been signaled.
         let reason = match reason {
             0 => EndReason::APP_GENERIC,
             r if EndReason(r).is_application() => EndReason(r),
@@ -564,7 +809,8 @@ impl Sockets {
             return false;
         };
         // Stop taking hellos first, so no connection appears after the list below is made.
-        if let Some(e) = st.endpoints.get_mut(&l.ep) {
+        // (The P2P endpoint is shared: it stays.)
+        if let (None, Some(e)) = (l.vport, st.endpoints.get_mut(&l.ep)) {
             e.endpoint.set_listen(false);
             e.closing = true;
         }
@@ -1428,6 +1674,7 @@ impl State {
         Ok(ConnectionInfo {
             identity_remote: c
                 .peer_identity()
+                .or(c.p2p().map(|p| &p.peer))
                 .cloned()
                 .unwrap_or_else(|| Identity::ip(remote)),
             user_data: entry.user_data,
@@ -1455,6 +1702,9 @@ impl State {
                     let Some(e) = self.endpoints.get(&ep) else {
                         continue;
                     };
+                    if e.endpoint.connection(id).is_none() {
+                        continue; // removed already (an ignored P2P request)
+                    }
                     if e.auto_accept {
                         self.add_connection(ep, id, None, ConfigStore::default());
                         if let Some(e) = self.endpoints.get_mut(&ep) {
@@ -1536,6 +1786,28 @@ impl Driven for EpDriver {
                 .poll_transmit(now, buf)
                 .map(|t| (t.destination, t.len))
         });
+        let mut signals = Vec::new();
+        while let Some(s) = e.endpoint.poll_signal(now) {
+            signals.push(s);
+        }
+        let signals: Vec<(Arc<dyn Signaling>, Identity, Vec<u8>)> = signals
+            .into_iter()
+            .filter_map(|(id, peer, bytes)| {
+                let via = st.conn_signaling.get(&id).or(st.signaling.as_ref())?;
+                Some((via.clone(), peer, bytes))
+            })
+            .collect();
+        if !signals.is_empty() {
+            // Sent without the lock held: the signaling may call back into `Sockets`.
+            drop(st);
+            for (via, peer, bytes) in &signals {
+                via.send_signal(peer, bytes);
+            }
+            st = lock(&self.shared.state);
+        }
+        let Some(e) = st.endpoints.get_mut(&self.ep) else {
+            return Wake::Stop;
+        };
         let done = e.closing && e.endpoint.connection_ids().next().is_none();
         let wake = e.endpoint.poll_timeout();
         e.next_wake = wake;
@@ -1545,5 +1817,24 @@ impl Driven for EpDriver {
             return Wake::Stop;
         }
         wake.map_or(Wake::Idle, Wake::At)
+    }
+}
+
+/// An integer config value as it applies to a new connection with options `store`.
+fn resolve_int(st: &State, store: &ConfigStore, value: ConfigValue) -> i32 {
+    let global = lock(&GLOBAL);
+    resolve(value, &[store, &st.interface, &global])
+        .0
+        .as_i32()
+        .unwrap_or(0)
+}
+
+/// Where peers can reach a P2P socket bound to `local`: the address itself, or loopback when
+/// bound to all interfaces.
+fn p2p_candidates(local: SocketAddr) -> Vec<SocketAddr> {
+    if local.ip().is_unspecified() {
+        vec![SocketAddr::new(Ipv4Addr::LOCALHOST.into(), local.port())]
+    } else {
+        vec![local]
     }
 }

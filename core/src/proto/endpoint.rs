@@ -473,8 +473,8 @@ impl Endpoint {
         .encode()
     }
 
-    /// The next rendezvous signal to send by `now`: (to whom, bytes).
-    pub fn poll_signal(&mut self, now: Instant) -> Option<(Identity, Vec<u8>)> {
+    /// The next rendezvous signal to send by `now`: (for which connection, to whom, bytes).
+    pub fn poll_signal(&mut self, now: Instant) -> Option<(ConnId, Identity, Vec<u8>)> {
         let mut done = Vec::new();
         let mut out = None;
         for (sid, (id, s)) in &mut self.sessions {
@@ -499,7 +499,7 @@ impl Endpoint {
             }
             if out.is_none() {
                 if let Some(m) = s.poll_transmit(now) {
-                    out = Some((s.peer.clone(), m.encode()));
+                    out = Some((ConnId(*id), s.peer.clone(), m.encode()));
                 }
             }
             if s.all_acked() && (ended || state == ConnectionState::Connected) {

@@ -44,4 +44,8 @@ pub enum Error {
     /// The send buffer is full.
     #[error("send buffer full")]
     LimitExceeded,
+    /// Already done: the connection was accepted already (symmetric connect accepts a
+    /// matching incoming connection implicitly).
+    #[error("already done: the connection was accepted already")]
+    DuplicateRequest,
 }

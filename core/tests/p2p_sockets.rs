@@ -1,0 +1,287 @@
+//! P2P through the `Sockets` API over real loopback UDP, with an in-process signaling hub
+//! standing in for a signaling server: connect by identity, talk, close; symmetric connect;
+//! refusal; signaling loss and duplication.
+
+use punchline::api::config::{ConfigData, ConfigValue};
+use punchline::api::{Signaling, SignalingRecvContext};
+use punchline::identity::Identity;
+use punchline::{ConnectionHandle, ConnectionState, EndReason, SendFlags, Sockets};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a peer does with connect requests.
+#[derive(Clone, Copy, PartialEq)]
+enum Policy {
+    Accept,
+    Refuse,
+}
+
+/// Delivers signals between registered `Sockets` on its own thread, losing and duplicating
+/// some.
+struct Hub {
+    tx: mpsc::Sender<(Identity, Vec<u8>)>,
+}
+
+struct Peer {
+    sockets: Sockets,
+    policy: Policy,
+}
+
+/// Everyone the hub delivers to, by identity.
+type Directory = Arc<Mutex<Vec<(Identity, Peer)>>>;
+
+struct Route {
+    hub: Arc<Hub>,
+}
+
+impl Signaling for Route {
+    fn send_signal(&self, peer: &Identity, signal: &[u8]) {
+        let _ = self.hub.tx.send((peer.clone(), signal.to_vec()));
+    }
+}
+
+struct Ctx {
+    hub: Arc<Hub>,
+    sockets: Sockets,
+    policy: Policy,
+}
+
+impl SignalingRecvContext for Ctx {
+    fn on_connect_request(
+        &mut self,
+        connection: ConnectionHandle,
+        _peer: &Identity,
+        _local_vport: u16,
+    ) -> Option<Arc<dyn Signaling>> {
+        match self.policy {
+            Policy::Accept => Some(Arc::new(Route {
+                hub: self.hub.clone(),
+            })),
+            Policy::Refuse => {
+                self.sockets
+                    .close_connection(connection, 1042, "not today", false);
+                None
+            }
+        }
+    }
+
+    fn send_rejection_signal(&mut self, peer: &Identity, signal: &[u8]) {
+        let _ = self.hub.tx.send((peer.clone(), signal.to_vec()));
+    }
+}
+
+impl Hub {
+    /// A hub losing `loss`% and duplicating `dup`% of signals.
+    fn start(loss: u32, dup: u32, seed: u64) -> (Arc<Hub>, Directory) {
+        let (tx, rx) = mpsc::channel::<(Identity, Vec<u8>)>();
+        let hub = Arc::new(Hub { tx });
+        let peers: Directory = Arc::new(Mutex::new(Vec::new()));
+        let (h, p) = (Arc::downgrade(&hub), peers.clone());
+        std::thread::spawn(move || {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            while let Ok((to, signal)) = rx.recv() {
+                let Some(hub) = h.upgrade() else { return };
+                if rng.next_u32() % 100 < loss {
+                    continue;
+                }
+                let copies = if rng.next_u32() % 100 < dup { 2 } else { 1 };
+                let target = p
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(id, _)| *id == to)
+                    .map(|(_, peer)| (peer.sockets.clone(), peer.policy));
+                if let Some((sockets, policy)) = target {
+                    for _ in 0..copies {
+                        let mut ctx = Ctx {
+                            hub: hub.clone(),
+                            sockets: sockets.clone(),
+                            policy,
+                        };
+                        sockets.received_p2p_custom_signal(&signal, &mut ctx);
+                    }
+                }
+            }
+        });
+        (hub, peers)
+    }
+}
+
+fn peer(hub: &Arc<Hub>, peers: &Mutex<Vec<(Identity, Peer)>>, policy: Policy) -> Sockets {
+    let s = Sockets::new().unwrap();
+    s.set_signaling(Arc::new(Route { hub: hub.clone() }));
+    peers.lock().unwrap().push((
+        s.get_identity(),
+        Peer {
+            sockets: s.clone(),
+            policy,
+        },
+    ));
+    s
+}
+
+fn state(s: &Sockets, h: ConnectionHandle) -> ConnectionState {
+    s.get_connection_info(h)
+        .map_or(ConnectionState::None, |i| i.state)
+}
+
+/// Accepts incoming connections on `s` until `done`; returns the accepted handles.
+fn serve_until(
+    s: &Sockets,
+    events: &mut punchline::api::StatusEvents,
+    limit: Duration,
+    mut done: impl FnMut(&[ConnectionHandle]) -> bool,
+) -> Vec<ConnectionHandle> {
+    let mut accepted = Vec::new();
+    let end = Instant::now() + limit;
+    while !done(&accepted) && Instant::now() < end {
+        while let Some(ev) = events.try_recv() {
+            if ev.info.state == ConnectionState::Connecting && ev.info.listen_socket.is_some() {
+                s.accept_connection(ev.connection).unwrap();
+                accepted.push(ev.connection);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    accepted
+}
+
+#[test]
+fn two_peers_connect_by_identity_talk_and_close() {
+    let (hub, peers) = Hub::start(0, 0, 1);
+    let a = peer(&hub, &peers, Policy::Accept);
+    let b = peer(&hub, &peers, Policy::Accept);
+    let mut b_events = b.status_events();
+    b.create_listen_socket_p2p(7, &[]).unwrap();
+    let c = a.connect_p2p(&b.get_identity(), 7, &[]).unwrap();
+    let info = a.get_connection_info(c).unwrap();
+    assert_eq!(
+        info.identity_remote,
+        b.get_identity(),
+        "the peer, before any packet"
+    );
+    let accepted = serve_until(&b, &mut b_events, Duration::from_secs(10), |acc| {
+        acc.len() == 1 && state(&b, acc[0]) == ConnectionState::Connected
+    });
+    let s = accepted[0];
+    let end = Instant::now() + Duration::from_secs(10);
+    while state(&a, c) != ConnectionState::Connected {
+        assert!(Instant::now() < end, "client {:?}", state(&a, c));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        b.get_connection_info(s).unwrap().identity_remote,
+        a.get_identity()
+    );
+    for i in 0..50u32 {
+        a.send_message_to_connection(c, i.to_be_bytes().to_vec(), SendFlags::RELIABLE)
+            .unwrap();
+        b.send_message_to_connection(s, i.to_be_bytes().to_vec(), SendFlags::UNRELIABLE)
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while got.len() < 50 {
+        assert!(Instant::now() < end, "{} of 50", got.len());
+        got.extend(b.receive_messages_on_connection(s, 100).unwrap());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.payload[..], (i as u32).to_be_bytes());
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut unreliable = 0;
+    while unreliable == 0 && Instant::now() < end {
+        unreliable += a.receive_messages_on_connection(c, 100).unwrap().len();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(unreliable > 0, "unreliable messages arrive too");
+    a.close_connection(c, 1000, "done", false);
+    let end = Instant::now() + Duration::from_secs(5);
+    while state(&b, s) != ConnectionState::ClosedByPeer {
+        assert!(Instant::now() < end, "server {:?}", state(&b, s));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_refused_connection_ends_with_the_refusers_reason() {
+    let (hub, peers) = Hub::start(0, 0, 2);
+    let a = peer(&hub, &peers, Policy::Accept);
+    let b = peer(&hub, &peers, Policy::Refuse);
+    b.create_listen_socket_p2p(0, &[]).unwrap();
+    let c = a.connect_p2p(&b.get_identity(), 0, &[]).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while state(&a, c) == ConnectionState::Connecting {
+        assert!(Instant::now() < end, "no answer");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let info = a.get_connection_info(c).unwrap();
+    assert_eq!(info.state, ConnectionState::ClosedByPeer);
+    assert_eq!(info.end_reason, EndReason(1042));
+}
+
+#[test]
+fn p2p_connects_through_30_percent_signal_loss_and_50_percent_duplication() {
+    for seed in 0..5 {
+        let (hub, peers) = Hub::start(30, 50, 10 + seed);
+        let a = peer(&hub, &peers, Policy::Accept);
+        let b = peer(&hub, &peers, Policy::Accept);
+        let mut b_events = b.status_events();
+        b.create_listen_socket_p2p(0, &[]).unwrap();
+        let c = a.connect_p2p(&b.get_identity(), 0, &[]).unwrap();
+        let accepted = serve_until(&b, &mut b_events, Duration::from_secs(20), |acc| {
+            state(&a, c) == ConnectionState::Connected
+                && acc.len() == 1
+                && state(&b, acc[0]) == ConnectionState::Connected
+        });
+        assert_eq!(accepted.len(), 1, "seed {seed}: one connection");
+        assert_eq!(state(&a, c), ConnectionState::Connected, "seed {seed}");
+    }
+}
+
+#[test]
+fn symmetric_connect_through_the_api_gives_one_connection_each_side() {
+    let symmetric = [(ConfigValue::SymmetricConnect, ConfigData::Int32(1))];
+    for seed in 0..20 {
+        let (hub, peers) = Hub::start(0, 0, 100 + seed);
+        let a = peer(&hub, &peers, Policy::Accept);
+        let b = peer(&hub, &peers, Policy::Accept);
+        let (mut a_events, mut b_events) = (a.status_events(), b.status_events());
+        a.create_listen_socket_p2p(3, &symmetric).unwrap();
+        b.create_listen_socket_p2p(3, &symmetric).unwrap();
+        let (ia, ib) = (a.get_identity(), b.get_identity());
+        let (a2, b2) = (a.clone(), b.clone());
+        let (sa, sb) = (symmetric.clone(), symmetric.clone());
+        let ta = std::thread::spawn(move || a2.connect_p2p(&ib, 3, &sa).unwrap());
+        let tb = std::thread::spawn(move || b2.connect_p2p(&ia, 3, &sb).unwrap());
+        let (ca, cb) = (ta.join().unwrap(), tb.join().unwrap());
+        let end = Instant::now() + Duration::from_secs(10);
+        while state(&a, ca) != ConnectionState::Connected
+            || state(&b, cb) != ConnectionState::Connected
+        {
+            assert!(
+                Instant::now() < end,
+                "seed {seed}: {:?} / {:?}",
+                state(&a, ca),
+                state(&b, cb)
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // No other connection showed up on either side.
+        for (s, events, own) in [(&a, &mut a_events, ca), (&b, &mut b_events, cb)] {
+            while let Some(ev) = events.try_recv() {
+                assert_eq!(
+                    ev.connection, own,
+                    "seed {seed}: a second connection appeared"
+                );
+            }
+            assert_eq!(
+                s.accept_connection(own),
+                Err(punchline::Error::DuplicateRequest)
+            );
+        }
+    }
+}
