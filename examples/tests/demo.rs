@@ -17,3 +17,20 @@ fn the_demo_prints_the_conversation_and_succeeds() {
     assert!(text.contains("[bob] <alice> hi everyone"), "{text}");
     assert!(text.contains("demo ok"), "{text}");
 }
+
+#[test]
+fn the_p2p_demo_connects_two_peers_by_identity_and_succeeds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_p2p_chat"))
+        .arg("demo")
+        .output()
+        .expect("p2p_chat binary runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("alice got: hi alice, found you by your key"), "{text}");
+    assert!(text.contains("bob got: hi bob!"), "{text}");
+    assert!(text.contains("done"), "{text}");
+}

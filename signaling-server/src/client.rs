@@ -1,0 +1,365 @@
+//! The signaling client: logs a [`Sockets`] in to a signaling server and carries its
+//! rendezvous signals both ways.
+//!
+//! It runs on its own thread (with a small tokio runtime), so it fits applications with or
+//! without tokio. Incoming connect requests are accepted when a P2P listen socket exists for
+//! the virtual port asked for (the application then accepts the connection as usual) and
+//! ignored otherwise. When the server says a peer is not online, the pending connection to it
+//! ends at once with `Misc_P2P_Rendezvous` and a sentence saying so.
+
+use crate::protocol::{self, ClientMsg, ServerMsg, MAX_SIGNAL};
+use futures_util::{SinkExt, StreamExt};
+use punchline::api::{Signaling, SignalingRecvContext};
+use punchline::proto::rendezvous::{Body, Message};
+use punchline::{ConnectionHandle, EndReason, Sockets};
+use punchline_identity::{Certificate, Identity, KeyPair};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+/// Why the client could not log in.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot reach the signaling server: {0}")]
+    Connect(String),
+    /// The server refused the login.
+    #[error("the signaling server refused the login ({code}): {message}")]
+    Refused {
+        /// The server's error code.
+        code: String,
+        /// Its explanation.
+        message: String,
+    },
+    /// The server did not follow the protocol.
+    #[error("signaling protocol error: {0}")]
+    Protocol(String),
+    /// No answer in time.
+    #[error("the signaling server did not answer in time")]
+    Timeout,
+}
+
+enum Cmd {
+    Signal { to: Identity, data: Vec<u8> },
+    Stop,
+}
+
+/// Sends signals through the client's connection.
+#[derive(Clone)]
+struct Route {
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Signaling for Route {
+    fn send_signal(&self, peer: &Identity, signal: &[u8]) {
+        let _ = self.tx.send(Cmd::Signal {
+            to: peer.clone(),
+            data: signal.to_vec(),
+        });
+    }
+}
+
+/// A logged-in connection to a signaling server, serving one [`Sockets`].
+pub struct SignalingClient {
+    route: Route,
+    identity: Identity,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SignalingClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalingClient")
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
+impl Signaling for SignalingClient {
+    fn send_signal(&self, peer: &Identity, signal: &[u8]) {
+        self.route.send_signal(peer, signal);
+    }
+}
+
+impl Drop for SignalingClient {
+    fn drop(&mut self) {
+        let _ = self.route.tx.send(Cmd::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl SignalingClient {
+    /// Connects to the server at `url` (`ws://host:port/`), logs in as `sockets`' identity
+    /// with `key` (its key; and `cert` for an identity that is not the key itself), and makes
+    /// itself `sockets`' signaling. Blocks until logged in, or refused, or 10 s pass.
+    pub fn connect(
+        url: &str,
+        key: &KeyPair,
+        cert: Option<&Certificate>,
+        sockets: &Sockets,
+    ) -> Result<Arc<SignalingClient>, ClientError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let route = Route { tx };
+        let identity = sockets.get_identity();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let job = Job {
+            url: url.to_string(),
+            key: key.clone(),
+            cert: cert.map(Certificate::to_base64),
+            identity: identity.clone(),
+            sockets: sockets.clone(),
+            route: route.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("punchline-signaling".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ClientError::Connect(e.to_string())));
+                        return;
+                    }
+                };
+                rt.block_on(job.run(rx, ready_tx));
+            })
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let result = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or(Err(ClientError::Timeout));
+        let client = Arc::new(SignalingClient {
+            route,
+            identity,
+            thread: Some(thread),
+        });
+        result?;
+        sockets.set_signaling(client.clone());
+        Ok(client)
+    }
+
+    /// The identity logged in.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+}
+
+struct Job {
+    url: String,
+    key: KeyPair,
+    cert: Option<String>,
+    identity: Identity,
+    sockets: Sockets,
+    route: Route,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send(ws: &mut Ws, m: &ClientMsg) -> Result<(), ClientError> {
+    let text = serde_json::to_string(m).expect("client messages serialize");
+    ws.send(Frame::text(text))
+        .await
+        .map_err(|e| ClientError::Connect(e.to_string()))
+}
+
+/// The next JSON message from the server.
+async fn next(ws: &mut Ws) -> Result<ServerMsg, ClientError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Frame::Text(t))) => {
+                return serde_json::from_str(t.as_str())
+                    .map_err(|e| ClientError::Protocol(format!("{e}: {t}")))
+            }
+            Some(Ok(Frame::Close(_))) | None => {
+                return Err(ClientError::Protocol(
+                    "the server closed the connection".into(),
+                ))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(ClientError::Connect(e.to_string())),
+        }
+    }
+}
+
+/// Signals sent recently, by number, to learn the session of one that was undeliverable.
+const REMEMBERED: usize = 256;
+
+impl Job {
+    async fn login(&self) -> Result<Ws, ClientError> {
+        let (mut ws, _) = tokio_tungstenite::connect_async(self.url.as_str())
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let nonce = match next(&mut ws).await? {
+            ServerMsg::Challenge { nonce, .. } => protocol::unbase64(&nonce, 64)
+                .ok_or_else(|| ClientError::Protocol("challenge nonce is not base64".into()))?,
+            ServerMsg::Error { code, message } => {
+                return Err(ClientError::Refused { code, message })
+            }
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a challenge: {other:?}"
+                )))
+            }
+        };
+        let login = protocol::login(&self.key, &self.identity, &nonce, self.cert.clone());
+        send(&mut ws, &login).await?;
+        match next(&mut ws).await? {
+            ServerMsg::Welcome { .. } => Ok(ws),
+            ServerMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected welcome: {other:?}"
+            ))),
+        }
+    }
+
+    async fn run(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Cmd>,
+        ready: std::sync::mpsc::Sender<Result<(), ClientError>>,
+    ) {
+        let mut ws = match tokio::time::timeout(Duration::from_secs(10), self.login()).await {
+            Ok(Ok(ws)) => {
+                let _ = ready.send(Ok(()));
+                ws
+            }
+            Ok(Err(e)) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+            Err(_) => {
+                let _ = ready.send(Err(ClientError::Timeout));
+                return;
+            }
+        };
+        let mut sent: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+        let mut next_id = 1u64;
+        let mut keepalive = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Signal { to, data }) => {
+                        if data.len() > MAX_SIGNAL {
+                            continue;
+                        }
+                        let id = next_id;
+                        next_id += 1;
+                        let m = ClientMsg::Signal {
+                            to: to.to_string(),
+                            data: protocol::base64(&data),
+                            id: Some(id),
+                        };
+                        if sent.len() >= REMEMBERED {
+                            sent.pop_front();
+                        }
+                        sent.push_back((id, data));
+                        if send(&mut ws, &m).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Cmd::Stop) | None => {
+                        let _ = ws.close(None).await;
+                        break;
+                    }
+                },
+                msg = next(&mut ws) => match msg {
+                    Ok(ServerMsg::Signal { from, data }) => self.deliver(&from, &data),
+                    Ok(ServerMsg::Undeliverable { to, id }) => {
+                        let signal = id.and_then(|id| sent.iter().find(|(i, _)| *i == id));
+                        if let Some((_, signal)) = signal {
+                            self.peer_offline(&to, signal);
+                        }
+                    }
+                    Ok(ServerMsg::Error { code, message }) => {
+                        tracing::warn!(%code, %message, "signaling server error");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "signaling connection lost");
+                        break;
+                    }
+                },
+                _ = keepalive.tick() => {
+                    if ws.send(Frame::Ping(Vec::new().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, from: &str, data: &str) {
+        let Some(signal) = protocol::unbase64(data, MAX_SIGNAL) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            sockets: self.sockets.clone(),
+            route: self.route.clone(),
+        };
+        if !self.sockets.received_p2p_custom_signal(&signal, &mut ctx) {
+            tracing::debug!(%from, "signal not taken");
+        }
+    }
+
+    /// The server could not deliver `signal` to `to`: end the connection it was for, by
+    /// handing `Sockets` the close the peer would have sent.
+    fn peer_offline(&self, to: &str, signal: &[u8]) {
+        let Ok(m) = Message::decode(signal) else {
+            return;
+        };
+        if m.seq == 0 {
+            return; // an ack: nothing waits for it
+        }
+        let close = Message {
+            session: m.session,
+            seq: 1,
+            ack: m.seq,
+            from: m.to,
+            to: m.from,
+            body: Body::Close {
+                reason: EndReason::MISC_P2P_RENDEZVOUS.0,
+                debug: format!("{to} is not online (signaling server)"),
+            },
+        };
+        let mut ctx = Ctx {
+            sockets: self.sockets.clone(),
+            route: self.route.clone(),
+        };
+        self.sockets
+            .received_p2p_custom_signal(&close.encode(), &mut ctx);
+    }
+}
+
+/// Accepts connect requests for virtual ports with a P2P listen socket; ignores the rest.
+struct Ctx {
+    sockets: Sockets,
+    route: Route,
+}
+
+impl SignalingRecvContext for Ctx {
+    fn on_connect_request(
+        &mut self,
+        connection: ConnectionHandle,
+        peer: &Identity,
+        local_vport: u16,
+    ) -> Option<Arc<dyn Signaling>> {
+        let listening = self
+            .sockets
+            .get_connection_info(connection)
+            .is_ok_and(|i| i.listen_socket.is_some());
+        if !listening {
+            tracing::debug!(%peer, local_vport, "connect request for a port nobody listens on");
+            return None;
+        }
+        Some(Arc::new(self.route.clone()))
+    }
+
+    fn send_rejection_signal(&mut self, peer: &Identity, signal: &[u8]) {
+        self.route.send_signal(peer, signal);
+    }
+}

@@ -1,0 +1,19 @@
+//! punchline-signaling: the signaling server that introduces punchline peers by identity
+//! (JSON over websocket; see docs/SIGNALING.md), and the client that connects a
+//! [`punchline::Sockets`] to it.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use punchline_signaling::server::{Config, Server};
+//! let server = Server::start("127.0.0.1:0".parse().unwrap(), Config::default()).await?;
+//! println!("signaling at ws://{}/", server.addr());
+//! server.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+pub use client::{ClientError, SignalingClient};
+pub use server::{Config, Server};

@@ -1,0 +1,512 @@
+//! The signaling server as a real process (and in-process for the load test), with real
+//! websocket clients and real P2P connections between `Sockets` on loopback.
+
+use futures_util::{SinkExt, StreamExt};
+use punchline::api::config::{ConfigData, ConfigValue};
+use punchline::api::StatusEvents;
+use punchline::identity::{Identity, KeyPair};
+use punchline::{ConnectionHandle, ConnectionState, EndReason, SendFlags, Sockets, SocketsConfig};
+use punchline_signaling::protocol::{self, ClientMsg, ServerMsg};
+use punchline_signaling::{Config, Server, SignalingClient};
+use rand_core::OsRng;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+/// The server binary, running; killed on drop.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Process {
+    fn start(args: &[&str]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_punchline-signaling"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("the server says where it listens")
+            .parse()
+            .unwrap();
+        Process { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn peer(url: &str) -> (Sockets, KeyPair, std::sync::Arc<SignalingClient>) {
+    let key = KeyPair::generate(&mut OsRng);
+    let sockets = Sockets::with_config(SocketsConfig {
+        key: Some(key.clone()),
+        ..SocketsConfig::default()
+    })
+    .unwrap();
+    let client = SignalingClient::connect(url, &key, None, &sockets).expect("log in");
+    (sockets, key, client)
+}
+
+fn state(s: &Sockets, h: ConnectionHandle) -> ConnectionState {
+    s.get_connection_info(h)
+        .map_or(ConnectionState::None, |i| i.state)
+}
+
+fn wait(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn accept_incoming(s: &Sockets, events: &mut StatusEvents, seen: &mut Vec<ConnectionHandle>) {
+    while let Some(ev) = events.try_recv() {
+        if ev.info.state == ConnectionState::Connecting && ev.info.listen_socket.is_some() {
+            s.accept_connection(ev.connection).unwrap();
+            seen.push(ev.connection);
+        }
+    }
+}
+
+#[test]
+fn health_and_metrics_answer_on_the_websocket_address() {
+    let server = Process::start(&[]);
+    let (status, body) = http_get(server.addr, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = http_get(server.addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("punchline_signaling_clients 0"), "{body}");
+    assert_eq!(http_get(server.addr, "/nope").0, 404);
+}
+
+#[test]
+fn two_peers_connect_p2p_through_the_server_talk_and_close() {
+    let server = Process::start(&[]);
+    let (a, _, _ca) = peer(&server.url());
+    let (b, _, _cb) = peer(&server.url());
+    let mut b_events = b.status_events();
+    b.create_listen_socket_p2p(0, &[]).unwrap();
+    let c = a.connect_p2p(&b.get_identity(), 0, &[]).unwrap();
+    let mut accepted = Vec::new();
+    wait(Duration::from_secs(10), "both connected", || {
+        accept_incoming(&b, &mut b_events, &mut accepted);
+        state(&a, c) == ConnectionState::Connected
+            && accepted.len() == 1
+            && state(&b, accepted[0]) == ConnectionState::Connected
+    });
+    let s = accepted[0];
+    for i in 0..100u32 {
+        a.send_message_to_connection(c, i.to_be_bytes().to_vec(), SendFlags::RELIABLE)
+            .unwrap();
+        b.send_message_to_connection(s, vec![7; 500], SendFlags::UNRELIABLE)
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    wait(Duration::from_secs(10), "100 reliable messages", || {
+        got.extend(b.receive_messages_on_connection(s, 200).unwrap());
+        got.len() >= 100
+    });
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.payload[..], (i as u32).to_be_bytes());
+    }
+    let mut unreliable = 0;
+    wait(Duration::from_secs(5), "unreliable messages", || {
+        unreliable += a.receive_messages_on_connection(c, 200).unwrap().len();
+        unreliable > 0
+    });
+    a.close_connection(c, 1000, "bye", false);
+    wait(Duration::from_secs(5), "the close", || {
+        state(&b, s) == ConnectionState::ClosedByPeer
+    });
+    let (_, metrics) = http_get(server.addr, "/metrics");
+    assert!(
+        metrics.contains("punchline_signaling_clients 2"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("signals_forwarded_total 0\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn connecting_to_an_offline_identity_fails_fast_with_a_clear_reason() {
+    let server = Process::start(&[]);
+    let (a, _, _ca) = peer(&server.url());
+    let nobody = KeyPair::generate(&mut OsRng).identity();
+    let started = Instant::now();
+    let c = a.connect_p2p(&nobody, 0, &[]).unwrap();
+    wait(Duration::from_secs(5), "the connection to end", || {
+        state(&a, c) != ConnectionState::Connecting
+    });
+    let info = a.get_connection_info(c).unwrap();
+    assert_eq!(info.state, ConnectionState::ClosedByPeer);
+    assert_eq!(info.end_reason, EndReason::MISC_P2P_RENDEZVOUS);
+    assert!(info.end_debug.contains("not online"), "{}", info.end_debug);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_quiet_server_drops_signals_to_offline_identities_without_an_answer() {
+    let server = Process::start(&["--quiet-undeliverable"]);
+    let (a, _, _ca) = peer(&server.url());
+    let nobody = KeyPair::generate(&mut OsRng).identity();
+    let c = a.connect_p2p(&nobody, 0, &[]).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        state(&a, c),
+        ConnectionState::Connecting,
+        "no answer: still waiting"
+    );
+}
+
+#[test]
+fn symmetric_connect_through_the_server_100_times_gives_one_connection() {
+    let server = Process::start(&[]);
+    let symmetric = [(ConfigValue::SymmetricConnect, ConfigData::Int32(1))];
+    let (a, _, _ca) = peer(&server.url());
+    let (b, _, _cb) = peer(&server.url());
+    let (mut a_events, mut b_events) = (a.status_events(), b.status_events());
+    a.create_listen_socket_p2p(9, &symmetric).unwrap();
+    b.create_listen_socket_p2p(9, &symmetric).unwrap();
+    for round in 0..100 {
+        let (ia, ib) = (a.get_identity(), b.get_identity());
+        let (a2, b2, sa, sb) = (a.clone(), b.clone(), symmetric.clone(), symmetric.clone());
+        let ta = std::thread::spawn(move || a2.connect_p2p(&ib, 9, &sa).unwrap());
+        let tb = std::thread::spawn(move || b2.connect_p2p(&ia, 9, &sb).unwrap());
+        let (ca, cb) = (ta.join().unwrap(), tb.join().unwrap());
+        wait(Duration::from_secs(10), "both connected", || {
+            state(&a, ca) == ConnectionState::Connected
+                && state(&b, cb) == ConnectionState::Connected
+        });
+        for (events, own) in [(&mut a_events, ca), (&mut b_events, cb)] {
+            while let Some(ev) = events.try_recv() {
+                // Only the connection of this round may appear (closes of the last round's
+                // connections may still be reported).
+                let appeared = ev.old_state == ConnectionState::None;
+                assert!(
+                    !appeared || ev.connection == own,
+                    "round {round}: a second connection appeared"
+                );
+            }
+        }
+        a.close_connection(ca, 1000, "next round", false);
+        b.close_connection(cb, 1000, "next round", false);
+    }
+}
+
+// ----- the raw protocol -------------------------------------------------------------------
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn recv(ws: &mut Ws) -> ServerMsg {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an answer in time")
+        {
+            Some(Ok(Frame::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+            Some(Ok(Frame::Close(_))) | None => panic!("closed"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, m: &ClientMsg) {
+    ws.send(Frame::text(serde_json::to_string(m).unwrap()))
+        .await
+        .unwrap();
+}
+
+/// Connects and answers the challenge as `identity` with `key`; returns the socket and the
+/// server's answer.
+async fn login_as(url: &str, identity: &Identity, key: &KeyPair) -> (Ws, ServerMsg) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let ServerMsg::Challenge { nonce, .. } = recv(&mut ws).await else {
+        panic!("no challenge");
+    };
+    let nonce = protocol::unbase64(&nonce, 64).unwrap();
+    send(&mut ws, &protocol::login(key, identity, &nonce, None)).await;
+    let answer = recv(&mut ws).await;
+    (ws, answer)
+}
+
+fn error_code(m: &ServerMsg) -> &str {
+    match m {
+        ServerMsg::Error { code, .. } => code,
+        _ => "",
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn nobody_can_log_in_as_someone_else() {
+    let server = Process::start(&[]);
+    let url = server.url();
+    rt().block_on(async {
+        let (alice, mallory) = (KeyPair::generate(&mut OsRng), KeyPair::generate(&mut OsRng));
+        // Mallory claims Alice's identity, signing with her own key.
+        let (_, answer) = login_as(&url, &alice.identity(), &mallory).await;
+        assert_eq!(error_code(&answer), "auth_failed", "{answer:?}");
+        // A string identity needs a certificate.
+        let named = Identity::generic_string("alice").unwrap();
+        let (_, answer) = login_as(&url, &named, &mallory).await;
+        assert_eq!(error_code(&answer), "auth_failed", "{answer:?}");
+        // Alice logs in; a second login with her identity must prove her key to replace her.
+        let (mut first, answer) = login_as(&url, &alice.identity(), &alice).await;
+        assert!(matches!(answer, ServerMsg::Welcome { .. }), "{answer:?}");
+        let (mut second, answer) = login_as(&url, &alice.identity(), &alice).await;
+        assert!(matches!(answer, ServerMsg::Welcome { .. }), "{answer:?}");
+        assert_eq!(error_code(&recv(&mut first).await), "replaced");
+        // Before logging in, nothing else is allowed.
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let _challenge = recv(&mut ws).await;
+        send(
+            &mut ws,
+            &ClientMsg::Signal {
+                to: alice.identity().to_string(),
+                data: protocol::base64(b"x"),
+                id: None,
+            },
+        )
+        .await;
+        assert_eq!(error_code(&recv(&mut ws).await), "not_logged_in");
+        // The replacing session works.
+        send(&mut second, &ClientMsg::FakeipRequest { id: 1 }).await;
+        assert!(matches!(recv(&mut second).await, ServerMsg::Fakeip { .. }));
+    });
+}
+
+#[test]
+fn malformed_input_gets_an_error_and_everyone_else_is_still_served() {
+    let server = Process::start(&["--max-frame", "4096"]);
+    let url = server.url();
+    rt().block_on(async {
+        let (a, b) = (KeyPair::generate(&mut OsRng), KeyPair::generate(&mut OsRng));
+        let (mut wa, _) = login_as(&url, &a.identity(), &a).await;
+        let (mut wb, _) = login_as(&url, &b.identity(), &b).await;
+        for (frame, code) in [
+            (Frame::text("not json"), "malformed"),
+            (Frame::text(r#"{"type":"teleport"}"#), "unknown_type"),
+            (Frame::text(r#"{"type":"signal","to":"x"}"#), "malformed"),
+            (
+                Frame::text(r#"{"type":"signal","to":"nonsense","data":"AA=="}"#),
+                "malformed",
+            ),
+            (Frame::text(r#"[1,2,3]"#), "malformed"),
+            (Frame::binary(vec![1, 2, 3]), "binary_frame"),
+        ] {
+            wa.send(frame).await.unwrap();
+            assert_eq!(error_code(&recv(&mut wa).await), code);
+        }
+        // B is served all along: a signal from A still reaches B.
+        send(
+            &mut wa,
+            &ClientMsg::Signal {
+                to: b.identity().to_string(),
+                data: protocol::base64(b"hello"),
+                id: Some(1),
+            },
+        )
+        .await;
+        let ServerMsg::Signal { from, data } = recv(&mut wb).await else {
+            panic!("no signal")
+        };
+        assert_eq!(from, a.identity().to_string());
+        assert_eq!(protocol::unbase64(&data, 64).unwrap(), b"hello");
+        // An oversized frame ends that client only.
+        let _ = wa.send(Frame::text("x".repeat(10_000))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), wa.next()).await;
+        send(&mut wb, &ClientMsg::FakeipRequest { id: 2 }).await;
+        assert!(matches!(recv(&mut wb).await, ServerMsg::Fakeip { .. }));
+    });
+    assert_eq!(http_get(server.addr, "/healthz").0, 200);
+}
+
+#[test]
+fn fake_ips_are_allocated_resolved_limited_and_released() {
+    let server = Process::start(&[]);
+    let url = server.url();
+    rt().block_on(async {
+        let (a, b) = (KeyPair::generate(&mut OsRng), KeyPair::generate(&mut OsRng));
+        let (mut wa, _) = login_as(&url, &a.identity(), &a).await;
+        let (mut wb, _) = login_as(&url, &b.identity(), &b).await;
+        let mut ip = String::new();
+        for n in 1..=4 {
+            send(&mut wa, &ClientMsg::FakeipRequest { id: n }).await;
+            let ServerMsg::Fakeip { id, ip: got, ports } = recv(&mut wa).await else {
+                panic!("no fake ip")
+            };
+            assert_eq!((id, ports.len()), (n, n as usize));
+            assert!(got.starts_with("169.254."), "{got}");
+            if n > 1 {
+                assert_eq!(got, ip, "the same address for the same identity");
+            }
+            ip = got;
+        }
+        send(&mut wa, &ClientMsg::FakeipRequest { id: 5 }).await;
+        assert_eq!(error_code(&recv(&mut wa).await), "limit");
+        send(
+            &mut wb,
+            &ClientMsg::FakeipResolve {
+                id: 6,
+                ip: ip.clone(),
+            },
+        )
+        .await;
+        let ServerMsg::FakeipIdentity { identity, .. } = recv(&mut wb).await else {
+            panic!("no answer")
+        };
+        assert_eq!(identity, Some(a.identity().to_string()));
+        // A leaves: its address is released.
+        drop(wa);
+        let mut released = false;
+        for _ in 0..100 {
+            send(
+                &mut wb,
+                &ClientMsg::FakeipResolve {
+                    id: 7,
+                    ip: ip.clone(),
+                },
+            )
+            .await;
+            if let ServerMsg::FakeipIdentity { identity: None, .. } = recv(&mut wb).await {
+                released = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(released, "the address was released when its holder left");
+    });
+}
+
+#[test]
+fn a_thousand_clients_on_one_server() {
+    rt().block_on(async {
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), Config::default())
+            .await
+            .unwrap();
+        let url = format!("ws://{}/", server.addr());
+        const N: usize = 1000;
+        let keys: Vec<KeyPair> = (0..N).map(|_| KeyPair::generate(&mut OsRng)).collect();
+        let mut logins = Vec::new();
+        for k in &keys {
+            let (url, k) = (url.clone(), k.clone());
+            logins.push(tokio::spawn(async move {
+                let (ws, answer) = login_as(&url, &k.identity(), &k).await;
+                assert!(matches!(answer, ServerMsg::Welcome { .. }), "{answer:?}");
+                ws
+            }));
+        }
+        let mut sockets = Vec::new();
+        for l in logins {
+            sockets.push(l.await.unwrap());
+        }
+        assert_eq!(
+            server
+                .metrics()
+                .clients
+                .load(std::sync::atomic::Ordering::Relaxed),
+            N as u64
+        );
+        // Everyone signals the next one; everyone hears from the previous one.
+        for (i, ws) in sockets.iter_mut().enumerate() {
+            let to = keys[(i + 1) % N].identity().to_string();
+            let data = protocol::base64(&(i as u32).to_be_bytes());
+            send(ws, &ClientMsg::Signal { to, data, id: None }).await;
+        }
+        for (i, ws) in sockets.iter_mut().enumerate() {
+            let ServerMsg::Signal { from, data } = recv(ws).await else {
+                panic!("client {i}: no signal")
+            };
+            let prev = (i + N - 1) % N;
+            assert_eq!(from, keys[prev].identity().to_string());
+            assert_eq!(
+                protocol::unbase64(&data, 8).unwrap(),
+                (prev as u32).to_be_bytes()
+            );
+        }
+        drop(sockets);
+        server.stop().await;
+    });
+}
+
+#[test]
+fn sigterm_closes_every_client_cleanly_and_exits_zero() {
+    let mut server = Process::start(&[]);
+    let url = server.url();
+    let runtime = rt();
+    let mut ws = runtime.block_on(async {
+        let k = KeyPair::generate(&mut OsRng);
+        let (ws, answer) = login_as(&url, &k.identity(), &k).await;
+        assert!(matches!(answer, ServerMsg::Welcome { .. }));
+        ws
+    });
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    runtime.block_on(async {
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Frame::Close(_))) | None => return true,
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => return false,
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, Ok(true), "a close frame on shutdown");
+    });
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
