@@ -30,7 +30,10 @@ fn the_p2p_demo_connects_two_peers_by_identity_and_succeeds() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("alice got: hi alice, found you by your key"), "{text}");
+    assert!(
+        text.contains("alice got: hi alice, found you by your key"),
+        "{text}"
+    );
     assert!(text.contains("bob got: hi bob!"), "{text}");
     assert!(text.contains("done"), "{text}");
 }

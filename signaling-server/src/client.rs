@@ -9,11 +9,13 @@
 
 use crate::protocol::{self, ClientMsg, ServerMsg, MAX_SIGNAL};
 use futures_util::{SinkExt, StreamExt};
+use punchline::api::fakeip::FakeIpProvider;
 use punchline::api::{Signaling, SignalingRecvContext};
 use punchline::proto::rendezvous::{Body, Message};
 use punchline::{ConnectionHandle, EndReason, Sockets};
 use punchline_identity::{Certificate, Identity, KeyPair};
 use std::collections::VecDeque;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -44,6 +46,8 @@ pub enum ClientError {
 
 enum Cmd {
     Signal { to: Identity, data: Vec<u8> },
+    FakeIp { ports: usize },
+    Resolve(Ipv4Addr),
     Stop,
 }
 
@@ -80,6 +84,16 @@ impl std::fmt::Debug for SignalingClient {
 impl Signaling for SignalingClient {
     fn send_signal(&self, peer: &Identity, signal: &[u8]) {
         self.route.send_signal(peer, signal);
+    }
+}
+
+impl FakeIpProvider for SignalingClient {
+    fn request_fake_ip(&self, num_ports: usize) {
+        let _ = self.route.tx.send(Cmd::FakeIp { ports: num_ports });
+    }
+
+    fn resolve_fake_ip(&self, ip: Ipv4Addr) {
+        let _ = self.route.tx.send(Cmd::Resolve(ip));
     }
 }
 
@@ -140,6 +154,7 @@ impl SignalingClient {
         });
         result?;
         sockets.set_signaling(client.clone());
+        sockets.set_fake_ip_provider(client.clone());
         Ok(client)
     }
 
@@ -239,6 +254,8 @@ impl Job {
         };
         let mut sent: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
         let mut next_id = 1u64;
+        // Ports wanted by a fake-IP request under way (the server adds one per request).
+        let mut fake_ports_wanted: Option<usize> = None;
         let mut keepalive = tokio::time::interval(Duration::from_secs(15));
         loop {
             tokio::select! {
@@ -262,6 +279,20 @@ impl Job {
                             break;
                         }
                     }
+                    Some(Cmd::FakeIp { ports }) => {
+                        fake_ports_wanted = Some(ports);
+                        next_id += 1;
+                        if send(&mut ws, &ClientMsg::FakeipRequest { id: next_id }).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Cmd::Resolve(ip)) => {
+                        next_id += 1;
+                        let m = ClientMsg::FakeipResolve { id: next_id, ip: ip.to_string() };
+                        if send(&mut ws, &m).await.is_err() {
+                            break;
+                        }
+                    }
                     Some(Cmd::Stop) | None => {
                         let _ = ws.close(None).await;
                         break;
@@ -275,7 +306,30 @@ impl Job {
                             self.peer_offline(&to, signal);
                         }
                     }
+                    Ok(ServerMsg::Fakeip { ip, ports, .. }) => {
+                        let Some(wanted) = fake_ports_wanted else { continue };
+                        let Ok(ip) = ip.parse::<Ipv4Addr>() else { continue };
+                        if ports.len() >= wanted {
+                            fake_ports_wanted = None;
+                            let ports = ports[..wanted].to_vec();
+                            self.sockets.complete_fake_ip_request(Ok((ip, ports)));
+                        } else {
+                            next_id += 1;
+                            if send(&mut ws, &ClientMsg::FakeipRequest { id: next_id }).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(ServerMsg::FakeipIdentity { ip, identity, .. }) => {
+                        if let Ok(ip) = ip.parse::<Ipv4Addr>() {
+                            let id = identity.and_then(|i| i.parse::<Identity>().ok());
+                            self.sockets.learn_fake_ip(ip, id);
+                        }
+                    }
                     Ok(ServerMsg::Error { code, message }) => {
+                        if code == "limit" && fake_ports_wanted.take().is_some() {
+                            self.sockets.complete_fake_ip_request(Err(message.clone()));
+                        }
                         tracing::warn!(%code, %message, "signaling server error");
                     }
                     Ok(_) => {}

@@ -510,3 +510,41 @@ fn sigterm_closes_every_client_cleanly_and_exits_zero() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn the_fake_ip_calls_allocate_through_the_server_and_resolve_identities() {
+    use punchline::api::fakeip::{get_ipv4_fake_ip_type, FakeIpType};
+    let server = Process::start(&[]);
+    let (a, _, _ca) = peer(&server.url());
+    let (b, _, _cb) = peer(&server.url());
+    assert!(a.begin_async_request_fake_ip(2));
+    assert!(!a.begin_async_request_fake_ip(2), "one request at a time");
+    let mut fake = None;
+    wait(Duration::from_secs(5), "the fake IP", || {
+        fake = a.get_fake_ip();
+        fake.is_some()
+    });
+    let (ip, ports) = fake.unwrap();
+    assert_eq!(get_ipv4_fake_ip_type(ip), FakeIpType::GlobalIpv4);
+    assert_eq!(ports.len(), 2);
+    assert_eq!(a.get_real_identity_for_fake_ip(ip), Some(a.get_identity()));
+    // B learns who holds it from the server (the first call asks, a later one knows).
+    let mut who = None;
+    wait(Duration::from_secs(5), "B to resolve the fake IP", || {
+        who = b.get_real_identity_for_fake_ip(ip);
+        who.is_some()
+    });
+    assert_eq!(who, Some(a.get_identity()));
+}
+
+#[test]
+fn without_a_server_fake_ips_are_local_to_the_process() {
+    use punchline::api::fakeip::{get_ipv4_fake_ip_type, FakeIpType};
+    let s = Sockets::new().unwrap();
+    assert!(!s.begin_async_request_fake_ip(5), "at most 4 ports");
+    assert!(s.begin_async_request_fake_ip(1));
+    let (ip, ports) = s.get_fake_ip().expect("allocated at once");
+    assert_eq!(get_ipv4_fake_ip_type(ip), FakeIpType::LocalIpv4);
+    assert_eq!(ports.len(), 1);
+    assert_eq!(s.get_real_identity_for_fake_ip(ip), Some(s.get_identity()));
+}

@@ -2,6 +2,7 @@
 //! messages, connection info and status, status-change events and the config-value system.
 
 pub mod config;
+pub mod fakeip;
 pub mod p2p;
 mod sockets;
 

@@ -5,6 +5,9 @@ use super::config::{
     self, apply_to_connection, resolve, CallbackFn, ConfigData, ConfigError, ConfigScope,
     ConfigStore, ConfigValue, GetResult,
 };
+use super::fakeip::{
+    get_ipv4_fake_ip_type, FakeIpProvider, FakeIpResult, FakeIpType, MAX_FAKE_PORTS,
+};
 use super::p2p::{Signaling, SignalingRecvContext};
 use super::{ConnectionHandle, ListenSocketHandle, PollGroupHandle};
 use crate::netcond::Impairment;
@@ -331,7 +334,8 @@ struct State {
     listens: HashMap<ListenSocketHandle, ListenEntry>,
     groups: HashMap<PollGroupHandle, Vec<ConnectionHandle>>,
     interface: ConfigStore,
-    callbacks: VecDeque<(ConnectionStatusChanged, CallbackFn)>,
+    /// Events for `run_callbacks`: a status change or a FakeIP result, and its callback.
+    callbacks: VecDeque<(Box<dyn std::any::Any + Send>, CallbackFn)>,
     /// The shared endpoint for outgoing connections, per address family (true: IPv6).
     client_endpoints: HashMap<bool, EpId>,
     subscribers: Vec<mpsc::UnboundedSender<ConnectionStatusChanged>>,
@@ -341,6 +345,13 @@ struct State {
     p2p_endpoint: Option<EpId>,
     /// The signaling `connect_p2p` uses.
     signaling: Option<Arc<dyn Signaling>>,
+    /// Where global fake IPs come from (the signaling client).
+    fake_ip_provider: Option<Arc<dyn FakeIpProvider>>,
+    /// Our fake IP and ports, once allocated; whether a request is under way.
+    fake_ip: Option<(Ipv4Addr, Vec<u16>)>,
+    fake_ip_pending: bool,
+    /// Fake IPs known to stand for identities.
+    fake_ip_identities: HashMap<Ipv4Addr, Identity>,
     /// Signaling for particular P2P connections (custom signaling, or accepted requests), by
     /// their id on the P2P endpoint (it outlives the handle: a close is signaled after).
     conn_signaling: HashMap<ConnId, Arc<dyn Signaling>>,
@@ -407,6 +418,10 @@ impl Sockets {
             credentials,
             p2p_endpoint: None,
             signaling: None,
+            fake_ip_provider: None,
+            fake_ip: None,
+            fake_ip_pending: false,
+            fake_ip_identities: HashMap::new(),
             conn_signaling: HashMap::new(),
         };
         Ok(Self {
@@ -649,6 +664,112 @@ impl Sockets {
             }
         }
         true
+    }
+
+    // ----- FakeIP ------------------------------------------------------------------------
+
+    /// Sets where global fake IPs come from (the signaling client does this).
+    pub fn set_fake_ip_provider(&self, provider: Arc<dyn FakeIpProvider>) {
+        self.state().fake_ip_provider = Some(provider);
+    }
+
+    /// Starts allocating a fake IP with `num_ports` ports (1 to 4) for this identity: global
+    /// from the signaling server when one is set, else local to this process. The result goes
+    /// to the `Callback_FakeIPResult` callback (see [`run_callbacks`](Self::run_callbacks))
+    /// and to [`get_fake_ip`](Self::get_fake_ip). False when a request is under way already or
+    /// `num_ports` is out of range.
+    pub fn begin_async_request_fake_ip(&self, num_ports: usize) -> bool {
+        if !(1..=MAX_FAKE_PORTS).contains(&num_ports) {
+            return false;
+        }
+        let mut st = self.state();
+        if st.fake_ip_pending {
+            return false;
+        }
+        st.fake_ip_pending = true;
+        if let Some(p) = st.fake_ip_provider.clone() {
+            drop(st);
+            p.request_fake_ip(num_ports);
+            return true;
+        }
+        drop(st);
+        let result = allocate_local_fake_ip(num_ports);
+        self.complete_fake_ip_request(result);
+        true
+    }
+
+    /// Our fake IP and its ports, once allocated.
+    pub fn get_fake_ip(&self) -> Option<(Ipv4Addr, Vec<u16>)> {
+        self.state().fake_ip.clone()
+    }
+
+    /// The identity a fake IP stands for, when known: ours, one the signaling server told us
+    /// about, or one asked for before (this call asks the server in the background when it
+    /// does not know; ask again later).
+    pub fn get_real_identity_for_fake_ip(&self, ip: Ipv4Addr) -> Option<Identity> {
+        let st = self.state();
+        if st.fake_ip.as_ref().is_some_and(|(own, _)| *own == ip) {
+            return Some(st.credentials.identity());
+        }
+        if let Some(id) = st.fake_ip_identities.get(&ip) {
+            return Some(id.clone());
+        }
+        if let Some(p) = st.fake_ip_provider.clone() {
+            if get_ipv4_fake_ip_type(ip) == FakeIpType::GlobalIpv4 {
+                drop(st);
+                p.resolve_fake_ip(ip);
+            }
+        }
+        None
+    }
+
+    /// Completes a fake-IP request (the provider calls this with the server's answer).
+    pub fn complete_fake_ip_request(&self, result: Result<(Ipv4Addr, Vec<u16>), String>) {
+        let mut st = self.state();
+        st.fake_ip_pending = false;
+        let identity = st.credentials.identity();
+        let event = match result {
+            Ok((ip, ports)) => {
+                st.fake_ip = Some((ip, ports.clone()));
+                FakeIpResult {
+                    result: Ok(()),
+                    identity,
+                    ip,
+                    ports,
+                }
+            }
+            Err(why) => FakeIpResult {
+                result: Err(why),
+                identity,
+                ip: Ipv4Addr::UNSPECIFIED,
+                ports: Vec::new(),
+            },
+        };
+        let global = lock(&GLOBAL);
+        let cb = resolve(ConfigValue::CallbackFakeIpResult, &[&st.interface, &global])
+            .0
+            .as_callback()
+            .cloned();
+        drop(global);
+        if let Some(cb) = cb {
+            st.callbacks.push_back((Box::new(event), cb));
+        }
+    }
+
+    /// Records that `ip` stands for `identity` (or for nobody) (the provider calls this).
+    pub fn learn_fake_ip(&self, ip: Ipv4Addr, identity: Option<Identity>) {
+        let mut st = self.state();
+        match identity {
+            Some(id) => {
+                if st.fake_ip_identities.len() >= 4096 {
+                    st.fake_ip_identities.clear();
+                }
+                st.fake_ip_identities.insert(ip, id);
+            }
+            None => {
+                st.fake_ip_identities.remove(&ip);
+            }
+        }
     }
 
     /// The endpoint (and socket) P2P connections use, created when first needed.
@@ -1312,7 +1433,7 @@ impl Sockets {
             let Some((event, cb)) = next else {
                 return;
             };
-            (cb.0)(&event);
+            (cb.0)(&*event);
         }
     }
 
@@ -1730,7 +1851,7 @@ impl State {
             };
             self.subscribers.retain(|s| s.send(event.clone()).is_ok());
             if let Some(cb) = self.status_callback(handle) {
-                self.callbacks.push_back((event, cb));
+                self.callbacks.push_back((Box::new(event), cb));
             }
         }
     }
@@ -1837,4 +1958,18 @@ fn p2p_candidates(local: SocketAddr) -> Vec<SocketAddr> {
     } else {
         vec![local]
     }
+}
+
+/// Process-local fake IPs handed out so far (169.254.0.1 up).
+static LOCAL_FAKE_IPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A fake IP local to this process, with `num_ports` ports.
+fn allocate_local_fake_ip(num_ports: usize) -> Result<(Ipv4Addr, Vec<u16>), String> {
+    let n = LOCAL_FAKE_IPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if n > 254 {
+        return Err("no local fake IPs left in this process (254 at most)".into());
+    }
+    let ip = Ipv4Addr::new(169, 254, 0, n as u8);
+    let ports = (0..num_ports as u16).map(|i| 1024 + i).collect();
+    Ok((ip, ports))
 }
