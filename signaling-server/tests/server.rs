@@ -482,31 +482,36 @@ fn sigterm_closes_every_client_cleanly_and_exits_zero() {
     let mut server = Process::start(&[]);
     let url = server.url();
     let runtime = rt();
-    let mut ws = runtime.block_on(async {
+    let ws = runtime.block_on(async {
         let k = KeyPair::generate(&mut OsRng);
         let (ws, answer) = login_as(&url, &k.identity(), &k).await;
         assert!(matches!(answer, ServerMsg::Welcome { .. }));
         ws
     });
+    // Keep reading (and so answering the server's pings) from here on.
+    let reader = runtime.spawn(async move {
+        let mut ws = ws;
+        loop {
+            match ws.next().await {
+                Some(Ok(Frame::Close(_))) | None => return true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return false,
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
     let pid = server.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    runtime.block_on(async {
-        let got = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Frame::Close(_))) | None => return true,
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) => return false,
-                }
-            }
-        })
-        .await;
-        assert_eq!(got, Ok(true), "a close frame on shutdown");
-    });
+    let got =
+        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), reader).await });
+    assert!(
+        matches!(got, Ok(Ok(true))),
+        "a close frame on shutdown: {got:?}"
+    );
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
@@ -547,4 +552,81 @@ fn without_a_server_fake_ips_are_local_to_the_process() {
     assert_eq!(get_ipv4_fake_ip_type(ip), FakeIpType::LocalIpv4);
     assert_eq!(ports.len(), 1);
     assert_eq!(s.get_real_identity_for_fake_ip(ip), Some(s.get_identity()));
+}
+
+#[test]
+fn limits_rate_clients_login_time_and_idle_time_are_enforced() {
+    let server = Process::start(&[
+        "--rate",
+        "5",
+        "--max-clients",
+        "3",
+        "--login-timeout",
+        "1",
+        "--idle-timeout",
+        "2",
+    ]);
+    let url = server.url();
+    rt().block_on(async {
+        let k = KeyPair::generate(&mut OsRng);
+        let (mut ws, _) = login_as(&url, &k.identity(), &k).await;
+        // Rate: 5 per second, burst 10: a quick 25 draw rate_limited errors (fewer than the
+        // 20 errors after which the server gives up on a client).
+        for n in 0..25 {
+            send(
+                &mut ws,
+                &ClientMsg::FakeipResolve {
+                    id: n,
+                    ip: "169.254.9.9".into(),
+                },
+            )
+            .await;
+        }
+        let mut limited = 0;
+        for _ in 0..25 {
+            if error_code(&recv(&mut ws).await) == "rate_limited" {
+                limited += 1;
+            }
+        }
+        assert!(limited >= 10, "{limited} of 25 refused");
+        // Login time: a client that never logs in is closed.
+        let (mut lazy, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let _challenge = recv(&mut lazy).await;
+        assert_eq!(error_code(&recv(&mut lazy).await), "timeout");
+        // Idle time: a logged-in client that goes silent (no pongs either) is closed.
+        let k2 = KeyPair::generate(&mut OsRng);
+        let (mut quiet, _) = login_as(&url, &k2.identity(), &k2).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The server has given up on it: reading ends in the error text, a close, or (as
+        // answering the pings queued meanwhile writes to a closed socket) an error.
+        let mut ended = false;
+        while let Ok(next) = tokio::time::timeout(Duration::from_secs(2), quiet.next()).await {
+            match next {
+                Some(Ok(Frame::Text(t))) if t.as_str().contains("\"timeout\"") => ended = true,
+                Some(Ok(Frame::Close(_))) | Some(Err(_)) | None => {
+                    ended = true;
+                    break;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+        let timed_out = ended;
+        assert!(timed_out, "the idle client was told and closed");
+        // Clients: 3 at most. (The first client may be gone already: too many errors.)
+        drop(ws);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let k = KeyPair::generate(&mut OsRng);
+            let (w, answer) = login_as(&url, &k.identity(), &k).await;
+            assert!(matches!(answer, ServerMsg::Welcome { .. }), "{answer:?}");
+            held.push(w);
+        }
+        let (mut full, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        assert_eq!(error_code(&recv(&mut full).await), "server_full");
+    });
 }
