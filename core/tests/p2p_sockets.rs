@@ -5,7 +5,7 @@
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::api::{Signaling, SignalingRecvContext};
 use punchline::identity::Identity;
-use punchline::{ConnectionHandle, ConnectionState, EndReason, SendFlags, Sockets};
+use punchline::{ConnectionHandle, ConnectionState, EndReason, SendFlags, Sockets, SocketsConfig};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::sync::{mpsc, Arc, Mutex};
@@ -110,7 +110,12 @@ impl Hub {
 }
 
 fn peer(hub: &Arc<Hub>, peers: &Mutex<Vec<(Identity, Peer)>>, policy: Policy) -> Sockets {
-    let s = Sockets::new().unwrap();
+    // P2P on loopback only: peers are told nothing but 127.0.0.1.
+    let s = Sockets::with_config(SocketsConfig {
+        p2p_bind: Some("127.0.0.1:0".parse().unwrap()),
+        ..SocketsConfig::default()
+    })
+    .unwrap();
     s.set_signaling(Arc::new(Route { hub: hub.clone() }));
     peers.lock().unwrap().push((
         s.get_identity(),

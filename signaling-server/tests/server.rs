@@ -74,6 +74,8 @@ fn peer(url: &str) -> (Sockets, KeyPair, std::sync::Arc<SignalingClient>) {
     let key = KeyPair::generate(&mut OsRng);
     let sockets = Sockets::with_config(SocketsConfig {
         key: Some(key.clone()),
+        // P2P on loopback only: peers are told nothing but 127.0.0.1.
+        p2p_bind: Some("127.0.0.1:0".parse().unwrap()),
         ..SocketsConfig::default()
     })
     .unwrap();

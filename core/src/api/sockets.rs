@@ -113,6 +113,10 @@ pub struct SocketsConfig {
     pub trusted: CertStore,
     /// The application id certificates must allow.
     pub app_id: Option<u32>,
+    /// Where P2P connections bind their socket. `None` (the default): every interface, and
+    /// peers are told this host's interface addresses (loopback last). A specific address
+    /// (say `127.0.0.1:0` for tests on one host) is the only one peers are told.
+    pub p2p_bind: Option<SocketAddr>,
 }
 
 /// Where a config value is read or written.
@@ -345,6 +349,8 @@ struct State {
     p2p_endpoint: Option<EpId>,
     /// The signaling `connect_p2p` uses.
     signaling: Option<Arc<dyn Signaling>>,
+    /// Where the P2P socket binds (`None`: every interface).
+    p2p_bind: Option<SocketAddr>,
     /// Where global fake IPs come from (the signaling client).
     fake_ip_provider: Option<Arc<dyn FakeIpProvider>>,
     /// Our fake IP and ports, once allocated; whether a request is under way.
@@ -418,6 +424,7 @@ impl Sockets {
             credentials,
             p2p_endpoint: None,
             signaling: None,
+            p2p_bind: cfg.p2p_bind,
             fake_ip_provider: None,
             fake_ip: None,
             fake_ip_pending: false,
@@ -777,7 +784,11 @@ impl Sockets {
         if let Some(ep) = self.state().p2p_endpoint {
             return Ok(ep);
         }
-        let io = self.bind((Ipv4Addr::UNSPECIFIED, 0).into())?;
+        let bind = self
+            .state()
+            .p2p_bind
+            .unwrap_or((Ipv4Addr::UNSPECIFIED, 0).into());
+        let io = self.bind(bind)?;
         let local = io.local_addr().map_err(io_err)?;
         let mut st = self.state();
         if let Some(ep) = st.p2p_endpoint {
@@ -1950,14 +1961,28 @@ fn resolve_int(st: &State, store: &ConfigStore, value: ConfigValue) -> i32 {
         .unwrap_or(0)
 }
 
-/// Where peers can reach a P2P socket bound to `local`: the address itself, or loopback when
-/// bound to all interfaces.
+/// Where peers can reach a P2P socket bound to `local`: the address itself; or, bound to
+/// every interface, each interface's address of its family (loopback last, as it only
+/// reaches peers on this host).
 fn p2p_candidates(local: SocketAddr) -> Vec<SocketAddr> {
-    if local.ip().is_unspecified() {
-        vec![SocketAddr::new(Ipv4Addr::LOCALHOST.into(), local.port())]
-    } else {
-        vec![local]
+    if !local.ip().is_unspecified() {
+        return vec![local];
     }
+    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| ip.is_ipv4() == local.is_ipv4() && !ip.is_loopback())
+        .map(|ip| SocketAddr::new(ip, local.port()))
+        .collect();
+    out.truncate(crate::proto::rendezvous::MAX_CANDIDATES - 1);
+    let loopback: IpAddr = if local.is_ipv4() {
+        Ipv4Addr::LOCALHOST.into()
+    } else {
+        Ipv6Addr::LOCALHOST.into()
+    };
+    out.push(SocketAddr::new(loopback, local.port()));
+    out
 }
 
 /// Process-local fake IPs handed out so far (169.254.0.1 up).

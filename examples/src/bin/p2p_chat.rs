@@ -52,9 +52,12 @@ struct Peer {
     _signaling: Arc<SignalingClient>,
 }
 
-fn peer(url: &str, key: &KeyPair) -> Result<Peer, String> {
+/// A peer logged in to the server at `url`; `local_only` keeps its P2P traffic on loopback
+/// (the demo), else peers are told every interface address.
+fn peer(url: &str, key: &KeyPair, local_only: bool) -> Result<Peer, String> {
     let sockets = Sockets::with_config(SocketsConfig {
         key: Some(key.clone()),
+        p2p_bind: local_only.then(|| "127.0.0.1:0".parse().expect("valid")),
         ..SocketsConfig::default()
     })
     .map_err(|e| e.to_string())?;
@@ -101,8 +104,8 @@ fn demo() -> Result<(), String> {
         KeyPair::generate(&mut rand_core::OsRng),
         KeyPair::generate(&mut rand_core::OsRng),
     );
-    let alice = peer(&url, &ka)?;
-    let bob = peer(&url, &kb)?;
+    let alice = peer(&url, &ka, true)?;
+    let bob = peer(&url, &kb, true)?;
     println!("alice is {}", ka.identity());
     println!("bob   is {}", kb.identity());
     let mut events = alice.sockets.status_events();
@@ -267,7 +270,7 @@ fn main() {
             let url = flag(&args, "--server").unwrap_or_else(|| usage());
             (|| {
                 let k = key(flag(&args, "--key"))?;
-                let p = peer(&url, &k)?;
+                let p = peer(&url, &k, false)?;
                 println!("I am {}", k.identity());
                 if mode == "listen" {
                     p.sockets
