@@ -632,3 +632,65 @@ fn limits_rate_clients_login_time_and_idle_time_are_enforced() {
         assert_eq!(error_code(&recv(&mut full).await), "server_full");
     });
 }
+
+#[test]
+fn a_certificate_from_a_trusted_ca_proves_a_named_identity() {
+    use punchline::identity::Certificate;
+    let ca = KeyPair::generate(&mut OsRng);
+    let dir = std::env::temp_dir().join(format!("punchline-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("trusted-ca.txt");
+    std::fs::write(&ca_file, format!("# test CA\n{}\n", ca.public_key())).unwrap();
+    let server = Process::start(&["--trusted-ca", ca_file.to_str().unwrap()]);
+    let url = server.url();
+    let alice = Identity::generic_string("alice").unwrap();
+    let key = KeyPair::generate(&mut OsRng);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let cert = Certificate::issue(
+        &ca,
+        alice.clone(),
+        key.public_key(),
+        now - 60,
+        now + 3600,
+        vec![],
+    )
+    .unwrap();
+    let other_ca = KeyPair::generate(&mut OsRng);
+    let forged = Certificate::issue(
+        &other_ca,
+        alice.clone(),
+        key.public_key(),
+        now - 60,
+        now + 3600,
+        vec![],
+    )
+    .unwrap();
+    rt().block_on(async {
+        for (cert, ok) in [(&cert, true), (&forged, false)] {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .unwrap();
+            let ServerMsg::Challenge { nonce, .. } = recv(&mut ws).await else {
+                panic!("no challenge")
+            };
+            let nonce = protocol::unbase64(&nonce, 64).unwrap();
+            let login = protocol::login(&key, &alice, &nonce, Some(cert.to_base64()));
+            send(&mut ws, &login).await;
+            let answer = recv(&mut ws).await;
+            if ok {
+                assert_eq!(
+                    answer,
+                    ServerMsg::Welcome {
+                        identity: "str:alice".into()
+                    }
+                );
+            } else {
+                assert_eq!(error_code(&answer), "auth_failed", "{answer:?}");
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
