@@ -119,17 +119,22 @@ impl<'a> Reader<'a> {
         }
         Ok(value)
     }
-    /// Reads a UTF-8 string of at most `max` bytes preceded by a one-byte length.
-    pub fn short_string(&mut self, max: usize) -> Result<String, DecodeError> {
+    /// Reads at most `max` bytes preceded by a one-byte length; `what` names them in errors.
+    pub fn short_bytes(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = self.u8()? as usize;
         if len > max {
             return Err(DecodeError::TooLarge {
-                what: "string length",
+                what,
                 value: len as u64,
                 max: max as u64,
             });
         }
-        String::from_utf8(self.bytes(len)?.to_vec())
+        self.bytes(len)
+    }
+
+    /// Reads a UTF-8 string of at most `max` bytes preceded by a one-byte length.
+    pub fn short_string(&mut self, max: usize) -> Result<String, DecodeError> {
+        String::from_utf8(self.short_bytes("string length", max)?.to_vec())
             .map_err(|_| DecodeError::Malformed("string is not UTF-8"))
     }
 }
@@ -427,15 +432,7 @@ impl Frame {
             }
             FRAME_CLOSED => Frame::Closed,
             FRAME_ADDRESS_TOKEN => {
-                let len = r.u8()? as usize;
-                if len > MAX_TOKEN_LEN {
-                    return Err(DecodeError::TooLarge {
-                        what: "address token",
-                        value: len as u64,
-                        max: MAX_TOKEN_LEN as u64,
-                    });
-                }
-                Frame::AddressToken(r.bytes(len)?.to_vec())
+                Frame::AddressToken(r.short_bytes("address token", MAX_TOKEN_LEN)?.to_vec())
             }
             tag => return Err(DecodeError::UnknownType { what: "frame", tag }),
         };
