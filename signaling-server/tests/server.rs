@@ -546,14 +546,42 @@ fn the_fake_ip_calls_allocate_through_the_server_and_resolve_identities() {
 
 #[test]
 fn without_a_server_fake_ips_are_local_to_the_process() {
+    use punchline::api::config::CallbackFn;
+    use punchline::api::fakeip::FakeIpResult;
     use punchline::api::fakeip::{get_ipv4_fake_ip_type, FakeIpType};
+    use punchline::api::ConfigTarget;
     let s = Sockets::new().unwrap();
+    let results: std::sync::Arc<std::sync::Mutex<Vec<FakeIpResult>>> = Default::default();
+    let r2 = results.clone();
+    let cb = CallbackFn(std::sync::Arc::new(move |arg: &dyn std::any::Any| {
+        if let Some(r) = arg.downcast_ref::<FakeIpResult>() {
+            r2.lock().unwrap().push(r.clone());
+        }
+    }));
+    s.set_config_value(
+        ConfigValue::CallbackFakeIpResult,
+        ConfigTarget::Global,
+        Some(ConfigData::Ptr(Some(cb))),
+    )
+    .unwrap();
     assert!(!s.begin_async_request_fake_ip(5), "at most 4 ports");
     assert!(s.begin_async_request_fake_ip(1));
     let (ip, ports) = s.get_fake_ip().expect("allocated at once");
     assert_eq!(get_ipv4_fake_ip_type(ip), FakeIpType::LocalIpv4);
     assert_eq!(ports.len(), 1);
     assert_eq!(s.get_real_identity_for_fake_ip(ip), Some(s.get_identity()));
+    // The result reaches the callback on the thread that runs callbacks.
+    s.run_callbacks();
+    let got: Vec<FakeIpResult> = results
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.ip == ip)
+        .cloned()
+        .collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].result, Ok(()));
+    assert_eq!(got[0].identity, s.get_identity());
 }
 
 #[test]
