@@ -257,6 +257,13 @@ fn an_ignored_request_times_out() {
     });
     assert_eq!(net.state(0, c), ConnectionState::ProblemDetectedLocally);
     assert!(net.requests[1].len() > 1, "the request was sent again");
+    // Its close goes unanswered too; the session gives up after a while.
+    net.run_until(Duration::from_secs(40), |_| false);
+    assert_eq!(
+        net.sim.nodes[0].endpoint.poll_signal_timeout(),
+        None,
+        "no session left retransmitting"
+    );
 }
 
 #[test]

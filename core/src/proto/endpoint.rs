@@ -57,6 +57,9 @@ const COOKIE_LIFETIME: Duration = Duration::from_secs(10);
 const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Address tokens a client endpoint keeps (one per server address).
 const MAX_TOKENS: usize = 1024;
+/// How long the close of a P2P connection that never connected is sent again, at most
+/// (the peer may be gone).
+const SESSION_LINGER: Duration = Duration::from_secs(20);
 /// Datagrams of stateless replies (retries, rejections) held before more are dropped: room
 /// for a full receive batch of hellos (a batch can carry well over a thousand with GRO).
 const MAX_QUEUED_REPLIES: usize = 4096;
@@ -94,8 +97,9 @@ pub struct Endpoint {
     rx_arena: BytesMut,
     /// P2P rendezvous sessions by id, with the connection each serves.
     sessions: HashMap<u64, (u32, Session)>,
-    /// Sessions whose connection ended before connecting and whose peer was told.
-    closing_sessions: HashSet<u64>,
+    /// Sessions whose connection ended before connecting, and when the peer was told: kept
+    /// until the close is acknowledged, or for [`SESSION_LINGER`] at most.
+    closing_sessions: HashMap<u64, Instant>,
     /// Where peers can reach this endpoint, for rendezvous messages.
     p2p_candidates: Vec<SocketAddr>,
 }
@@ -162,7 +166,7 @@ impl Endpoint {
             connecting: HashSet::new(),
             rx_arena: BytesMut::new(),
             sessions: HashMap::new(),
-            closing_sessions: HashSet::new(),
+            closing_sessions: HashMap::new(),
             p2p_candidates: Vec::new(),
         }
     }
@@ -486,9 +490,9 @@ impl Endpoint {
                     | ConnectionState::FindingRoute
                     | ConnectionState::Connected
             );
-            if ended && !self.closing_sessions.contains(sid) {
+            if ended && !self.closing_sessions.contains_key(sid) {
                 // Ended before it connected (or the peer may still be waiting): say so.
-                self.closing_sessions.insert(*sid);
+                self.closing_sessions.insert(*sid, now);
                 if state != ConnectionState::ClosedByPeer {
                     let (reason, debug) = c
                         .map_or((EndReason::APP_GENERIC.0, String::new()), |c| {
@@ -502,7 +506,11 @@ impl Endpoint {
                     out = Some((ConnId(*id), s.peer.clone(), m.encode()));
                 }
             }
-            if s.all_acked() && (ended || state == ConnectionState::Connected) {
+            let given_up = self
+                .closing_sessions
+                .get(sid)
+                .is_some_and(|t| now.saturating_duration_since(*t) > SESSION_LINGER);
+            if given_up || (s.all_acked() && (ended || state == ConnectionState::Connected)) {
                 done.push(*sid);
             }
         }
