@@ -9,7 +9,9 @@
 //! ```
 //!
 //! `--key FILE` keeps the identity across runs (the file is created when missing); without
-//! it each run gets a fresh identity. Lines typed are sent to the peer(s); `/quit` leaves.
+//! it each run gets a fresh identity. `--local` keeps the P2P traffic on loopback (both peers
+//! on this host); otherwise peers are told every interface address. Lines typed are sent to
+//! the peer(s); `/quit` leaves.
 
 use punchline::identity::{Identity, KeyPair};
 use punchline::{ConnectionHandle, ConnectionState, SendFlags, Sockets, SocketsConfig};
@@ -22,8 +24,8 @@ const VPORT: u16 = 1;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: p2p_chat demo\n       p2p_chat listen --server URL [--key FILE]\n       \
-         p2p_chat connect --server URL --peer IDENTITY [--key FILE]"
+        "usage: p2p_chat demo\n       p2p_chat listen --server URL [--key FILE] [--local]\n       \
+         p2p_chat connect --server URL --peer IDENTITY [--key FILE] [--local]"
     );
     std::process::exit(2);
 }
@@ -270,7 +272,7 @@ fn main() {
             let url = flag(&args, "--server").unwrap_or_else(|| usage());
             (|| {
                 let k = key(flag(&args, "--key"))?;
-                let p = peer(&url, &k, false)?;
+                let p = peer(&url, &k, args.iter().any(|a| a == "--local"))?;
                 println!("I am {}", k.identity());
                 if mode == "listen" {
                     p.sockets
