@@ -162,6 +162,13 @@ impl SignalingClient {
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
+
+    /// Logs out and stops the client's thread. The `Sockets` it served keeps a reference to
+    /// it as its signaling (and the thread one to the `Sockets`), so neither is freed while
+    /// the client runs: call this when done with both.
+    pub fn disconnect(&self) {
+        let _ = self.route.tx.send(Cmd::Stop);
+    }
 }
 
 struct Job {
