@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 enum Policy {
     Accept,
     Refuse,
+    Ignore,
 }
 
 /// Delivers signals between registered `Sockets` on its own thread, losing and duplicating
@@ -64,6 +65,7 @@ impl SignalingRecvContext for Ctx {
                     .close_connection(connection, 1042, "not today", false);
                 None
             }
+            Policy::Ignore => None,
         }
     }
 
@@ -289,4 +291,22 @@ fn symmetric_connect_through_the_api_gives_one_connection_each_side() {
             );
         }
     }
+}
+
+#[test]
+fn an_ignored_request_is_never_seen_by_the_application() {
+    let (hub, peers) = Hub::start(0, 0, 3);
+    let a = peer(&hub, &peers, Policy::Accept);
+    let b = peer(&hub, &peers, Policy::Ignore);
+    let mut b_events = b.status_events();
+    b.create_listen_socket_p2p(0, &[]).unwrap();
+    let c = a.connect_p2p(&b.get_identity(), 0, &[]).unwrap();
+    // The request is sent again and again, and ignored each time.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(b_events.try_recv().is_none(), "no connection was reported");
+    assert_eq!(
+        state(&a, c),
+        ConnectionState::Connecting,
+        "no answer came back"
+    );
 }

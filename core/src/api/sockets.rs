@@ -358,6 +358,9 @@ struct State {
     fake_ip_pending: bool,
     /// Fake IPs known to stand for identities.
     fake_ip_identities: HashMap<Ipv4Addr, Identity>,
+    /// P2P connect requests the application is deciding on: their status changes wait here
+    /// (as old states), reported once accepted, dropped if not.
+    undecided: HashMap<ConnectionHandle, Vec<ConnectionState>>,
     /// Signaling for particular P2P connections (custom signaling, or accepted requests), by
     /// their id on the P2P endpoint (it outlives the handle: a close is signaled after).
     conn_signaling: HashMap<ConnId, Arc<dyn Signaling>>,
@@ -430,6 +433,7 @@ impl Sockets {
             fake_ip_pending: false,
             fake_ip_identities: HashMap::new(),
             conn_signaling: HashMap::new(),
+            undecided: HashMap::new(),
         };
         Ok(Self {
             shared: Arc::new(Shared {
@@ -642,12 +646,18 @@ impl Sockets {
             .endpoint
             .accept_p2p_request(now, request.clone(), vport, cfg);
         let h = st.add_connection(ep, id, listen, store);
+        // Nobody hears of it until the application has decided.
+        st.undecided.insert(h, Vec::new());
         drop(st);
         let answer = ctx.on_connect_request(h, &peer, vport);
         let mut st = self.state();
+        let deferred = st.undecided.remove(&h).unwrap_or_default();
         match answer {
             Some(signaling) if st.conns.contains_key(&h) => {
                 st.conn_signaling.insert(id, signaling);
+                for old in deferred {
+                    st.report(h, old);
+                }
                 st.pump(ep);
             }
             _ => {
@@ -661,7 +671,7 @@ impl Sockets {
                     st.forget(h, &entry);
                 }
                 if let Some(e) = st.endpoints.get_mut(&ep) {
-                    e.endpoint.remove(id);
+                    e.endpoint.forget_p2p_request(id);
                     if refused {
                         let signal = e.endpoint.reject_p2p_request(&request, reason, "refused");
                         drop(st);
@@ -1852,18 +1862,27 @@ impl State {
                 }
                 None => continue, // closed by the application: no more reports
             };
-            let Ok(info) = self.info(handle) else {
+            if let Some(waiting) = self.undecided.get_mut(&handle) {
+                waiting.push(old);
                 continue;
-            };
-            let event = ConnectionStatusChanged {
-                connection: handle,
-                info,
-                old_state: old,
-            };
-            self.subscribers.retain(|s| s.send(event.clone()).is_ok());
-            if let Some(cb) = self.status_callback(handle) {
-                self.callbacks.push_back((Box::new(event), cb));
             }
+            self.report(handle, old);
+        }
+    }
+
+    /// Tells subscribers and the status callback that `handle` left state `old`.
+    fn report(&mut self, handle: ConnectionHandle, old: ConnectionState) {
+        let Ok(info) = self.info(handle) else {
+            return;
+        };
+        let event = ConnectionStatusChanged {
+            connection: handle,
+            info,
+            old_state: old,
+        };
+        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+        if let Some(cb) = self.status_callback(handle) {
+            self.callbacks.push_back((Box::new(event), cb));
         }
     }
 

@@ -456,6 +456,21 @@ impl Endpoint {
         ConnId(id)
     }
 
+    /// Drops a connection made by [`accept_p2p_request`](Self::accept_p2p_request) that the
+    /// application did not want, with its session, without a word to the peer.
+    pub fn forget_p2p_request(&mut self, id: ConnId) {
+        let session = self
+            .connections
+            .get(&id.0)
+            .and_then(|c| c.p2p().map(|p| p.session));
+        if let Some(s) = session {
+            if self.sessions.get(&s).is_some_and(|(c, _)| *c == id.0) {
+                self.sessions.remove(&s);
+            }
+        }
+        self.remove(id);
+    }
+
     /// Refuses a peer's connect request: returns the signal to send back (nothing is kept).
     pub fn reject_p2p_request(
         &self,
