@@ -406,6 +406,12 @@ impl Connection {
         if !self.awaits_hello() {
             return Err(Error::InvalidState);
         }
+        self.take_hello(from, incoming);
+        self.answer_hello(now, secret)
+    }
+
+    /// Server: a verified client hello from `from`, to answer once accepted.
+    fn take_hello(&mut self, from: SocketAddr, incoming: Incoming) {
         self.remote = from;
         self.remote_id = incoming.hello.client_id;
         self.amp_received = incoming.bytes.len() as u64;
@@ -415,7 +421,6 @@ impl Connection {
             hello: incoming.hello,
             bytes: incoming.bytes,
         };
-        self.answer_hello(now, secret)
     }
 
     /// The rendezvous says the peer refused or closed.
@@ -440,14 +445,7 @@ impl Connection {
         incoming: Incoming,
     ) -> Self {
         let mut c = Self::new(now, Side::Server, local_id, remote, config, creds);
-        c.remote_id = incoming.hello.client_id;
-        c.amp_received = incoming.bytes.len() as u64;
-        c.unencrypted = incoming.unencrypted;
-        c.peer = Some(incoming.peer);
-        c.handshake = Handshake::ServerPending {
-            hello: incoming.hello,
-            bytes: incoming.bytes,
-        };
+        c.take_hello(remote, incoming);
         c.set_state(ConnectionState::Connecting);
         c
     }
