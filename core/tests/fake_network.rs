@@ -120,6 +120,21 @@ fn assert_reliable_in_order(got: &[Message], n: usize, what: &str) {
     }
 }
 
+/// A connected socket pair over the given transport.
+fn pair(s: &Sockets, net: bool, name: &str) -> (ConnectionHandle, ConnectionHandle) {
+    s.create_socket_pair(net, None, None)
+        .unwrap_or_else(|e| panic!("{name}: pair: {e}"))
+}
+
+/// Sends `n` numbered messages of `len` bytes, 1 ms apart, each in its own packet.
+fn send_spaced(s: &Sockets, h: ConnectionHandle, n: u32, len: usize, flags: SendFlags) {
+    for i in 0..n {
+        s.send_message_to_connection(h, numbered(i, len), flags)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn inversions(got: &[Message]) -> usize {
     got.windows(2)
         .filter(|w| number(&w[0]) > number(&w[1]))
@@ -134,9 +149,7 @@ fn lag_and_loss_apply(lag: ConfigValue, lag_ms: i32, loss: ConfigValue, loss_pct
     let f = Fake::set(&[]);
     let s = &f.sockets;
     for (net, name) in TRANSPORTS {
-        let (a, b) = s
-            .create_socket_pair(net, None, None)
-            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
+        let (a, b) = pair(s, net, name);
         f.apply(&[
             (lag, ConfigData::Int32(lag_ms)),
             (loss, ConfigData::Float(loss_pct)),
@@ -193,9 +206,7 @@ fn duplicated_packets_never_duplicate_messages() {
     ]);
     let s = &f.sockets;
     for (net, name) in TRANSPORTS {
-        let (a, b) = s
-            .create_socket_pair(net, None, None)
-            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
+        let (a, b) = pair(s, net, name);
         for i in 0..100 {
             s.send_message_to_connection(a, numbered(i, 200), SendFlags::RELIABLE_NO_NAGLE)
                 .unwrap();
@@ -232,15 +243,9 @@ fn reorder_lets_later_packets_overtake_and_reliable_order_holds() {
     ]);
     let s = &f.sockets;
     for (net, name) in TRANSPORTS {
-        let (a, b) = s
-            .create_socket_pair(net, None, None)
-            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
+        let (a, b) = pair(s, net, name);
         // Unreliable messages come out as their packets arrive: reordering shows.
-        for i in 0..200 {
-            s.send_message_to_connection(a, numbered(i, 100), SendFlags::UNRELIABLE_NO_NAGLE)
-                .unwrap();
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        send_spaced(s, a, 200, 100, SendFlags::UNRELIABLE_NO_NAGLE);
         let got = receive_n(s, b, 200, Duration::from_secs(10));
         assert!(
             got.len() >= 190,
@@ -249,11 +254,7 @@ fn reorder_lets_later_packets_overtake_and_reliable_order_holds() {
         );
         assert!(inversions(&got) > 5, "{name}: some packets overtaken");
         // Reliable ones are put back in order.
-        for i in 0..200 {
-            s.send_message_to_connection(a, numbered(i, 100), SendFlags::RELIABLE_NO_NAGLE)
-                .unwrap();
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        send_spaced(s, a, 200, 100, SendFlags::RELIABLE_NO_NAGLE);
         let got = receive_n(s, b, 200, Duration::from_secs(30));
         assert_reliable_in_order(&got, 200, name);
     }
@@ -269,14 +270,8 @@ fn jitter_delays_and_clumps_but_never_reorders() {
     ]);
     let s = &f.sockets;
     for (net, name) in TRANSPORTS {
-        let (a, b) = s
-            .create_socket_pair(net, None, None)
-            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
-        for i in 0..200 {
-            s.send_message_to_connection(a, numbered(i, 100), SendFlags::UNRELIABLE_NO_NAGLE)
-                .unwrap();
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let (a, b) = pair(s, net, name);
+        send_spaced(s, a, 200, 100, SendFlags::UNRELIABLE_NO_NAGLE);
         let got = receive_n(s, b, 200, Duration::from_secs(10));
         assert_eq!(got.len(), 200, "{name}: jitter never drops");
         assert_eq!(inversions(&got), 0, "{name}: jitter alone never reorders");
@@ -304,9 +299,7 @@ fn the_rate_limit_is_a_token_bucket() {
     ]);
     let s = &f.sockets;
     for (net, name) in TRANSPORTS {
-        let (a, b) = s
-            .create_socket_pair(net, None, None)
-            .unwrap_or_else(|e| panic!("{name}: pair: {e}"));
+        let (a, b) = pair(s, net, name);
         let total = 300_000;
         let start = Instant::now();
         for i in 0..(total / 1000) as u32 {

@@ -124,6 +124,20 @@ impl Net {
         done(&mut self.sim)
     }
 
+    /// Node `from` connects to node `to`'s identity through the rendezvous.
+    fn connect(&mut self, from: usize, to: usize, vport: u16, symmetric: bool) -> ConnId {
+        let peer = identity(&self.sim, to);
+        let now = self.sim.now;
+        self.sim.nodes[from].endpoint.connect_p2p(
+            now,
+            peer,
+            vport,
+            vport,
+            symmetric,
+            ConnectionConfig::default(),
+        )
+    }
+
     fn conns(&self, node: usize) -> Vec<ConnId> {
         self.sim.nodes[node].endpoint.connection_ids().collect()
     }
@@ -228,11 +242,7 @@ fn the_rendezvous_survives_30_percent_signal_loss_and_50_percent_duplication() {
 fn a_refused_request_ends_the_connection_with_the_reason() {
     let mut net = Net::new(2, 0, 0);
     net.policy = Policy::Reject;
-    let b = identity(&net.sim, 1);
-    let now = net.sim.now;
-    let c = net.sim.nodes[0]
-        .endpoint
-        .connect_p2p(now, b, 0, 0, false, ConnectionConfig::default());
+    let c = net.connect(0, 1, 0, false);
     net.run_until(Duration::from_secs(5), |sim| {
         sim.state(0, c) != ConnectionState::Connecting
     });
@@ -247,11 +257,7 @@ fn a_refused_request_ends_the_connection_with_the_reason() {
 fn an_ignored_request_times_out() {
     let mut net = Net::new(3, 0, 0);
     net.policy = Policy::Ignore;
-    let b = identity(&net.sim, 1);
-    let now = net.sim.now;
-    let c = net.sim.nodes[0]
-        .endpoint
-        .connect_p2p(now, b, 0, 0, false, ConnectionConfig::default());
+    let c = net.connect(0, 1, 0, false);
     net.run_until(Duration::from_secs(30), |sim| {
         sim.state(0, c) != ConnectionState::Connecting
     });
