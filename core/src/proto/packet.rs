@@ -181,15 +181,7 @@ impl ClientHello {
             return Err(DecodeError::Malformed("unencrypted setting above 3"));
         }
         let creds = Credentials::decode(&mut r)?;
-        let cookie_len = r.u8()? as usize;
-        if cookie_len > MAX_COOKIE_LEN {
-            return Err(DecodeError::TooLarge {
-                what: "cookie length",
-                value: cookie_len as u64,
-                max: MAX_COOKIE_LEN as u64,
-            });
-        }
-        let cookie = r.bytes(cookie_len)?.to_vec();
+        let cookie = r.short_bytes("cookie length", MAX_COOKIE_LEN)?.to_vec();
         let signature = match creds.key {
             Some(_) => Some(Signature::from_bytes(r.array()?)),
             None => None,
@@ -372,17 +364,9 @@ impl Control {
         let out = match kind {
             RETRY => {
                 let client_id = r.u32()?;
-                let len = r.u8()? as usize;
-                if len > MAX_COOKIE_LEN {
-                    return Err(DecodeError::TooLarge {
-                        what: "cookie length",
-                        value: len as u64,
-                        max: MAX_COOKIE_LEN as u64,
-                    });
-                }
                 Control::Retry {
                     client_id,
-                    cookie: r.bytes(len)?.to_vec(),
+                    cookie: r.short_bytes("cookie length", MAX_COOKIE_LEN)?.to_vec(),
                 }
             }
             REJECT => Control::Reject {
