@@ -11,6 +11,7 @@ pub mod netcond;
 pub mod proto;
 pub mod runtime;
 pub mod sim;
+pub mod transport;
 
 pub use api::{
     ConnectionHandle, ConnectionInfo, ConnectionStatusChanged, ListenSocketHandle, Message,

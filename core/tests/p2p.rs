@@ -355,6 +355,7 @@ fn a_peer_that_is_not_who_the_rendezvous_named_is_refused() {
         from: b,
         to: a,
         body: Body::ConnectAccept {
+            transport: 0,
             candidates: vec![net.sim.nodes[i].addr],
         },
     };

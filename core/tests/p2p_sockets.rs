@@ -228,6 +228,7 @@ fn a_refused_connection_ends_with_the_refusers_reason() {
     let info = a.get_connection_info(c).unwrap();
     assert_eq!(info.state, ConnectionState::ClosedByPeer);
     assert_eq!(info.end_reason, EndReason(1042));
+    assert_eq!(info.end_debug, "not today");
 }
 
 #[test]

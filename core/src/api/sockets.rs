@@ -17,6 +17,10 @@ use crate::proto::{
     Endpoint, EndpointConfig, Error, Event, SendFlags,
 };
 use crate::runtime::{drive, Driven, FakeConditions, Inbox, Io, Outbox, Service, Wake};
+use crate::transport::{
+    self, is_path_addr, path_addr, Path, PathConfig, PathNote, PathParams, PathSink, RouteInfo,
+    RouteKind, Transport,
+};
 use bytes::Bytes;
 use punchline_identity::{CertStore, Certificate, Identity, KeyPair};
 use rand_core::{OsRng, RngCore};
@@ -220,6 +224,9 @@ pub struct ConnectionInfo {
     pub description: String,
     /// Info flags.
     pub flags: ConnectionInfoFlags,
+    /// What carries a P2P connection through a transport (ICE): direct or relayed.
+    /// [`RouteKind::None`] for connections by IP address, whose route is the address.
+    pub route: RouteKind,
 }
 
 /// A connection's state changed.
@@ -331,6 +338,23 @@ struct ListenEntry {
     vport: Option<u16>,
 }
 
+/// A P2P connect request the application is deciding on.
+#[derive(Debug, Default)]
+struct Undecided {
+    /// Status changes held back (as old states).
+    deferred: Vec<ConnectionState>,
+    /// The application closed it: refused, with this reason and text.
+    refusal: Option<(EndReason, String)>,
+}
+
+/// A P2P connection's transport path.
+#[derive(Debug)]
+struct PathEntry {
+    path: Arc<dyn Path>,
+    addr: SocketAddr,
+    notes: Arc<Mutex<VecDeque<PathNote>>>,
+}
+
 struct State {
     endpoints: FxHashMap<EpId, EpState>,
     conns: FxHashMap<ConnectionHandle, ConnEntry>,
@@ -351,6 +375,18 @@ struct State {
     signaling: Option<Arc<dyn Signaling>>,
     /// Where the P2P socket binds (`None`: every interface).
     p2p_bind: Option<SocketAddr>,
+    /// The transport P2P connections find their paths with (`None`: direct UDP).
+    p2p_transport: Option<Arc<dyn Transport>>,
+    /// Paths of P2P connections, by their id on the P2P endpoint.
+    paths: HashMap<ConnId, PathEntry>,
+    /// Where received path datagrams go (to the P2P endpoint's driver).
+    path_tx: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
+    /// Paths numbered so far (for their stand-in addresses).
+    paths_made: u32,
+    /// The paths again, by stand-in address, for the driver.
+    path_table: PathTable,
+    /// The service runtime, where transports run their tasks.
+    runtime: tokio::runtime::Handle,
     /// Where global fake IPs come from (the signaling client).
     fake_ip_provider: Option<Arc<dyn FakeIpProvider>>,
     /// Our fake IP and ports, once allocated; whether a request is under way.
@@ -358,9 +394,9 @@ struct State {
     fake_ip_pending: bool,
     /// Fake IPs known to stand for identities.
     fake_ip_identities: HashMap<Ipv4Addr, Identity>,
-    /// P2P connect requests the application is deciding on: their status changes wait here
-    /// (as old states), reported once accepted, dropped if not.
-    undecided: HashMap<ConnectionHandle, Vec<ConnectionState>>,
+    /// P2P connect requests the application is deciding on: their status changes wait here,
+    /// reported once accepted, dropped if not.
+    undecided: HashMap<ConnectionHandle, Undecided>,
     /// Signaling for particular P2P connections (custom signaling, or accepted requests), by
     /// their id on the P2P endpoint (it outlives the handle: a close is signaled after).
     conn_signaling: HashMap<ConnId, Arc<dyn Signaling>>,
@@ -383,6 +419,10 @@ struct Shared {
     /// Buffers for threads that read the sockets themselves while waiting.
     spin_inbox: Mutex<Inbox>,
 }
+
+/// Transport paths by their stand-in addresses, for the driver's sends (apart from the
+/// state, so that sending takes no lock the API holds).
+type PathTable = Arc<RwLock<HashMap<SocketAddr, Arc<dyn Path>>>>;
 
 /// The ISteamNetworkingSockets analog: listen sockets, connections, messages, poll groups.
 ///
@@ -428,6 +468,12 @@ impl Sockets {
             p2p_endpoint: None,
             signaling: None,
             p2p_bind: cfg.p2p_bind,
+            p2p_transport: None,
+            paths: HashMap::new(),
+            path_tx: None,
+            paths_made: 0,
+            path_table: PathTable::default(),
+            runtime: service.handle().clone(),
             fake_ip_provider: None,
             fake_ip: None,
             fake_ip_pending: false,
@@ -494,6 +540,19 @@ impl Sockets {
     /// through [`received_p2p_custom_signal`](Self::received_p2p_custom_signal).
     pub fn set_signaling(&self, signaling: Arc<dyn Signaling>) {
         self.state().signaling = Some(signaling);
+    }
+
+    /// Sets the transport P2P connections find their paths with (ICE: see the
+    /// `punchline-ice` crate). Without one, peers send to the first address the other
+    /// gives in the rendezvous: enough on one host or a LAN, not through NATs. Both peers
+    /// need the same transport; a peer without it answers with direct UDP.
+    pub fn set_p2p_transport(&self, transport: Arc<dyn Transport>) {
+        let mut st = self.state();
+        let id = transport.wire_id();
+        st.p2p_transport = Some(transport);
+        if let Some(e) = st.p2p_endpoint.and_then(|ep| st.endpoints.get_mut(&ep)) {
+            e.endpoint.set_p2p_transport(id);
+        }
     }
 
     /// Listens for P2P connections on virtual port `vport` (peers name it in `connect_p2p`).
@@ -647,11 +706,11 @@ impl Sockets {
             .accept_p2p_request(now, request.clone(), vport, cfg);
         let h = st.add_connection(ep, id, listen, store);
         // Nobody hears of it until the application has decided.
-        st.undecided.insert(h, Vec::new());
+        st.undecided.insert(h, Undecided::default());
         drop(st);
         let answer = ctx.on_connect_request(h, &peer, vport);
         let mut st = self.state();
-        let deferred = st.undecided.remove(&h).unwrap_or_default();
+        let Undecided { deferred, refusal } = st.undecided.remove(&h).unwrap_or_default();
         match answer {
             Some(signaling) if st.conns.contains_key(&h) => {
                 st.conn_signaling.insert(id, signaling);
@@ -661,19 +720,13 @@ impl Sockets {
                 st.pump(ep);
             }
             _ => {
-                let refused = !st.conns.contains_key(&h);
-                let reason = st
-                    .endpoints
-                    .get(&ep)
-                    .and_then(|e| e.endpoint.connection(id))
-                    .map_or(EndReason::APP_GENERIC, |c| c.end_reason());
                 if let Some(entry) = st.conns.remove(&h) {
                     st.forget(h, &entry);
                 }
                 if let Some(e) = st.endpoints.get_mut(&ep) {
                     e.endpoint.forget_p2p_request(id);
-                    if refused {
-                        let signal = e.endpoint.reject_p2p_request(&request, reason, "refused");
+                    if let Some((reason, debug)) = refusal {
+                        let signal = e.endpoint.reject_p2p_request(&request, reason, &debug);
                         drop(st);
                         ctx.send_rejection_signal(&peer, &signal);
                     }
@@ -814,12 +867,19 @@ impl Sockets {
             None,
         );
         let candidates = p2p_candidates(local);
+        let wire_id = st
+            .p2p_transport
+            .as_ref()
+            .map_or(transport::DIRECT, |t| t.wire_id());
         if let Some(e) = st.endpoints.get_mut(&ep) {
             e.endpoint.set_p2p_candidates(candidates);
+            e.endpoint.set_p2p_transport(wire_id);
         }
         st.p2p_endpoint = Some(ep);
+        let (tx, rx) = mpsc::channel(transport::PATH_INBOX);
+        st.path_tx = Some(tx);
         drop(st);
-        self.spawn_driver(ep, io);
+        self.spawn_driver_with(ep, io, Some(rx));
         Ok(ep)
     }
 
@@ -877,19 +937,27 @@ impl Sockets {
     }
 
     fn spawn_driver(&self, ep: EpId, io: Io) {
+        self.spawn_driver_with(ep, io, None);
+    }
+
+    fn spawn_driver_with(&self, ep: EpId, io: Io, side: Option<crate::runtime::SideInput>) {
         let io = Arc::new(io);
-        let nudge = match self.state().endpoints.get_mut(&ep) {
+        let mut st = self.state();
+        let paths = st.path_table.clone();
+        let nudge = match st.endpoints.get_mut(&ep) {
             Some(e) => {
                 e.io = Some(io.clone());
                 e.nudge.clone()
             }
             None => return,
         };
+        drop(st);
         let owner = EpDriver {
             shared: self.shared.clone(),
             ep,
+            paths,
         };
-        self.service.handle().spawn(drive(owner, io, nudge));
+        self.service.handle().spawn(drive(owner, io, nudge, side));
     }
 
     /// Accepts a connection waiting in Connecting.
@@ -934,6 +1002,9 @@ impl Sockets {
             r if EndReason(r).is_application() => EndReason(r),
             _ => EndReason::APP_EXCEPTION_GENERIC,
         };
+        if let Some(u) = st.undecided.get_mut(&h) {
+            u.refusal = Some((reason, debug.to_string()));
+        }
         if let Some(e) = st.endpoints.get_mut(&entry.ep) {
             if let Some(c) = e.endpoint.connection_mut(entry.id) {
                 c.close(Instant::now(), reason, debug, linger);
@@ -1185,6 +1256,18 @@ impl Sockets {
             .ok_or(Error::NoConnection)?;
         let s = c.stats();
         let p = c.path_status(Instant::now());
+        let mut route = String::new();
+        if st.paths.contains_key(&id) {
+            let r = st.route_info(id);
+            route = format!("\nroute: {:?}", r.kind);
+            if let Some(a) = r.remote {
+                route.push_str(&format!(" to {a}"));
+            }
+            for pair in &r.pairs {
+                route.push_str("\n  pair ");
+                route.push_str(pair);
+            }
+        }
         Ok(format!(
             "{desc}\n\
              state: {state:?}  end: {end:?} {debug:?}\n\
@@ -1196,7 +1279,7 @@ impl Sockets {
              totals: sent {ps} pkts / {bs} B, received {pr2} pkts / {br} B, lost {lost}, \
              retransmitted {rt} segments, {sp} spurious losses\n\
              dropped: {df} failed decryption, {rd} replays, {mf} malformed, {rb} receive-buffer\n\
-             messages: {ms} sent, {mr} received",
+             messages: {ms} sent, {mr} received{route}",
             desc = info.description,
             state = info.state,
             end = info.end_reason,
@@ -1426,6 +1509,7 @@ impl Sockets {
                         EpDriver {
                             shared: self.shared.clone(),
                             ep: *ep,
+                            paths: PathTable::default(),
                         }
                         .on_datagrams(Instant::now(), &inbox);
                         // The service thread sends what these call for and re-arms timers.
@@ -1644,19 +1728,10 @@ impl State {
         config: ConfigStore,
     ) -> ConnectionHandle {
         let h = ConnectionHandle(self.fresh_handle());
-        let user_data = {
-            let global = lock(&GLOBAL);
-            let mut chain = vec![&config];
-            if let Some(l) = listen.and_then(|l| self.listens.get(&l)) {
-                chain.push(&l.config);
-            }
-            chain.push(&self.interface);
-            chain.push(&global);
-            resolve(ConfigValue::ConnectionUserData, &chain)
-                .0
-                .as_i64()
-                .unwrap_or(-1)
-        };
+        let user_data = self
+            .conn_value(&config, listen, ConfigValue::ConnectionUserData)
+            .as_i64()
+            .unwrap_or(-1);
         self.conns.insert(
             h,
             ConnEntry {
@@ -1807,7 +1882,21 @@ impl State {
         if e.loopback_buffers {
             flags |= ConnectionInfoFlags::LOOPBACK_BUFFERS | ConnectionInfoFlags::FAST;
         }
-        let remote = c.remote_addr();
+        let mut remote = c.remote_addr();
+        let mut route = RouteKind::None;
+        if is_path_addr(&remote) || self.paths.contains_key(&entry.id) {
+            // A transport's path: its own route, not the stand-in address.
+            let r = self.route_info(entry.id);
+            route = r.kind;
+            remote = r
+                .remote
+                .unwrap_or_else(|| SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)));
+            match r.kind {
+                RouteKind::Relayed => flags |= ConnectionInfoFlags::RELAYED,
+                RouteKind::DirectLocal => flags |= ConnectionInfoFlags::FAST,
+                _ => {}
+            }
+        }
         let name = if entry.name.is_empty() {
             String::new()
         } else {
@@ -1827,11 +1916,147 @@ impl State {
             end_debug: c.end_debug().to_string(),
             description: format!("#{}{name} {remote}", h.0),
             flags,
+            route,
         })
+    }
+
+    /// The route of a P2P connection's transport path.
+    fn route_info(&self, id: ConnId) -> RouteInfo {
+        self.paths
+            .get(&id)
+            .map(|p| p.path.route())
+            .unwrap_or_default()
+    }
+
+    /// Moves things between the P2P endpoint and its connections' transport paths: what
+    /// the paths said (signals, readiness, failure), paths to start, signals from the peers'
+    /// paths; and closes the paths of connections that are gone.
+    fn service_paths(&mut self, ep: EpId) {
+        if self.p2p_endpoint != Some(ep) || !self.endpoints.contains_key(&ep) {
+            return;
+        }
+        let now = Instant::now();
+        let Some(e) = self.endpoints.get_mut(&ep) else {
+            return;
+        };
+        for (id, p) in &self.paths {
+            let notes: Vec<PathNote> = lock(&p.notes).drain(..).collect();
+            for n in notes {
+                match n {
+                    PathNote::Signal(data) => {
+                        if !e.endpoint.send_path_signal(now, *id, data) {
+                            tracing::debug!(conn = id.0, "path signal not sent");
+                        }
+                    }
+                    PathNote::Ready => e.endpoint.path_ready(*id, p.addr),
+                    PathNote::Failed(reason, debug) => e.endpoint.path_failed(*id, reason, &debug),
+                }
+            }
+        }
+        let starts: Vec<ConnId> = std::iter::from_fn(|| e.endpoint.poll_path_start()).collect();
+        for id in starts {
+            if let Err(why) = self.start_path(ep, id) {
+                tracing::debug!(conn = id.0, why, "no transport path started");
+            }
+        }
+        let Some(e) = self.endpoints.get_mut(&ep) else {
+            return;
+        };
+        while let Some((id, signal)) = e.endpoint.poll_path_signal() {
+            if let Some(p) = self.paths.get(&id) {
+                p.path.handle_signal(&signal);
+            }
+        }
+        let gone: Vec<ConnId> = self
+            .paths
+            .keys()
+            .filter(|id| e.endpoint.connection(**id).is_none())
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            let mut table = self.path_table.write().unwrap_or_else(|e| e.into_inner());
+            for id in gone {
+                if let Some(p) = self.paths.remove(&id) {
+                    table.remove(&p.addr);
+                    p.path.close();
+                }
+            }
+        }
+    }
+
+    /// Starts the transport path of P2P connection `id` on endpoint `ep`.
+    fn start_path(&mut self, ep: EpId, id: ConnId) -> Result<(), &'static str> {
+        let transport = self.p2p_transport.clone().ok_or("no transport set")?;
+        let tx = self.path_tx.clone().ok_or("no path input")?;
+        let h = self.by_proto.get(&(ep, id)).ok_or("handle released")?;
+        let entry = self.conns.get(h).ok_or("handle released")?;
+        let e = self.endpoints.get(&ep).ok_or("endpoint gone")?;
+        let c = e.endpoint.connection(id).ok_or("connection gone")?;
+        let p2p = c.p2p().ok_or("not a P2P connection")?;
+        let text = |v| {
+            self.conn_value(&entry.config, entry.listen, v)
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let int = |v| {
+            self.conn_value(&entry.config, entry.listen, v)
+                .as_i32()
+                .unwrap_or(0)
+        };
+        let config = PathConfig::from_values(
+            &text(ConfigValue::P2pStunServerList),
+            &text(ConfigValue::P2pTurnServerList),
+            &text(ConfigValue::P2pTurnUserList),
+            &text(ConfigValue::P2pTurnPassList),
+            int(ConfigValue::P2pTransportIceEnable),
+            int(ConfigValue::P2pTransportIcePenalty),
+            int(ConfigValue::P2pTransportIceImplementation),
+        );
+        let addr = path_addr(self.paths_made.wrapping_add(1));
+        let notes = Arc::new(Mutex::new(VecDeque::new()));
+        let sink = PathSink::new(addr, tx, notes.clone(), e.nudge.clone());
+        let params = PathParams {
+            local: self.credentials.identity(),
+            peer: p2p.peer.clone(),
+            session: p2p.session,
+            controlling: c.side() == crate::proto::Side::Client,
+            config,
+            runtime: self.runtime.clone(),
+        };
+        let path = transport.start_path(params, sink);
+        self.paths_made = self.paths_made.wrapping_add(1);
+        self.path_table
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, path.clone());
+        if let Some(old) = self.paths.insert(id, PathEntry { path, addr, notes }) {
+            old.path.close();
+        }
+        Ok(())
+    }
+
+    /// A config value as it applies to a connection with its own values `config`, accepted
+    /// by `listen`.
+    fn conn_value(
+        &self,
+        config: &ConfigStore,
+        listen: Option<ListenSocketHandle>,
+        value: ConfigValue,
+    ) -> ConfigData {
+        let global = lock(&GLOBAL);
+        let mut chain = vec![config];
+        if let Some(l) = listen.and_then(|l| self.listens.get(&l)) {
+            chain.push(&l.config);
+        }
+        chain.push(&self.interface);
+        chain.push(&global);
+        resolve(value, &chain).0
     }
 
     /// Turns an endpoint's protocol events into status changes for the application.
     fn pump(&mut self, ep: EpId) {
+        self.service_paths(ep);
         // Events that handling one event causes (an automatic accept) queue behind it.
         while let Some((id, Event::StateChanged { old, new })) = self
             .endpoints
@@ -1863,7 +2088,7 @@ impl State {
                 None => continue, // closed by the application: no more reports
             };
             if let Some(waiting) = self.undecided.get_mut(&handle) {
-                waiting.push(old);
+                waiting.deferred.push(old);
                 continue;
             }
             self.report(handle, old);
@@ -1889,17 +2114,13 @@ impl State {
     /// The status-change callback in effect for a connection.
     fn status_callback(&self, h: ConnectionHandle) -> Option<CallbackFn> {
         let c = self.conns.get(&h)?;
-        let global = lock(&GLOBAL);
-        let mut chain = vec![&c.config];
-        if let Some(l) = c.listen.and_then(|l| self.listens.get(&l)) {
-            chain.push(&l.config);
-        }
-        chain.push(&self.interface);
-        chain.push(&global);
-        resolve(ConfigValue::CallbackConnectionStatusChanged, &chain)
-            .0
-            .as_callback()
-            .cloned()
+        self.conn_value(
+            &c.config,
+            c.listen,
+            ConfigValue::CallbackConnectionStatusChanged,
+        )
+        .as_callback()
+        .cloned()
     }
 }
 
@@ -1907,9 +2128,25 @@ impl State {
 struct EpDriver {
     shared: Arc<Shared>,
     ep: EpId,
+    paths: PathTable,
 }
 
 impl Driven for EpDriver {
+    fn divert(&self, to: SocketAddr, data: &[u8]) -> bool {
+        if !is_path_addr(&to) {
+            return false;
+        }
+        if let Some(p) = self
+            .paths
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to)
+        {
+            p.send(data);
+        }
+        true
+    }
+
     fn fake(&self) -> FakeConditions {
         *FAKE.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -1928,6 +2165,8 @@ impl Driven for EpDriver {
 
     fn poll(&self, now: Instant, out: &mut Outbox) -> Wake {
         let mut st = lock(&self.shared.state);
+        // What paths said (a route found, say) may have packets to send now.
+        st.service_paths(self.ep);
         let Some(e) = st.endpoints.get_mut(&self.ep) else {
             return Wake::Stop;
         };

@@ -69,6 +69,9 @@ pub struct P2pInfo {
     pub remote_vport: u16,
     /// Symmetric connect mode.
     pub symmetric: bool,
+    /// The transport finding its path ([`DIRECT`](crate::transport::DIRECT): UDP to the
+    /// rendezvous candidates); settled when the peer accepts.
+    pub transport: u8,
 }
 
 /// Which side started the connection.
@@ -359,11 +362,44 @@ impl Connection {
     /// P2P client: the rendezvous found the peer at `addr`: send the hello there.
     pub(crate) fn set_route(&mut self, addr: SocketAddr) {
         if let Handshake::Client { due, .. } = &mut self.handshake {
-            if self.state == ConnectionState::Connecting {
+            if matches!(
+                self.state,
+                ConnectionState::Connecting | ConnectionState::FindingRoute
+            ) && !*due
+            {
                 self.remote = addr;
                 *due = true;
                 self.set_state(ConnectionState::FindingRoute);
             }
+        }
+    }
+
+    /// P2P client: the peer accepted and a transport is looking for the path.
+    pub(crate) fn finding_route(&mut self, transport: u8) {
+        if self.state == ConnectionState::Connecting {
+            if let Some(p) = &mut self.p2p {
+                p.transport = transport;
+            }
+            self.set_state(ConnectionState::FindingRoute);
+        }
+    }
+
+    /// The transport could not make a path: ends the connection (before it connected) or
+    /// reports the problem (after).
+    pub(crate) fn path_failed(&mut self, reason: EndReason, debug: &str) {
+        if !self.state.is_closed_locally()
+            && !matches!(
+                self.state,
+                ConnectionState::ClosedByPeer | ConnectionState::ProblemDetectedLocally
+            )
+        {
+            if matches!(
+                self.state,
+                ConnectionState::Connecting | ConnectionState::FindingRoute
+            ) {
+                self.handshake = Handshake::Done;
+            }
+            self.fail(reason, debug);
         }
     }
 
@@ -377,11 +413,12 @@ impl Connection {
 
     /// Symmetric connect, when the peer's session wins the tie: this outbound connection
     /// becomes the server end of the peer's session, accepted already.
-    pub(crate) fn merge_into_peer_session(&mut self, session: u64) {
+    pub(crate) fn merge_into_peer_session(&mut self, session: u64, transport: u8) {
         self.side = Side::Server;
         self.handshake = Handshake::P2pAwaitingHello { accepted: true };
         if let Some(p) = &mut self.p2p {
             p.session = session;
+            p.transport = transport;
         }
         self.set_state(ConnectionState::FindingRoute);
     }

@@ -11,6 +11,7 @@ use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, PROTOC
 use super::rendezvous::{Body, Message, Session};
 use super::types::{ConnectionState, EndReason};
 use super::Error;
+use crate::transport::DIRECT;
 use bytes::BytesMut;
 use punchline_identity::Identity;
 use rand_chacha::ChaCha20Rng;
@@ -102,6 +103,12 @@ pub struct Endpoint {
     closing_sessions: HashMap<u64, Instant>,
     /// Where peers can reach this endpoint, for rendezvous messages.
     p2p_candidates: Vec<SocketAddr>,
+    /// The transport P2P connections ask for (`DIRECT`: none plugged in).
+    p2p_transport: u8,
+    /// Connections whose transport path should start now.
+    path_starts: VecDeque<u32>,
+    /// Signals from peers' paths, for ours.
+    path_signals: VecDeque<(u32, Vec<u8>)>,
 }
 
 /// A peer's request, through the rendezvous, to connect: the application decides
@@ -117,6 +124,8 @@ pub struct P2pRequest {
     pub from_vport: u16,
     /// Symmetric connect mode.
     pub symmetric: bool,
+    /// The transport it asks for.
+    pub transport: u8,
     message: Message,
 }
 
@@ -130,6 +139,9 @@ pub enum SignalOutcome {
     /// Not for us, or for no session we know.
     Ignored,
 }
+
+/// Signals from peers' paths held for ours (they are handed on after every signal taken in).
+const MAX_PATH_SIGNALS: usize = 256;
 
 /// Bytes of receive arena allocated at a time.
 const RX_ARENA: usize = 64 * 1024;
@@ -168,6 +180,9 @@ impl Endpoint {
             sessions: HashMap::new(),
             closing_sessions: HashMap::new(),
             p2p_candidates: Vec::new(),
+            p2p_transport: DIRECT,
+            path_starts: VecDeque::new(),
+            path_signals: VecDeque::new(),
         }
     }
 
@@ -266,11 +281,9 @@ impl Endpoint {
         let r = c.accept(now, secret);
         if r.is_ok() && c.awaits_hello() {
             // A P2P connect request accepted: tell the peer where to send its hello.
-            let session = c.p2p().map(|p| p.session);
-            let candidates = self.p2p_candidates.clone();
-            if let Some((_, s)) = session.and_then(|sid| self.sessions.get_mut(&sid)) {
-                // A fresh session holds one message at most: no backlog.
-                let _ = s.send(now, Body::ConnectAccept { candidates });
+            if let Some(p) = c.p2p() {
+                let (session, transport) = (p.session, p.transport);
+                self.send_accept(now, id.0, session, transport);
             }
         }
         self.drain_events(id.0);
@@ -283,6 +296,82 @@ impl Endpoint {
     /// Where peers can reach this endpoint; sent to them in rendezvous messages.
     pub fn set_p2p_candidates(&mut self, candidates: Vec<SocketAddr>) {
         self.p2p_candidates = candidates;
+    }
+
+    /// The transport new P2P connections ask for, and accept when asked (by its wire id;
+    /// [`DIRECT`] for none).
+    pub fn set_p2p_transport(&mut self, wire_id: u8) {
+        self.p2p_transport = wire_id;
+    }
+
+    /// Tells the peer of session `session` that we accept, with our candidates and the
+    /// transport; a transport path starts here.
+    fn send_accept(&mut self, now: Instant, id: u32, session: u64, transport: u8) {
+        let candidates = self.p2p_candidates.clone();
+        if let Some((_, s)) = self.sessions.get_mut(&session) {
+            // An accept is the first message of its side: no backlog.
+            let _ = s.send(
+                now,
+                Body::ConnectAccept {
+                    transport,
+                    candidates,
+                },
+            );
+            if transport != DIRECT {
+                self.path_starts.push_back(id);
+            }
+        }
+    }
+
+    /// The next connection whose transport path should start: the peer accepted our
+    /// request, or we accepted the peer's. Its path's signals go to
+    /// [`send_path_signal`](Self::send_path_signal).
+    pub fn poll_path_start(&mut self) -> Option<ConnId> {
+        self.path_starts.pop_front().map(ConnId)
+    }
+
+    /// The next signal from a peer's path for one of ours.
+    pub fn poll_path_signal(&mut self) -> Option<(ConnId, Vec<u8>)> {
+        self.path_signals.pop_front().map(|(id, s)| (ConnId(id), s))
+    }
+
+    /// Sends a signal of our path for connection `id` to the peer's, through the rendezvous.
+    /// False when the session is gone or too far behind.
+    pub fn send_path_signal(&mut self, now: Instant, id: ConnId, signal: Vec<u8>) -> bool {
+        let Some(session) = self
+            .connections
+            .get(&id.0)
+            .and_then(|c| c.p2p())
+            .map(|p| p.session)
+        else {
+            return false;
+        };
+        match self.sessions.get_mut(&session) {
+            Some((owner, s)) if *owner == id.0 => {
+                s.send(now, Body::Transport { data: signal }).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// The path of connection `id` has a route, known inside the endpoint as `addr`: a
+    /// client sends its hello there.
+    pub fn path_ready(&mut self, id: ConnId, addr: SocketAddr) {
+        if let Some(c) = self.connections.get_mut(&id.0) {
+            tracing::debug!(conn = id.0, %addr, state = ?c.state(), "path ready");
+            c.set_route(addr);
+        }
+        self.drain_events(id.0);
+        self.touch(id.0);
+    }
+
+    /// The path of connection `id` failed: the connection ends with `reason`.
+    pub fn path_failed(&mut self, id: ConnId, reason: EndReason, debug: &str) {
+        if let Some(c) = self.connections.get_mut(&id.0) {
+            c.path_failed(reason, debug);
+        }
+        self.drain_events(id.0);
+        self.touch(id.0);
     }
 
     /// Starts a P2P connection to `peer` through the rendezvous: its signals come out of
@@ -306,6 +395,7 @@ impl Endpoint {
             local_vport,
             remote_vport,
             symmetric,
+            transport: self.p2p_transport,
         };
         let c = Connection::new_p2p_client(now, id, config, self.credentials.clone(), secret, info);
         self.connections.insert(id, c);
@@ -317,6 +407,7 @@ impl Endpoint {
                 from_vport: local_vport,
                 to_vport: remote_vport,
                 symmetric,
+                transport: self.p2p_transport,
                 candidates: self.p2p_candidates.clone(),
             },
         );
@@ -353,6 +444,7 @@ impl Endpoint {
             from_vport,
             to_vport,
             symmetric,
+            transport,
             ..
         } = m.body
         else {
@@ -380,12 +472,12 @@ impl Endpoint {
                 let mut s = Session::new(m.session, local, m.from.clone());
                 let session = m.session;
                 let _ = s.handle(m);
-                let candidates = self.p2p_candidates.clone();
-                let _ = s.send(now, Body::ConnectAccept { candidates });
                 self.sessions.insert(session, (id, s));
+                let transport = self.chosen_transport(transport);
                 if let Some(c) = self.connections.get_mut(&id) {
-                    c.merge_into_peer_session(session);
+                    c.merge_into_peer_session(session, transport);
                 }
+                self.send_accept(now, id, session, transport);
                 self.drain_events(id);
                 self.touch(id);
                 return Ok(SignalOutcome::Handled);
@@ -396,8 +488,18 @@ impl Endpoint {
             to_vport,
             from_vport,
             symmetric,
+            transport,
             message: m,
         }))
+    }
+
+    /// The transport to use when a peer asks for `asked`: it, if we have it; else direct.
+    fn chosen_transport(&self, asked: u8) -> u8 {
+        if asked == self.p2p_transport {
+            asked
+        } else {
+            DIRECT
+        }
     }
 
     fn on_session_body(&mut self, id: u32, body: Body) {
@@ -406,7 +508,23 @@ impl Endpoint {
             return;
         };
         match body {
-            Body::ConnectAccept { candidates } => {
+            Body::ConnectAccept {
+                transport,
+                candidates: _,
+            } if transport != DIRECT => {
+                if c.awaits_route() {
+                    if transport == self.p2p_transport {
+                        c.finding_route(transport);
+                        self.path_starts.push_back(id);
+                    } else {
+                        c.closed_by_signal(
+                            EndReason::MISC_P2P_RENDEZVOUS.0,
+                            format!("the peer chose transport {transport}, which we lack"),
+                        );
+                    }
+                }
+            }
+            Body::ConnectAccept { candidates, .. } => {
                 if c.awaits_route() {
                     // Direct UDP: the first candidate of our address family. (ICE tries them
                     // all; see the ice crate.)
@@ -420,6 +538,11 @@ impl Endpoint {
                 }
             }
             Body::Close { reason, debug } => c.closed_by_signal(reason, debug),
+            Body::Transport { data } => {
+                if self.path_signals.len() < MAX_PATH_SIGNALS {
+                    self.path_signals.push_back((id, data));
+                }
+            }
             Body::ConnectRequest { .. } | Body::Ack => {}
         }
     }
@@ -445,6 +568,7 @@ impl Endpoint {
             local_vport,
             remote_vport: request.from_vport,
             symmetric: request.symmetric,
+            transport: self.chosen_transport(request.transport),
         };
         let c = Connection::new_p2p_server(now, id, config, self.credentials.clone(), info);
         self.connections.insert(id, c);
@@ -525,7 +649,13 @@ impl Endpoint {
                 .closing_sessions
                 .get(sid)
                 .is_some_and(|t| now.saturating_duration_since(*t) > SESSION_LINGER);
-            if given_up || (s.all_acked() && (ended || state == ConnectionState::Connected)) {
+            // A transport's path may need the session again (an ICE restart): it lasts as
+            // long as the connection.
+            let direct = c
+                .and_then(Connection::p2p)
+                .is_none_or(|p| p.transport == DIRECT);
+            let connected = state == ConnectionState::Connected && direct;
+            if given_up || (s.all_acked() && (ended || connected)) {
                 done.push(*sid);
             }
         }

@@ -8,12 +8,20 @@
 //! ```text
 //! message: ["PR"] [version 1] [kind u8] [session u64] [seq u32] [ack u32]
 //!          [from identity] [to identity] [body]
-//! kinds:   1 connect request  [from vport u16] [to vport u16] [symmetric u8] [candidates]
-//!          2 connect accept   [candidates]
+//! kinds:   1 connect request  [from vport u16] [to vport u16] [symmetric u8] [transport u8]
+//!                             [candidates]
+//!          2 connect accept   [transport u8] [candidates]
 //!          3 close            [end reason u32] [debug len u8, debug]
 //!          4 ack              (nothing: the header's `ack` says it all)
+//!          5 transport        [len u16, at most 1200] [bytes]
 //! candidates: [count u8 (at most 8)] ([family 4|6] [address 4|16] [port u16])...
 //! ```
+//!
+//! `transport` names how the path is found: 0 direct UDP to the `candidates`; any other
+//! value a [`Transport`](crate::transport::Transport) plugged in (1 is ICE), whose own
+//! signals (credentials, trickled candidates, restarts) ride in transport messages. The
+//! requester names the transport it wants; the accept names the one chosen (0 when the
+//! acceptor lacks it).
 //!
 //! `seq` numbers a session's messages from one side, from 1 (0 in an ack: it carries none);
 //! `ack` is the highest seq received from the other side with none missing before it.
@@ -27,6 +35,8 @@ use std::time::{Duration, Instant};
 const MAGIC: &[u8; 2] = b"PR";
 /// The rendezvous format version this code speaks.
 pub const RENDEZVOUS_VERSION: u8 = 1;
+/// Most bytes in one transport message.
+pub const MAX_TRANSPORT_SIGNAL: usize = 1200;
 /// Most candidate addresses in one message.
 pub const MAX_CANDIDATES: usize = 8;
 /// Longest debug text in a close.
@@ -39,12 +49,13 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Messages held waiting for a missing earlier one.
 const MAX_HELD: usize = 16;
 /// Messages awaiting acknowledgement; beyond this, sending fails.
-const MAX_UNACKED: usize = 16;
+const MAX_UNACKED: usize = 32;
 
 const KIND_CONNECT: u8 = 1;
 const KIND_ACCEPT: u8 = 2;
 const KIND_CLOSE: u8 = 3;
 const KIND_ACK: u8 = 4;
+const KIND_TRANSPORT: u8 = 5;
 
 /// What a rendezvous message says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,13 +69,22 @@ pub enum Body {
         to_vport: u16,
         /// Symmetric connect mode.
         symmetric: bool,
+        /// The transport the sender wants (0: direct UDP).
+        transport: u8,
         /// Where the sender can be reached.
         candidates: Vec<SocketAddr>,
     },
     /// The peer accepted: where it can be reached.
     ConnectAccept {
+        /// The transport chosen (0: direct UDP).
+        transport: u8,
         /// Its addresses.
         candidates: Vec<SocketAddr>,
+    },
+    /// A signal of the transport in use, for the peer's side of it.
+    Transport {
+        /// Its bytes (at most [`MAX_TRANSPORT_SIGNAL`]).
+        data: Vec<u8>,
     },
     /// Refused, or closed: the end reason and why.
     Close {
@@ -105,6 +125,7 @@ impl Message {
             Body::ConnectAccept { .. } => KIND_ACCEPT,
             Body::Close { .. } => KIND_CLOSE,
             Body::Ack => KIND_ACK,
+            Body::Transport { .. } => KIND_TRANSPORT,
         });
         out.extend_from_slice(&self.session.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -116,14 +137,27 @@ impl Message {
                 from_vport,
                 to_vport,
                 symmetric,
+                transport,
                 candidates,
             } => {
                 out.extend_from_slice(&from_vport.to_be_bytes());
                 out.extend_from_slice(&to_vport.to_be_bytes());
                 out.push(u8::from(*symmetric));
+                out.push(*transport);
                 put_candidates(&mut out, candidates);
             }
-            Body::ConnectAccept { candidates } => put_candidates(&mut out, candidates),
+            Body::ConnectAccept {
+                transport,
+                candidates,
+            } => {
+                out.push(*transport);
+                put_candidates(&mut out, candidates);
+            }
+            Body::Transport { data } => {
+                let n = data.len().min(MAX_TRANSPORT_SIGNAL);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                out.extend_from_slice(&data[..n]);
+            }
             Body::Close { reason, debug } => {
                 out.extend_from_slice(&reason.to_be_bytes());
                 let mut end = debug.len().min(MAX_DEBUG);
@@ -166,11 +200,26 @@ impl Message {
                     1 => true,
                     _ => return Err(DecodeError::Malformed("symmetric flag")),
                 },
+                transport: r.u8()?,
                 candidates: candidates(&mut r)?,
             },
             KIND_ACCEPT => Body::ConnectAccept {
+                transport: r.u8()?,
                 candidates: candidates(&mut r)?,
             },
+            KIND_TRANSPORT => {
+                let n = usize::from(r.u16()?);
+                if n > MAX_TRANSPORT_SIGNAL {
+                    return Err(DecodeError::TooLarge {
+                        what: "transport signal",
+                        value: n as u64,
+                        max: MAX_TRANSPORT_SIGNAL as u64,
+                    });
+                }
+                Body::Transport {
+                    data: r.bytes(n)?.to_vec(),
+                }
+            }
             KIND_CLOSE => {
                 let reason = r.u32()?;
                 let debug = r.short_string(MAX_DEBUG)?;
@@ -415,6 +464,7 @@ mod tests {
             from_vport: 3,
             to_vport: 7,
             symmetric: true,
+            transport: 1,
             candidates: vec![
                 "10.0.0.1:4000".parse().unwrap(),
                 "[fe80::1]:4001".parse().unwrap(),
@@ -427,7 +477,11 @@ mod tests {
         let bodies = [
             request(),
             Body::ConnectAccept {
+                transport: 0,
                 candidates: vec!["127.0.0.1:9".parse().unwrap()],
+            },
+            Body::Transport {
+                data: b"ice credentials".to_vec(),
             },
             Body::Close {
                 reason: 1001,
@@ -471,7 +525,10 @@ mod tests {
                 debug: "x".into(),
             },
         ];
-        let b_sends = [Body::ConnectAccept { candidates: vec![] }];
+        let b_sends = [Body::ConnectAccept {
+            transport: 0,
+            candidates: vec![],
+        }];
         for m in &a_sends {
             a.send(t0, m.clone()).unwrap();
         }
@@ -520,7 +577,13 @@ mod tests {
     fn every_message_arrives_once_in_order_despite_loss_and_duplication() {
         for seed in 0..50 {
             let (at_a, at_b) = exchange(30, 50, seed);
-            assert_eq!(at_a, vec![Body::ConnectAccept { candidates: vec![] }]);
+            assert_eq!(
+                at_a,
+                vec![Body::ConnectAccept {
+                    transport: 0,
+                    candidates: vec![],
+                }]
+            );
             assert_eq!(
                 at_b,
                 vec![

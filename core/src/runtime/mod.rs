@@ -293,17 +293,7 @@ impl Io {
                 let Some(first) = rx.recv().await else {
                     return std::future::pending().await;
                 };
-                let mut next = Some(first);
-                let mut slot = 0;
-                while let Some((from, data)) = next.take() {
-                    let n = data.len().min(inbox.slots[slot].len());
-                    inbox.slots[slot][..n].copy_from_slice(&data[..n]);
-                    inbox.items.push((from, slot, 0, n));
-                    slot += 1;
-                    if slot < inbox.slots.len() {
-                        next = rx.try_recv().ok();
-                    }
-                }
+                inbox.fill(first, || rx.try_recv().ok());
                 Ok(())
             }
         }
@@ -371,6 +361,26 @@ impl Inbox {
         }
     }
 
+    /// Copies `first` and then what `next` yields, while slots are free.
+    fn fill(
+        &mut self,
+        first: (SocketAddr, Vec<u8>),
+        mut next: impl FnMut() -> Option<(SocketAddr, Vec<u8>)>,
+    ) {
+        self.items.clear();
+        let mut item = Some(first);
+        let mut slot = 0;
+        while let Some((from, data)) = item.take() {
+            let n = data.len().min(self.slots[slot].len());
+            self.slots[slot][..n].copy_from_slice(&data[..n]);
+            self.items.push((from, slot, 0, n));
+            slot += 1;
+            if slot < self.slots.len() {
+                item = next();
+            }
+        }
+    }
+
     /// Records what a receive call put in the slots, splitting coalesced (GRO) buffers.
     fn take_metas(&mut self, metas: &[quinn_udp::RecvMeta]) {
         for (slot, meta) in metas.iter().enumerate().take(self.slots.len()) {
@@ -403,7 +413,16 @@ pub trait Driven: Send + Sync + 'static {
     fn fake(&self) -> FakeConditions {
         FakeConditions::default()
     }
+    /// Sends a datagram some other way than the socket (a transport's path), if `to` says
+    /// so; true when it was taken (sent or dropped).
+    fn divert(&self, _to: SocketAddr, _data: &[u8]) -> bool {
+        false
+    }
 }
+
+/// Datagrams from elsewhere than the socket (transport paths), with their stand-in
+/// sender addresses.
+pub type SideInput = mpsc::Receiver<(SocketAddr, Vec<u8>)>;
 
 /// When a driver task should run next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,8 +435,14 @@ pub enum Wake {
     Stop,
 }
 
-/// Runs one endpoint until its owner says it is gone.
-pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
+/// Runs one endpoint until its owner says it is gone; datagrams come from `io` and, if
+/// given, `side`.
+pub async fn drive<D: Driven>(
+    owner: D,
+    io: Arc<Io>,
+    nudge: Arc<Notify>,
+    mut side: Option<SideInput>,
+) {
     let mut inbox = Inbox::new(if matches!(*io, Io::Udp { .. }) {
         INBOX_SLOTS
     } else {
@@ -450,6 +475,10 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
         let mut i = 0;
         while i < out.items.len() {
             let (to, start, len) = out.items[i];
+            if !faking && owner.divert(to, &out.data[start..start + len]) {
+                i += 1;
+                continue;
+            }
             if faking {
                 i += 1;
                 fake_out.push(now, (to, out.data[start..start + len].to_vec()), len);
@@ -483,6 +512,9 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
             i = end;
         }
         while let Some((to, data)) = fake_out.pop_due(Instant::now()) {
+            if owner.divert(to, &data) {
+                continue;
+            }
             if let Err(e) = io.send_segments(&data, data.len(), to).await {
                 tracing::debug!(%to, error = %e, "send failed");
             }
@@ -498,6 +530,17 @@ pub async fn drive<D: Driven>(owner: D, io: Arc<Io>, nudge: Arc<Notify>) {
             }
         };
         tokio::select! {
+            Some(first) = async {
+                match side.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(rx) = side.as_mut() {
+                    inbox.fill(first, || rx.try_recv().ok());
+                }
+                receive(&owner, &mut inbox, &mut fake_in, &mut delayed);
+            }
             r = io.recv_batch(&mut inbox) => match r {
                 Ok(()) => receive(&owner, &mut inbox, &mut fake_in, &mut delayed),
                 // ICMP errors from earlier sends surface here on Linux; they are not fatal.

@@ -1,0 +1,711 @@
+//! ICE for punchline's P2P connections: one [webrtc-ice](webrtc_ice) agent per connection
+//! finds a path through NATs, with STUN for public addresses and TURN for relaying, and
+//! carries the connection's packets on the pair it selects.
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! let sockets = punchline::Sockets::new()?;
+//! sockets.set_p2p_transport(punchline_ice::IceTransport::new().into_arc());
+//! # Ok(()) }
+//! ```
+//!
+//! The config values `P2P_STUN_ServerList`, `P2P_TURN_ServerList` / `UserList` /
+//! `PassList` and `P2P_Transport_ICE_Enable` (relay, private and public bits) decide which
+//! candidates are gathered and shared. The side that asked to connect is the controlling
+//! agent. Credentials and candidates travel through the connection's rendezvous session
+//! (see [`signal`]), trickled as they are gathered; when a path dies, either side restarts
+//! ICE with fresh credentials and the other follows.
+//!
+//! End reasons: 3006 when this side has no candidate to offer (ICE disabled, or relay only
+//! and the TURN allocation failed, with the server's answer), 4007 when the peer had none,
+//! 5009 when no candidate pair answered.
+
+#![forbid(unsafe_code)]
+
+pub mod signal;
+
+use punchline::proto::EndReason;
+use punchline::transport::{
+    Path, PathConfig, PathParams, PathSink, RouteInfo, RouteKind, Transport, ICE_PRIVATE,
+    ICE_PUBLIC, ICE_RELAY,
+};
+use signal::Signal;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use webrtc_ice::agent::agent_config::AgentConfig;
+use webrtc_ice::agent::Agent;
+use webrtc_ice::candidate::candidate_base::unmarshal_candidate;
+use webrtc_ice::candidate::{Candidate, CandidateType};
+use webrtc_ice::mdns::MulticastDnsMode;
+use webrtc_ice::network_type::NetworkType;
+use webrtc_ice::state::ConnectionState as IceState;
+use webrtc_ice::url::{SchemeType, Url};
+use webrtc_util::Conn;
+
+/// The wire id of ICE in rendezvous messages.
+pub const WIRE_ID: u8 = 1;
+
+/// How long without hearing from the peer before a pair counts as disconnected.
+const DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much longer before it has failed (and, connected, ICE restarts). While checking,
+/// the two together bound how long a punch may take.
+const FAILED_TIMEOUT: Duration = Duration::from_secs(5);
+/// Datagrams queued for sending on one path.
+const SEND_QUEUE: usize = 1024;
+/// Peer signals queued for one path.
+const SIGNAL_QUEUE: usize = 256;
+/// Most remote candidates taken from one peer.
+const MAX_REMOTE_CANDIDATES: usize = 64;
+/// How often the candidate-pair list in the detailed status is refreshed.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+type IpFilter = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
+/// The ICE transport: plug it into a `Sockets` with
+/// [`set_p2p_transport`](punchline::Sockets::set_p2p_transport).
+#[derive(Clone, Default)]
+pub struct IceTransport {
+    ip_filter: Option<IpFilter>,
+}
+
+impl std::fmt::Debug for IceTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceTransport")
+            .field("ip_filter", &self.ip_filter.is_some())
+            .finish()
+    }
+}
+
+impl IceTransport {
+    /// ICE over every interface address the candidate filters allow.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// ICE over loopback addresses only: for peers on one host (tests, demos), so that no
+    /// packet leaves it.
+    pub fn loopback_only() -> Self {
+        Self::default().with_ip_filter(|ip| ip.is_loopback())
+    }
+
+    /// Gathers host candidates only on the local addresses `filter` accepts.
+    pub fn with_ip_filter(
+        mut self,
+        filter: impl Fn(IpAddr) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.ip_filter = Some(Arc::new(filter));
+        self
+    }
+
+    /// Shared, as [`set_p2p_transport`](punchline::Sockets::set_p2p_transport) takes it.
+    pub fn into_arc(self) -> Arc<dyn Transport> {
+        Arc::new(self)
+    }
+}
+
+impl Transport for IceTransport {
+    fn wire_id(&self) -> u8 {
+        WIRE_ID
+    }
+
+    fn start_path(&self, params: PathParams, sink: PathSink) -> Arc<dyn Path> {
+        let (signals_tx, signals_rx) = mpsc::channel(SIGNAL_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(SEND_QUEUE);
+        let (close_tx, close_rx) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Shared::default());
+        let path = Arc::new(IcePath {
+            signals: signals_tx,
+            out: out_tx,
+            close: close_tx,
+            shared: shared.clone(),
+        });
+        let runtime = params.runtime.clone();
+        let filter = self.ip_filter.clone();
+        runtime.spawn(async move {
+            let mut close = close_rx;
+            let run = run(
+                params,
+                sink.clone(),
+                filter,
+                shared.clone(),
+                signals_rx,
+                out_rx,
+            );
+            tokio::select! {
+                () = run => {}
+                _ = close.wait_for(|c| *c) => {}
+            }
+            let agent = shared
+                .agent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(agent) = agent {
+                let _ = agent.close().await;
+            }
+            shared.set_route(RouteInfo::default());
+        });
+        path
+    }
+}
+
+/// What the path's task shares with the handle.
+#[derive(Default)]
+struct Shared {
+    agent: Mutex<Option<Arc<Agent>>>,
+    route: Mutex<RouteInfo>,
+}
+
+impl Shared {
+    fn set_route(&self, r: RouteInfo) {
+        *self.route.lock().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+}
+
+/// One connection's ICE path.
+struct IcePath {
+    signals: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Vec<u8>>,
+    close: tokio::sync::watch::Sender<bool>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for IcePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IcePath")
+            .field("route", &self.route().kind)
+            .finish()
+    }
+}
+
+impl Path for IcePath {
+    fn handle_signal(&self, signal: &[u8]) {
+        let _ = self.signals.try_send(signal.to_vec());
+    }
+
+    fn send(&self, datagram: &[u8]) {
+        let _ = self.out.try_send(datagram.to_vec());
+    }
+
+    fn route(&self) -> RouteInfo {
+        self.shared
+            .route
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn close(&self) {
+        let _ = self.close.send(true);
+    }
+}
+
+/// True for addresses that only reach a private network (or this host).
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Parses a STUN or TURN server from the config list (`stun:host:port`, `turn:host:port`, or
+/// a bare `host:port`).
+fn server_url(s: &str, scheme: &str) -> Result<Url, String> {
+    let full = if s.contains(':') && (s.starts_with("stun") || s.starts_with("turn")) {
+        s.to_string()
+    } else {
+        format!("{scheme}:{s}")
+    };
+    Url::parse_url(&full).map_err(|e| format!("bad {scheme} server {s:?}: {e}"))
+}
+
+/// The agent's settings for a connection's config, or why there can be no agent.
+fn agent_config(config: &PathConfig, filter: Option<IpFilter>) -> Result<AgentConfig, String> {
+    let mask = config.ice_enable;
+    if mask & (ICE_RELAY | ICE_PRIVATE | ICE_PUBLIC) == 0 {
+        return Err("ICE is disabled (P2P_Transport_ICE_Enable = 0)".into());
+    }
+    let mut urls = Vec::new();
+    let mut types = Vec::new();
+    if mask & (ICE_PRIVATE | ICE_PUBLIC) != 0 {
+        types.push(CandidateType::Host);
+    }
+    if mask & ICE_PUBLIC != 0 && !config.stun_servers.is_empty() {
+        types.push(CandidateType::ServerReflexive);
+        for s in &config.stun_servers {
+            urls.push(server_url(s, "stun")?);
+        }
+    }
+    if mask & ICE_RELAY != 0 && !config.turn_servers.is_empty() {
+        types.push(CandidateType::Relay);
+        for t in &config.turn_servers {
+            let mut u = server_url(&t.url, "turn")?;
+            if u.scheme != SchemeType::Turn {
+                return Err(format!("{} is not a turn: server", t.url));
+            }
+            if t.user.is_empty() || t.pass.is_empty() {
+                return Err(format!(
+                    "TURN server {} has no user name or password (P2P_TURN_UserList, P2P_TURN_PassList)",
+                    t.url
+                ));
+            }
+            u.username = t.user.clone();
+            u.password = t.pass.clone();
+            urls.push(u);
+        }
+    }
+    if types.is_empty() {
+        return Err("ICE allows only relayed candidates, and no TURN server is set".into());
+    }
+    let host_private = mask & ICE_PRIVATE != 0;
+    let host_public = mask & ICE_PUBLIC != 0;
+    let ip_filter = move |ip: IpAddr| {
+        let kind_ok = if is_private(ip) {
+            host_private
+        } else {
+            host_public
+        };
+        kind_ok && filter.as_ref().is_none_or(|f| f(ip))
+    };
+    Ok(AgentConfig {
+        urls,
+        candidate_types: types,
+        network_types: vec![NetworkType::Udp4, NetworkType::Udp6],
+        multicast_dns_mode: MulticastDnsMode::Disabled,
+        include_loopback: true,
+        ip_filter: Arc::new(Some(Box::new(ip_filter))),
+        disconnected_timeout: Some(DISCONNECTED_TIMEOUT),
+        failed_timeout: Some(FAILED_TIMEOUT),
+        ..AgentConfig::default()
+    })
+}
+
+/// What the agent's callbacks report to the path's task.
+enum AgentEvent {
+    Candidate(String),
+    GatheringDone,
+    State(IceState),
+    PairChanged,
+}
+
+/// Where the path stands.
+struct Run {
+    params: PathParams,
+    sink: PathSink,
+    agent: Arc<Agent>,
+    shared: Arc<Shared>,
+    /// ICE generation: 0, then one more at each restart.
+    generation: u32,
+    /// Local candidates shared in this generation.
+    local_count: u32,
+    local_done: bool,
+    /// The peer's credentials and candidates for this generation.
+    remote_creds: Option<(String, String)>,
+    remote_count: usize,
+    remote_done: Option<u32>,
+    started: bool,
+    connected_once: bool,
+}
+
+async fn run(
+    params: PathParams,
+    sink: PathSink,
+    filter: Option<IpFilter>,
+    shared: Arc<Shared>,
+    mut signals: mpsc::Receiver<Vec<u8>>,
+    mut out: mpsc::Receiver<Vec<u8>>,
+) {
+    let config = match agent_config(&params.config, filter) {
+        Ok(c) => c,
+        Err(why) => {
+            sink.failed(EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES, why);
+            return;
+        }
+    };
+    let agent = match Agent::new(config).await {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            sink.failed(
+                EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
+                format!("ICE agent: {e}"),
+            );
+            return;
+        }
+    };
+    *shared.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(agent.clone());
+    let (ev_tx, mut events) = mpsc::channel::<AgentEvent>(64);
+    hook(&agent, ev_tx);
+    let mut r = Run {
+        params,
+        sink,
+        agent,
+        shared,
+        generation: 0,
+        local_count: 0,
+        local_done: false,
+        remote_creds: None,
+        remote_count: 0,
+        remote_done: None,
+        started: false,
+        connected_once: false,
+    };
+    if let Err(e) = r.begin_generation().await {
+        r.sink.failed(
+            EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
+            format!("ICE gathering: {e}"),
+        );
+        return;
+    }
+    let (conn_tx, mut conn_rx) = mpsc::channel::<Arc<dyn Conn + Send + Sync>>(1);
+    // Dropping this cancels a pending dial or accept.
+    let mut _cancel: Option<mpsc::Sender<()>> = None;
+    let mut conn: Option<Arc<dyn Conn + Send + Sync>> = None;
+    let mut stats = tokio::time::interval(STATS_EVERY);
+    loop {
+        tokio::select! {
+            s = signals.recv() => match s {
+                Some(s) => {
+                    if let Some(cancel) = r.on_signal(&s, &conn_tx).await {
+                        _cancel = Some(cancel);
+                    }
+                }
+                None => return,
+            },
+            e = events.recv() => match e {
+                Some(e) => {
+                    if r.on_event(e).await.is_err() {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            Some(c) = conn_rx.recv() => {
+                tracing::debug!(controlling = r.params.controlling, "ICE connected");
+                r.connected_once = true;
+                r.refresh_route().await;
+                r.sink.ready();
+                let sink = r.sink.clone();
+                let rx = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    while let Ok(n) = rx.recv(&mut buf).await {
+                        let ok = sink.deliver(&buf[..n]);
+                        tracing::trace!(len = n, ok, "ICE recv");
+                    }
+                });
+                conn = Some(c);
+            }
+            // Until ICE connects, datagrams wait in the queue (the peer may be connected
+            // already and answering our first packets).
+            Some(d) = out.recv(), if conn.is_some() => {
+                if let Some(c) = &conn {
+                    if let Err(e) = c.send(&d).await {
+                        tracing::trace!(len = d.len(), error = %e, "ICE send failed");
+                    }
+                }
+            }
+            _ = stats.tick() => r.refresh_route().await,
+        }
+    }
+}
+
+/// Routes the agent's callbacks into `tx`.
+fn hook(agent: &Agent, tx: mpsc::Sender<AgentEvent>) {
+    let t = tx.clone();
+    agent.on_candidate(Box::new(
+        move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
+            let t = t.clone();
+            Box::pin(async move {
+                let e = match c {
+                    Some(c) => AgentEvent::Candidate(c.marshal()),
+                    None => AgentEvent::GatheringDone,
+                };
+                let _ = t.send(e).await;
+            })
+        },
+    ));
+    let t = tx.clone();
+    agent.on_connection_state_change(Box::new(move |s| {
+        let t = t.clone();
+        Box::pin(async move {
+            let _ = t.send(AgentEvent::State(s)).await;
+        })
+    }));
+    agent.on_selected_candidate_pair_change(Box::new(move |_, _| {
+        let t = tx.clone();
+        Box::pin(async move {
+            let _ = t.send(AgentEvent::PairChanged).await;
+        })
+    }));
+}
+
+impl Run {
+    /// Gathers for the current generation and tells the peer our credentials.
+    async fn begin_generation(&mut self) -> Result<(), webrtc_ice::Error> {
+        self.local_count = 0;
+        self.local_done = false;
+        let (ufrag, pwd) = self.agent.get_local_user_credentials().await;
+        self.signal(Signal::Credentials {
+            generation: self.generation,
+            ufrag,
+            pwd,
+        });
+        self.agent.gather_candidates()
+    }
+
+    fn signal(&self, s: Signal) {
+        tracing::trace!(controlling = self.params.controlling, signal = ?s, "ICE signal out");
+        self.sink.signal(s.encode());
+    }
+
+    /// Takes in a signal from the peer's path; returns the cancel handle of a dial or
+    /// accept it started.
+    async fn on_signal(
+        &mut self,
+        bytes: &[u8],
+        conn_tx: &mpsc::Sender<Arc<dyn Conn + Send + Sync>>,
+    ) -> Option<mpsc::Sender<()>> {
+        let s = match Signal::decode(bytes) {
+            Ok(s) => {
+                tracing::trace!(controlling = self.params.controlling, signal = ?s, "ICE signal in");
+                s
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "bad ICE signal");
+                return None;
+            }
+        };
+        if s.generation() < self.generation {
+            return None; // from before a restart
+        }
+        if s.generation() > self.generation {
+            // The peer restarted ICE: so do we.
+            if self.restart(s.generation()).await.is_err() {
+                return None;
+            }
+        }
+        match s {
+            Signal::Credentials { ufrag, pwd, .. } => {
+                if self.remote_creds.is_some() {
+                    return None;
+                }
+                self.remote_creds = Some((ufrag.clone(), pwd.clone()));
+                if self.started {
+                    let _ = self.agent.set_remote_credentials(ufrag, pwd).await;
+                    return None;
+                }
+                self.started = true;
+                let (cancel, cancel_rx) = mpsc::channel(1);
+                let agent = self.agent.clone();
+                let controlling = self.params.controlling;
+                let tx = conn_tx.clone();
+                tokio::spawn(async move {
+                    let conn: Result<Arc<dyn Conn + Send + Sync>, _> = if controlling {
+                        agent.dial(cancel_rx, ufrag, pwd).await.map(|c| c as _)
+                    } else {
+                        agent.accept(cancel_rx, ufrag, pwd).await.map(|c| c as _)
+                    };
+                    if let Ok(c) = conn {
+                        let _ = tx.send(c).await;
+                    }
+                });
+                Some(cancel)
+            }
+            Signal::Candidate { candidate, .. } => {
+                if self.remote_count >= MAX_REMOTE_CANDIDATES {
+                    return None;
+                }
+                match unmarshal_candidate(&candidate) {
+                    Ok(c) => {
+                        let c: Arc<dyn Candidate + Send + Sync> = Arc::new(c);
+                        if self.agent.add_remote_candidate(&c).is_ok() {
+                            self.remote_count += 1;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "bad remote candidate"),
+                }
+                None
+            }
+            Signal::EndOfCandidates { count, .. } => {
+                self.remote_done = Some(count);
+                if count == 0 && !self.connected_once {
+                    self.sink.failed(
+                        EndReason::REMOTE_P2P_ICE_NO_PUBLIC_ADDRESSES,
+                        "the peer gathered no ICE candidates it may share",
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Starts ICE generation `generation` with fresh credentials.
+    async fn restart(&mut self, generation: u32) -> Result<(), webrtc_ice::Error> {
+        tracing::debug!(generation, "ICE restart");
+        self.agent.restart(String::new(), String::new()).await?;
+        self.generation = generation;
+        self.remote_creds = None;
+        self.remote_count = 0;
+        self.remote_done = None;
+        self.begin_generation().await
+    }
+
+    async fn on_event(&mut self, e: AgentEvent) -> Result<(), ()> {
+        match e {
+            AgentEvent::Candidate(c) => {
+                self.local_count += 1;
+                self.signal(Signal::Candidate {
+                    generation: self.generation,
+                    candidate: c,
+                });
+            }
+            AgentEvent::GatheringDone => {
+                if self.local_done {
+                    return Ok(());
+                }
+                self.local_done = true;
+                self.signal(Signal::EndOfCandidates {
+                    generation: self.generation,
+                    count: self.local_count,
+                });
+                if self.local_count == 0 && !self.connected_once {
+                    let why = self.why_no_candidates().await;
+                    self.sink
+                        .failed(EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES, why);
+                    return Err(());
+                }
+            }
+            AgentEvent::State(IceState::Failed) => {
+                if self.connected_once {
+                    // The path died: look for a new one (the peer follows our credentials).
+                    let next = self.generation + 1;
+                    if self.restart(next).await.is_err() {
+                        tracing::debug!("ICE restart refused");
+                    }
+                } else {
+                    let debug = format!(
+                        "NAT punch failed: no ICE candidate pair answered \
+                         ({} local, {} remote candidates)",
+                        self.local_count, self.remote_count
+                    );
+                    self.sink.failed(EndReason::MISC_P2P_NAT_FIREWALL, debug);
+                    return Err(());
+                }
+            }
+            AgentEvent::State(s) => {
+                tracing::debug!(controlling = self.params.controlling, state = %s, "ICE state");
+            }
+            AgentEvent::PairChanged => self.refresh_route().await,
+        }
+        Ok(())
+    }
+
+    /// Why gathering found nothing to share, as specifically as we can tell.
+    async fn why_no_candidates(&self) -> String {
+        let c = &self.params.config;
+        let relay_only = c.ice_enable & (ICE_PRIVATE | ICE_PUBLIC) == 0;
+        if relay_only {
+            let mut reasons = Vec::new();
+            for t in &c.turn_servers {
+                reasons.push(match probe_turn(&t.url, &t.user, &t.pass).await {
+                    Ok(()) => format!("{}: allocation works now", t.url),
+                    Err(e) => format!("{}: {e}", t.url),
+                });
+            }
+            return format!(
+                "no relayed candidate: TURN allocation failed ({})",
+                reasons.join("; ")
+            );
+        }
+        "no ICE candidate to share: no interface address allowed by \
+         P2P_Transport_ICE_Enable, and no STUN or TURN result"
+            .into()
+    }
+
+    /// Re-reads the selected pair and the pair list.
+    async fn refresh_route(&self) {
+        let mut info = RouteInfo::default();
+        if let Some(p) = self.agent.get_selected_candidate_pair() {
+            let (l, r) = (&p.local, &p.remote);
+            info.kind = route_kind(l.as_ref(), r.as_ref());
+            info.remote = Some(r.addr());
+        }
+        let locals = self.agent.get_local_candidates_stats().await;
+        let remotes = self.agent.get_remote_candidates_stats().await;
+        let name = |list: &[webrtc_ice::agent::agent_stats::CandidateStats], id: &str| {
+            list.iter().find(|c| c.id == id).map_or_else(
+                || id.to_string(),
+                |c| format!("{} {}:{}", c.candidate_type, c.ip, c.port),
+            )
+        };
+        for p in self.agent.get_candidate_pairs_stats().await {
+            info.pairs.push(format!(
+                "{} <-> {}: {:?}{}",
+                name(&locals, &p.local_candidate_id),
+                name(&remotes, &p.remote_candidate_id),
+                p.state,
+                if p.nominated { ", nominated" } else { "" }
+            ));
+        }
+        self.shared.set_route(info);
+    }
+}
+
+/// The kind of route a selected pair makes.
+fn route_kind(local: &dyn Candidate, remote: &dyn Candidate) -> RouteKind {
+    let relayed = |c: &dyn Candidate| c.candidate_type() == CandidateType::Relay;
+    if relayed(local) || relayed(remote) {
+        return RouteKind::Relayed;
+    }
+    let private = |c: &dyn Candidate| is_private(c.addr().ip());
+    if private(local) && private(remote) {
+        RouteKind::DirectLocal
+    } else {
+        RouteKind::DirectPublic
+    }
+}
+
+/// Tries an allocation on a TURN server, to say why relay gathering failed.
+async fn probe_turn(url: &str, user: &str, pass: &str) -> Result<(), String> {
+    let u = server_url(url, "turn")?;
+    let server = format!("{}:{}", u.host, u.port);
+    let sock = tokio::net::UdpSocket::bind(if u.host.contains(':') {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: String::new(),
+        turn_serv_addr: server.clone(),
+        username: user.to_string(),
+        password: pass.to_string(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(sock),
+        vnet: None,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    client.listen().await.map_err(|e| e.to_string())?;
+    let r = match tokio::time::timeout(Duration::from_secs(5), client.allocate()).await {
+        Ok(Ok(relay)) => {
+            let _ = relay.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!(
+            "the server refused the allocation ({e}): wrong user name or password?"
+        )),
+        Err(_) => Err(format!("no answer from {server}")),
+    };
+    let _ = client.close().await;
+    r
+}
