@@ -1,36 +1,60 @@
-//! ICE on loopback: two `Sockets` introduced by a real signaling server (in this process)
-//! connect by identity through webrtc-ice agents, and the route is reported.
+//! ICE on loopback: two `Sockets` introduced by a real signaling server (in this process,
+//! with its embedded STUN and TURN servers) connect by identity through webrtc-ice agents,
+//! and the route is reported.
 
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::identity::KeyPair;
 use punchline::transport::RouteKind;
 use punchline::{ConnectionHandle, ConnectionState, SendFlags, Sockets, SocketsConfig};
+use punchline::{ConnectionInfo, EndReason};
 use punchline_ice::IceTransport;
+use punchline_signaling::server::TurnAdvert;
+use punchline_signaling::stun::StunServer;
+use punchline_signaling::turn_server::TurnServer;
 use punchline_signaling::{Config, Server, SignalingClient};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A signaling server on its own runtime thread.
+/// A signaling server on its own runtime thread, with STUN and TURN when asked.
 struct Signaling {
     url: String,
     rt: tokio::runtime::Runtime,
     server: Option<Server>,
+    stun: Option<StunServer>,
+    turn: Option<TurnServer>,
 }
 
 impl Signaling {
-    fn start(config: Config) -> Signaling {
+    fn start(mut config: Config, ice: bool) -> Signaling {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let server = rt
-            .block_on(Server::start("127.0.0.1:0".parse().unwrap(), config))
-            .unwrap();
+        let local = "127.0.0.1:0".parse().unwrap();
+        let (stun, turn) = if ice {
+            let secret = b"test secret".to_vec();
+            let stun = rt.block_on(StunServer::start(local, None)).unwrap();
+            let turn = rt
+                .block_on(TurnServer::start(local, local.ip(), secret.clone()))
+                .unwrap();
+            config.stun = Some(stun.addr());
+            config.turn = Some(TurnAdvert {
+                addr: turn.addr(),
+                secret,
+                ttl: Duration::from_secs(600),
+            });
+            (Some(stun), Some(turn))
+        } else {
+            (None, None)
+        };
+        let server = rt.block_on(Server::start(local, config)).unwrap();
         Signaling {
             url: format!("ws://{}/", server.addr()),
             rt,
             server: Some(server),
+            stun,
+            turn,
         }
     }
 }
@@ -40,6 +64,10 @@ impl Drop for Signaling {
         if let Some(s) = self.server.take() {
             self.rt.block_on(s.stop());
         }
+        if let Some(t) = self.turn.take() {
+            self.rt.block_on(t.stop());
+        }
+        self.stun.take();
     }
 }
 
@@ -129,33 +157,128 @@ fn exchange(a: &Sockets, ha: ConnectionHandle, b: &Sockets, hb: ConnectionHandle
     }
 }
 
-#[test]
-fn host_candidates_on_loopback_connect_directly() {
-    let sig = Signaling::start(Config::default());
-    let a = peer(&sig);
-    let b = peer(&sig);
-    b.sockets.create_listen_socket_p2p(1, &[]).unwrap();
+/// `P2P_Transport_ICE_Enable` set to `mask`.
+fn ice_enable(mask: i32) -> (ConfigValue, ConfigData) {
+    (ConfigValue::P2pTransportIceEnable, ConfigData::Int32(mask))
+}
+
+/// Connects `a` to `b` (listening on virtual port 1), each with its own options, and
+/// returns both ends once both settled (connected or not).
+fn connect(
+    a: &Peer,
+    b: &Peer,
+    a_options: &[(ConfigValue, ConfigData)],
+    b_options: &[(ConfigValue, ConfigData)],
+) -> (ConnectionHandle, ConnectionHandle) {
+    b.sockets.create_listen_socket_p2p(1, b_options).unwrap();
     let ha = a
         .sockets
-        .connect_p2p(&b.sockets.get_identity(), 1, &[])
+        .connect_p2p(&b.sockets.get_identity(), 1, a_options)
         .unwrap();
     let hb = accepted(&b.sockets, Duration::from_secs(10));
-    assert_eq!(
-        settle(&a.sockets, ha, Duration::from_secs(15)),
-        ConnectionState::Connected
-    );
-    assert_eq!(
-        settle(&b.sockets, hb, Duration::from_secs(5)),
-        ConnectionState::Connected
-    );
+    settle(&a.sockets, ha, Duration::from_secs(20));
+    settle(&b.sockets, hb, Duration::from_secs(10));
+    (ha, hb)
+}
+
+fn info(p: &Peer, h: ConnectionHandle) -> ConnectionInfo {
+    p.sockets.get_connection_info(h).unwrap()
+}
+
+#[test]
+fn host_candidates_on_loopback_connect_directly() {
+    let sig = Signaling::start(Config::default(), false);
+    let (a, b) = (peer(&sig), peer(&sig));
+    let (ha, hb) = connect(&a, &b, &[], &[]);
+    assert_eq!(info(&a, ha).state, ConnectionState::Connected);
+    assert_eq!(info(&b, hb).state, ConnectionState::Connected);
     exchange(&a.sockets, ha, &b.sockets, hb, 200);
-    for (s, h) in [(&a.sockets, ha), (&b.sockets, hb)] {
-        let info = s.get_connection_info(h).unwrap();
+    for (p, h) in [(&a, ha), (&b, hb)] {
+        let info = info(p, h);
         assert_eq!(info.route, RouteKind::DirectLocal, "{info:?}");
         assert!(info.address_remote.ip().is_loopback(), "{info:?}");
-        let detail = s.get_detailed_connection_status(h).unwrap();
+        assert!(!info
+            .flags
+            .contains(punchline::proto::ConnectionInfoFlags::RELAYED));
+        let detail = p.sockets.get_detailed_connection_status(h).unwrap();
+        assert!(detail.contains("route: DirectLocal"), "{detail}");
         assert!(detail.contains("host 127.0.0.1"), "{detail}");
     }
-    let _ = ConfigData::Int32(0);
-    let _ = ConfigValue::P2pTransportIceEnable;
+}
+
+#[test]
+fn relay_only_goes_through_the_embedded_turn_server() {
+    let sig = Signaling::start(Config::default(), true);
+    let relay = sig.turn.as_ref().unwrap().addr();
+    let (a, b) = (peer(&sig), peer(&sig));
+    let (ha, hb) = connect(&a, &b, &[ice_enable(1)], &[ice_enable(1)]);
+    assert_eq!(info(&a, ha).state, ConnectionState::Connected);
+    assert_eq!(info(&b, hb).state, ConnectionState::Connected);
+    exchange(&a.sockets, ha, &b.sockets, hb, 200);
+    for (p, h) in [(&a, ha), (&b, hb)] {
+        let info = info(p, h);
+        assert_eq!(info.route, RouteKind::Relayed, "{info:?}");
+        assert!(info
+            .flags
+            .contains(punchline::proto::ConnectionInfoFlags::RELAYED));
+        // The peer is seen at its relayed address: the TURN server's IP.
+        assert_eq!(info.address_remote.ip(), relay.ip(), "{info:?}");
+        let detail = p.sockets.get_detailed_connection_status(h).unwrap();
+        assert!(detail.contains("relay 127.0.0.1"), "{detail}");
+    }
+}
+
+#[test]
+fn stun_gives_public_candidates_that_connect() {
+    let sig = Signaling::start(Config::default(), true);
+    let (a, b) = (peer(&sig), peer(&sig));
+    // Public candidates only: host addresses here are private (loopback), so every
+    // candidate shared comes from the embedded STUN server.
+    let (ha, hb) = connect(&a, &b, &[ice_enable(4)], &[ice_enable(4)]);
+    assert_eq!(info(&a, ha).state, ConnectionState::Connected);
+    assert_eq!(info(&b, hb).state, ConnectionState::Connected);
+    exchange(&a.sockets, ha, &b.sockets, hb, 50);
+    let detail = a.sockets.get_detailed_connection_status(ha).unwrap();
+    assert!(detail.contains("srflx 127.0.0.1"), "{detail}");
+    assert!(!detail.contains("host 127.0.0.1"), "{detail}");
+}
+
+#[test]
+fn a_wrong_turn_password_ends_the_connection_with_a_clear_reason() {
+    let sig = Signaling::start(Config::default(), true);
+    let (a, b) = (peer(&sig), peer(&sig));
+    let wrong = (
+        ConfigValue::P2pTurnPassList,
+        ConfigData::String("not-the-password".into()),
+    );
+    let (ha, _) = connect(&a, &b, &[ice_enable(1), wrong], &[ice_enable(1)]);
+    let info = info(&a, ha);
+    assert_eq!(info.state, ConnectionState::ProblemDetectedLocally);
+    assert_eq!(
+        info.end_reason,
+        EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES
+    );
+    assert!(
+        info.end_debug.contains("TURN allocation failed"),
+        "{}",
+        info.end_debug
+    );
+    assert!(info.end_debug.contains("password"), "{}", info.end_debug);
+}
+
+#[test]
+fn ice_disabled_ends_at_once_with_3006() {
+    let sig = Signaling::start(Config::default(), false);
+    let (a, b) = (peer(&sig), peer(&sig));
+    let (ha, _) = connect(&a, &b, &[ice_enable(0)], &[]);
+    let info = info(&a, ha);
+    assert_eq!(
+        info.end_reason,
+        EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES
+    );
+    assert!(
+        info.end_debug.contains("ICE is disabled"),
+        "{}",
+        info.end_debug
+    );
 }

@@ -212,6 +212,34 @@ async fn next(ws: &mut Ws) -> Result<ServerMsg, ClientError> {
 /// Signals sent recently, by number, to learn the session of one that was undeliverable.
 const REMEMBERED: usize = 256;
 
+/// Makes the server's STUN and TURN servers (and this client's TURN credentials) the
+/// `Sockets`' ICE settings, at interface scope (so a connection's own values still win).
+fn apply_ice(sockets: &Sockets, ice: &protocol::IceSettings) {
+    use punchline::api::config::{ConfigData, ConfigValue};
+    use punchline::api::ConfigTarget;
+    let join = |f: &dyn Fn(&protocol::TurnSettings) -> &str| {
+        ice.turn.iter().map(f).collect::<Vec<_>>().join(",")
+    };
+    let values = [
+        (ConfigValue::P2pStunServerList, ice.stun.join(",")),
+        (ConfigValue::P2pTurnServerList, join(&|t| &t.url)),
+        (ConfigValue::P2pTurnUserList, join(&|t| &t.username)),
+        (ConfigValue::P2pTurnPassList, join(&|t| &t.credential)),
+    ];
+    for (value, text) in values {
+        if text.is_empty() {
+            continue;
+        }
+        if let Err(e) = sockets.set_config_value(
+            value,
+            ConfigTarget::Interface,
+            Some(ConfigData::String(text)),
+        ) {
+            tracing::warn!(?value, error = %e, "cannot apply the server's ICE settings");
+        }
+    }
+}
+
 impl Job {
     async fn login(&self) -> Result<Ws, ClientError> {
         let (mut ws, _) = tokio_tungstenite::connect_async(self.url.as_str())
@@ -232,7 +260,12 @@ impl Job {
         let login = protocol::login(&self.key, &self.identity, &nonce, self.cert.clone());
         send(&mut ws, &login).await?;
         match next(&mut ws).await? {
-            ServerMsg::Welcome { .. } => Ok(ws),
+            ServerMsg::Welcome { ice, .. } => {
+                if let Some(ice) = ice {
+                    apply_ice(&self.sockets, &ice);
+                }
+                Ok(ws)
+            }
             ServerMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
             other => Err(ClientError::Protocol(format!(
                 "expected welcome: {other:?}"

@@ -14,6 +14,8 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod stun;
+pub mod turn_server;
 
 pub use client::{ClientError, SignalingClient};
 pub use server::{Config, Server};

@@ -1,16 +1,22 @@
 //! The `punchline-signaling` server binary.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use punchline_identity::{CertStore, PublicKey};
-use punchline_signaling::server::{Config, Server};
-use std::net::SocketAddr;
+use punchline_signaling::server::{Config, Server, TurnAdvert};
+use punchline_signaling::stun::StunServer;
+use punchline_signaling::turn_server::TurnServer;
+use rand_core::{OsRng, RngCore};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// The punchline signaling server: introduces peers by identity, forwards their rendezvous
-/// signals, allocates FakeIPs. Every flag can also be set as PUNCHLINE_SIGNALING_<FLAG>.
+/// signals, allocates FakeIPs, and (with --stun / --turn) serves STUN and TURN for ICE.
+/// Every flag can also be set as PUNCHLINE_SIGNALING_<FLAG>.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Where to serve websockets (at /), /healthz and /metrics.
     #[arg(
         long,
@@ -43,6 +49,71 @@ struct Args {
     /// Drop signals to offline identities silently instead of answering "undeliverable".
     #[arg(long, env = "PUNCHLINE_SIGNALING_QUIET_UNDELIVERABLE")]
     quiet_undeliverable: bool,
+    /// Serve STUN on this UDP address (e.g. 0.0.0.0:3478); clients learn of it at login.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_STUN")]
+    stun: Option<SocketAddr>,
+    /// A second IP of this host: STUN then also answers RFC 5780 NAT behaviour discovery
+    /// (on both IPs, at the STUN port and the one above it), which `nat-check` uses.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_STUN_ALT_IP", requires = "stun")]
+    stun_alt_ip: Option<IpAddr>,
+    /// Serve TURN on this UDP address (e.g. 0.0.0.0:3479); clients get short-lived
+    /// credentials for it at login.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN")]
+    turn: Option<SocketAddr>,
+    /// The address relayed traffic leaves from (default: the --turn IP; needed when that
+    /// is unspecified).
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_RELAY_IP", requires = "turn")]
+    turn_relay_ip: Option<IpAddr>,
+    /// The secret TURN credentials are made with (TURN REST API style, as coturn's
+    /// static-auth-secret). Default: random at each start.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_SECRET", requires = "turn")]
+    turn_secret: Option<String>,
+    /// Seconds the TURN credentials given at login stay valid.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_TTL", default_value_t = 3600)]
+    turn_ttl: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Tells this host's NAT mapping and filtering behaviour (RFC 5780), against a STUN
+    /// server started with --stun-alt-ip.
+    NatCheck {
+        /// The STUN server (host:port).
+        #[arg(long)]
+        stun: String,
+        /// The local address to test from.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: SocketAddr,
+    },
+}
+
+fn nat_check(stun: &str, bind: SocketAddr) -> i32 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let server = match tokio::net::lookup_host(stun)
+            .await
+            .map(|mut a| a.find(|a| a.is_ipv4() == bind.is_ipv4()))
+        {
+            Ok(Some(a)) => a,
+            Ok(None) | Err(_) => {
+                eprintln!("nat-check: cannot resolve {stun}");
+                return 2;
+            }
+        };
+        match punchline_signaling::stun::nat_check(server, bind).await {
+            Ok(report) => {
+                println!("{report}");
+                0
+            }
+            Err(e) => {
+                eprintln!("nat-check: {e}");
+                1
+            }
+        }
+    })
 }
 
 fn trusted(path: Option<&std::path::Path>) -> Result<CertStore, String> {
@@ -68,6 +139,9 @@ fn trusted(path: Option<&std::path::Path>) -> Result<CertStore, String> {
 
 fn main() {
     let args = Args::parse();
+    if let Some(Command::NatCheck { stun, bind }) = &args.command {
+        std::process::exit(nat_check(stun, *bind));
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -91,12 +165,67 @@ fn main() {
         login_timeout: Duration::from_secs(args.login_timeout.max(1)),
         trusted,
         quiet_undeliverable: args.quiet_undeliverable,
+        stun: None,
+        turn: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     rt.block_on(async move {
+        let mut config = config;
+        let _stun = match args.stun {
+            Some(addr) => match StunServer::start(addr, args.stun_alt_ip).await {
+                Ok(s) => {
+                    println!("stun on {}", s.addr());
+                    if let Some(o) = s.other_addr() {
+                        println!("stun behaviour discovery: other address {o}");
+                    }
+                    config.stun = Some(s.addr());
+                    Some(s)
+                }
+                Err(e) => {
+                    eprintln!("punchline-signaling: cannot serve STUN on {addr}: {e}");
+                    std::process::exit(1);
+                }
+            },
+            None => None,
+        };
+        let turn = match args.turn {
+            Some(addr) => {
+                let relay_ip = match args.turn_relay_ip.or((!addr.ip().is_unspecified()).then(|| addr.ip())) {
+                    Some(ip) => ip,
+                    None => {
+                        eprintln!("punchline-signaling: --turn on an unspecified address needs --turn-relay-ip");
+                        std::process::exit(2);
+                    }
+                };
+                let secret = match &args.turn_secret {
+                    Some(s) => s.as_bytes().to_vec(),
+                    None => {
+                        let mut s = vec![0u8; 32];
+                        OsRng.fill_bytes(&mut s);
+                        s
+                    }
+                };
+                match TurnServer::start(addr, relay_ip, secret.clone()).await {
+                    Ok(t) => {
+                        println!("turn on {} relaying from {relay_ip}", t.addr());
+                        config.turn = Some(TurnAdvert {
+                            addr: t.addr(),
+                            secret,
+                            ttl: Duration::from_secs(args.turn_ttl.max(60)),
+                        });
+                        Some(t)
+                    }
+                    Err(e) => {
+                        eprintln!("punchline-signaling: cannot serve TURN on {addr}: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+            None => None,
+        };
         let server = match Server::start(args.listen, config).await {
             Ok(s) => s,
             Err(e) => {
@@ -108,6 +237,9 @@ fn main() {
         // Tests and scripts read this line to learn the port.
         println!("listening on {}", server.addr());
         server.run_until(shutdown_signal()).await;
+        if let Some(t) = turn {
+            t.stop().await;
+        }
         tracing::info!("stopped");
     });
 }

@@ -54,6 +54,40 @@ pub enum ClientMsg {
     },
 }
 
+/// The STUN and TURN servers a client should use for ICE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceSettings {
+    /// STUN servers, as `stun:host:port`.
+    #[serde(default)]
+    pub stun: Vec<String>,
+    /// TURN servers with credentials.
+    #[serde(default)]
+    pub turn: Vec<TurnSettings>,
+}
+
+/// A TURN server and short-lived credentials for it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnSettings {
+    /// `turn:host:port`.
+    pub url: String,
+    /// The user name (`<unix expiry>:<identity>`).
+    pub username: String,
+    /// The password.
+    pub credential: String,
+    /// When the credentials stop working (seconds since 1970).
+    pub expires: u64,
+}
+
+impl std::fmt::Debug for TurnSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnSettings")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Messages the server sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -69,6 +103,9 @@ pub enum ServerMsg {
     Welcome {
         /// The identity proven.
         identity: String,
+        /// STUN and TURN servers for ICE, with this client's TURN credentials.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ice: Option<IceSettings>,
     },
     /// A signal from another identity.
     Signal {

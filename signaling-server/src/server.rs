@@ -1,13 +1,15 @@
 //! The signaling server: websocket clients prove their identities, then exchange signals;
 //! FakeIP allocation; `/healthz` and `/metrics` on the same address. See docs/SIGNALING.md.
 
-use crate::protocol::{self, ClientMsg, ServerMsg, MAX_FAKE_PORTS, MAX_SIGNAL};
+use crate::protocol::{
+    self, ClientMsg, IceSettings, ServerMsg, TurnSettings, MAX_FAKE_PORTS, MAX_SIGNAL,
+};
 use futures_util::{SinkExt, StreamExt};
 use punchline_identity::{CertStore, Certificate, Identity, PublicKey};
 use rand_core::{OsRng, RngCore};
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,6 +36,30 @@ pub struct Config {
     pub trusted: CertStore,
     /// Drop signals to offline identities silently (do not reveal who is online).
     pub quiet_undeliverable: bool,
+    /// A STUN server to tell clients of (an unspecified IP: the address they reached us at).
+    pub stun: Option<SocketAddr>,
+    /// A TURN server to give clients credentials for.
+    pub turn: Option<TurnAdvert>,
+}
+
+/// The TURN server clients are told of at login, with credentials of their own.
+#[derive(Clone)]
+pub struct TurnAdvert {
+    /// Its address (an unspecified IP: the address clients reached us at).
+    pub addr: SocketAddr,
+    /// The secret it checks credentials against (see [`crate::turn_server`]).
+    pub secret: Vec<u8>,
+    /// How long credentials last.
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for TurnAdvert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnAdvert")
+            .field("addr", &self.addr)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -46,6 +72,8 @@ impl Default for Config {
             login_timeout: Duration::from_secs(10),
             trusted: CertStore::new(),
             quiet_undeliverable: false,
+            stun: None,
+            turn: None,
         }
     }
 }
@@ -216,6 +244,14 @@ async fn serve(listener: TcpListener, hub: Arc<Hub>, mut stopped: watch::Receive
     }
 }
 
+/// An IPv4-mapped IPv6 address as plain IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// One TCP connection: a plain HTTP request (`/healthz`, `/metrics`) or a websocket.
 async fn handle(
     stream: TcpStream,
@@ -229,6 +265,7 @@ async fn handle(
     if !path.upgrade {
         return answer_http(stream, &path.path, &hub).await;
     }
+    let local_ip = canonical_ip(stream.local_addr()?.ip());
     let config = WebSocketConfig::default()
         .max_frame_size(Some(hub.config.max_frame))
         .max_message_size(Some(hub.config.max_frame));
@@ -245,7 +282,7 @@ async fn handle(
         close(&mut ws).await;
         Ok(())
     } else {
-        client(ws, hub.clone(), stopped).await
+        client(ws, hub.clone(), stopped, local_ip).await
     };
     hub.connections.fetch_sub(1, Ordering::SeqCst);
     r
@@ -358,6 +395,7 @@ async fn client(
     mut ws: Ws,
     hub: Arc<Hub>,
     mut stopped: watch::Receiver<bool>,
+    local_ip: IpAddr,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut nonce = [0u8; 32];
     OsRng.fill_bytes(&mut nonce);
@@ -402,7 +440,7 @@ async fn client(
                 let reply = match frame {
                     Frame::Text(text) => {
                         if bucket.take() {
-                            on_message(&hub, &mut me, &key_slot(conn, &tx), &nonce, text.as_str())
+                            on_message(&hub, &mut me, &key_slot(conn, &tx, local_ip), &nonce, text.as_str())
                         } else {
                             Reply::Error(ServerMsg::error("rate_limited", "too many messages; slow down"))
                         }
@@ -468,10 +506,12 @@ async fn client(
 struct Slot<'a> {
     conn: u64,
     tx: &'a mpsc::Sender<Out>,
+    /// The address the client reached us at.
+    local_ip: IpAddr,
 }
 
-fn key_slot(conn: u64, tx: &mpsc::Sender<Out>) -> Slot<'_> {
-    Slot { conn, tx }
+fn key_slot(conn: u64, tx: &mpsc::Sender<Out>, local_ip: IpAddr) -> Slot<'_> {
+    Slot { conn, tx, local_ip }
 }
 
 enum Reply {
@@ -479,6 +519,37 @@ enum Reply {
     Msg(ServerMsg),
     Error(ServerMsg),
     Close(ServerMsg),
+}
+
+/// The STUN and TURN servers (with fresh credentials) to tell `who` of.
+fn ice_settings(config: &Config, local_ip: IpAddr, who: &Identity) -> Option<IceSettings> {
+    let host = |a: SocketAddr| {
+        let ip = if a.ip().is_unspecified() {
+            local_ip
+        } else {
+            a.ip()
+        };
+        SocketAddr::new(ip, a.port())
+    };
+    let stun: Vec<String> = config
+        .stun
+        .iter()
+        .map(|a| format!("stun:{}", host(*a)))
+        .collect();
+    let turn: Vec<TurnSettings> = config
+        .turn
+        .iter()
+        .map(|t| {
+            let c = crate::turn_server::credentials(&t.secret, &who.to_string(), t.ttl);
+            TurnSettings {
+                url: format!("turn:{}", host(t.addr)),
+                username: c.username,
+                credential: c.password,
+                expires: c.expires,
+            }
+        })
+        .collect();
+    (!stun.is_empty() || !turn.is_empty()).then_some(IceSettings { stun, turn })
 }
 
 fn on_message(
@@ -521,6 +592,7 @@ fn on_message(
                 *me = Some(id.clone());
                 Reply::Msg(ServerMsg::Welcome {
                     identity: id.to_string(),
+                    ice: ice_settings(&hub.config, slot.local_ip, &id),
                 })
             }
             Err(e) => {

@@ -712,7 +712,8 @@ fn a_certificate_from_a_trusted_ca_proves_a_named_identity() {
                 assert_eq!(
                     answer,
                     ServerMsg::Welcome {
-                        identity: "str:alice".into()
+                        identity: "str:alice".into(),
+                        ice: None,
                     }
                 );
             } else {

@@ -1,0 +1,391 @@
+//! The embedded STUN responder (RFC 8489 Binding, on `stun-rs`), with RFC 5780 NAT
+//! behaviour discovery when given a second address, and the client side of that discovery
+//! ([`nat_check`]).
+//!
+//! With a primary address `IP1:P1` and an alternate IP `IP2`, the responder listens on the
+//! four sockets `IP1:P1`, `IP1:P2`, `IP2:P1`, `IP2:P2` (`P2 = P1 + 1`), answers every
+//! Binding request with its XOR-MAPPED-ADDRESS, MAPPED-ADDRESS, RESPONSE-ORIGIN and
+//! OTHER-ADDRESS, and sends the answer from the socket a CHANGE-REQUEST asks for.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use stun_rs::attributes::discovery::{
+    ChangeRequest, ChangeRequestFlags, OtherAddress, ResponseOrigin,
+};
+use stun_rs::attributes::stun::{ErrorCode, MappedAddress, Software, XorMappedAddress};
+use stun_rs::methods::BINDING;
+use stun_rs::{
+    MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, StunMessage, StunMessageBuilder,
+    TransactionId,
+};
+use tokio::net::UdpSocket;
+
+/// Largest datagram read.
+const MAX_DATAGRAM: usize = 2048;
+
+/// A running STUN responder.
+#[derive(Debug)]
+pub struct StunServer {
+    addrs: Vec<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl StunServer {
+    /// Answers Binding requests on UDP `primary` (on the current tokio runtime). With
+    /// `alternate`, a second IP of this host, it also answers RFC 5780 behaviour-discovery
+    /// requests (see the module docs); `primary`'s port must then be free one above too
+    /// (port 0 picks such a pair).
+    pub async fn start(
+        primary: SocketAddr,
+        alternate: Option<IpAddr>,
+    ) -> std::io::Result<StunServer> {
+        let sockets = match alternate {
+            None => vec![Arc::new(UdpSocket::bind(primary).await?)],
+            Some(ip2) => bind_four(primary, ip2).await?,
+        };
+        let addrs = sockets
+            .iter()
+            .map(|s| s.local_addr())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let sockets = Arc::new(sockets);
+        let tasks = (0..sockets.len())
+            .map(|i| tokio::spawn(serve(sockets.clone(), i)))
+            .collect();
+        Ok(StunServer { addrs, tasks })
+    }
+
+    /// The primary address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// The address with both IP and port changed, when discovery is on.
+    pub fn other_addr(&self) -> Option<SocketAddr> {
+        self.addrs.get(3).copied()
+    }
+
+    /// Stops answering (as dropping it does).
+    pub fn stop(self) {}
+}
+
+impl Drop for StunServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Binds IP1:P1, IP1:P2, IP2:P1, IP2:P2 (in that order).
+async fn bind_four(primary: SocketAddr, ip2: IpAddr) -> std::io::Result<Vec<Arc<UdpSocket>>> {
+    let ip1 = primary.ip();
+    for _ in 0..32 {
+        let first = UdpSocket::bind(primary).await?;
+        let p1 = first.local_addr()?.port();
+        let Some(p2) = p1.checked_add(1) else {
+            continue;
+        };
+        let rest = async {
+            Ok::<_, std::io::Error>([
+                UdpSocket::bind((ip1, p2)).await?,
+                UdpSocket::bind((ip2, p1)).await?,
+                UdpSocket::bind((ip2, p2)).await?,
+            ])
+        };
+        match rest.await {
+            Ok([b, c, d]) => {
+                return Ok(vec![first, b, c, d].into_iter().map(Arc::new).collect());
+            }
+            Err(e) if primary.port() != 0 => return Err(e),
+            Err(_) => continue, // a neighbour port was taken: try another pair
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free pair of adjacent ports on both addresses",
+    ))
+}
+
+/// Answers requests arriving on `sockets[i]`.
+async fn serve(sockets: Arc<Vec<Arc<UdpSocket>>>, i: usize) {
+    let decoder = MessageDecoderBuilder::default().build();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let me = &sockets[i];
+    loop {
+        let (n, from) = match me.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::trace!(error = %e, "STUN receive error");
+                continue;
+            }
+        };
+        let Ok((msg, _)) = decoder.decode(&buf[..n]) else {
+            continue; // not STUN: no answer
+        };
+        if msg.method() != BINDING || msg.class() != MessageClass::Request {
+            continue;
+        }
+        let (change_ip, change_port) = change_flags(&msg);
+        let (answer, via) = if sockets.len() == 4 {
+            // Index bits: 1 = port changed, 2 = IP changed (see `bind_four`).
+            let j = i ^ (usize::from(change_port)) ^ (usize::from(change_ip) << 1);
+            (binding_answer(&msg, from, &sockets, i, j), j)
+        } else if change_ip || change_port {
+            (error_answer(&msg, 420, "no alternate address"), i)
+        } else {
+            (binding_answer(&msg, from, &sockets, i, i), i)
+        };
+        if let Some(bytes) = answer {
+            let _ = sockets[via].send_to(&bytes, from).await;
+        }
+    }
+}
+
+/// The CHANGE-REQUEST flags: (change IP, change port).
+fn change_flags(msg: &StunMessage) -> (bool, bool) {
+    msg.get::<ChangeRequest>()
+        .and_then(|a| a.as_change_request().ok())
+        .map_or((false, false), |c| {
+            let f = c.flags();
+            (
+                f.contains(ChangeRequestFlags::ChangeIp),
+                f.contains(ChangeRequestFlags::ChangePort),
+            )
+        })
+}
+
+fn encode(msg: &StunMessage) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; MAX_DATAGRAM];
+    let n = MessageEncoderBuilder::default()
+        .build()
+        .encode(&mut out, msg)
+        .ok()?;
+    out.truncate(n);
+    Some(out)
+}
+
+/// A Binding success for `from`, received on socket `got` and sent from socket `via`.
+fn binding_answer(
+    req: &StunMessage,
+    from: SocketAddr,
+    sockets: &[Arc<UdpSocket>],
+    got: usize,
+    via: usize,
+) -> Option<Vec<u8>> {
+    let origin = sockets[via].local_addr().ok()?;
+    let mut b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
+        .with_transaction_id(*req.transaction_id())
+        .with_attribute(XorMappedAddress::from(from))
+        .with_attribute(MappedAddress::from(from))
+        .with_attribute(ResponseOrigin::from(origin));
+    if sockets.len() == 4 {
+        // The address with both IP and port changed, from the one asked.
+        let other = sockets[got ^ 3].local_addr().ok()?;
+        b = b.with_attribute(OtherAddress::from(other));
+    }
+    if let Ok(s) = Software::new(crate::protocol::SERVER_NAME) {
+        b = b.with_attribute(s);
+    }
+    encode(&b.build())
+}
+
+fn error_answer(req: &StunMessage, code: u16, reason: &str) -> Option<Vec<u8>> {
+    let err = stun_rs::ErrorCode::new(code, reason).ok()?;
+    let msg = StunMessageBuilder::new(BINDING, MessageClass::ErrorResponse)
+        .with_transaction_id(*req.transaction_id())
+        .with_attribute(ErrorCode::from(err))
+        .build();
+    encode(&msg)
+}
+
+/// How a NAT maps or filters (RFC 4787 terms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// The same for every remote address and port.
+    EndpointIndependent,
+    /// Depends on the remote address.
+    AddressDependent,
+    /// Depends on the remote address and port.
+    AddressAndPortDependent,
+}
+
+impl std::fmt::Display for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Behaviour::EndpointIndependent => "endpoint-independent",
+            Behaviour::AddressDependent => "address-dependent",
+            Behaviour::AddressAndPortDependent => "address-and-port-dependent",
+        })
+    }
+}
+
+/// What [`nat_check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatReport {
+    /// Our socket's address.
+    pub local: SocketAddr,
+    /// Our address as the server saw it.
+    pub mapped: SocketAddr,
+    /// True when the mapped address is our own: no NAT in between.
+    pub no_nat: bool,
+    /// How the NAT maps.
+    pub mapping: Behaviour,
+    /// How it filters.
+    pub filtering: Behaviour,
+}
+
+impl NatReport {
+    /// The classic name: none, full cone, restricted cone, port-restricted cone, symmetric.
+    pub fn nat_type(&self) -> &'static str {
+        use Behaviour::*;
+        match (self.no_nat, self.mapping, self.filtering) {
+            (true, _, EndpointIndependent) => "none (open internet)",
+            (true, _, _) => "none, behind a firewall",
+            (false, EndpointIndependent, EndpointIndependent) => "full cone",
+            (false, EndpointIndependent, AddressDependent) => "restricted cone",
+            (false, EndpointIndependent, AddressAndPortDependent) => "port-restricted cone",
+            (false, _, _) => "symmetric",
+        }
+    }
+}
+
+impl std::fmt::Display for NatReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "local address:  {}", self.local)?;
+        writeln!(f, "mapped address: {}", self.mapped)?;
+        writeln!(f, "mapping:        {}", self.mapping)?;
+        writeln!(f, "filtering:      {}", self.filtering)?;
+        write!(f, "NAT type:       {}", self.nat_type())
+    }
+}
+
+/// Why a check could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum NatCheckError {
+    /// A socket error.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server did not answer at all.
+    #[error("no answer from the STUN server at {0}")]
+    NoAnswer(SocketAddr),
+    /// The server answered without an OTHER-ADDRESS: it cannot tell NAT behaviour.
+    #[error(
+        "the STUN server at {0} does not support RFC 5780 behaviour discovery (no OTHER-ADDRESS)"
+    )]
+    NoDiscovery(SocketAddr),
+}
+
+/// One Binding answer: the mapped address, and the OTHER-ADDRESS if given.
+struct Answer {
+    mapped: SocketAddr,
+    other: Option<SocketAddr>,
+}
+
+/// Sends a Binding request to `to` (asking the answer to come from a changed IP and/or
+/// port) and waits for the answer: up to `tries` sends, `wait` apart.
+async fn binding(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    change: (bool, bool),
+    tries: u32,
+    wait: Duration,
+) -> std::io::Result<Option<Answer>> {
+    let tid = TransactionId::default();
+    let mut req = StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(tid);
+    if change != (false, false) {
+        let flags = match change {
+            (true, true) => ChangeRequestFlags::ChangeIp | ChangeRequestFlags::ChangePort,
+            (true, false) => ChangeRequestFlags::ChangeIp.into(),
+            _ => ChangeRequestFlags::ChangePort.into(),
+        };
+        req = req.with_attribute(ChangeRequest::new(Some(flags)));
+    }
+    let bytes = encode(&req.build()).ok_or_else(|| std::io::Error::other("STUN encoding"))?;
+    let decoder = MessageDecoderBuilder::default().build();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    for _ in 0..tries {
+        socket.send_to(&bytes, to).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let r = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await;
+            let Ok(r) = r else { break };
+            let (n, _) = r?;
+            let Ok((msg, _)) = decoder.decode(&buf[..n]) else {
+                continue;
+            };
+            if *msg.transaction_id() != tid || msg.class() != MessageClass::SuccessResponse {
+                continue;
+            }
+            let mapped = msg
+                .get::<XorMappedAddress>()
+                .and_then(|a| a.as_xor_mapped_address().ok())
+                .map(|a| *a.socket_address())
+                .or_else(|| {
+                    msg.get::<MappedAddress>()
+                        .and_then(|a| a.as_mapped_address().ok())
+                        .map(|a| *a.socket_address())
+                });
+            let Some(mapped) = mapped else { continue };
+            let other = msg
+                .get::<OtherAddress>()
+                .and_then(|a| a.as_other_address().ok())
+                .map(|a| *a.socket_address());
+            return Ok(Some(Answer { mapped, other }));
+        }
+    }
+    Ok(None)
+}
+
+/// Finds this host's NAT mapping and filtering behaviour against a STUN server with RFC
+/// 5780 support at `server` (RFC 5780 §4.3 and §4.4), from a socket bound to `bind`.
+pub async fn nat_check(server: SocketAddr, bind: SocketAddr) -> Result<NatReport, NatCheckError> {
+    let socket = UdpSocket::bind(bind).await?;
+    let local = socket.local_addr()?;
+    let wait = Duration::from_millis(300);
+    // Mapping test I.
+    let first = binding(&socket, server, (false, false), 5, wait)
+        .await?
+        .ok_or(NatCheckError::NoAnswer(server))?;
+    let other = first.other.ok_or(NatCheckError::NoDiscovery(server))?;
+    let no_nat = first.mapped == local
+        || (local.ip().is_unspecified() && first.mapped.port() == local.port());
+    // Mapping tests II and III: the alternate IP with the primary port, then both changed.
+    let alt_ip = SocketAddr::new(other.ip(), server.port());
+    let second = binding(&socket, alt_ip, (false, false), 5, wait)
+        .await?
+        .ok_or(NatCheckError::NoAnswer(alt_ip))?;
+    let mapping = if second.mapped == first.mapped {
+        Behaviour::EndpointIndependent
+    } else {
+        let third = binding(&socket, other, (false, false), 5, wait)
+            .await?
+            .ok_or(NatCheckError::NoAnswer(other))?;
+        if third.mapped == second.mapped {
+            Behaviour::AddressDependent
+        } else {
+            Behaviour::AddressAndPortDependent
+        }
+    };
+    // Filtering tests II and III: answers from a changed IP and port, then a changed port.
+    let filtering = if binding(&socket, server, (true, true), 3, wait)
+        .await?
+        .is_some()
+    {
+        Behaviour::EndpointIndependent
+    } else if binding(&socket, server, (false, true), 3, wait)
+        .await?
+        .is_some()
+    {
+        Behaviour::AddressDependent
+    } else {
+        Behaviour::AddressAndPortDependent
+    };
+    Ok(NatReport {
+        local,
+        mapped: first.mapped,
+        no_nat,
+        mapping,
+        filtering,
+    })
+}
