@@ -2,188 +2,14 @@
 //! with its embedded STUN and TURN servers) connect by identity through webrtc-ice agents,
 //! and the route is reported.
 
+mod common;
+
+use common::*;
 use punchline::api::config::{ConfigData, ConfigValue};
-use punchline::identity::KeyPair;
+use punchline::proto::ConnectionInfoFlags;
 use punchline::transport::RouteKind;
-use punchline::{ConnectionHandle, ConnectionState, SendFlags, Sockets, SocketsConfig};
-use punchline::{ConnectionInfo, EndReason};
-use punchline_ice::IceTransport;
-use punchline_signaling::server::TurnAdvert;
-use punchline_signaling::stun::StunServer;
-use punchline_signaling::turn_server::TurnServer;
-use punchline_signaling::{Config, Server, SignalingClient};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// A signaling server on its own runtime thread, with STUN and TURN when asked.
-struct Signaling {
-    url: String,
-    rt: tokio::runtime::Runtime,
-    server: Option<Server>,
-    stun: Option<StunServer>,
-    turn: Option<TurnServer>,
-}
-
-impl Signaling {
-    fn start(mut config: Config, ice: bool) -> Signaling {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = "127.0.0.1:0".parse().unwrap();
-        let (stun, turn) = if ice {
-            let secret = b"test secret".to_vec();
-            let stun = rt.block_on(StunServer::start(local, None)).unwrap();
-            let turn = rt
-                .block_on(TurnServer::start(local, local.ip(), secret.clone()))
-                .unwrap();
-            config.stun = Some(stun.addr());
-            config.turn = Some(TurnAdvert {
-                addr: turn.addr(),
-                secret,
-                ttl: Duration::from_secs(600),
-            });
-            (Some(stun), Some(turn))
-        } else {
-            (None, None)
-        };
-        let server = rt.block_on(Server::start(local, config)).unwrap();
-        Signaling {
-            url: format!("ws://{}/", server.addr()),
-            rt,
-            server: Some(server),
-            stun,
-            turn,
-        }
-    }
-}
-
-impl Drop for Signaling {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            self.rt.block_on(s.stop());
-        }
-        if let Some(t) = self.turn.take() {
-            self.rt.block_on(t.stop());
-        }
-        self.stun.take();
-    }
-}
-
-struct Peer {
-    sockets: Sockets,
-    client: Arc<SignalingClient>,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        self.client.disconnect();
-    }
-}
-
-fn peer(sig: &Signaling) -> Peer {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let key = KeyPair::generate(&mut rand_core::OsRng);
-    let sockets = Sockets::with_config(SocketsConfig {
-        key: Some(key.clone()),
-        ..SocketsConfig::default()
-    })
-    .unwrap();
-    sockets.set_p2p_transport(IceTransport::loopback_only().into_arc());
-    let client = SignalingClient::connect(&sig.url, &key, None, &sockets).unwrap();
-    Peer { sockets, client }
-}
-
-/// Waits until `h` leaves Connecting/FindingRoute; returns the state it reached.
-fn settle(s: &Sockets, h: ConnectionHandle, limit: Duration) -> ConnectionState {
-    let end = Instant::now() + limit;
-    loop {
-        s.run_callbacks();
-        let info = s.get_connection_info(h).unwrap();
-        let st = info.state;
-        if !matches!(
-            st,
-            ConnectionState::Connecting | ConnectionState::FindingRoute
-        ) || Instant::now() > end
-        {
-            if st != ConnectionState::Connected {
-                eprintln!("{h:?} ended: {:?} {}", info.end_reason, info.end_debug);
-            }
-            return st;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The connection the listener `s` has: the first one that shows up.
-fn accepted(s: &Sockets, limit: Duration) -> ConnectionHandle {
-    let mut events = s.status_events();
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(e) = events.try_recv() {
-            if e.info.state == ConnectionState::Connecting {
-                s.accept_connection(e.connection).unwrap();
-                return e.connection;
-            }
-        }
-        assert!(Instant::now() < end, "no incoming connection");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Sends `n` reliable messages each way and checks they all arrive in order.
-fn exchange(a: &Sockets, ha: ConnectionHandle, b: &Sockets, hb: ConnectionHandle, n: usize) {
-    for i in 0..n {
-        a.send_message_to_connection(ha, format!("a{i}").into_bytes(), SendFlags::RELIABLE)
-            .unwrap();
-        b.send_message_to_connection(hb, format!("b{i}").into_bytes(), SendFlags::RELIABLE)
-            .unwrap();
-    }
-    for (s, h, tag) in [(b, hb, "a"), (a, ha, "b")] {
-        let mut got = 0;
-        let end = Instant::now() + Duration::from_secs(10);
-        while got < n {
-            for m in s.receive_messages_on_connection(h, 64).unwrap() {
-                assert_eq!(m.payload.as_ref(), format!("{tag}{got}").as_bytes());
-                got += 1;
-            }
-            assert!(Instant::now() < end, "only {got} of {n} messages arrived");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-/// `P2P_Transport_ICE_Enable` set to `mask`.
-fn ice_enable(mask: i32) -> (ConfigValue, ConfigData) {
-    (ConfigValue::P2pTransportIceEnable, ConfigData::Int32(mask))
-}
-
-/// Connects `a` to `b` (listening on virtual port 1), each with its own options, and
-/// returns both ends once both settled (connected or not).
-fn connect(
-    a: &Peer,
-    b: &Peer,
-    a_options: &[(ConfigValue, ConfigData)],
-    b_options: &[(ConfigValue, ConfigData)],
-) -> (ConnectionHandle, ConnectionHandle) {
-    b.sockets.create_listen_socket_p2p(1, b_options).unwrap();
-    let ha = a
-        .sockets
-        .connect_p2p(&b.sockets.get_identity(), 1, a_options)
-        .unwrap();
-    let hb = accepted(&b.sockets, Duration::from_secs(10));
-    settle(&a.sockets, ha, Duration::from_secs(20));
-    settle(&b.sockets, hb, Duration::from_secs(10));
-    (ha, hb)
-}
-
-fn info(p: &Peer, h: ConnectionHandle) -> ConnectionInfo {
-    p.sockets.get_connection_info(h).unwrap()
-}
+use punchline::{ConnectionState, EndReason};
+use punchline_signaling::Config;
 
 #[test]
 fn host_candidates_on_loopback_connect_directly() {
@@ -197,9 +23,7 @@ fn host_candidates_on_loopback_connect_directly() {
         let info = info(p, h);
         assert_eq!(info.route, RouteKind::DirectLocal, "{info:?}");
         assert!(info.address_remote.ip().is_loopback(), "{info:?}");
-        assert!(!info
-            .flags
-            .contains(punchline::proto::ConnectionInfoFlags::RELAYED));
+        assert!(!info.flags.contains(ConnectionInfoFlags::RELAYED));
         let detail = p.sockets.get_detailed_connection_status(h).unwrap();
         assert!(detail.contains("route: DirectLocal"), "{detail}");
         assert!(detail.contains("host 127.0.0.1"), "{detail}");
@@ -218,9 +42,7 @@ fn relay_only_goes_through_the_embedded_turn_server() {
     for (p, h) in [(&a, ha), (&b, hb)] {
         let info = info(p, h);
         assert_eq!(info.route, RouteKind::Relayed, "{info:?}");
-        assert!(info
-            .flags
-            .contains(punchline::proto::ConnectionInfoFlags::RELAYED));
+        assert!(info.flags.contains(ConnectionInfoFlags::RELAYED));
         // The peer is seen at its relayed address: the TURN server's IP.
         assert_eq!(info.address_remote.ip(), relay.ip(), "{info:?}");
         let detail = p.sockets.get_detailed_connection_status(h).unwrap();

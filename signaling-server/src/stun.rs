@@ -5,13 +5,14 @@
 //! With a primary address `IP1:P1` and an alternate IP `IP2`, the responder listens on the
 //! four sockets `IP1:P1`, `IP1:P2`, `IP2:P1`, `IP2:P2` (`P2 = P1 + 1`), answers every
 //! Binding request with its XOR-MAPPED-ADDRESS, MAPPED-ADDRESS, RESPONSE-ORIGIN and
-//! OTHER-ADDRESS, and sends the answer from the socket a CHANGE-REQUEST asks for.
+//! OTHER-ADDRESS, and sends the answer from the socket a CHANGE-REQUEST asks for, to the
+//! port a RESPONSE-PORT asks for.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use stun_rs::attributes::discovery::{
-    ChangeRequest, ChangeRequestFlags, OtherAddress, ResponseOrigin,
+    ChangeRequest, ChangeRequestFlags, OtherAddress, ResponseOrigin, ResponsePort,
 };
 use stun_rs::attributes::stun::{ErrorCode, MappedAddress, Software, XorMappedAddress};
 use stun_rs::methods::BINDING;
@@ -120,8 +121,12 @@ async fn serve(sockets: Arc<Vec<Arc<UdpSocket>>>, i: usize) {
                 continue;
             }
         };
-        let Ok((msg, _)) = decoder.decode(&buf[..n]) else {
-            continue; // not STUN: no answer
+        let msg = match decoder.decode(&buf[..n]) {
+            Ok((msg, _)) => msg,
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "not a STUN message: no answer");
+                continue;
+            }
         };
         if msg.method() != BINDING || msg.class() != MessageClass::Request {
             continue;
@@ -136,8 +141,13 @@ async fn serve(sockets: Arc<Vec<Arc<UdpSocket>>>, i: usize) {
         } else {
             (binding_answer(&msg, from, &sockets, i, i), i)
         };
+        // RFC 5780 RESPONSE-PORT: the answer goes to another port of the asker.
+        let to = msg
+            .get::<ResponsePort>()
+            .and_then(|a| a.as_response_port().ok())
+            .map_or(from, |p| SocketAddr::new(from.ip(), p.as_u16()));
         if let Some(bytes) = answer {
-            let _ = sockets[via].send_to(&bytes, from).await;
+            let _ = sockets[via].send_to(&bytes, to).await;
         }
     }
 }

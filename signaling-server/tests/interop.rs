@@ -1,0 +1,277 @@
+//! The `punchline-signaling` binary's embedded STUN and TURN servers against coturn's own
+//! clients (Debian package `coturn`): `turnutils_stunclient` and `turnutils_natdiscovery`
+//! read our RFC 5780 answers, `turnutils_uclient` relays through our TURN server with
+//! credentials it makes from the shared secret (TURN REST API), and our `nat-check` reads a
+//! host with no NAT correctly. Everything runs on loopback (127.0.0.1 and 127.0.0.2).
+//!
+//! Without coturn installed the tests say SKIPPED; with `PUNCHLINE_REQUIRE_COTURN=1` (set by
+//! `.ci/run`) that is a failure.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "interop secret";
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// True when coturn's tools are here; otherwise says SKIPPED (or fails when required).
+fn have_coturn(test: &str) -> bool {
+    let found = [
+        "turnutils_stunclient",
+        "turnutils_uclient",
+        "turnutils_peer",
+    ]
+    .iter()
+    .all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !found {
+        assert!(
+            std::env::var("PUNCHLINE_REQUIRE_COTURN").as_deref() != Ok("1"),
+            "{test}: coturn is required (PUNCHLINE_REQUIRE_COTURN=1) but not installed"
+        );
+        eprintln!("{test}: SKIPPED: coturn's tools are not installed (apt-get install coturn)");
+    }
+    found
+}
+
+/// The server binary with STUN (RFC 5780 on 127.0.0.1 and 127.0.0.2) and TURN.
+struct Served {
+    _proc: Proc,
+    stun: SocketAddr,
+    turn: SocketAddr,
+}
+
+fn serve() -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_punchline-signaling"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--stun",
+            "127.0.0.1:0",
+            "--stun-alt-ip",
+            "127.0.0.2",
+            "--turn",
+            "127.0.0.1:0",
+            "--turn-secret",
+            SECRET,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start punchline-signaling");
+    let stdout = child.stdout.take().expect("piped");
+    let proc = Proc(child);
+    let (mut stun, mut turn) = (None, None);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("server output");
+        let field = |prefix: &str| {
+            line.strip_prefix(prefix)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|a| a.parse::<SocketAddr>().expect("an address"))
+        };
+        stun = stun.or(field("stun on "));
+        turn = turn.or(field("turn on "));
+        if line.starts_with("listening on ") {
+            break;
+        }
+    }
+    Served {
+        _proc: proc,
+        stun: stun.expect("stun address printed"),
+        turn: turn.expect("turn address printed"),
+    }
+}
+
+/// Runs a command to its end (killed after `limit`); returns (success, stdout + stderr).
+fn run(cmd: &mut Command, limit: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start command");
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut out);
+    }
+    (status.is_some_and(|s| s.success()), out)
+}
+
+#[test]
+fn coturn_stun_clients_read_our_rfc_5780_answers() {
+    if !have_coturn("coturn_stun_clients_read_our_rfc_5780_answers") {
+        return;
+    }
+    let s = serve();
+    let port = s.stun.port().to_string();
+    let (ok, out) = run(
+        Command::new("turnutils_stunclient").args(["-p", &port, "127.0.0.1"]),
+        Duration::from_secs(20),
+    );
+    assert!(ok, "{out}");
+    // Answers came from the changed IP and port, as the CHANGE-REQUESTs asked, and to the
+    // RESPONSE-PORT the client asked for.
+    assert!(out.contains("RFC 5780 response 3"), "{out}");
+    assert!(
+        out.contains(&format!("Other addr: : 127.0.0.2:{}", s.stun.port() + 1)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "Response origin: : 127.0.0.2:{}",
+            s.stun.port() + 1
+        )),
+        "{out}"
+    );
+    assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}");
+    let (_, out) = run(
+        Command::new("turnutils_natdiscovery").args(["-m", "-f", "-p", &port, "127.0.0.1"]),
+        Duration::from_secs(30),
+    );
+    assert!(out.contains("Endpoint Independent Mapping"), "{out}");
+    assert!(out.contains("Endpoint Independent Filtering"), "{out}");
+}
+
+#[test]
+fn coturn_uclient_relays_through_our_turn_server() {
+    if !have_coturn("coturn_uclient_relays_through_our_turn_server") {
+        return;
+    }
+    let s = serve();
+    // An echo peer on loopback, reached through our relay.
+    let peer_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|u| u.local_addr())
+        .unwrap()
+        .port()
+        .to_string();
+    let _peer = Proc(
+        Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", &peer_port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start turnutils_peer"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let turn_port = s.turn.port().to_string();
+    let uclient = |secret: &str| {
+        run(
+            Command::new("turnutils_uclient").args([
+                "-W",
+                secret,
+                "-u",
+                "alice",
+                "-p",
+                &turn_port,
+                "-e",
+                "127.0.0.1",
+                "-r",
+                &peer_port,
+                "-n",
+                "20",
+                "-m",
+                "1",
+                "-l",
+                "200",
+                "-X",
+                "127.0.0.1",
+            ]),
+            Duration::from_secs(30),
+        )
+    };
+    let (ok, out) = uclient(SECRET);
+    assert!(ok, "{out}");
+    assert!(out.contains("tot_recv_msgs=40"), "{out}");
+    assert!(out.contains("Total lost packets 0 "), "{out}");
+    // Credentials made with another secret are refused.
+    let (ok, out) = uclient("not the secret");
+    assert!(!ok, "{out}");
+    assert!(out.contains("error 400"), "{out}");
+}
+
+#[test]
+fn nat_check_sees_no_nat_on_loopback() {
+    let s = serve();
+    let (ok, out) = run(
+        Command::new(env!("CARGO_BIN_EXE_punchline-signaling")).args([
+            "nat-check",
+            "--stun",
+            &s.stun.to_string(),
+            "--bind",
+            "127.0.0.1:0",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("mapping:        endpoint-independent"),
+        "{out}"
+    );
+    assert!(
+        out.contains("filtering:      endpoint-independent"),
+        "{out}"
+    );
+    assert!(
+        out.contains("NAT type:       none (open internet)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn nat_check_explains_a_server_without_discovery() {
+    // A STUN server without a second address cannot tell NAT behaviour: nat-check says so.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_punchline-signaling"))
+        .args(["--listen", "127.0.0.1:0", "--stun", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _proc = Proc(child);
+    let stun = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("stun on ").map(str::to_string))
+        .expect("stun address");
+    let (ok, out) = run(
+        Command::new(env!("CARGO_BIN_EXE_punchline-signaling")).args([
+            "nat-check",
+            "--stun",
+            &stun,
+            "--bind",
+            "127.0.0.1:0",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(!ok);
+    assert!(out.contains("does not support RFC 5780"), "{out}");
+}
