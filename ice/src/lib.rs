@@ -24,6 +24,7 @@
 
 pub mod signal;
 
+use punchline::proto::rendezvous::MAX_TRANSPORT_SIGNAL;
 use punchline::proto::EndReason;
 use punchline::transport::{
     Path, PathConfig, PathParams, PathSink, RouteInfo, RouteKind, Transport, ICE_PRIVATE,
@@ -58,6 +59,8 @@ const SEND_QUEUE: usize = 1024;
 const SIGNAL_QUEUE: usize = 256;
 /// Most remote candidates taken from one peer.
 const MAX_REMOTE_CANDIDATES: usize = 64;
+/// How long signals wait for others to share a rendezvous message.
+const BUNDLE_WAIT: Duration = Duration::from_millis(20);
 /// How often the candidate-pair list in the detailed status is refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -311,6 +314,9 @@ struct Run {
     remote_done: Option<u32>,
     started: bool,
     connected_once: bool,
+    /// Signals waiting to go in one message, and when they go.
+    bundle: Vec<u8>,
+    flush_at: Option<tokio::time::Instant>,
 }
 
 async fn run(
@@ -354,6 +360,8 @@ async fn run(
         remote_done: None,
         started: false,
         connected_once: false,
+        bundle: Vec::new(),
+        flush_at: None,
     };
     if let Err(e) = r.begin_generation().await {
         r.sink.failed(
@@ -411,7 +419,16 @@ async fn run(
                 }
             }
             _ = stats.tick() => r.refresh_route().await,
+            () = sleep_until(r.flush_at), if r.flush_at.is_some() => r.flush(),
         }
+    }
+}
+
+/// Waits until `at` (forever for `None`).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -459,28 +476,57 @@ impl Run {
         self.agent.gather_candidates()
     }
 
-    fn signal(&self, s: Signal) {
+    /// Queues a signal for the peer: signals made within [`BUNDLE_WAIT`] of each other go
+    /// in one rendezvous message (signaling servers limit message rates).
+    fn signal(&mut self, s: Signal) {
         tracing::trace!(controlling = self.params.controlling, signal = ?s, "ICE signal out");
-        self.sink.signal(s.encode());
+        let line = s.encode();
+        if !self.bundle.is_empty() && self.bundle.len() + 1 + line.len() > MAX_TRANSPORT_SIGNAL {
+            self.flush();
+        }
+        if !self.bundle.is_empty() {
+            self.bundle.push(b'\n');
+        }
+        self.bundle.extend_from_slice(&line);
+        self.flush_at
+            .get_or_insert_with(|| tokio::time::Instant::now() + BUNDLE_WAIT);
     }
 
-    /// Takes in a signal from the peer's path; returns the cancel handle of a dial or
-    /// accept it started.
+    /// Sends the queued signals.
+    fn flush(&mut self) {
+        self.flush_at = None;
+        if !self.bundle.is_empty() {
+            self.sink.signal(std::mem::take(&mut self.bundle));
+        }
+    }
+
+    /// Takes in a message of signals from the peer's path; returns the cancel handle of a
+    /// dial or accept it started.
     async fn on_signal(
         &mut self,
         bytes: &[u8],
         conn_tx: &mpsc::Sender<Arc<dyn Conn + Send + Sync>>,
     ) -> Option<mpsc::Sender<()>> {
-        let s = match Signal::decode(bytes) {
-            Ok(s) => {
-                tracing::trace!(controlling = self.params.controlling, signal = ?s, "ICE signal in");
-                s
+        let mut cancel = None;
+        for line in bytes.split(|b| *b == b'\n') {
+            match Signal::decode(line) {
+                Ok(s) => {
+                    tracing::trace!(controlling = self.params.controlling, signal = ?s, "ICE signal in");
+                    if let Some(c) = self.on_one(s, conn_tx).await {
+                        cancel = Some(c);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "bad ICE signal"),
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "bad ICE signal");
-                return None;
-            }
-        };
+        }
+        cancel
+    }
+
+    async fn on_one(
+        &mut self,
+        s: Signal,
+        conn_tx: &mpsc::Sender<Arc<dyn Conn + Send + Sync>>,
+    ) -> Option<mpsc::Sender<()>> {
         if s.generation() < self.generation {
             return None; // from before a restart
         }
@@ -574,6 +620,7 @@ impl Run {
                     generation: self.generation,
                     count: self.local_count,
                 });
+                self.flush();
                 if self.local_count == 0 && !self.connected_once {
                     let why = self.why_no_candidates().await;
                     self.sink

@@ -1,5 +1,5 @@
-//! The ICE path's signals, carried in rendezvous transport messages: one line of text each
-//! (at most [`MAX_TRANSPORT_SIGNAL`] bytes).
+//! The ICE path's signals, carried in rendezvous transport messages: one line of text each,
+//! several to a message (at most [`MAX_TRANSPORT_SIGNAL`] bytes), separated by `\n`.
 //!
 //! ```text
 //! creds <generation> <ufrag> <pwd>      this generation's credentials

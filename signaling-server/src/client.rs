@@ -211,6 +211,8 @@ async fn next(ws: &mut Ws) -> Result<ServerMsg, ClientError> {
 
 /// Signals sent recently, by number, to learn the session of one that was undeliverable.
 const REMEMBERED: usize = 256;
+/// The message rate assumed of a server that does not say (the server's default).
+const DEFAULT_RATE: u32 = 200;
 
 /// Makes the server's STUN and TURN servers (and this client's TURN credentials) the
 /// `Sockets`' ICE settings, at interface scope (so a connection's own values still win).
@@ -241,7 +243,8 @@ fn apply_ice(sockets: &Sockets, ice: &protocol::IceSettings) {
 }
 
 impl Job {
-    async fn login(&self) -> Result<Ws, ClientError> {
+    /// Logs in; returns the socket and the server's message rate limit.
+    async fn login(&self) -> Result<(Ws, Option<u32>), ClientError> {
         let (mut ws, _) = tokio_tungstenite::connect_async(self.url.as_str())
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -260,11 +263,11 @@ impl Job {
         let login = protocol::login(&self.key, &self.identity, &nonce, self.cert.clone());
         send(&mut ws, &login).await?;
         match next(&mut ws).await? {
-            ServerMsg::Welcome { ice, .. } => {
+            ServerMsg::Welcome { ice, rate, .. } => {
                 if let Some(ice) = ice {
                     apply_ice(&self.sockets, &ice);
                 }
-                Ok(ws)
+                Ok((ws, rate))
             }
             ServerMsg::Error { code, message } => Err(ClientError::Refused { code, message }),
             other => Err(ClientError::Protocol(format!(
@@ -278,10 +281,11 @@ impl Job {
         mut rx: mpsc::UnboundedReceiver<Cmd>,
         ready: std::sync::mpsc::Sender<Result<(), ClientError>>,
     ) {
-        let mut ws = match tokio::time::timeout(Duration::from_secs(10), self.login()).await {
-            Ok(Ok(ws)) => {
+        let (mut ws, rate) = match tokio::time::timeout(Duration::from_secs(10), self.login()).await
+        {
+            Ok(Ok(r)) => {
                 let _ = ready.send(Ok(()));
-                ws
+                r
             }
             Ok(Err(e)) => {
                 let _ = ready.send(Err(e));
@@ -297,6 +301,11 @@ impl Job {
         // Ports wanted by a fake-IP request under way (the server adds one per request).
         let mut fake_ports_wanted: Option<usize> = None;
         let mut keepalive = tokio::time::interval(Duration::from_secs(15));
+        // Signals beyond the server's rate are dropped here rather than there (where they
+        // would count toward a disconnect): the rendezvous sends them again.
+        let rate = f64::from(rate.unwrap_or(DEFAULT_RATE).max(1)) * 0.8;
+        let mut tokens = rate;
+        let mut refilled = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -304,6 +313,14 @@ impl Job {
                         if data.len() > MAX_SIGNAL {
                             continue;
                         }
+                        let now = tokio::time::Instant::now();
+                        tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(rate);
+                        refilled = now;
+                        if tokens < 1.0 {
+                            tracing::debug!(%to, "signal dropped: over the server's rate");
+                            continue;
+                        }
+                        tokens -= 1.0;
                         let id = next_id;
                         next_id += 1;
                         let m = ClientMsg::Signal {

@@ -106,6 +106,10 @@ pub enum ServerMsg {
         /// STUN and TURN servers for ICE, with this client's TURN credentials.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ice: Option<IceSettings>,
+        /// Messages per second the server takes from a client (twice that in a burst);
+        /// beyond, it answers `rate_limited` and at last disconnects.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<u32>,
     },
     /// A signal from another identity.
     Signal {

@@ -593,6 +593,7 @@ fn on_message(
                 Reply::Msg(ServerMsg::Welcome {
                     identity: id.to_string(),
                     ice: ice_settings(&hub.config, slot.local_ip, &id),
+                    rate: Some(hub.config.rate),
                 })
             }
             Err(e) => {

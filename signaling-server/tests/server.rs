@@ -714,6 +714,7 @@ fn a_certificate_from_a_trusted_ca_proves_a_named_identity() {
                     ServerMsg::Welcome {
                         identity: "str:alice".into(),
                         ice: None,
+                        rate: Some(200),
                     }
                 );
             } else {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use punchline::api::config::{ConfigData, ConfigValue};
+use punchline::api::StatusEvents;
 use punchline::identity::KeyPair;
 use punchline::ConnectionInfo;
 use punchline::{ConnectionHandle, ConnectionState, SendFlags, Sockets, SocketsConfig};
@@ -119,9 +120,8 @@ pub fn settle(s: &Sockets, h: ConnectionHandle, limit: Duration) -> ConnectionSt
     }
 }
 
-/// The connection the listener `s` has: the first one that shows up.
-pub fn accepted(s: &Sockets, limit: Duration) -> ConnectionHandle {
-    let mut events = s.status_events();
+/// Accepts the next incoming connection `events` (of `s`) shows.
+pub fn accepted(s: &Sockets, events: &mut StatusEvents, limit: Duration) -> ConnectionHandle {
     let end = Instant::now() + limit;
     loop {
         if let Some(e) = events.try_recv() {
@@ -171,11 +171,12 @@ pub fn connect(
     b_options: &[(ConfigValue, ConfigData)],
 ) -> (ConnectionHandle, ConnectionHandle) {
     b.sockets.create_listen_socket_p2p(1, b_options).unwrap();
+    let mut events = b.sockets.status_events();
     let ha = a
         .sockets
         .connect_p2p(&b.sockets.get_identity(), 1, a_options)
         .unwrap();
-    let hb = accepted(&b.sockets, Duration::from_secs(10));
+    let hb = accepted(&b.sockets, &mut events, Duration::from_secs(10));
     settle(&a.sockets, ha, Duration::from_secs(20));
     settle(&b.sockets, hb, Duration::from_secs(10));
     (ha, hb)
