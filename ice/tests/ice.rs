@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use punchline::api::config::{ConfigData, ConfigValue};
-use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::proto::ConnectionInfoFlags;
 use punchline::transport::RouteKind;
 use punchline::{ConnectionState, EndReason};
