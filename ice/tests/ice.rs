@@ -104,3 +104,32 @@ fn ice_disabled_ends_at_once_with_3006() {
         info.end_debug
     );
 }
+
+#[test]
+fn ice_restarts_when_the_relay_dies_and_the_connection_lives_on() {
+    let mut sig = Signaling::start(Config::default(), true);
+    let relay = sig.turn.as_ref().unwrap().addr();
+    let (a, b) = (peer(&sig), peer(&sig));
+    // Long enough for ICE to notice the dead path (7 s) and find a new one.
+    let patient = (ConfigValue::TimeoutConnected, ConfigData::Int32(30_000));
+    let opts = [ice_enable(1), patient];
+    let (ha, hb) = connect(&a, &b, &opts, &opts);
+    assert_eq!(info(&a, ha).state, ConnectionState::Connected);
+    exchange(&a.sockets, ha, &b.sockets, hb, 20);
+    let before = info(&a, ha).address_remote;
+    // The TURN server goes away with every allocation, and comes back empty.
+    sig.restart_turn();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    loop {
+        let now = info(&a, ha);
+        assert_eq!(now.state, ConnectionState::Connected, "{now:?}");
+        if now.route == RouteKind::Relayed && now.address_remote != before {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "no new relayed route: {now:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(info(&a, ha).address_remote.ip(), relay.ip());
+    exchange(&a.sockets, ha, &b.sockets, hb, 20);
+    assert_eq!(info(&b, hb).state, ConnectionState::Connected);
+}

@@ -60,6 +60,21 @@ impl Signaling {
     }
 }
 
+impl Signaling {
+    /// Stops the TURN server (dropping every allocation) and starts a fresh one on the same
+    /// address and secret.
+    pub fn restart_turn(&mut self) {
+        let old = self.turn.take().expect("a TURN server");
+        let addr = old.addr();
+        self.rt.block_on(old.stop());
+        let turn = self
+            .rt
+            .block_on(TurnServer::start(addr, addr.ip(), b"test secret".to_vec()))
+            .expect("TURN server back on its port");
+        self.turn = Some(turn);
+    }
+}
+
 impl Drop for Signaling {
     fn drop(&mut self) {
         if let Some(s) = self.server.take() {
