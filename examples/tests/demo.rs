@@ -35,5 +35,9 @@ fn the_p2p_demo_connects_two_peers_by_identity_and_succeeds() {
         "{text}"
     );
     assert!(text.contains("bob got: hi bob!"), "{text}");
+    // Once directly, once through the embedded TURN server, with the candidate pairs shown.
+    assert!(text.contains("route DirectLocal"), "{text}");
+    assert!(text.contains("route Relayed"), "{text}");
+    assert!(text.contains("nominated"), "{text}");
     assert!(text.contains("done"), "{text}");
 }

@@ -126,7 +126,10 @@ fn ice_restarts_when_the_relay_dies_and_the_connection_lives_on() {
         if now.route == RouteKind::Relayed && now.address_remote != before {
             break;
         }
-        assert!(std::time::Instant::now() < end, "no new relayed route: {now:?}");
+        assert!(
+            std::time::Instant::now() < end,
+            "no new relayed route: {now:?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(info(&a, ha).address_remote.ip(), relay.ip());

@@ -247,6 +247,8 @@ pub struct Connection {
     recv: Reassembly,
     timers: [Option<Instant>; TIMER_COUNT],
     started: Instant,
+    /// When the first hello went out to the current route (the first RTT sample's start).
+    hello_started: Instant,
     last_recv: Instant,
     close_frame: Option<(u32, String)>,
     close_due: bool,
@@ -360,7 +362,7 @@ impl Connection {
     }
 
     /// P2P client: the rendezvous found the peer at `addr`: send the hello there.
-    pub(crate) fn set_route(&mut self, addr: SocketAddr) {
+    pub(crate) fn set_route(&mut self, now: Instant, addr: SocketAddr) {
         if let Handshake::Client { due, .. } = &mut self.handshake {
             if matches!(
                 self.state,
@@ -368,6 +370,7 @@ impl Connection {
             ) && !*due
             {
                 self.remote = addr;
+                self.hello_started = now;
                 *due = true;
                 self.set_state(ConnectionState::FindingRoute);
             }
@@ -530,6 +533,7 @@ impl Connection {
             recv: Reassembly::new(),
             timers: [None; TIMER_COUNT],
             started: now,
+            hello_started: now,
             last_recv: now,
             close_frame: None,
             close_due: false,
@@ -1001,7 +1005,7 @@ impl Connection {
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
         // First sample: the whole handshake round trip.
-        self.rtt.update(now - self.started, Duration::ZERO);
+        self.rtt.update(now - self.hello_started, Duration::ZERO);
         // Prove our address to the server at once, even with nothing queued.
         self.ping_pending = true;
         self.set_state(ConnectionState::Connected);

@@ -1,20 +1,27 @@
 //! P2P chat: two peers that know each other only by identity, introduced by the punchline
-//! signaling server; the chat itself goes directly between them, encrypted.
+//! signaling server; ICE finds the path between them (directly, or through the server's TURN
+//! relay), and the chat itself is end-to-end encrypted.
 //!
 //! ```sh
-//! p2p_chat demo                                      # a server and two peers in one process
-//! punchline-signaling --listen 127.0.0.1:7373 &      # or run the server yourself, then:
+//! p2p_chat demo          # a server with STUN and TURN, and two peers, in one process
+//! punchline-signaling --listen 127.0.0.1:7373 --stun 127.0.0.1:3478 --turn 127.0.0.1:3479 &
 //! p2p_chat listen  --server ws://127.0.0.1:7373/ --key alice.key
 //! p2p_chat connect --server ws://127.0.0.1:7373/ --key bob.key --peer ed25519:<alice's key>
 //! ```
 //!
 //! `--key FILE` keeps the identity across runs (the file is created when missing); without
 //! it each run gets a fresh identity. `--local` keeps the P2P traffic on loopback (both peers
-//! on this host); otherwise peers are told every interface address. Lines typed are sent to
-//! the peer(s); `/quit` leaves.
+//! on this host); otherwise ICE gathers every interface address, plus what the server's STUN
+//! and TURN give. Lines typed are sent to the peer(s); `/quit` leaves.
 
+use punchline::api::config::{ConfigData, ConfigValue};
+use punchline::api::StatusEvents;
 use punchline::identity::{Identity, KeyPair};
 use punchline::{ConnectionHandle, ConnectionState, SendFlags, Sockets, SocketsConfig};
+use punchline_ice::IceTransport;
+use punchline_signaling::server::TurnAdvert;
+use punchline_signaling::stun::StunServer;
+use punchline_signaling::turn_server::TurnServer;
 use punchline_signaling::{Config, Server, SignalingClient};
 use std::io::BufRead;
 use std::sync::Arc;
@@ -54,8 +61,8 @@ struct Peer {
     _signaling: Arc<SignalingClient>,
 }
 
-/// A peer logged in to the server at `url`; `local_only` keeps its P2P traffic on loopback
-/// (the demo), else peers are told every interface address.
+/// A peer logged in to the server at `url`, with ICE; `local_only` keeps its P2P traffic on
+/// loopback (the demo).
 fn peer(url: &str, key: &KeyPair, local_only: bool) -> Result<Peer, String> {
     let sockets = Sockets::with_config(SocketsConfig {
         key: Some(key.clone()),
@@ -63,6 +70,11 @@ fn peer(url: &str, key: &KeyPair, local_only: bool) -> Result<Peer, String> {
         ..SocketsConfig::default()
     })
     .map_err(|e| e.to_string())?;
+    sockets.set_p2p_transport(if local_only {
+        IceTransport::loopback_only().into_arc()
+    } else {
+        IceTransport::new().into_arc()
+    });
     let signaling =
         SignalingClient::connect(url, key, None, &sockets).map_err(|e| e.to_string())?;
     Ok(Peer {
@@ -87,21 +99,40 @@ fn wait_connected(s: &Sockets, h: ConnectionHandle, limit: Duration) -> Result<(
     }
 }
 
-/// Runs a signaling server and two peers in this process; they chat and leave.
+/// Runs a signaling server (with STUN and TURN) and two peers in this process: they find
+/// each other by identity, connect through ICE (directly, then once more through the TURN
+/// relay), chat, print the route and status, and leave.
 fn demo() -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let server = rt
-        .block_on(Server::start(
-            "127.0.0.1:0".parse().expect("valid"),
-            Config::default(),
-        ))
+    let local: std::net::SocketAddr = "127.0.0.1:0".parse().expect("valid");
+    let mut secret = vec![0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
+    let (server, stun, turn) = rt
+        .block_on(async {
+            let stun = StunServer::start(local, None).await?;
+            let turn = TurnServer::start(local, local.ip(), secret.clone()).await?;
+            let config = Config {
+                stun: Some(stun.addr()),
+                turn: Some(TurnAdvert {
+                    addr: turn.addr(),
+                    secret,
+                    ttl: Duration::from_secs(600),
+                }),
+                ..Config::default()
+            };
+            Ok::<_, std::io::Error>((Server::start(local, config).await?, stun, turn))
+        })
         .map_err(|e| e.to_string())?;
     let url = format!("ws://{}/", server.addr());
-    println!("signaling server at {url}");
+    println!(
+        "signaling server at {url}, STUN at {}, TURN at {}",
+        stun.addr(),
+        turn.addr()
+    );
     let (ka, kb) = (
         KeyPair::generate(&mut rand_core::OsRng),
         KeyPair::generate(&mut rand_core::OsRng),
@@ -115,13 +146,71 @@ fn demo() -> Result<(), String> {
         .sockets
         .create_listen_socket_p2p(VPORT, &[])
         .map_err(|e| e.to_string())?;
-    let to_alice = bob
-        .sockets
-        .connect_p2p(&ka.identity(), VPORT, &[])
-        .map_err(|e| e.to_string())?;
-    // Alice accepts the incoming connection.
+    let relay_only = [(
+        ConfigValue::P2pTransportIceEnable,
+        ConfigData::Int32(punchline::transport::ICE_RELAY),
+    )];
+    let runs: [(&str, &[(ConfigValue, ConfigData)]); 2] = [
+        ("ICE, any route", &[]),
+        ("ICE, relayed candidates only", &relay_only),
+    ];
+    for (what, options) in runs {
+        println!("-- bob connects to alice by identity ({what})");
+        let to_alice = bob
+            .sockets
+            .connect_p2p(&ka.identity(), VPORT, options)
+            .map_err(|e| e.to_string())?;
+        let to_bob = accept_one(&alice, &mut events)?;
+        wait_connected(&bob.sockets, to_alice, Duration::from_secs(20))?;
+        wait_connected(&alice.sockets, to_bob, Duration::from_secs(20))?;
+        let info = bob
+            .sockets
+            .get_connection_info(to_alice)
+            .map_err(|e| e.to_string())?;
+        println!(
+            "bob: connected to {} at {}, route {:?}, flags {:?} (encrypted, identity proven)",
+            info.identity_remote, info.address_remote, info.route, info.flags
+        );
+        say(
+            &bob,
+            to_alice,
+            &alice,
+            to_bob,
+            "alice",
+            "hi alice, found you by your key",
+        )?;
+        say(
+            &alice,
+            to_bob,
+            &bob,
+            to_alice,
+            "bob",
+            "hi bob! no IP addresses exchanged by hand",
+        )?;
+        let status = bob
+            .sockets
+            .get_detailed_connection_status(to_alice)
+            .map_err(|e| e.to_string())?;
+        println!("bob's connection status:");
+        for line in status.lines() {
+            println!("  {line}");
+        }
+        bob.sockets.close_connection(to_alice, 0, "bye", true);
+        alice.sockets.close_connection(to_bob, 0, "bye", false);
+    }
+    rt.block_on(async {
+        server.stop().await;
+        turn.stop().await;
+    });
+    drop(stun);
+    println!("done");
+    Ok(())
+}
+
+/// Alice accepts the next incoming connection.
+fn accept_one(alice: &Peer, events: &mut StatusEvents) -> Result<ConnectionHandle, String> {
     let end = Instant::now() + Duration::from_secs(10);
-    let to_bob = loop {
+    loop {
         if let Some(ev) = events.try_recv() {
             if ev.info.state == ConnectionState::Connecting && ev.info.listen_socket.is_some() {
                 println!(
@@ -132,70 +221,43 @@ fn demo() -> Result<(), String> {
                     .sockets
                     .accept_connection(ev.connection)
                     .map_err(|e| e.to_string())?;
-                break ev.connection;
+                return Ok(ev.connection);
             }
         }
         if Instant::now() > end {
             return Err("no connect request reached alice".into());
         }
         std::thread::sleep(Duration::from_millis(2));
-    };
-    wait_connected(&bob.sockets, to_alice, Duration::from_secs(10))?;
-    wait_connected(&alice.sockets, to_bob, Duration::from_secs(10))?;
-    let info = bob
-        .sockets
-        .get_connection_info(to_alice)
-        .map_err(|e| e.to_string())?;
-    println!(
-        "bob: connected to {} at {} (direct, encrypted)",
-        info.identity_remote, info.address_remote
-    );
-    let lines = [
-        (
-            &bob,
-            to_alice,
-            &alice,
-            to_bob,
-            "hi alice, found you by your key",
-        ),
-        (
-            &alice,
-            to_bob,
-            &bob,
-            to_alice,
-            "hi bob! no IP addresses exchanged by hand",
-        ),
-        (&bob, to_alice, &alice, to_bob, "bye"),
-    ];
-    for (from, h_from, to, h_to, text) in lines {
-        from.sockets
-            .send_message_to_connection(h_from, text.as_bytes().to_vec(), SendFlags::RELIABLE)
-            .map_err(|e| e.to_string())?;
-        let end = Instant::now() + Duration::from_secs(5);
-        loop {
-            let got = to
-                .sockets
-                .receive_messages_on_connection(h_to, 10)
-                .map_err(|e| e.to_string())?;
-            if let Some(m) = got.first() {
-                let who = if std::ptr::eq(to, &alice) {
-                    "alice"
-                } else {
-                    "bob"
-                };
-                println!("{who} got: {}", String::from_utf8_lossy(&m.payload));
-                break;
-            }
-            if Instant::now() > end {
-                return Err(format!("'{text}' did not arrive"));
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
     }
-    bob.sockets.close_connection(to_alice, 0, "bye", true);
-    rt.block_on(server.stop());
-    println!("done");
-    Ok(())
+}
+
+/// `from` sends `text`; `to` (called `name`) prints it when it arrives.
+fn say(
+    from: &Peer,
+    h_from: ConnectionHandle,
+    to: &Peer,
+    h_to: ConnectionHandle,
+    name: &str,
+    text: &str,
+) -> Result<(), String> {
+    from.sockets
+        .send_message_to_connection(h_from, text.as_bytes().to_vec(), SendFlags::RELIABLE)
+        .map_err(|e| e.to_string())?;
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = to
+            .sockets
+            .receive_messages_on_connection(h_to, 10)
+            .map_err(|e| e.to_string())?;
+        if let Some(m) = got.first() {
+            println!("{name} got: {}", String::from_utf8_lossy(&m.payload));
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err(format!("'{text}' did not arrive"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Chats on stdin/stdout with whoever is connected.
