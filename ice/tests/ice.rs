@@ -9,6 +9,7 @@ use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::proto::ConnectionInfoFlags;
 use punchline::transport::RouteKind;
 use punchline::{ConnectionState, EndReason};
+use punchline_ice::IceTransport;
 use punchline_signaling::Config;
 
 #[test]
@@ -107,7 +108,7 @@ fn ice_disabled_ends_at_once_with_3006() {
 
 #[test]
 fn ice_restarts_when_the_relay_dies_and_the_connection_lives_on() {
-    let mut sig = Signaling::start(Config::default(), true);
+    let sig = Signaling::start(Config::default(), true);
     let relay = sig.turn.as_ref().unwrap().addr();
     let (a, b) = (peer(&sig), peer(&sig));
     // Long enough for ICE to notice the dead path (7 s) and find a new one.
@@ -117,8 +118,8 @@ fn ice_restarts_when_the_relay_dies_and_the_connection_lives_on() {
     assert_eq!(info(&a, ha).state, ConnectionState::Connected);
     exchange(&a.sockets, ha, &b.sockets, hb, 20);
     let before = info(&a, ha).address_remote;
-    // The TURN server goes away with every allocation, and comes back empty.
-    sig.restart_turn();
+    // The TURN server forgets every allocation: the relayed path is dead.
+    assert!(sig.drop_turn_allocations() >= 2);
     let end = std::time::Instant::now() + std::time::Duration::from_secs(25);
     loop {
         let now = info(&a, ha);
@@ -135,4 +136,82 @@ fn ice_restarts_when_the_relay_dies_and_the_connection_lives_on() {
     assert_eq!(info(&a, ha).address_remote.ip(), relay.ip());
     exchange(&a.sockets, ha, &b.sockets, hb, 20);
     assert_eq!(info(&b, hb).state, ConnectionState::Connected);
+}
+
+#[test]
+fn a_peer_with_no_address_to_offer_ends_both_sides_with_3006_and_4007() {
+    let sig = Signaling::start(Config::default(), false);
+    let (a, b) = (peer(&sig), peer(&sig));
+    // b may share only public addresses and has no STUN server: loopback is all it has.
+    let (ha, hb) = connect(&a, &b, &[], &[ice_enable(4)]);
+    let (ia, ib) = (info(&a, ha), info(&b, hb));
+    assert_eq!(
+        ib.end_reason,
+        EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
+        "{ib:?}"
+    );
+    assert_eq!(
+        ia.end_reason,
+        EndReason::REMOTE_P2P_ICE_NO_PUBLIC_ADDRESSES,
+        "{ia:?}"
+    );
+}
+
+#[test]
+fn no_pair_that_answers_ends_with_5009() {
+    let sig = Signaling::start(Config::default(), false);
+    // One peer has only 127.0.0.1, the other only ::1: no candidate pair can form.
+    let a = peer_with(
+        &sig,
+        IceTransport::new().with_ip_filter(|ip| ip.is_ipv4() && ip.is_loopback()),
+    );
+    let b = peer_with(
+        &sig,
+        IceTransport::new().with_ip_filter(|ip| ip.is_ipv6() && ip.is_loopback()),
+    );
+    let (ha, _) = connect(&a, &b, &[], &[]);
+    let ia = info(&a, ha);
+    assert_eq!(ia.end_reason, EndReason::MISC_P2P_NAT_FIREWALL, "{ia:?}");
+    assert!(
+        ia.end_debug.contains("no ICE candidate pair answered"),
+        "{ia:?}"
+    );
+}
+
+#[test]
+fn symmetric_connect_over_ice_gives_one_connection_each_side() {
+    let symmetric = [(ConfigValue::SymmetricConnect, ConfigData::Int32(1))];
+    let sig = Signaling::start(Config::default(), false);
+    for round in 0..3 {
+        let (a, b) = (peer(&sig), peer(&sig));
+        let (mut a_events, mut b_events) = (a.sockets.status_events(), b.sockets.status_events());
+        a.sockets.create_listen_socket_p2p(3, &symmetric).unwrap();
+        b.sockets.create_listen_socket_p2p(3, &symmetric).unwrap();
+        let (ia, ib) = (a.sockets.get_identity(), b.sockets.get_identity());
+        let (a2, b2) = (a.sockets.clone(), b.sockets.clone());
+        let (sa, sb) = (symmetric.clone(), symmetric.clone());
+        let ta = std::thread::spawn(move || a2.connect_p2p(&ib, 3, &sa).unwrap());
+        let tb = std::thread::spawn(move || b2.connect_p2p(&ia, 3, &sb).unwrap());
+        let (ca, cb) = (ta.join().unwrap(), tb.join().unwrap());
+        assert_eq!(
+            settle(&a.sockets, ca, std::time::Duration::from_secs(20)),
+            ConnectionState::Connected,
+            "round {round}"
+        );
+        assert_eq!(
+            settle(&b.sockets, cb, std::time::Duration::from_secs(20)),
+            ConnectionState::Connected,
+            "round {round}"
+        );
+        exchange(&a.sockets, ca, &b.sockets, cb, 10);
+        assert_eq!(info(&a, ca).route, RouteKind::DirectLocal);
+        for (events, own) in [(&mut a_events, ca), (&mut b_events, cb)] {
+            while let Some(ev) = events.try_recv() {
+                assert_eq!(
+                    ev.connection, own,
+                    "round {round}: a second connection appeared"
+                );
+            }
+        }
+    }
 }

@@ -155,6 +155,22 @@ impl TurnServer {
         credentials(&self.secret, who, ttl)
     }
 
+    /// Ends every allocation now (their clients must allocate again), for example after the
+    /// secret changed. Returns how many there were.
+    pub async fn drop_allocations(&self) -> usize {
+        let infos = self
+            .server
+            .get_allocations_info(None)
+            .await
+            .unwrap_or_default();
+        let users: std::collections::BTreeSet<String> =
+            infos.values().map(|i| i.username.clone()).collect();
+        for u in users {
+            let _ = self.server.delete_allocations_by_username(u).await;
+        }
+        infos.len()
+    }
+
     /// Stops serving and drops every allocation.
     pub async fn stop(self) {
         let _ = self.server.close().await;

@@ -537,7 +537,15 @@ impl Endpoint {
                     }
                 }
             }
-            Body::Close { reason, debug } => c.closed_by_signal(reason, debug),
+            Body::Close { reason, debug } => {
+                // The peer had no address to offer: from here, that is the remote's lack.
+                let reason = if reason == EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES.0 {
+                    EndReason::REMOTE_P2P_ICE_NO_PUBLIC_ADDRESSES.0
+                } else {
+                    reason
+                };
+                c.closed_by_signal(reason, debug)
+            }
             Body::Transport { data } => {
                 if self.path_signals.len() < MAX_PATH_SIGNALS {
                     self.path_signals.push_back((id, data));

@@ -61,17 +61,10 @@ impl Signaling {
 }
 
 impl Signaling {
-    /// Stops the TURN server (dropping every allocation) and starts a fresh one on the same
-    /// address and secret.
-    pub fn restart_turn(&mut self) {
-        let old = self.turn.take().expect("a TURN server");
-        let addr = old.addr();
-        self.rt.block_on(old.stop());
-        let turn = self
-            .rt
-            .block_on(TurnServer::start(addr, addr.ip(), b"test secret".to_vec()))
-            .expect("TURN server back on its port");
-        self.turn = Some(turn);
+    /// Ends every allocation on the TURN server; returns how many there were.
+    pub fn drop_turn_allocations(&self) -> usize {
+        let turn = self.turn.as_ref().expect("a TURN server");
+        self.rt.block_on(turn.drop_allocations())
     }
 }
 
@@ -98,7 +91,13 @@ impl Drop for Peer {
     }
 }
 
+/// A peer with ICE on loopback, logged in to `sig`.
 pub fn peer(sig: &Signaling) -> Peer {
+    peer_with(sig, IceTransport::loopback_only())
+}
+
+/// A peer with the ICE transport `ice`, logged in to `sig`.
+pub fn peer_with(sig: &Signaling, ice: IceTransport) -> Peer {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -109,7 +108,7 @@ pub fn peer(sig: &Signaling) -> Peer {
         ..SocketsConfig::default()
     })
     .unwrap();
-    sockets.set_p2p_transport(IceTransport::loopback_only().into_arc());
+    sockets.set_p2p_transport(ice.into_arc());
     let client = SignalingClient::connect(&sig.url, &key, None, &sockets).unwrap();
     Peer { sockets, client }
 }
