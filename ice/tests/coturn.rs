@@ -9,7 +9,6 @@ mod common;
 use common::*;
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::transport::RouteKind;
-use punchline::ConnectionState;
 use punchline_signaling::Config;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -122,9 +121,7 @@ fn our_ice_relays_through_coturn() {
         ),
     ];
     let (ha, hb) = connect(&a, &b, &turn, &turn);
-    assert_eq!(info(&a, ha).state, ConnectionState::Connected);
-    assert_eq!(info(&b, hb).state, ConnectionState::Connected);
-    exchange(&a.sockets, ha, &b.sockets, hb, 200);
+    assert_talking(&a, ha, &b, hb, 200);
     for (p, h) in [(&a, ha), (&b, hb)] {
         let info = info(p, h);
         assert_eq!(info.route, RouteKind::Relayed, "{info:?}");

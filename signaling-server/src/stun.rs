@@ -110,46 +110,85 @@ async fn bind_four(primary: SocketAddr, ip2: IpAddr) -> std::io::Result<Vec<Arc<
 
 /// Answers requests arriving on `sockets[i]`.
 async fn serve(sockets: Arc<Vec<Arc<UdpSocket>>>, i: usize) {
-    let decoder = MessageDecoderBuilder::default().build();
+    let Ok(addrs) = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()
+    else {
+        return;
+    };
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let me = &sockets[i];
     loop {
-        let (n, from) = match me.recv_from(&mut buf).await {
+        let (n, from) = match sockets[i].recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::trace!(error = %e, "STUN receive error");
                 continue;
             }
         };
-        let msg = match decoder.decode(&buf[..n]) {
-            Ok((msg, _)) => msg,
-            Err(e) => {
-                tracing::debug!(%from, error = %e, "not a STUN message: no answer");
-                continue;
-            }
-        };
-        if msg.method() != BINDING || msg.class() != MessageClass::Request {
-            continue;
-        }
-        let (change_ip, change_port) = change_flags(&msg);
-        let (answer, via) = if sockets.len() == 4 {
-            // Index bits: 1 = port changed, 2 = IP changed (see `bind_four`).
-            let j = i ^ (usize::from(change_port)) ^ (usize::from(change_ip) << 1);
-            (binding_answer(&msg, from, &sockets, i, j), j)
-        } else if change_ip || change_port {
-            (error_answer(&msg, 420, "no alternate address"), i)
-        } else {
-            (binding_answer(&msg, from, &sockets, i, i), i)
-        };
-        // RFC 5780 RESPONSE-PORT: the answer goes to another port of the asker.
-        let to = msg
-            .get::<ResponsePort>()
-            .and_then(|a| a.as_response_port().ok())
-            .map_or(from, |p| SocketAddr::new(from.ip(), p.as_u16()));
-        if let Some(bytes) = answer {
-            let _ = sockets[via].send_to(&bytes, to).await;
+        if let Some(r) = respond(&buf[..n], from, i, &addrs) {
+            let _ = sockets[r.via].send_to(&r.bytes, r.to).await;
         }
     }
+}
+
+/// An answer to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The encoded STUN message.
+    pub bytes: Vec<u8>,
+    /// Which of the responder's addresses sends it.
+    pub via: usize,
+    /// Where it goes.
+    pub to: SocketAddr,
+}
+
+/// The answer to `datagram` from `from`, received on `addrs[at]`, where `addrs` are the
+/// responder's addresses: one, or the four of behaviour discovery (IP1:P1, IP1:P2, IP2:P1,
+/// IP2:P2). `None` for anything but a Binding request (no answer to garbage).
+pub fn respond(
+    datagram: &[u8],
+    from: SocketAddr,
+    at: usize,
+    addrs: &[SocketAddr],
+) -> Option<Reply> {
+    if at >= addrs.len() || (addrs.len() != 1 && addrs.len() != 4) {
+        return None;
+    }
+    let msg = match MessageDecoderBuilder::default().build().decode(datagram) {
+        Ok((msg, _)) => msg,
+        Err(e) => {
+            tracing::debug!(%from, error = %e, "not a STUN message: no answer");
+            return None;
+        }
+    };
+    if msg.method() != BINDING || msg.class() != MessageClass::Request {
+        return None;
+    }
+    let (change_ip, change_port) = change_flags(&msg);
+    let (bytes, via) = if addrs.len() == 4 {
+        // Index bits: 1 = port changed, 2 = IP changed (see `bind_four`).
+        let via = at ^ usize::from(change_port) ^ (usize::from(change_ip) << 1);
+        // OTHER-ADDRESS: both IP and port changed, from the address asked.
+        (
+            binding_answer(&msg, from, addrs[via], Some(addrs[at ^ 3])),
+            via,
+        )
+    } else if change_ip || change_port {
+        (error_answer(&msg, 420, "no alternate address"), at)
+    } else {
+        (binding_answer(&msg, from, addrs[at], None), at)
+    };
+    // RFC 5780 RESPONSE-PORT: the answer goes to another port of the asker.
+    let to = msg
+        .get::<ResponsePort>()
+        .and_then(|a| a.as_response_port().ok())
+        .map_or(from, |p| SocketAddr::new(from.ip(), p.as_u16()));
+    Some(Reply {
+        bytes: bytes?,
+        via,
+        to,
+    })
 }
 
 /// The CHANGE-REQUEST flags: (change IP, change port).
@@ -175,23 +214,19 @@ fn encode(msg: &StunMessage) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A Binding success for `from`, received on socket `got` and sent from socket `via`.
+/// A Binding success for `from`, sent from `origin`, naming `other` as the other address.
 fn binding_answer(
     req: &StunMessage,
     from: SocketAddr,
-    sockets: &[Arc<UdpSocket>],
-    got: usize,
-    via: usize,
+    origin: SocketAddr,
+    other: Option<SocketAddr>,
 ) -> Option<Vec<u8>> {
-    let origin = sockets[via].local_addr().ok()?;
     let mut b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
         .with_transaction_id(*req.transaction_id())
         .with_attribute(XorMappedAddress::from(from))
         .with_attribute(MappedAddress::from(from))
         .with_attribute(ResponseOrigin::from(origin));
-    if sockets.len() == 4 {
-        // The address with both IP and port changed, from the one asked.
-        let other = sockets[got ^ 3].local_addr().ok()?;
+    if let Some(other) = other {
         b = b.with_attribute(OtherAddress::from(other));
     }
     if let Ok(s) = Software::new(crate::protocol::SERVER_NAME) {
@@ -292,6 +327,20 @@ struct Answer {
     other: Option<SocketAddr>,
 }
 
+/// A Binding request, asking the answer to come from a changed (IP, port).
+fn request(tid: TransactionId, change: (bool, bool)) -> Option<Vec<u8>> {
+    let mut req = StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(tid);
+    if change != (false, false) {
+        let flags = match change {
+            (true, true) => ChangeRequestFlags::ChangeIp | ChangeRequestFlags::ChangePort,
+            (true, false) => ChangeRequestFlags::ChangeIp.into(),
+            _ => ChangeRequestFlags::ChangePort.into(),
+        };
+        req = req.with_attribute(ChangeRequest::new(Some(flags)));
+    }
+    encode(&req.build())
+}
+
 /// Sends a Binding request to `to` (asking the answer to come from a changed IP and/or
 /// port) and waits for the answer: up to `tries` sends, `wait` apart.
 async fn binding(
@@ -302,16 +351,7 @@ async fn binding(
     wait: Duration,
 ) -> std::io::Result<Option<Answer>> {
     let tid = TransactionId::default();
-    let mut req = StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(tid);
-    if change != (false, false) {
-        let flags = match change {
-            (true, true) => ChangeRequestFlags::ChangeIp | ChangeRequestFlags::ChangePort,
-            (true, false) => ChangeRequestFlags::ChangeIp.into(),
-            _ => ChangeRequestFlags::ChangePort.into(),
-        };
-        req = req.with_attribute(ChangeRequest::new(Some(flags)));
-    }
-    let bytes = encode(&req.build()).ok_or_else(|| std::io::Error::other("STUN encoding"))?;
+    let bytes = request(tid, change).ok_or_else(|| std::io::Error::other("STUN encoding"))?;
     let decoder = MessageDecoderBuilder::default().build();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     for _ in 0..tries {
@@ -398,4 +438,112 @@ pub async fn nat_check(server: SocketAddr, bind: SocketAddr) -> Result<NatReport
         mapping,
         filtering,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs() -> Vec<SocketAddr> {
+        [
+            "10.0.0.1:3478",
+            "10.0.0.1:3479",
+            "10.0.0.2:3478",
+            "10.0.0.2:3479",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect()
+    }
+
+    fn decode(bytes: &[u8]) -> StunMessage {
+        MessageDecoderBuilder::default()
+            .build()
+            .decode(bytes)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn change_requests_pick_the_sending_address_and_other_address_is_the_far_corner() {
+        let from: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        let all = addrs();
+        for (change, via) in [
+            ((false, false), 0),
+            ((false, true), 1),
+            ((true, false), 2),
+            ((true, true), 3),
+        ] {
+            let tid = TransactionId::default();
+            let r = respond(&request(tid, change).unwrap(), from, 0, &all).unwrap();
+            assert_eq!((r.via, r.to), (via, from), "{change:?}");
+            let m = decode(&r.bytes);
+            assert_eq!(*m.transaction_id(), tid);
+            assert_eq!(m.class(), MessageClass::SuccessResponse);
+            let mapped = *m
+                .get::<XorMappedAddress>()
+                .unwrap()
+                .as_xor_mapped_address()
+                .unwrap()
+                .socket_address();
+            assert_eq!(mapped, from);
+            let other = *m
+                .get::<OtherAddress>()
+                .unwrap()
+                .as_other_address()
+                .unwrap()
+                .socket_address();
+            assert_eq!(other, all[3]);
+            let origin = *m
+                .get::<ResponseOrigin>()
+                .unwrap()
+                .as_response_origin()
+                .unwrap()
+                .socket_address();
+            assert_eq!(origin, all[via]);
+        }
+    }
+
+    #[test]
+    fn without_a_second_address_a_change_request_gets_420_and_garbage_nothing() {
+        let from: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        let one = &addrs()[..1];
+        let r = respond(
+            &request(TransactionId::default(), (true, true)).unwrap(),
+            from,
+            0,
+            one,
+        )
+        .unwrap();
+        assert_eq!(decode(&r.bytes).class(), MessageClass::ErrorResponse);
+        let plain = respond(
+            &request(TransactionId::default(), (false, false)).unwrap(),
+            from,
+            0,
+            one,
+        )
+        .unwrap();
+        assert!(decode(&plain.bytes).get::<OtherAddress>().is_none());
+        assert_eq!(respond(b"not stun at all, just bytes", from, 0, one), None);
+        assert_eq!(respond(&[0u8; 20], from, 0, one), None);
+        assert_eq!(
+            respond(
+                &request(TransactionId::default(), (false, false)).unwrap(),
+                from,
+                5,
+                one
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn response_port_redirects_the_answer() {
+        let from: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        let req = StunMessageBuilder::new(BINDING, MessageClass::Request)
+            .with_attribute(ResponsePort::new(6000))
+            .build();
+        let r = respond(&encode(&req).unwrap(), from, 0, &addrs()).unwrap();
+        assert_eq!(r.to, "192.0.2.9:6000".parse().unwrap());
+    }
 }

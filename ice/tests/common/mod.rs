@@ -199,3 +199,33 @@ pub fn connect(
 pub fn info(p: &Peer, h: ConnectionHandle) -> ConnectionInfo {
     p.sockets.get_connection_info(h).unwrap()
 }
+
+/// Both ends are connected, and `n` messages each way arrive in order.
+pub fn assert_talking(a: &Peer, ha: ConnectionHandle, b: &Peer, hb: ConnectionHandle, n: usize) {
+    assert_eq!(
+        info(a, ha).state,
+        ConnectionState::Connected,
+        "{:?}",
+        info(a, ha)
+    );
+    assert_eq!(
+        info(b, hb).state,
+        ConnectionState::Connected,
+        "{:?}",
+        info(b, hb)
+    );
+    exchange(&a.sockets, ha, &b.sockets, hb, n);
+}
+
+/// `h` of `p` ended with `reason`, its debug text mentioning each of `words`.
+pub fn assert_ended(p: &Peer, h: ConnectionHandle, reason: punchline::EndReason, words: &[&str]) {
+    let info = info(p, h);
+    assert_eq!(info.end_reason, reason, "{info:?}");
+    for w in words {
+        assert!(
+            info.end_debug.contains(w),
+            "{w:?} not in {:?}",
+            info.end_debug
+        );
+    }
+}
