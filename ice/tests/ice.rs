@@ -139,11 +139,11 @@ fn no_pair_that_answers_ends_with_5009() {
     // One peer has only 127.0.0.1, the other only ::1: no candidate pair can form.
     let a = peer_with(
         &sig,
-        IceTransport::new().with_ip_filter(|ip| ip.is_ipv4() && ip.is_loopback()),
+        Some(IceTransport::new().with_ip_filter(|ip| ip.is_ipv4() && ip.is_loopback())),
     );
     let b = peer_with(
         &sig,
-        IceTransport::new().with_ip_filter(|ip| ip.is_ipv6() && ip.is_loopback()),
+        Some(IceTransport::new().with_ip_filter(|ip| ip.is_ipv6() && ip.is_loopback())),
     );
     let (ha, _) = connect(&a, &b, &[], &[]);
     assert_ended(
@@ -190,4 +190,19 @@ fn symmetric_connect_over_ice_gives_one_connection_each_side() {
             }
         }
     }
+}
+
+#[test]
+fn a_peer_without_ice_is_no_substitute_and_learns_no_address() {
+    let sig = Signaling::start(Config::default(), false);
+    let (a, b) = (peer(&sig), peer_with(&sig, None));
+    let (ha, hb) = connect(&a, &b, &[], &[]);
+    assert_ended(
+        &a,
+        ha,
+        EndReason::MISC_P2P_RENDEZVOUS,
+        &["the peer has no ICE transport"],
+    );
+    // a asked for ICE, so its request carried no address for b to use.
+    assert_ne!(info(&b, hb).state, ConnectionState::Connected);
 }

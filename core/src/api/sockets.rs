@@ -1257,7 +1257,7 @@ impl Sockets {
         let s = c.stats();
         let p = c.path_status(Instant::now());
         let mut route = String::new();
-        if st.paths.contains_key(&id) {
+        if st.p2p_endpoint == Some(ep) && st.paths.contains_key(&id) {
             let r = st.route_info(id);
             route = format!("\nroute: {:?}", r.kind);
             if let Some(a) = r.remote {
@@ -1884,7 +1884,8 @@ impl State {
         }
         let mut remote = c.remote_addr();
         let mut route = RouteKind::None;
-        if is_path_addr(&remote) || self.paths.contains_key(&entry.id) {
+        let on_path = self.p2p_endpoint == Some(entry.ep) && self.paths.contains_key(&entry.id);
+        if is_path_addr(&remote) || on_path {
             // A transport's path: its own route, not the stand-in address.
             let r = self.route_info(entry.id);
             route = r.kind;

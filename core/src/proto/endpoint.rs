@@ -307,7 +307,7 @@ impl Endpoint {
     /// Tells the peer of session `session` that we accept, with our candidates and the
     /// transport; a transport path starts here.
     fn send_accept(&mut self, now: Instant, id: u32, session: u64, transport: u8) {
-        let candidates = self.p2p_candidates.clone();
+        let candidates = self.direct_candidates(transport);
         if let Some((_, s)) = self.sessions.get_mut(&session) {
             // An accept is the first message of its side: no backlog.
             let _ = s.send(
@@ -408,7 +408,7 @@ impl Endpoint {
                 to_vport: remote_vport,
                 symmetric,
                 transport: self.p2p_transport,
-                candidates: self.p2p_candidates.clone(),
+                candidates: self.direct_candidates(self.p2p_transport),
             },
         );
         self.sessions.insert(session, (id, s));
@@ -493,6 +493,16 @@ impl Endpoint {
         }))
     }
 
+    /// Our addresses for the rendezvous: none when a transport finds the path (it shares
+    /// only what its settings allow).
+    fn direct_candidates(&self, transport: u8) -> Vec<SocketAddr> {
+        if transport == DIRECT {
+            self.p2p_candidates.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The transport to use when a peer asks for `asked`: it, if we have it; else direct.
     fn chosen_transport(&self, asked: u8) -> u8 {
         if asked == self.p2p_transport {
@@ -517,11 +527,21 @@ impl Endpoint {
                         c.finding_route(transport);
                         self.path_starts.push_back(id);
                     } else {
-                        c.closed_by_signal(
-                            EndReason::MISC_P2P_RENDEZVOUS.0,
-                            format!("the peer chose transport {transport}, which we lack"),
+                        c.path_failed(
+                            EndReason::MISC_P2P_RENDEZVOUS,
+                            &format!("the peer chose transport {transport}, which we lack"),
                         );
                     }
+                }
+            }
+            Body::ConnectAccept { .. } if c.p2p().is_some_and(|p| p.transport != DIRECT) => {
+                // We asked for a transport (whose settings may forbid sharing addresses):
+                // direct UDP is no substitute.
+                if c.awaits_route() {
+                    c.path_failed(
+                        EndReason::MISC_P2P_RENDEZVOUS,
+                        "the peer has no ICE transport (P2P transports must match)",
+                    );
                 }
             }
             Body::ConnectAccept { candidates, .. } => {

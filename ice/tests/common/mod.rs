@@ -93,11 +93,11 @@ impl Drop for Peer {
 
 /// A peer with ICE on loopback, logged in to `sig`.
 pub fn peer(sig: &Signaling) -> Peer {
-    peer_with(sig, IceTransport::loopback_only())
+    peer_with(sig, Some(IceTransport::loopback_only()))
 }
 
-/// A peer with the ICE transport `ice`, logged in to `sig`.
-pub fn peer_with(sig: &Signaling, ice: IceTransport) -> Peer {
+/// A peer with the ICE transport `ice` (or none: direct UDP), logged in to `sig`.
+pub fn peer_with(sig: &Signaling, ice: Option<IceTransport>) -> Peer {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -108,7 +108,9 @@ pub fn peer_with(sig: &Signaling, ice: IceTransport) -> Peer {
         ..SocketsConfig::default()
     })
     .unwrap();
-    sockets.set_p2p_transport(ice.into_arc());
+    if let Some(ice) = ice {
+        sockets.set_p2p_transport(ice.into_arc());
+    }
     let client = SignalingClient::connect(&sig.url, &key, None, &sockets).unwrap();
     Peer { sockets, client }
 }
