@@ -30,13 +30,11 @@ impl Process {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
+        // Lines about STUN and TURN come first when those run.
+        let addr = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
             .expect("the server says where it listens")
             .parse()
             .unwrap();
@@ -283,6 +281,47 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+#[test]
+fn the_welcome_carries_stun_and_fresh_turn_credentials() {
+    let server = Process::start(&[
+        "--stun",
+        "127.0.0.1:0",
+        "--turn",
+        "127.0.0.1:0",
+        "--turn-ttl",
+        "120",
+    ]);
+    let key = KeyPair::generate(&mut rand_core::OsRng);
+    let me = key.identity();
+    let (_ws, answer) = rt().block_on(login_as(&server.url(), &me, &key));
+    let ServerMsg::Welcome {
+        ice: Some(ice),
+        rate: Some(200),
+        ..
+    } = answer
+    else {
+        panic!("no ICE settings in {answer:?}");
+    };
+    assert!(ice.stun[0].starts_with("stun:127.0.0.1:"), "{ice:?}");
+    let turn = &ice.turn[0];
+    assert!(turn.url.starts_with("turn:127.0.0.1:"), "{ice:?}");
+    assert!(turn.username.ends_with(&format!(":{me}")), "{ice:?}");
+    assert!(!turn.credential.is_empty());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!((now + 100..=now + 130).contains(&turn.expires), "{ice:?}");
+    assert!(turn.username.starts_with(&turn.expires.to_string()));
+    // Without --stun and --turn there is nothing to say.
+    let plain = Process::start(&[]);
+    let (_ws, answer) = rt().block_on(login_as(&plain.url(), &me, &key));
+    assert!(
+        matches!(answer, ServerMsg::Welcome { ice: None, .. }),
+        "{answer:?}"
+    );
 }
 
 #[test]
