@@ -1,12 +1,15 @@
-//! The application-facing API: [`Sockets`] (the ISteamNetworkingSockets analog), handles,
+//! The application-facing API: [`Sockets`] (the ISteamNetworkingSockets analog), [`Messages`]
+//! (ISteamNetworkingMessages), handles,
 //! messages, connection info and status, status-change events and the config-value system.
 
 pub mod config;
 pub mod fakeip;
+pub mod messages;
 pub mod p2p;
 mod sockets;
 
 pub use crate::proto::{ConnectionInfoFlags, ConnectionState, EndReason, Error, SendFlags};
+pub use messages::{Messages, MessagesEvent};
 pub use p2p::{Signaling, SignalingRecvContext};
 pub use sockets::{
     Availability, ConfigTarget, ConnectionInfo, ConnectionStatusChanged, Message, OutMessage,

@@ -1,6 +1,8 @@
 //! Helpers shared by the protocol tests.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use bytes::Bytes;
 use punchline::identity::KeyPair;
 use punchline::proto::{

@@ -1,0 +1,170 @@
+//! The Messages interface (ISteamNetworkingMessages) between `Sockets` introduced by an
+//! in-process signaling hub, over loopback UDP: sessions on first send, requests and
+//! acceptance, channels, broken sessions and their restart, idle close.
+
+mod common;
+
+use common::hub::{peer, Hub, Policy};
+use punchline::api::{Messages, MessagesEvent};
+use punchline::identity::Identity;
+use punchline::{ConnectionState, Error, SendFlags};
+use std::time::{Duration, Instant};
+
+/// Polls `f` until it gives something, for up to 10 s.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The next message on `channel`, as (sender, text).
+fn next(m: &Messages, channel: u32) -> (Identity, String) {
+    wait_for("a message", || {
+        m.receive_messages_on_channel(channel, 1).pop().map(|msg| {
+            assert_eq!(msg.channel, channel as i32);
+            (
+                msg.peer_identity,
+                String::from_utf8_lossy(&msg.payload).into_owned(),
+            )
+        })
+    })
+}
+
+fn request(m: &Messages) -> Identity {
+    wait_for("a session request", || match m.poll_event() {
+        Some(MessagesEvent::SessionRequest { identity }) => Some(identity),
+        _ => None,
+    })
+}
+
+struct Pair {
+    a: Messages,
+    b: Messages,
+    ia: Identity,
+    ib: Identity,
+}
+
+fn pair(seed: u64) -> Pair {
+    let (hub, peers) = Hub::start(0, 0, seed);
+    let sa = peer(&hub, &peers, Policy::Accept);
+    let sb = peer(&hub, &peers, Policy::Accept);
+    Pair {
+        ia: sa.get_identity(),
+        ib: sb.get_identity(),
+        a: Messages::new(&sa).unwrap(),
+        b: Messages::new(&sb).unwrap(),
+    }
+}
+
+#[test]
+fn a_first_message_asks_for_a_session_and_channels_stay_apart() {
+    let p = pair(1);
+    p.a.send_message_to_user(&p.ib, b"hello on 5", SendFlags::RELIABLE, 5)
+        .unwrap();
+    assert_eq!(request(&p.b), p.ia);
+    // Nothing arrives before the session is accepted.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(p.b.receive_messages_on_channel(5, 10).is_empty());
+    assert!(p.b.accept_session_with_user(&p.ia));
+    assert_eq!(next(&p.b, 5), (p.ia.clone(), "hello on 5".into()));
+    p.b.send_message_to_user(&p.ia, b"back on 7", SendFlags::RELIABLE, 7)
+        .unwrap();
+    assert_eq!(next(&p.a, 7), (p.ib.clone(), "back on 7".into()));
+    assert!(p.a.receive_messages_on_channel(5, 10).is_empty());
+    let (info, status) = p.a.get_session_connection_info(&p.ib).unwrap();
+    assert_eq!(info.state, ConnectionState::Connected);
+    assert_eq!(info.identity_remote, p.ib);
+    assert!(status.ping_ms >= 0);
+    assert!(p
+        .a
+        .get_session_connection_info(&Identity::localhost())
+        .is_none());
+}
+
+#[test]
+fn both_sending_at_once_share_one_session() {
+    for seed in 0..5 {
+        let p = pair(10 + seed);
+        p.a.send_message_to_user(&p.ib, b"from a", SendFlags::RELIABLE, 0)
+            .unwrap();
+        p.b.send_message_to_user(&p.ia, b"from b", SendFlags::RELIABLE, 0)
+            .unwrap();
+        // Each side sent, so each accepted: no request needs an answer.
+        assert_eq!(
+            next(&p.b, 0),
+            (p.ia.clone(), "from a".into()),
+            "seed {seed}"
+        );
+        assert_eq!(
+            next(&p.a, 0),
+            (p.ib.clone(), "from b".into()),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn a_broken_session_refuses_sends_until_closed_or_restarted() {
+    let p = pair(2);
+    p.a.send_message_to_user(&p.ib, b"one", SendFlags::RELIABLE, 1)
+        .unwrap();
+    request(&p.b);
+    p.b.accept_session_with_user(&p.ia);
+    next(&p.b, 1);
+    // a ends the session: b sees it fail.
+    assert!(p.a.close_session_with_user(&p.ib));
+    let failed = wait_for("a session failure", || match p.b.poll_event() {
+        Some(MessagesEvent::SessionFailed { info }) => Some(info),
+        _ => None,
+    });
+    assert_eq!(failed.identity_remote, p.ia);
+    assert_eq!(
+        p.b.send_message_to_user(&p.ia, b"lost?", SendFlags::RELIABLE, 1),
+        Err(Error::NoConnection)
+    );
+    // With the flag, a new session starts and a is asked again.
+    let restart = SendFlags(SendFlags::RELIABLE.0 | SendFlags::AUTO_RESTART_BROKEN_SESSION.0);
+    p.b.send_message_to_user(&p.ia, b"again", restart, 1)
+        .unwrap();
+    assert_eq!(request(&p.a), p.ib);
+    p.a.accept_session_with_user(&p.ib);
+    assert_eq!(next(&p.a, 1), (p.ib.clone(), "again".into()));
+}
+
+#[test]
+fn idle_sessions_close() {
+    let p = pair(3);
+    p.a.set_idle_timeout(Duration::from_millis(300));
+    p.a.send_message_to_user(&p.ib, b"x", SendFlags::RELIABLE, 2)
+        .unwrap();
+    request(&p.b);
+    p.b.accept_session_with_user(&p.ia);
+    next(&p.b, 2);
+    assert!(p.a.get_session_connection_info(&p.ib).is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        p.a.get_session_connection_info(&p.ib).is_none(),
+        "idle session kept"
+    );
+}
+
+#[test]
+fn closing_the_last_channel_closes_the_session_and_drops_its_messages() {
+    let q = pair(4);
+    q.a.send_message_to_user(&q.ib, b"1", SendFlags::RELIABLE, 9)
+        .unwrap();
+    q.a.send_message_to_user(&q.ib, b"2", SendFlags::RELIABLE, 9)
+        .unwrap();
+    request(&q.b);
+    q.b.accept_session_with_user(&q.ia);
+    next(&q.b, 9);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(q.b.close_channel_with_user(&q.ia, 9));
+    assert!(q.b.receive_messages_on_channel(9, 10).is_empty());
+    assert!(q.b.get_session_connection_info(&q.ia).is_none());
+}
