@@ -156,11 +156,13 @@ fn a_hundred_clients_exchange_reliable_and_unreliable_messages() {
                         connection: *h,
                         payload: msg(c, i, true).into(),
                         flags: SendFlags::RELIABLE,
+                        lane: 0,
                     });
                     batch.push(OutMessage {
                         connection: *h,
                         payload: msg(c, i, false).into(),
                         flags: SendFlags::UNRELIABLE,
+                        lane: 0,
                     });
                 }
             }

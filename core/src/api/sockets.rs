@@ -201,6 +201,8 @@ pub struct OutMessage {
     pub payload: Bytes,
     /// Send flags.
     pub flags: SendFlags,
+    /// The lane (see [`Sockets::configure_connection_lanes`]); 0 by default.
+    pub lane: u16,
 }
 
 /// A connection's identity, address, state and flags.
@@ -1063,7 +1065,7 @@ impl Sockets {
         flags: SendFlags,
     ) -> Result<u64, Error> {
         let mut st = self.state();
-        st.send(h, data.into(), flags)
+        st.send(h, data.into(), flags, 0)
     }
 
     /// Sends a batch; payloads are shared, not copied. One result per message.
@@ -1071,8 +1073,30 @@ impl Sockets {
         let mut st = self.state();
         messages
             .into_iter()
-            .map(|m| st.send(m.connection, m.payload, m.flags))
+            .map(|m| st.send(m.connection, m.payload, m.flags, m.lane))
             .collect()
+    }
+
+    /// Sets up a connection's outgoing lanes (the reference API's
+    /// `ConfigureConnectionLanes`): one priority and one weight per lane. A lane is served
+    /// only when every lane of a lower priority number is empty; lanes of equal priority
+    /// share the bandwidth in proportion to their weights (an idle lane saves no credit).
+    /// Messages keep their order within a lane; across lanes they go (and arrive) in the
+    /// order they are sent. Lanes may be added later, not removed. Messages choose their
+    /// lane with [`OutMessage::lane`]; `send_message_to_connection` uses lane 0.
+    pub fn configure_connection_lanes(
+        &self,
+        h: ConnectionHandle,
+        priorities: &[i32],
+        weights: &[u16],
+    ) -> Result<(), Error> {
+        let mut st = self.state();
+        let (ep, id) = st.locate(h)?;
+        let e = st.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
+        e.endpoint
+            .connection_mut(id)
+            .ok_or(Error::NoConnection)?
+            .configure_lanes(priorities, weights)
     }
 
     /// Sends everything queued on a connection without waiting for Nagle.
@@ -1819,12 +1843,18 @@ impl State {
         Ok((c.ep, c.id))
     }
 
-    fn send(&mut self, h: ConnectionHandle, data: Bytes, flags: SendFlags) -> Result<u64, Error> {
+    fn send(
+        &mut self,
+        h: ConnectionHandle,
+        data: Bytes,
+        flags: SendFlags,
+        lane: u16,
+    ) -> Result<u64, Error> {
         let (ep, id) = self.locate(h)?;
         let e = self.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
         let c = e.endpoint.connection_mut(id).ok_or(Error::NoConnection)?;
         let now = Instant::now();
-        let n = c.send_message(now, data, flags)?;
+        let n = c.send_message_on_lane(now, data, flags, lane)?;
         let urgent =
             flags.contains(SendFlags::NO_NAGLE) || flags.contains(SendFlags::USE_CURRENT_THREAD);
         if urgent && e.send_now(now) {

@@ -741,13 +741,41 @@ impl Connection {
         }
     }
 
-    /// Queues a message. Returns its message number.
+    /// Queues a message on lane 0. Returns its message number.
     pub fn send_message(
         &mut self,
         now: Instant,
         payload: Bytes,
         flags: SendFlags,
     ) -> Result<u64, Error> {
+        self.send_message_on_lane(now, payload, flags, 0)
+    }
+
+    /// Sets up lanes: `priorities` (lower numbers go first) and `weights` (shares among
+    /// lanes of equal priority), one each per lane. The lane count may grow, never shrink.
+    pub fn configure_lanes(&mut self, priorities: &[i32], weights: &[u16]) -> Result<(), Error> {
+        if self.state.is_closed_locally() {
+            return Err(Error::InvalidState);
+        }
+        self.sendq
+            .configure_lanes(priorities, weights)
+            .map_err(Error::InvalidParam)
+    }
+
+    /// Queues a message on `lane`. Returns its message number.
+    pub fn send_message_on_lane(
+        &mut self,
+        now: Instant,
+        payload: Bytes,
+        flags: SendFlags,
+        lane: u16,
+    ) -> Result<u64, Error> {
+        if usize::from(lane) >= self.sendq.lane_count() {
+            return Err(Error::InvalidParam(format!(
+                "lane {lane}: the connection has {} (configure_connection_lanes)",
+                self.sendq.lane_count()
+            )));
+        }
         match self.state {
             ConnectionState::Connecting
             | ConnectionState::FindingRoute
@@ -770,7 +798,9 @@ impl Connection {
         if self.sendq.buffered() + payload.len() > self.config.send_buffer_size {
             return Err(Error::LimitExceeded);
         }
-        let n = self.sendq.push(now, payload, reliable);
+        let n = self
+            .sendq
+            .push_on_lane(now, payload, reliable, usize::from(lane));
         if flags.contains(SendFlags::NO_NAGLE) {
             self.sendq.request_flush();
         }

@@ -1,5 +1,13 @@
-//! The send side of a connection: queued messages, Nagle batching, fragmentation, and the
-//! bookkeeping that turns acks and losses into freed buffers or retransmissions.
+//! The send side of a connection: queued messages in lanes, Nagle batching, fragmentation,
+//! and the bookkeeping that turns acks and losses into freed buffers or retransmissions.
+//!
+//! Lanes (the reference API's `ConfigureConnectionLanes`): each lane is a FIFO queue with a
+//! priority and a weight. The next segment comes from the lane with the lowest priority
+//! number that has something queued (strict priority); among lanes of equal priority, from
+//! the one with the least bytes sent per unit of weight (weighted fair sharing), where a lane
+//! that was idle joins at the current level instead of spending saved-up credit. A reliable
+//! message takes its sequence number when its first byte goes out, so the peer receives
+//! messages in the order they were sent, which follows the lanes.
 
 use super::codec::Segment;
 use super::ranges::RangeSet;
@@ -21,6 +29,8 @@ pub struct SegRef {
 #[derive(Debug)]
 struct Queued {
     msg_num: u64,
+    reliable: bool,
+    /// Assigned when the first segment goes out.
     reliable_seq: Option<u64>,
     payload: Bytes,
     sent: usize,
@@ -34,10 +44,25 @@ struct Unacked {
     acked: RangeSet,
 }
 
+/// One lane's queue and its share.
+#[derive(Debug, Default)]
+struct Lane {
+    queue: VecDeque<Queued>,
+    priority: i32,
+    weight: u16,
+    /// Bytes sent divided by weight: the lane with the least goes next among equals.
+    served: f64,
+}
+
+/// Most lanes a connection may have.
+pub const MAX_LANES: usize = 255;
+
 /// Messages waiting to be sent, and reliable messages waiting to be acknowledged.
 #[derive(Debug)]
 pub struct SendQueue {
-    queue: VecDeque<Queued>,
+    lanes: Vec<Lane>,
+    /// Reliable messages queued and not yet begun.
+    unsent_reliable: usize,
     /// Reliable messages not yet fully acknowledged, by sequence number from `unacked_base`
     /// (sequence numbers are consecutive, so a deque indexes them directly).
     unacked: VecDeque<Option<Unacked>>,
@@ -62,7 +87,11 @@ impl SendQueue {
     /// An empty queue; the first message number is 1.
     pub fn new() -> Self {
         Self {
-            queue: VecDeque::new(),
+            lanes: vec![Lane {
+                weight: 1,
+                ..Lane::default()
+            }],
+            unsent_reliable: 0,
             unacked: VecDeque::new(),
             unacked_base: 0,
             unacked_count: 0,
@@ -76,37 +105,105 @@ impl SendQueue {
         }
     }
 
-    /// Queues a message and returns its message number.
+    /// Queues a message on lane 0 and returns its message number.
     pub fn push(&mut self, now: Instant, payload: Bytes, reliable: bool) -> u64 {
+        self.push_on_lane(now, payload, reliable, 0)
+    }
+
+    /// How many lanes there are.
+    pub fn lane_count(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Sets the lanes' priorities (lower numbers first) and weights; there may be more
+    /// lanes than before, never fewer.
+    pub fn configure_lanes(&mut self, priorities: &[i32], weights: &[u16]) -> Result<(), String> {
+        let n = priorities.len();
+        if n == 0 || n > MAX_LANES || weights.len() != n {
+            return Err(format!(
+                "{n} priorities and {} weights: give 1 to {MAX_LANES} lanes, a weight each",
+                weights.len()
+            ));
+        }
+        if n < self.lanes.len() {
+            return Err(format!("cannot go from {} lanes to {n}", self.lanes.len()));
+        }
+        if weights.contains(&0) {
+            return Err("lane weights must be positive".into());
+        }
+        self.lanes.resize_with(n, Lane::default);
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            lane.priority = priorities[i];
+            lane.weight = weights[i];
+            lane.served = 0.0;
+        }
+        Ok(())
+    }
+
+    /// Queues a message on `lane` (which must exist) and returns its message number.
+    pub fn push_on_lane(
+        &mut self,
+        now: Instant,
+        payload: Bytes,
+        reliable: bool,
+        lane: usize,
+    ) -> u64 {
         let msg_num = self.next_msg_num;
         self.next_msg_num += 1;
-        let reliable_seq = reliable.then(|| {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            if self.unacked.is_empty() {
-                self.unacked_base = seq;
-            }
-            self.unacked.push_back(Some(Unacked {
-                msg_num,
-                payload: payload.clone(),
-                acked: RangeSet::new(),
-            }));
-            self.unacked_count += 1;
+        if reliable {
+            self.unsent_reliable += 1;
             self.unacked_bytes += payload.len();
             self.queued_reliable += payload.len();
-            seq
-        });
-        if !reliable {
+        } else {
             self.queued_unreliable += payload.len();
         }
-        self.queue.push_back(Queued {
+        let lane = lane.min(self.lanes.len() - 1);
+        if self.lanes[lane].queue.is_empty() {
+            // An idle lane joins its peers where they are: no saved-up credit.
+            let priority = self.lanes[lane].priority;
+            let level = self
+                .lanes
+                .iter()
+                .filter(|l| l.priority == priority && !l.queue.is_empty())
+                .map(|l| l.served)
+                .fold(f64::INFINITY, f64::min);
+            if level.is_finite() {
+                self.lanes[lane].served = self.lanes[lane].served.max(level);
+            }
+        }
+        self.lanes[lane].queue.push_back(Queued {
             msg_num,
-            reliable_seq,
+            reliable,
+            reliable_seq: None,
             payload,
             sent: 0,
             queued_at: now,
         });
         msg_num
+    }
+
+    /// The lane the next segment comes from: the lowest priority number with something
+    /// queued; among those, the least served for its weight.
+    fn pick_lane(&self) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for (i, l) in self.lanes.iter().enumerate() {
+            if l.queue.is_empty() {
+                continue;
+            }
+            best = match best {
+                Some(b)
+                    if (self.lanes[b].priority, self.lanes[b].served) <= (l.priority, l.served) =>
+                {
+                    Some(b)
+                }
+                _ => Some(i),
+            };
+        }
+        best
+    }
+
+    fn is_queue_empty(&self) -> bool {
+        self.lanes.iter().all(|l| l.queue.is_empty())
     }
 
     /// Bytes held against the send buffer: unsent unreliable plus unacknowledged reliable.
@@ -131,19 +228,22 @@ impl SendQueue {
 
     /// When the oldest queued message was queued.
     pub fn oldest_queued(&self) -> Option<Instant> {
-        self.queue.front().map(|q| q.queued_at)
+        self.lanes
+            .iter()
+            .filter_map(|l| l.queue.front().map(|q| q.queued_at))
+            .min()
     }
 
     /// Asks for everything queued to go out without waiting for Nagle.
     pub fn request_flush(&mut self) {
-        if !self.queue.is_empty() {
+        if !self.is_queue_empty() {
             self.flush = true;
         }
     }
 
     /// True when nothing reliable is queued, unacknowledged or due for retransmission.
     pub fn reliable_done(&self) -> bool {
-        self.unacked_count == 0
+        self.unacked_count == 0 && self.unsent_reliable == 0
     }
 
     fn unacked(&self, seq: u64) -> Option<&Unacked> {
@@ -181,11 +281,11 @@ impl SendQueue {
     }
 
     fn nagle_ready(&self, now: Instant, nagle: Duration, packet_payload: usize) -> bool {
-        let Some(front) = self.queue.front() else {
+        let Some(oldest) = self.oldest_queued() else {
             return false;
         };
         self.flush
-            || front.queued_at + nagle <= now
+            || oldest + nagle <= now
             || self.queued_reliable + self.queued_unreliable >= packet_payload
     }
 
@@ -199,13 +299,21 @@ impl SendQueue {
 
     /// Drops every unsent unreliable message (a lingering close sends only reliable data).
     pub fn drop_unreliable(&mut self) {
-        self.queue.retain(|q| q.reliable_seq.is_some());
+        for l in &mut self.lanes {
+            l.queue.retain(|q| q.reliable);
+        }
         self.queued_unreliable = 0;
     }
 
-    /// Drops everything (a close without linger).
+    /// Drops everything (a close without linger); the lanes stay configured.
     pub fn clear(&mut self) {
+        let mut lanes = std::mem::take(&mut self.lanes);
+        for l in &mut lanes {
+            l.queue.clear();
+            l.served = 0.0;
+        }
         *self = Self {
+            lanes,
             next_msg_num: self.next_msg_num,
             next_seq: self.next_seq,
             ..Self::new()
@@ -268,28 +376,40 @@ impl SendQueue {
         if !self.nagle_ready(now, nagle, packet_payload) {
             return None;
         }
-        let q = self.queue.front_mut()?;
+        let lane = self.pick_lane()?;
+        let q = self.lanes[lane].queue.front_mut()?;
         let total = q.payload.len();
         let left = total - q.sent;
-        let header =
-            Segment::header_len(q.reliable_seq, q.msg_num, q.sent as u64, total as u64, left);
+        // The sequence number it has, or will take if this segment goes.
+        let seq = q.reliable_seq.or(q.reliable.then_some(self.next_seq));
+        let header = Segment::header_len(seq, q.msg_num, q.sent as u64, total as u64, left);
         let len = if header + left <= space {
             left
         } else {
-            let frag = Segment::header_len_as(
-                false,
-                q.reliable_seq,
-                q.msg_num,
-                q.sent as u64,
-                total as u64,
-                space,
-            );
+            let frag =
+                Segment::header_len_as(false, seq, q.msg_num, q.sent as u64, total as u64, space);
             if header + left <= packet_payload || space < frag + 64.min(left) {
                 // Fits a fresh packet whole, or too little room to be worth a fragment.
                 return None;
             }
             space - frag
         };
+        if q.reliable && q.reliable_seq.is_none() {
+            // First byte out: the message takes its place in the reliable stream.
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            q.reliable_seq = Some(seq);
+            if self.unacked.is_empty() {
+                self.unacked_base = seq;
+            }
+            self.unacked.push_back(Some(Unacked {
+                msg_num: q.msg_num,
+                payload: q.payload.clone(),
+                acked: RangeSet::new(),
+            }));
+            self.unacked_count += 1;
+            self.unsent_reliable -= 1;
+        }
         let seg = Segment {
             reliable_seq: q.reliable_seq,
             msg_num: q.msg_num,
@@ -303,14 +423,17 @@ impl SendQueue {
             len: len as u64,
         });
         q.sent += len;
-        if q.reliable_seq.is_some() {
+        if q.reliable {
             self.queued_reliable -= len;
         } else {
             self.queued_unreliable -= len;
         }
-        if q.sent == total {
-            self.queue.pop_front();
-            if self.queue.is_empty() {
+        let done = q.sent == total;
+        let l = &mut self.lanes[lane];
+        l.served += len.max(1) as f64 / f64::from(l.weight.max(1));
+        if done {
+            l.queue.pop_front();
+            if self.is_queue_empty() {
                 self.flush = false;
             }
         }
@@ -319,11 +442,12 @@ impl SendQueue {
 
     /// Records that the peer received `r`; frees the message once all of it is acknowledged.
     pub fn on_acked(&mut self, r: SegRef) {
-        // Only the front of the queue can be partly sent.
-        let sent_whole = self
-            .queue
-            .front()
-            .is_none_or(|q| q.reliable_seq != Some(r.seq));
+        // Only the front of a lane can be partly sent.
+        let sent_whole = self.lanes.iter().all(|l| {
+            l.queue
+                .front()
+                .is_none_or(|q| q.reliable_seq != Some(r.seq))
+        });
         let Some(u) = self.unacked_mut(r.seq) else {
             return;
         };
