@@ -1005,7 +1005,11 @@ impl Sockets {
             _ => EndReason::APP_EXCEPTION_GENERIC,
         };
         if let Some(u) = st.undecided.get_mut(&h) {
+            // A refused P2P request: the rendezvous answers with this reason once the
+            // application has decided; until then the driver must not see the connection
+            // end (it would tell the peer a reason of its own).
             u.refusal = Some((reason, debug.to_string()));
+            return true;
         }
         if let Some(e) = st.endpoints.get_mut(&entry.ep) {
             if let Some(c) = e.endpoint.connection_mut(entry.id) {
