@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod debug;
 pub mod netcond;
 pub mod proto;
 pub mod runtime;

@@ -7,6 +7,7 @@ pub mod fakeip;
 pub mod messages;
 pub mod p2p;
 mod sockets;
+pub mod utils;
 
 pub use crate::proto::{ConnectionInfoFlags, ConnectionState, EndReason, Error, SendFlags};
 pub use messages::{Messages, MessagesEvent};

@@ -10,6 +10,7 @@ use super::fakeip::{
 };
 use super::p2p::{Signaling, SignalingRecvContext};
 use super::{ConnectionHandle, ListenSocketHandle, PollGroupHandle};
+use crate::debug::{DebugOutputType, Subsystem};
 use crate::netcond::Impairment;
 use crate::proto::endpoint::SignalOutcome;
 use crate::proto::{
@@ -677,9 +678,24 @@ impl Sockets {
             Ok(o) => o,
             Err(err) => {
                 tracing::debug!(error = %err, "malformed rendezvous signal");
+                crate::debug::emit(
+                    DebugOutputType::Warning,
+                    Some(Subsystem::P2pRendezvous),
+                    || {
+                        format!(
+                            "malformed rendezvous signal of {} bytes: {err}",
+                            signal.len()
+                        )
+                    },
+                );
                 return false;
             }
         };
+        crate::debug::emit(
+            DebugOutputType::Verbose,
+            Some(Subsystem::P2pRendezvous),
+            || format!("rendezvous signal of {} bytes: {outcome:?}", signal.len()),
+        );
         e.nudge.notify_one();
         let request = match outcome {
             SignalOutcome::Handled => {
@@ -1594,6 +1610,7 @@ impl Sockets {
                 let mut global = lock(&GLOBAL);
                 global.set(value, data)?;
                 update_fake_conditions(&global);
+                crate::debug::update_from(&global);
             }
             ConfigTarget::Interface => st.interface.set(value, data)?,
             ConfigTarget::ListenSocket(h) => {
@@ -1858,7 +1875,14 @@ impl State {
         let e = self.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
         let c = e.endpoint.connection_mut(id).ok_or(Error::NoConnection)?;
         let now = Instant::now();
+        let len = data.len();
         let n = c.send_message_on_lane(now, data, flags, lane)?;
+        crate::debug::emit(DebugOutputType::Debug, Some(Subsystem::Message), || {
+            format!(
+                "#{}: message {n} queued on lane {lane}, {len} bytes, {flags:?}",
+                h.0
+            )
+        });
         let urgent =
             flags.contains(SendFlags::NO_NAGLE) || flags.contains(SendFlags::USE_CURRENT_THREAD);
         if urgent && e.send_now(now) {
@@ -2135,6 +2159,18 @@ impl State {
         let Ok(info) = self.info(handle) else {
             return;
         };
+        let level = match info.state {
+            ConnectionState::Connected
+            | ConnectionState::ClosedByPeer
+            | ConnectionState::ProblemDetectedLocally => DebugOutputType::Important,
+            _ => DebugOutputType::Msg,
+        };
+        crate::debug::emit(level, None, || {
+            format!(
+                "{} ({}): {old:?} -> {:?} {:?} {}",
+                info.description, info.identity_remote, info.state, info.end_reason, info.end_debug
+            )
+        });
         let event = ConnectionStatusChanged {
             connection: handle,
             info,

@@ -475,6 +475,9 @@ pub async fn drive<D: Driven>(
         let mut i = 0;
         while i < out.items.len() {
             let (to, start, len) = out.items[i];
+            if crate::debug::tracing_packets() {
+                crate::debug::trace_packet(true, to, &out.data[start..start + len]);
+            }
             if !faking && owner.divert(to, &out.data[start..start + len]) {
                 i += 1;
                 continue;
@@ -561,6 +564,11 @@ fn receive<D: Driven>(
     delayed: &mut Inbox,
 ) {
     let now = Instant::now();
+    if crate::debug::tracing_packets() {
+        for (from, data) in inbox.iter() {
+            crate::debug::trace_packet(false, from, data);
+        }
+    }
     if fake_in.impairment().is_clean() && fake_in.is_empty() {
         owner.on_datagrams(now, inbox);
         return;
