@@ -41,3 +41,27 @@ fn the_p2p_demo_connects_two_peers_by_identity_and_succeeds() {
     assert!(text.contains("nominated"), "{text}");
     assert!(text.contains("done"), "{text}");
 }
+
+#[test]
+fn the_messages_example_talks_without_connections_and_notices_a_leaver() {
+    let out = Command::new(env!("CARGO_BIN_EXE_messages"))
+        .output()
+        .expect("messages binary runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "bob: session request from alice; accepting",
+        "bob got on channel 0 from alice: hello bob, no connection needed",
+        "carol got on channel 0 from alice: hello carol, no connection needed",
+        "alice got on channel 0 from bob: hi alice",
+        "alice: bob's session is broken",
+        "alice: session failed",
+        "done",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+}
