@@ -5,9 +5,12 @@
 mod common;
 
 use common::hub::{peer, Hub, Policy};
+use punchline::api::config::{CallbackFn, ConfigData, ConfigValue};
+use punchline::api::ConfigTarget;
 use punchline::api::{Messages, MessagesEvent};
 use punchline::identity::Identity;
-use punchline::{ConnectionState, Error, SendFlags};
+use punchline::{ConnectionState, Error, SendFlags, Sockets};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Polls `f` until it gives something, for up to 10 s.
@@ -47,6 +50,7 @@ struct Pair {
     b: Messages,
     ia: Identity,
     ib: Identity,
+    sb: Sockets,
 }
 
 fn pair(seed: u64) -> Pair {
@@ -58,6 +62,7 @@ fn pair(seed: u64) -> Pair {
         ib: sb.get_identity(),
         a: Messages::new(&sa).unwrap(),
         b: Messages::new(&sb).unwrap(),
+        sb,
     }
 }
 
@@ -167,4 +172,33 @@ fn closing_the_last_channel_closes_the_session_and_drops_its_messages() {
     assert!(q.b.close_channel_with_user(&q.ia, 9));
     assert!(q.b.receive_messages_on_channel(9, 10).is_empty());
     assert!(q.b.get_session_connection_info(&q.ia).is_none());
+}
+
+#[test]
+fn session_requests_also_reach_the_global_callback() {
+    let p = pair(5);
+    let got: Arc<Mutex<Vec<Identity>>> = Arc::default();
+    let sink = got.clone();
+    let cb = CallbackFn(Arc::new(move |e: &dyn std::any::Any| {
+        if let Some(MessagesEvent::SessionRequest { identity }) = e.downcast_ref() {
+            sink.lock().unwrap().push(identity.clone());
+        }
+    }));
+    p.sb.set_config_value(
+        ConfigValue::CallbackMessagesSessionRequest,
+        ConfigTarget::Global,
+        Some(ConfigData::Ptr(Some(cb))),
+    )
+    .unwrap();
+    p.a.send_message_to_user(&p.ib, b"hi", SendFlags::RELIABLE, 0)
+        .unwrap();
+    assert_eq!(request(&p.b), p.ia);
+    p.sb.run_callbacks();
+    p.sb.set_config_value(
+        ConfigValue::CallbackMessagesSessionRequest,
+        ConfigTarget::Global,
+        None,
+    )
+    .unwrap();
+    assert_eq!(*got.lock().unwrap(), vec![p.ia.clone()]);
 }

@@ -264,7 +264,16 @@ impl Messages {
         true
     }
 
-    fn push_event(inner: &mut Inner, e: MessagesEvent) {
+    /// Queues `e` for [`poll_event`](Self::poll_event), and for the
+    /// `Callback_MessagesSessionRequest` / `Callback_MessagesSessionFailed` callback if one
+    /// is set (global scope; run by [`Sockets::run_callbacks`], it receives the
+    /// `MessagesEvent`).
+    fn push_event(&self, inner: &mut Inner, e: MessagesEvent) {
+        let value = match e {
+            MessagesEvent::SessionRequest { .. } => ConfigValue::CallbackMessagesSessionRequest,
+            MessagesEvent::SessionFailed { .. } => ConfigValue::CallbackMessagesSessionFailed,
+        };
+        self.sockets.queue_callback(Box::new(e.clone()), value);
         if inner.out_events.len() >= MAX_EVENTS {
             inner.out_events.pop_front();
         }
@@ -286,7 +295,7 @@ impl Messages {
                         self.drop_session(inner, &peer);
                     }
                     self.add_session(inner, &peer, h, false);
-                    Self::push_event(inner, MessagesEvent::SessionRequest { identity: peer });
+                    self.push_event(inner, MessagesEvent::SessionRequest { identity: peer });
                 }
                 ConnectionState::ClosedByPeer | ConnectionState::ProblemDetectedLocally => {
                     let Some(peer) = inner.by_conn.get(&h).cloned() else {
@@ -295,7 +304,7 @@ impl Messages {
                     if let Some(s) = inner.sessions.get_mut(&peer) {
                         s.broken = true;
                     }
-                    Self::push_event(inner, MessagesEvent::SessionFailed { info: ev.info });
+                    self.push_event(inner, MessagesEvent::SessionFailed { info: ev.info });
                 }
                 _ => {}
             }

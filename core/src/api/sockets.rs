@@ -833,15 +833,13 @@ impl Sockets {
                 ports: Vec::new(),
             },
         };
-        let global = lock(&GLOBAL);
-        let cb = resolve(ConfigValue::CallbackFakeIpResult, &[&st.interface, &global])
-            .0
-            .as_callback()
-            .cloned();
-        drop(global);
-        if let Some(cb) = cb {
-            st.callbacks.push_back((Box::new(event), cb));
-        }
+        st.queue_callback(Box::new(event), ConfigValue::CallbackFakeIpResult);
+    }
+
+    /// Queues `event` for [`run_callbacks`](Self::run_callbacks), for the callback set in
+    /// `value` (interface or global scope), if any.
+    pub(crate) fn queue_callback(&self, event: Box<dyn std::any::Any + Send>, value: ConfigValue) {
+        self.state().queue_callback(event, value);
     }
 
     /// Records that `ip` stands for `identity` (or for nobody) (the provider calls this).
@@ -1977,6 +1975,19 @@ impl State {
             flags,
             route,
         })
+    }
+
+    /// Queues `event` for the callback set in `value` (interface or global scope), if any.
+    fn queue_callback(&mut self, event: Box<dyn std::any::Any + Send>, value: ConfigValue) {
+        let global = lock(&GLOBAL);
+        let cb = resolve(value, &[&self.interface, &global])
+            .0
+            .as_callback()
+            .cloned();
+        drop(global);
+        if let Some(cb) = cb {
+            self.callbacks.push_back((event, cb));
+        }
     }
 
     /// The route of a P2P connection's transport path.
