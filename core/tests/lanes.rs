@@ -2,44 +2,24 @@
 //! lane of a lower priority number goes first, whatever the queue order; lanes of equal
 //! priority share by weight.
 
+mod common;
+
+use common::udp_pair;
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::api::OutMessage;
-use punchline::{ConnectionHandle, ConnectionState, Error, SendFlags, Sockets};
+use punchline::{ConnectionHandle, Error, SendFlags, Sockets};
 use std::time::{Duration, Instant};
 
 const PER_LANE: usize = 100;
 const SIZE: usize = 1000;
 
+/// A connected pair whose client sends at a capped rate, which keeps every lane backed up
+/// while the scheduler chooses.
 fn connected_pair() -> (Sockets, ConnectionHandle, Sockets, ConnectionHandle) {
-    let server = Sockets::new().unwrap();
-    let mut events = server.status_events();
-    let listen = server
-        .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
-        .unwrap();
-    let addr = server.get_listen_socket_address(listen).unwrap();
-    let client = Sockets::new().unwrap();
-    // The cap keeps every lane backed up while the scheduler chooses.
-    let cap = [
+    udp_pair(&[
         (ConfigValue::SendRateMin, ConfigData::Int32(100_000)),
         (ConfigValue::SendRateMax, ConfigData::Int32(100_000)),
-    ];
-    let c = client.connect_by_ip_address(addr, &cap).unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    let s = loop {
-        if let Some(e) = events.try_recv() {
-            if e.info.state == ConnectionState::Connecting {
-                server.accept_connection(e.connection).unwrap();
-                break e.connection;
-            }
-        }
-        assert!(Instant::now() < end, "no incoming connection");
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    while client.get_connection_info(c).unwrap().state != ConnectionState::Connected {
-        assert!(Instant::now() < end, "not connected");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    (client, c, server, s)
+    ])
 }
 
 #[test]

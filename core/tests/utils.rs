@@ -2,12 +2,15 @@
 //! `PacketTraceMaxBytes` packet tracing, over a real loopback connection. (Debug output is
 //! process-wide: this file is its own test binary, with one test.)
 
+mod common;
+
+use common::udp_pair;
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::api::utils::{set_debug_output_function, DebugOutputType};
 use punchline::api::ConfigTarget;
-use punchline::{ConnectionState, SendFlags, Sockets};
+use punchline::{SendFlags, Sockets};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn debug_output_follows_detail_subsystem_levels_and_packet_trace() {
@@ -26,27 +29,7 @@ fn debug_output_follows_detail_subsystem_levels_and_packet_trace() {
             .unwrap()
     };
     global(ConfigValue::PacketTraceMaxBytes, ConfigData::Int32(16));
-    let mut events = server.status_events();
-    let listen = server
-        .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
-        .unwrap();
-    let client = Sockets::new().unwrap();
-    let c = client
-        .connect_by_ip_address(server.get_listen_socket_address(listen).unwrap(), &[])
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(e) = events.try_recv() {
-            if e.info.state == ConnectionState::Connecting {
-                server.accept_connection(e.connection).unwrap();
-            }
-        }
-        if client.get_connection_info(c).unwrap().state == ConnectionState::Connected {
-            break;
-        }
-        assert!(Instant::now() < end);
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let (client, c, _server, _s) = udp_pair(&[]);
     client
         .send_message_to_connection(c, b"quiet".to_vec(), SendFlags::RELIABLE)
         .unwrap();

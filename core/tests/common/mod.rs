@@ -98,3 +98,43 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0);
     pages * 4096
 }
+
+/// A client and a server `Sockets` over loopback UDP, connected (the client's connection
+/// with `options`): (client, its connection, server, its connection).
+pub fn udp_pair(
+    options: &[(
+        punchline::api::config::ConfigValue,
+        punchline::api::config::ConfigData,
+    )],
+) -> (
+    punchline::Sockets,
+    punchline::ConnectionHandle,
+    punchline::Sockets,
+    punchline::ConnectionHandle,
+) {
+    use std::time::Instant;
+    let server = punchline::Sockets::new().unwrap();
+    let mut events = server.status_events();
+    let listen = server
+        .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
+        .unwrap();
+    let addr = server.get_listen_socket_address(listen).unwrap();
+    let client = punchline::Sockets::new().unwrap();
+    let c = client.connect_by_ip_address(addr, options).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        if let Some(e) = events.try_recv() {
+            if e.info.state == ConnectionState::Connecting {
+                server.accept_connection(e.connection).unwrap();
+                break e.connection;
+            }
+        }
+        assert!(Instant::now() < end, "no incoming connection");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    while client.get_connection_info(c).unwrap().state != ConnectionState::Connected {
+        assert!(Instant::now() < end, "not connected");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (client, c, server, s)
+}
