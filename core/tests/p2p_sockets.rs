@@ -191,3 +191,46 @@ fn an_ignored_request_is_never_seen_by_the_application() {
         "no answer came back"
     );
 }
+
+#[test]
+fn connecting_to_a_fake_ip_reaches_its_holder_on_that_fake_port() {
+    let (hub, peers) = Hub::start(0, 0, 7);
+    let a = peer(&hub, &peers, Policy::Accept);
+    let b = peer(&hub, &peers, Policy::Accept);
+    let mut events = b.status_events();
+    assert!(b.begin_async_request_fake_ip(2));
+    let (ip, ports) = b.get_fake_ip().expect("a process-local fake IP at once");
+    b.create_listen_socket_p2p_fake_ip(1, &[]).unwrap();
+    let to: std::net::SocketAddrV4 = std::net::SocketAddrV4::new(ip, ports[1]);
+    let c = a.connect_by_ip_address(to.into(), &[]).unwrap();
+    let accepted = serve_until(&b, &mut events, Duration::from_secs(10), |a| !a.is_empty());
+    let end = Instant::now() + Duration::from_secs(10);
+    while state(&a, c) != ConnectionState::Connected {
+        assert!(Instant::now() < end, "{:?}", state(&a, c));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(a.get_remote_fake_ip_for_connection(c), Some(to));
+    assert_eq!(
+        a.get_connection_info(c).unwrap().identity_remote,
+        b.get_identity()
+    );
+    a.send_message_to_connection(c, b"via fake ip".to_vec(), SendFlags::RELIABLE)
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = b.receive_messages_on_connection(accepted[0], 4).unwrap();
+        if let Some(m) = got.first() {
+            assert_eq!(&m.payload[..], b"via fake ip");
+            break;
+        }
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // A fake IP nobody holds: no identity to connect to.
+    let nobody = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(169, 254, 0, 254), 1024);
+    assert_eq!(
+        a.connect_by_ip_address(nobody.into(), &[]),
+        Err(punchline::Error::InvalidState)
+    );
+    assert!(b.create_listen_socket_p2p_fake_ip(5, &[]).is_err());
+}

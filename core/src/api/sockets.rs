@@ -27,7 +27,7 @@ use punchline_identity::{CertStore, Certificate, Identity, KeyPair};
 use rand_core::{OsRng, RngCore};
 use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Notify};
@@ -397,6 +397,8 @@ struct State {
     fake_ip_pending: bool,
     /// Fake IPs known to stand for identities.
     fake_ip_identities: HashMap<Ipv4Addr, Identity>,
+    /// Connections made to a fake IP and port, with that address.
+    fake_remotes: HashMap<ConnectionHandle, SocketAddrV4>,
     /// P2P connect requests the application is deciding on: their status changes wait here,
     /// reported once accepted, dropped if not.
     undecided: HashMap<ConnectionHandle, Undecided>,
@@ -481,6 +483,7 @@ impl Sockets {
             fake_ip: None,
             fake_ip_pending: false,
             fake_ip_identities: HashMap::new(),
+            fake_remotes: HashMap::new(),
             conn_signaling: HashMap::new(),
             undecided: HashMap::new(),
         };
@@ -802,6 +805,9 @@ impl Sockets {
         if let Some(id) = st.fake_ip_identities.get(&ip) {
             return Some(id.clone());
         }
+        if get_ipv4_fake_ip_type(ip) == FakeIpType::LocalIpv4 {
+            return lock(&LOCAL_FAKE_OWNERS).get(&ip).cloned();
+        }
         if let Some(p) = st.fake_ip_provider.clone() {
             if get_ipv4_fake_ip_type(ip) == FakeIpType::GlobalIpv4 {
                 drop(st);
@@ -809,6 +815,48 @@ impl Sockets {
             }
         }
         None
+    }
+
+    /// Listens for P2P connections to our fake IP at its port number `fake_port_index`
+    /// (peers connect with `connect_by_ip_address(fake_ip:port)`). Needs the fake IP
+    /// allocated ([`begin_async_request_fake_ip`](Self::begin_async_request_fake_ip)); the
+    /// fake port is the virtual port, so it shares their numbers.
+    pub fn create_listen_socket_p2p_fake_ip(
+        &self,
+        fake_port_index: usize,
+        options: &[(ConfigValue, ConfigData)],
+    ) -> Result<ListenSocketHandle, Error> {
+        let (_, ports) = self.get_fake_ip().ok_or_else(|| {
+            Error::InvalidParam("no fake IP yet: call begin_async_request_fake_ip first".into())
+        })?;
+        let port = *ports.get(fake_port_index).ok_or_else(|| {
+            Error::InvalidParam(format!(
+                "fake port index {fake_port_index}: the fake IP has {} ports",
+                ports.len()
+            ))
+        })?;
+        self.create_listen_socket_p2p(port, options)
+    }
+
+    /// The fake IP and port a connection was made to (by `connect_by_ip_address` with a
+    /// fake IP); `None` for other connections.
+    pub fn get_remote_fake_ip_for_connection(&self, h: ConnectionHandle) -> Option<SocketAddrV4> {
+        self.state().fake_remotes.get(&h).copied()
+    }
+
+    /// `connect_by_ip_address` to a fake IP: a P2P connection to the identity holding it, on
+    /// the virtual port of the fake port.
+    fn connect_fake_ip(
+        &self,
+        addr: SocketAddrV4,
+        options: &[(ConfigValue, ConfigData)],
+    ) -> Result<ConnectionHandle, Error> {
+        let identity = self
+            .get_real_identity_for_fake_ip(*addr.ip())
+            .ok_or_else(|| Error::InvalidState)?;
+        let h = self.connect_p2p(&identity, addr.port(), options)?;
+        self.state().fake_remotes.insert(h, addr);
+        Ok(h)
     }
 
     /// Completes a fake-IP request (the provider calls this with the server's answer).
@@ -819,6 +867,10 @@ impl Sockets {
         let event = match result {
             Ok((ip, ports)) => {
                 st.fake_ip = Some((ip, ports.clone()));
+                if get_ipv4_fake_ip_type(ip) == FakeIpType::LocalIpv4 {
+                    // Other `Sockets` of this process may look it up.
+                    lock(&LOCAL_FAKE_OWNERS).insert(ip, identity.clone());
+                }
                 FakeIpResult {
                     result: Ok(()),
                     identity,
@@ -900,7 +952,12 @@ impl Sockets {
     }
 
     /// Connects to a listen socket at `addr`. The connection starts in Connecting;
-    /// `options` apply before the first packet is sent.
+    /// `options` apply before the first packet is sent. A fake IP (see
+    /// [`begin_async_request_fake_ip`](Self::begin_async_request_fake_ip)) stands for the
+    /// identity holding it: the connection is P2P, to that identity's
+    /// [`create_listen_socket_p2p_fake_ip`](Self::create_listen_socket_p2p_fake_ip) at that
+    /// port. While the identity is not known yet this fails with `InvalidState` and asks the
+    /// signaling server; try again shortly.
     pub fn connect_by_ip_address(
         &self,
         addr: SocketAddr,
@@ -908,6 +965,13 @@ impl Sockets {
     ) -> Result<ConnectionHandle, Error> {
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(Error::InvalidParam(format!("cannot connect to {addr}")));
+        }
+        if let SocketAddr::V4(v4) = addr {
+            if get_ipv4_fake_ip_type(*v4.ip()) != FakeIpType::NotFake {
+                // A fake IP stands for an identity: a P2P connection, found by the
+                // identity. Unknown yet: the lookup has been asked for; try again.
+                return self.connect_fake_ip(v4, options);
+            }
         }
         let store = options_store(options, ConfigScope::Connection)?;
         // All outgoing connections of one address family share one socket.
@@ -1012,6 +1076,7 @@ impl Sockets {
             return false;
         };
         st.forget(h, &entry);
+        st.fake_remotes.remove(&h);
         // Keep the connection's signaling until its close has been signaled.
         let reason = match reason {
             0 => EndReason::APP_GENERIC,
@@ -2324,6 +2389,10 @@ fn p2p_candidates(local: SocketAddr) -> Vec<SocketAddr> {
     out.push(SocketAddr::new(loopback, local.port()));
     out
 }
+
+/// Who holds each process-local fake IP.
+static LOCAL_FAKE_OWNERS: LazyLock<Mutex<HashMap<Ipv4Addr, Identity>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Process-local fake IPs handed out so far (169.254.0.1 up).
 static LOCAL_FAKE_IPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
