@@ -853,7 +853,7 @@ impl Sockets {
     ) -> Result<ConnectionHandle, Error> {
         let identity = self
             .get_real_identity_for_fake_ip(*addr.ip())
-            .ok_or_else(|| Error::InvalidState)?;
+            .ok_or(Error::InvalidState)?;
         let h = self.connect_p2p(&identity, addr.port(), options)?;
         self.state().fake_remotes.insert(h, addr);
         Ok(h)
