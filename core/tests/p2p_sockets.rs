@@ -234,3 +234,40 @@ fn connecting_to_a_fake_ip_reaches_its_holder_on_that_fake_port() {
     );
     assert!(b.create_listen_socket_p2p_fake_ip(5, &[]).is_err());
 }
+
+#[test]
+fn fake_udp_ports_exchange_datagrams_by_fake_address() {
+    let (hub, peers) = Hub::start(0, 0, 8);
+    let a = peer(&hub, &peers, Policy::Accept);
+    let b = peer(&hub, &peers, Policy::Accept);
+    assert!(a.begin_async_request_fake_ip(1) && b.begin_async_request_fake_ip(2));
+    let pa = a.create_fake_udp_port(0).unwrap();
+    let pb = b.create_fake_udp_port(1).unwrap();
+    pa.send_message_to_fake_ip(pb.local_addr(), b"ping", SendFlags::UNRELIABLE)
+        .unwrap();
+    let recv = |p: &punchline::api::fake_udp::FakeUdpPort| {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(m) = p.receive_messages(8).pop() {
+                return m;
+            }
+            assert!(Instant::now() < end, "nothing arrived");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let got = recv(&pb);
+    assert_eq!(&got.payload[..], b"ping");
+    assert_eq!(got.from, pa.local_addr());
+    // The answer goes back to whatever address the datagram came from.
+    pb.send_message_to_fake_ip(got.from, b"pong", SendFlags::RELIABLE)
+        .unwrap();
+    let back = recv(&pa);
+    assert_eq!(
+        (&back.payload[..], back.from),
+        (&b"pong"[..], pb.local_addr())
+    );
+    // A real address is not a fake one.
+    assert!(pa
+        .send_message_to_fake_ip("127.0.0.1:9".parse().unwrap(), b"x", SendFlags::RELIABLE)
+        .is_err());
+}

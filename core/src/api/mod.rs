@@ -3,6 +3,7 @@
 //! messages, connection info and status, status-change events and the config-value system.
 
 pub mod config;
+pub mod fake_udp;
 pub mod fakeip;
 pub mod messages;
 pub mod p2p;

@@ -423,6 +423,8 @@ struct Shared {
     activity: std::sync::Condvar,
     /// Buffers for threads that read the sockets themselves while waiting.
     spin_inbox: Mutex<Inbox>,
+    /// The Messages interface fake UDP ports share, while any lives.
+    fake_messages: Mutex<std::sync::Weak<super::Messages>>,
 }
 
 /// Transport paths by their stand-in addresses, for the driver's sends (apart from the
@@ -492,6 +494,7 @@ impl Sockets {
                 state: Mutex::new(state),
                 activity: std::sync::Condvar::new(),
                 spin_inbox: Mutex::new(Inbox::new(4)),
+                fake_messages: Mutex::new(std::sync::Weak::new()),
             }),
             service,
         })
@@ -836,6 +839,56 @@ impl Sockets {
             ))
         })?;
         self.create_listen_socket_p2p(port, options)
+    }
+
+    /// A UDP-socket-like port at our fake IP's port number `fake_port_index` (the
+    /// reference API's `CreateFakeUDPPort`): datagrams to and from fake IP addresses, over
+    /// [`Messages`](super::Messages) sessions. Needs the fake IP allocated; it uses this
+    /// `Sockets`' Messages interface (virtual port 65535), so create ports, not a
+    /// `Messages`, when using both.
+    pub fn create_fake_udp_port(
+        &self,
+        fake_port_index: usize,
+    ) -> Result<super::fake_udp::FakeUdpPort, Error> {
+        let (ip, ports) = self.get_fake_ip().ok_or_else(|| {
+            Error::InvalidParam("no fake IP yet: call begin_async_request_fake_ip first".into())
+        })?;
+        let port = *ports.get(fake_port_index).ok_or_else(|| {
+            Error::InvalidParam(format!(
+                "fake port index {fake_port_index}: the fake IP has {} ports",
+                ports.len()
+            ))
+        })?;
+        let mut slot = lock(&self.shared.fake_messages);
+        let messages = match slot.upgrade() {
+            Some(m) => m,
+            None => {
+                let m = Arc::new(super::Messages::new(self)?);
+                *slot = Arc::downgrade(&m);
+                m
+            }
+        };
+        Ok(super::fake_udp::FakeUdpPort::new(self, messages, ip, port))
+    }
+
+    /// The fake IP `identity` holds, when known.
+    pub(crate) fn fake_ip_of(&self, identity: &Identity) -> Option<Ipv4Addr> {
+        let st = self.state();
+        if &st.credentials.identity() == identity {
+            return st.fake_ip.as_ref().map(|(ip, _)| *ip);
+        }
+        let known = st
+            .fake_ip_identities
+            .iter()
+            .find(|(_, id)| *id == identity)
+            .map(|(ip, _)| *ip);
+        drop(st);
+        known.or_else(|| {
+            lock(&LOCAL_FAKE_OWNERS)
+                .iter()
+                .find(|(_, id)| *id == identity)
+                .map(|(ip, _)| *ip)
+        })
     }
 
     /// The fake IP and port a connection was made to (by `connect_by_ip_address` with a
