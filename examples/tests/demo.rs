@@ -65,3 +65,26 @@ fn the_messages_example_talks_without_connections_and_notices_a_leaver() {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
 }
+
+#[test]
+fn the_fakeip_example_reaches_peers_by_fake_ipv4_addresses() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fakeip"))
+        .output()
+        .expect("fakeip binary runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "bob holds fake IP 169.254.",
+        "-> a P2P connection to bob",
+        "bob got: hello over a fake IP",
+        "got \"datagram\" from 169.254.",
+        "alice got \"reply\" from 169.254.",
+        "done",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+}

@@ -1,8 +1,12 @@
 //! [`FakeUdpPort`]: a UDP-socket-like object addressed by fake IP and port (the reference
 //! API's `ISteamNetworkingFakeUDPPort`), so that code written for IPv4 addresses can talk to
 //! peers named by identity. Datagrams ride on [`Messages`] sessions: the channel is the
-//! destination fake port, and each carries its source fake port in front
-//! (`[source port u16 big-endian] [data]`).
+//! destination fake port, and each carries its source fake address in front
+//! (`[source IPv4] [source port u16 big-endian] [data]`). The receiver believes the source
+//! IP only while it does not resolve to someone other than the sender.
+//!
+//! Sending to a fake IP whose holder is not known yet fails with `InvalidState` and asks the
+//! signaling server; try again shortly (as the reference API's queued resolution).
 
 use super::fakeip::{get_ipv4_fake_ip_type, FakeIpType};
 use super::messages::{Messages, MessagesEvent};
@@ -11,6 +15,9 @@ use crate::proto::{Error, SendFlags};
 use bytes::Bytes;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
+
+/// Bytes in front of each datagram: the source fake IP and port.
+const HEADER: usize = 6;
 
 /// A datagram received on a [`FakeUdpPort`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +68,8 @@ impl FakeUdpPort {
             .sockets
             .get_real_identity_for_fake_ip(*to.ip())
             .ok_or(Error::InvalidState)?;
-        let mut payload = Vec::with_capacity(2 + data.len());
+        let mut payload = Vec::with_capacity(HEADER + data.len());
+        payload.extend_from_slice(&self.ip.octets());
         payload.extend_from_slice(&self.port.to_be_bytes());
         payload.extend_from_slice(data);
         let flags = SendFlags(flags.0 | SendFlags::AUTO_RESTART_BROKEN_SESSION.0);
@@ -80,16 +88,29 @@ impl FakeUdpPort {
         self.messages
             .receive_messages_on_channel(u32::from(self.port), max)
             .into_iter()
-            .filter(|m| m.payload.len() >= 2)
+            .filter(|m| m.payload.len() >= HEADER)
             .map(|m| {
-                let port = u16::from_be_bytes([m.payload[0], m.payload[1]]);
-                let ip = self
-                    .sockets
-                    .fake_ip_of(&m.peer_identity)
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                let p = &m.payload;
+                let claimed = Ipv4Addr::new(p[0], p[1], p[2], p[3]);
+                let port = u16::from_be_bytes([p[4], p[5]]);
+                let fake = get_ipv4_fake_ip_type(claimed) != FakeIpType::NotFake;
+                // A claim that resolves to someone else is a lie; an unresolved one is
+                // harmless (replies go to whoever really holds it).
+                let believed = fake
+                    && self
+                        .sockets
+                        .get_real_identity_for_fake_ip(claimed)
+                        .is_none_or(|holder| holder == m.peer_identity);
+                let ip = if believed {
+                    claimed
+                } else {
+                    self.sockets
+                        .fake_ip_of(&m.peer_identity)
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+                };
                 FakeUdpMessage {
                     from: SocketAddrV4::new(ip, port),
-                    payload: m.payload.slice(2..),
+                    payload: m.payload.slice(HEADER..),
                 }
             })
             .collect()
