@@ -198,7 +198,8 @@ fn connecting_to_a_fake_ip_reaches_its_holder_on_that_fake_port() {
     let a = peer(&hub, &peers, Policy::Accept);
     let b = peer(&hub, &peers, Policy::Accept);
     let mut events = b.status_events();
-    assert!(b.begin_async_request_fake_ip(2));
+    assert!(a.begin_async_request_fake_ip(1) && b.begin_async_request_fake_ip(2));
+    let (a_ip, _) = a.get_fake_ip().unwrap();
     let (ip, ports) = b.get_fake_ip().expect("a process-local fake IP at once");
     b.create_listen_socket_p2p_fake_ip(1, &[]).unwrap();
     let to: std::net::SocketAddrV4 = std::net::SocketAddrV4::new(ip, ports[1]);
@@ -210,6 +211,11 @@ fn connecting_to_a_fake_ip_reaches_its_holder_on_that_fake_port() {
         std::thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(a.get_remote_fake_ip_for_connection(c), Some(to));
+    // The accepting side knows the peer's fake IP, not a port it connected from.
+    assert_eq!(
+        b.get_remote_fake_ip_for_connection(accepted[0]),
+        Some(std::net::SocketAddrV4::new(a_ip, 0))
+    );
     assert_eq!(
         a.get_connection_info(c).unwrap().identity_remote,
         b.get_identity()

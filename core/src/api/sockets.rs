@@ -891,10 +891,21 @@ impl Sockets {
         })
     }
 
-    /// The fake IP and port a connection was made to (by `connect_by_ip_address` with a
-    /// fake IP); `None` for other connections.
+    /// The peer's fake address on a connection: the fake IP and port it was made to (by
+    /// `connect_by_ip_address` with a fake IP); for other P2P connections, the peer's fake
+    /// IP when known, with port 0 (the peer connects from no particular fake port). `None`
+    /// otherwise.
     pub fn get_remote_fake_ip_for_connection(&self, h: ConnectionHandle) -> Option<SocketAddrV4> {
-        self.state().fake_remotes.get(&h).copied()
+        let peer = {
+            let st = self.state();
+            if let Some(a) = st.fake_remotes.get(&h) {
+                return Some(*a);
+            }
+            let entry = st.conns.get(&h)?;
+            let e = st.endpoints.get(&entry.ep)?;
+            e.endpoint.connection(entry.id)?.p2p()?.peer.clone()
+        };
+        self.fake_ip_of(&peer).map(|ip| SocketAddrV4::new(ip, 0))
     }
 
     /// `connect_by_ip_address` to a fake IP: a P2P connection to the identity holding it, on
