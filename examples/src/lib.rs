@@ -1,5 +1,8 @@
 //! A chat server and client over IP, on the `Sockets` API: reliable messages, a poll group
-//! for the server's clients, `/nick` and `/quit`.
+//! for the server's clients, `/nick` and `/quit`; and ([`local`]) what the one-process P2P
+//! examples share.
+
+pub mod local;
 
 use punchline::api::{ConnectionStatusChanged, StatusEvents};
 use punchline::{

@@ -829,15 +829,7 @@ impl Sockets {
         fake_port_index: usize,
         options: &[(ConfigValue, ConfigData)],
     ) -> Result<ListenSocketHandle, Error> {
-        let (_, ports) = self.get_fake_ip().ok_or_else(|| {
-            Error::InvalidParam("no fake IP yet: call begin_async_request_fake_ip first".into())
-        })?;
-        let port = *ports.get(fake_port_index).ok_or_else(|| {
-            Error::InvalidParam(format!(
-                "fake port index {fake_port_index}: the fake IP has {} ports",
-                ports.len()
-            ))
-        })?;
+        let (_, port) = self.fake_port(fake_port_index)?;
         self.create_listen_socket_p2p(port, options)
     }
 
@@ -850,15 +842,7 @@ impl Sockets {
         &self,
         fake_port_index: usize,
     ) -> Result<super::fake_udp::FakeUdpPort, Error> {
-        let (ip, ports) = self.get_fake_ip().ok_or_else(|| {
-            Error::InvalidParam("no fake IP yet: call begin_async_request_fake_ip first".into())
-        })?;
-        let port = *ports.get(fake_port_index).ok_or_else(|| {
-            Error::InvalidParam(format!(
-                "fake port index {fake_port_index}: the fake IP has {} ports",
-                ports.len()
-            ))
-        })?;
+        let (ip, port) = self.fake_port(fake_port_index)?;
         let mut slot = lock(&self.shared.fake_messages);
         let messages = match slot.upgrade() {
             Some(m) => m,
@@ -869,6 +853,20 @@ impl Sockets {
             }
         };
         Ok(super::fake_udp::FakeUdpPort::new(self, messages, ip, port))
+    }
+
+    /// Our fake IP and its port number `index`.
+    fn fake_port(&self, index: usize) -> Result<(Ipv4Addr, u16), Error> {
+        let (ip, ports) = self.get_fake_ip().ok_or_else(|| {
+            Error::InvalidParam("no fake IP yet: call begin_async_request_fake_ip first".into())
+        })?;
+        let port = *ports.get(index).ok_or_else(|| {
+            Error::InvalidParam(format!(
+                "fake port index {index}: the fake IP has {} ports",
+                ports.len()
+            ))
+        })?;
+        Ok((ip, port))
     }
 
     /// The fake IP `identity` holds, when known.

@@ -9,40 +9,10 @@
 //! cargo run -p punchline-examples --bin fakeip
 //! ```
 
-use punchline::identity::KeyPair;
-use punchline::{ConnectionState, Error, SendFlags, Sockets, SocketsConfig};
-use punchline_ice::IceTransport;
-use punchline_signaling::{Config, Server, SignalingClient};
+use punchline::{ConnectionState, Error, SendFlags, Sockets};
+use punchline_examples::local::{wait_for, LocalPeer, LocalServer};
+use punchline_signaling::Config;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-fn peer(url: &str, name: &str) -> Result<(Sockets, Arc<SignalingClient>), String> {
-    let key = KeyPair::generate(&mut rand_core::OsRng);
-    let sockets = Sockets::with_config(SocketsConfig {
-        key: Some(key.clone()),
-        ..SocketsConfig::default()
-    })
-    .map_err(|e| e.to_string())?;
-    sockets.set_p2p_transport(IceTransport::loopback_only().into_arc());
-    let client = SignalingClient::connect(url, &key, None, &sockets).map_err(|e| e.to_string())?;
-    println!("{name} is {}", key.identity());
-    Ok((sockets, client))
-}
-
-/// Polls `f` until it gives something, for up to 10 s.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > end {
-            return Err(format!("timed out waiting for {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 fn fake_ip(s: &Sockets, ports: usize, name: &str) -> Result<(Ipv4Addr, Vec<u16>), String> {
     s.begin_async_request_fake_ip(ports);
@@ -52,22 +22,13 @@ fn fake_ip(s: &Sockets, ports: usize, name: &str) -> Result<(Ipv4Addr, Vec<u16>)
 }
 
 fn run() -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let server = rt
-        .block_on(Server::start(
-            "127.0.0.1:0".parse().expect("valid"),
-            Config::default(),
-        ))
-        .map_err(|e| e.to_string())?;
-    let url = format!("ws://{}/", server.addr());
-    let (alice, alice_signaling) = peer(&url, "alice")?;
-    let (bob, bob_signaling) = peer(&url, "bob")?;
-    let (bob_ip, bob_ports) = fake_ip(&bob, 2, "bob")?;
-    fake_ip(&alice, 1, "alice")?;
+    let server = LocalServer::start(Config::default())?;
+    let (a, b) = (LocalPeer::join(&server)?, LocalPeer::join(&server)?);
+    println!("alice is {}", a.key.identity());
+    println!("bob is {}", b.key.identity());
+    let (alice, bob) = (&a.sockets, &b.sockets);
+    let (bob_ip, bob_ports) = fake_ip(bob, 2, "bob")?;
+    fake_ip(alice, 1, "alice")?;
 
     // A "server" on bob's first fake port, reached like any IPv4 server.
     let mut events = bob.status_events();
@@ -135,10 +96,7 @@ fn run() -> Result<(), String> {
     );
 
     alice.close_connection(conn, 0, "bye", true);
-    drop((alice_port, bob_port));
-    alice_signaling.disconnect();
-    bob_signaling.disconnect();
-    rt.block_on(server.stop());
+    drop((alice_port, bob_port, a, b, server));
     println!("done");
     Ok(())
 }

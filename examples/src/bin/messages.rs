@@ -9,11 +9,10 @@
 //! ```
 
 use punchline::api::{Messages, MessagesEvent};
-use punchline::identity::{Identity, KeyPair};
-use punchline::{Error, SendFlags, Sockets, SocketsConfig};
-use punchline_ice::IceTransport;
-use punchline_signaling::{Config, Server, SignalingClient};
-use std::sync::Arc;
+use punchline::identity::Identity;
+use punchline::{Error, SendFlags};
+use punchline_examples::local::{LocalPeer, LocalServer};
+use punchline_signaling::Config;
 use std::time::{Duration, Instant};
 
 const CHAT: u32 = 0;
@@ -23,34 +22,18 @@ struct Peer {
     name: &'static str,
     id: Identity,
     messages: Messages,
-    _sockets: Sockets,
-    signaling: Arc<SignalingClient>,
+    _peer: LocalPeer,
 }
 
-impl Drop for Peer {
-    fn drop(&mut self) {
-        self.signaling.disconnect();
-    }
-}
-
-fn peer(url: &str, name: &'static str) -> Result<Peer, String> {
-    let key = KeyPair::generate(&mut rand_core::OsRng);
-    let sockets = Sockets::with_config(SocketsConfig {
-        key: Some(key.clone()),
-        ..SocketsConfig::default()
-    })
-    .map_err(|e| e.to_string())?;
-    sockets.set_p2p_transport(IceTransport::loopback_only().into_arc());
-    let signaling =
-        SignalingClient::connect(url, &key, None, &sockets).map_err(|e| e.to_string())?;
-    let messages = Messages::new(&sockets).map_err(|e| e.to_string())?;
-    println!("{name} is {}", key.identity());
+fn peer(server: &LocalServer, name: &'static str) -> Result<Peer, String> {
+    let p = LocalPeer::join(server)?;
+    let messages = Messages::new(&p.sockets).map_err(|e| e.to_string())?;
+    println!("{name} is {}", p.key.identity());
     Ok(Peer {
         name,
-        id: key.identity(),
+        id: p.key.identity(),
         messages,
-        _sockets: sockets,
-        signaling,
+        _peer: p,
     })
 }
 
@@ -100,21 +83,10 @@ fn listen(p: &Peer, names: &[(&Identity, &str)], want: usize) -> Result<(), Stri
 }
 
 fn run() -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let server = rt
-        .block_on(Server::start(
-            "127.0.0.1:0".parse().expect("valid"),
-            Config::default(),
-        ))
-        .map_err(|e| e.to_string())?;
-    let url = format!("ws://{}/", server.addr());
-    let alice = peer(&url, "alice")?;
-    let bob = peer(&url, "bob")?;
-    let carol = peer(&url, "carol")?;
+    let server = LocalServer::start(Config::default())?;
+    let alice = peer(&server, "alice")?;
+    let bob = peer(&server, "bob")?;
+    let carol = peer(&server, "carol")?;
     let names = [(&alice.id, "alice"), (&bob.id, "bob"), (&carol.id, "carol")];
     for to in [&bob, &carol] {
         let text = format!("hello {}, no connection needed", to.name);
@@ -170,8 +142,7 @@ fn run() -> Result<(), String> {
         }
     }
     alice.messages.close_session_with_user(&bob.id);
-    drop((alice, bob, carol));
-    rt.block_on(server.stop());
+    drop((alice, bob, carol, server));
     println!("done");
     Ok(())
 }
