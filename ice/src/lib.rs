@@ -311,7 +311,6 @@ struct Run {
     /// The peer's credentials and candidates for this generation.
     remote_creds: Option<(String, String)>,
     remote_count: usize,
-    remote_done: Option<u32>,
     started: bool,
     connected_once: bool,
     /// Signals waiting to go in one message, and when they go.
@@ -357,7 +356,6 @@ async fn run(
         local_done: false,
         remote_creds: None,
         remote_count: 0,
-        remote_done: None,
         started: false,
         connected_once: false,
         bundle: Vec::new(),
@@ -579,7 +577,6 @@ impl Run {
                 None
             }
             Signal::EndOfCandidates { count, .. } => {
-                self.remote_done = Some(count);
                 if count == 0 && !self.connected_once {
                     self.sink.failed(
                         EndReason::REMOTE_P2P_ICE_NO_PUBLIC_ADDRESSES,
@@ -598,7 +595,6 @@ impl Run {
         self.generation = generation;
         self.remote_creds = None;
         self.remote_count = 0;
-        self.remote_done = None;
         self.begin_generation().await
     }
 
