@@ -78,13 +78,17 @@ const CONDITIONS: [Condition; 4] = [
     },
 ];
 
+const HANDSHAKE_TIMEOUT_MS: i32 = 30_000;
+
 /// Sets the condition globally for as long as it lives; back to a clean network on drop
 /// (also when a check fails).
 struct Applied<'a> {
     sockets: &'a Sockets,
 }
 
-const FAKE_VALUES: [ConfigValue; 7] = [
+/// The values a condition sets: the fake network, and a longer `TimeoutInitial` (the
+/// handshake's own odds under loss are `handshake.rs`'s business; here it must not fail).
+const VALUES: [ConfigValue; 8] = [
     ConfigValue::FakeRateLimitSendRate,
     ConfigValue::FakePacketLossSend,
     ConfigValue::FakePacketLagSend,
@@ -92,6 +96,7 @@ const FAKE_VALUES: [ConfigValue; 7] = [
     ConfigValue::FakePacketReorderTime,
     ConfigValue::FakePacketDupSend,
     ConfigValue::FakePacketDupTimeMax,
+    ConfigValue::TimeoutInitial,
 ];
 
 impl<'a> Applied<'a> {
@@ -104,8 +109,9 @@ impl<'a> Applied<'a> {
             ConfigData::Int32(c.reorder_ms),
             ConfigData::Float(c.dup_pct),
             ConfigData::Int32(10),
+            ConfigData::Int32(HANDSHAKE_TIMEOUT_MS),
         ];
-        for (v, d) in FAKE_VALUES.into_iter().zip(values) {
+        for (v, d) in VALUES.into_iter().zip(values) {
             sockets
                 .set_config_value(v, ConfigTarget::Global, Some(d))
                 .unwrap();
@@ -116,7 +122,7 @@ impl<'a> Applied<'a> {
 
 impl Drop for Applied<'_> {
     fn drop(&mut self) {
-        for v in FAKE_VALUES {
+        for v in VALUES {
             let _ = self.sockets.set_config_value(v, ConfigTarget::Global, None);
         }
     }
@@ -131,7 +137,7 @@ struct Pair {
 }
 
 fn accept_one(server: &Sockets, events: &mut StatusEvents) -> ConnectionHandle {
-    let end = Instant::now() + Duration::from_secs(20);
+    let end = Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS as u64);
     loop {
         if let Some(ev) = events.try_recv() {
             if ev.info.state == ConnectionState::Connecting && ev.info.listen_socket.is_some() {
@@ -158,11 +164,16 @@ fn pair() -> Pair {
     let addr = server.get_listen_socket_address(listen).unwrap();
     let c = client.connect_by_ip_address(addr, &[]).unwrap();
     let s = accept_one(&server, &mut events);
-    let end = Instant::now() + Duration::from_secs(20);
+    let end = Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS as u64 + 5_000);
     while state(&client, c) != ConnectionState::Connected
         || state(&server, s) != ConnectionState::Connected
     {
-        assert!(Instant::now() < end, "handshake did not finish");
+        assert!(
+            Instant::now() < end,
+            "handshake did not finish: client {:?}, server {:?}",
+            state(&client, c),
+            state(&server, s)
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     Pair {

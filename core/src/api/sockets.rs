@@ -2145,7 +2145,7 @@ impl State {
                             tracing::debug!(conn = id.0, "path signal not sent");
                         }
                     }
-                    PathNote::Ready => e.endpoint.path_ready(now, *id, p.addr),
+                    PathNote::Ready => e.endpoint.path_ready(*id, p.addr),
                     PathNote::Failed(reason, debug) => e.endpoint.path_failed(*id, reason, &debug),
                 }
             }

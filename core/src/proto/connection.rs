@@ -164,6 +164,12 @@ struct SentPacket {
     segments: SegRefs,
 }
 
+/// The client resends its hello after this, doubling each time up to [`HELLO_BACKOFF_MAX`]:
+/// about a dozen tries within the default 10 s `TimeoutInitial`, so a lossy path still
+/// connects (1,200 bytes a second at worst).
+const HELLO_BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const HELLO_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 enum Handshake {
     /// Client: waiting for the server hello.
     Client {
@@ -175,6 +181,10 @@ enum Handshake {
         retries_left: u8,
         backoff: Duration,
         due: bool,
+        /// When `bytes` last went out, and whether more than once: an answer to a resent
+        /// hello could be to any copy, so it gives no RTT sample (Karn's rule).
+        last_sent: Option<Instant>,
+        resent: bool,
     },
     /// Server: a verified client hello waiting for the application to accept.
     ServerPending { hello: ClientHello, bytes: Vec<u8> },
@@ -248,7 +258,6 @@ pub struct Connection {
     timers: [Option<Instant>; TIMER_COUNT],
     started: Instant,
     /// When the first hello went out to the current route (the first RTT sample's start).
-    hello_started: Instant,
     last_recv: Instant,
     close_frame: Option<(u32, String)>,
     close_due: bool,
@@ -313,8 +322,10 @@ impl Connection {
             sent: vec![bytes.clone()],
             bytes,
             retries_left: 2,
-            backoff: Duration::from_millis(250),
+            backoff: HELLO_BACKOFF_FIRST,
             due: true,
+            last_sent: None,
+            resent: false,
         };
         c.set_state(ConnectionState::Connecting);
         c
@@ -362,7 +373,7 @@ impl Connection {
     }
 
     /// P2P client: the rendezvous found the peer at `addr`: send the hello there.
-    pub(crate) fn set_route(&mut self, now: Instant, addr: SocketAddr) {
+    pub(crate) fn set_route(&mut self, addr: SocketAddr) {
         if let Handshake::Client { due, .. } = &mut self.handshake {
             if matches!(
                 self.state,
@@ -370,7 +381,6 @@ impl Connection {
             ) && !*due
             {
                 self.remote = addr;
-                self.hello_started = now;
                 *due = true;
                 self.set_state(ConnectionState::FindingRoute);
             }
@@ -533,7 +543,6 @@ impl Connection {
             recv: Reassembly::new(),
             timers: [None; TIMER_COUNT],
             started: now,
-            hello_started: now,
             last_recv: now,
             close_frame: None,
             close_due: false,
@@ -977,9 +986,21 @@ impl Connection {
         if from != self.remote || !self.is_handshaking() {
             return;
         }
-        let Handshake::Client { secret, sent, .. } = &self.handshake else {
+        let Handshake::Client {
+            secret,
+            sent,
+            bytes: current,
+            last_sent,
+            resent,
+            ..
+        } = &self.handshake
+        else {
             return;
         };
+        // The handshake's round trip, when the answered hello went out once.
+        let sample = last_sent
+            .filter(|_| !*resent && crypto::hash(&[current]) == hello.client_hello_hash)
+            .map(|at| now.saturating_duration_since(at));
         let Some(bytes) = sent
             .iter()
             .find(|b| crypto::hash(&[b.as_slice()]) == hello.client_hello_hash)
@@ -1034,8 +1055,9 @@ impl Connection {
         self.last_recv = now;
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
-        // First sample: the whole handshake round trip.
-        self.rtt.update(now - self.hello_started, Duration::ZERO);
+        if let Some(sample) = sample {
+            self.rtt.update(sample, Duration::ZERO);
+        }
         // Prove our address to the server at once, even with nothing queued.
         self.ping_pending = true;
         self.set_state(ConnectionState::Connected);
@@ -1053,6 +1075,9 @@ impl Connection {
             sent,
             retries_left,
             due,
+            last_sent,
+            resent,
+            backoff,
             ..
         } = &mut self.handshake
         else {
@@ -1066,6 +1091,10 @@ impl Connection {
         *bytes = hello.encode(self.creds.key.as_ref());
         sent.push(bytes.clone());
         *due = true;
+        *last_sent = None;
+        *resent = false;
+        // The answer shows the path works: the hello with the cookie starts a fresh exchange.
+        *backoff = HELLO_BACKOFF_FIRST;
     }
 
     /// The server refused our hello.
@@ -1469,9 +1498,10 @@ impl Connection {
         }
         if self.expired(Timer::Handshake, now) {
             self.timers[Timer::Handshake as usize] = None;
+            let handshaking = self.is_handshaking();
             if let Handshake::Client { due, backoff, .. } = &mut self.handshake {
-                *due = true;
-                *backoff = (*backoff * 2).min(Duration::from_secs(2));
+                *due = handshaking;
+                *backoff = (*backoff * 2).min(HELLO_BACKOFF_MAX);
             }
         }
         if self.expired(Timer::Ack, now) {
@@ -1484,7 +1514,10 @@ impl Connection {
                 self.state,
                 ConnectionState::Connected | ConnectionState::Linger
             ) {
+                // Again each interval while the peer stays silent, so a lost ping or two
+                // does not let the connection time out while the path works.
                 self.ping_pending = true;
+                self.timers[Timer::Keepalive as usize] = Some(now + self.keepalive_interval());
             }
         }
         if self.expired(Timer::Loss, now) {
@@ -1552,6 +1585,11 @@ impl Connection {
         self.timers[Timer::Loss as usize] = time_loss.or(pto);
     }
 
+    /// How long a silent peer goes before we ping it.
+    fn keepalive_interval(&self) -> Duration {
+        (self.config.timeout_connected / 4).min(Duration::from_secs(5))
+    }
+
     fn arm_idle(&mut self) {
         let t = match self.state {
             ConnectionState::Connecting | ConnectionState::FindingRoute => {
@@ -1567,8 +1605,8 @@ impl Connection {
             self.state,
             ConnectionState::Connected | ConnectionState::Linger
         ) {
-            let every = (self.config.timeout_connected / 4).min(Duration::from_secs(5));
-            self.timers[Timer::Keepalive as usize] = Some(self.last_recv + every);
+            self.timers[Timer::Keepalive as usize] =
+                Some(self.last_recv + self.keepalive_interval());
         }
     }
 
@@ -1646,15 +1684,20 @@ impl Connection {
             buf.extend_from_slice(&reject);
             return true;
         }
+        // A connection that gave up (or was closed) while connecting sends no more hellos.
+        let handshaking = self.is_handshaking();
         if let Handshake::Client {
             bytes,
             due,
             backoff,
+            last_sent,
+            resent,
             ..
         } = &mut self.handshake
         {
-            if *due {
-                *due = false;
+            if std::mem::take(due) && handshaking {
+                *resent |= last_sent.is_some();
+                *last_sent = Some(now);
                 buf.extend_from_slice(bytes);
                 self.timers[Timer::Handshake as usize] = Some(now + *backoff);
                 self.stats.packets_sent += 1;

@@ -356,10 +356,10 @@ impl Endpoint {
 
     /// The path of connection `id` has a route, known inside the endpoint as `addr`: a
     /// client sends its hello there.
-    pub fn path_ready(&mut self, now: Instant, id: ConnId, addr: SocketAddr) {
+    pub fn path_ready(&mut self, id: ConnId, addr: SocketAddr) {
         if let Some(c) = self.connections.get_mut(&id.0) {
             tracing::debug!(conn = id.0, %addr, state = ?c.state(), "path ready");
-            c.set_route(now, addr);
+            c.set_route(addr);
         }
         self.drain_events(id.0);
         self.touch(id.0);
@@ -549,7 +549,7 @@ impl Endpoint {
                     // Direct UDP: the first candidate of our address family. (ICE tries them
                     // all; see the ice crate.)
                     match candidates.iter().find(|a| a.is_ipv4() == ipv4) {
-                        Some(addr) => c.set_route(now, *addr),
+                        Some(addr) => c.set_route(*addr),
                         None => c.closed_by_signal(
                             EndReason::MISC_P2P_RENDEZVOUS.0,
                             "the peer gave no address we can reach".into(),
