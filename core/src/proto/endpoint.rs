@@ -434,7 +434,7 @@ impl Endpoint {
             }
             let id = *id;
             for body in s.handle(m) {
-                self.on_session_body(now, id, body);
+                self.on_session_body(id, body);
             }
             self.drain_events(id);
             self.touch(id);
@@ -512,7 +512,7 @@ impl Endpoint {
         }
     }
 
-    fn on_session_body(&mut self, now: Instant, id: u32, body: Body) {
+    fn on_session_body(&mut self, id: u32, body: Body) {
         let ipv4 = self.p2p_ipv4();
         let Some(c) = self.connections.get_mut(&id) else {
             return;
