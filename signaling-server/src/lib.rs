@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli;
 pub mod client;
 pub mod protocol;
 pub mod server;

@@ -391,15 +391,21 @@ async fn binding(
 /// 5780 support at `server` (RFC 5780 §4.3 and §4.4), from a socket bound to `bind`.
 pub async fn nat_check(server: SocketAddr, bind: SocketAddr) -> Result<NatReport, NatCheckError> {
     let socket = UdpSocket::bind(bind).await?;
-    let local = socket.local_addr()?;
+    let mut local = socket.local_addr()?;
+    if local.ip().is_unspecified() {
+        // Bound to every address: the one the server is reached from is the one that
+        // counts (a NAT that keeps our port would otherwise look like no NAT at all).
+        let probe = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
+        probe.connect(server).await?;
+        local.set_ip(probe.local_addr()?.ip());
+    }
     let wait = Duration::from_millis(300);
     // Mapping test I.
     let first = binding(&socket, server, (false, false), 5, wait)
         .await?
         .ok_or(NatCheckError::NoAnswer(server))?;
     let other = first.other.ok_or(NatCheckError::NoDiscovery(server))?;
-    let no_nat = first.mapped == local
-        || (local.ip().is_unspecified() && first.mapped.port() == local.port());
+    let no_nat = first.mapped == local;
     // Mapping tests II and III: the alternate IP with the primary port, then both changed.
     let alt_ip = SocketAddr::new(other.ip(), server.port());
     let second = binding(&socket, alt_ip, (false, false), 5, wait)

@@ -1,0 +1,282 @@
+//! The `punchline-signaling` command line: the server, and `nat-check`. The binary is
+//! [`run`] on its arguments; other programs (the namespace tests' host tool) start the same
+//! server through it.
+
+use crate::server::{Config, Server, TurnAdvert};
+use crate::stun::StunServer;
+use crate::turn_server::TurnServer;
+use clap::{Parser, Subcommand};
+use punchline_identity::{CertStore, PublicKey};
+use rand_core::{OsRng, RngCore};
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// The punchline signaling server: introduces peers by identity, forwards their rendezvous
+/// signals, allocates FakeIPs, and (with --stun / --turn) serves STUN and TURN for ICE.
+/// Every flag can also be set as PUNCHLINE_SIGNALING_<FLAG>.
+#[derive(Debug, Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Where to serve websockets (at /), /healthz and /metrics.
+    #[arg(
+        long,
+        env = "PUNCHLINE_SIGNALING_LISTEN",
+        default_value = "127.0.0.1:7373"
+    )]
+    listen: SocketAddr,
+    /// Most clients at once (logged in or logging in).
+    #[arg(
+        long,
+        env = "PUNCHLINE_SIGNALING_MAX_CLIENTS",
+        default_value_t = 10_000
+    )]
+    max_clients: usize,
+    /// Largest websocket frame accepted, in bytes.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_MAX_FRAME", default_value_t = 16_384)]
+    max_frame: usize,
+    /// Messages per second per client (burst: twice this).
+    #[arg(long, env = "PUNCHLINE_SIGNALING_RATE", default_value_t = 200)]
+    rate: u32,
+    /// Seconds a client may stay silent (pings count).
+    #[arg(long, env = "PUNCHLINE_SIGNALING_IDLE_TIMEOUT", default_value_t = 60)]
+    idle_timeout: u64,
+    /// Seconds a new client has to log in.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_LOGIN_TIMEOUT", default_value_t = 10)]
+    login_timeout: u64,
+    /// A file of trusted CA keys (one `ed25519:<hex>` per line) for certificate logins.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TRUSTED_CA")]
+    trusted_ca: Option<std::path::PathBuf>,
+    /// Drop signals to offline identities silently instead of answering "undeliverable".
+    #[arg(long, env = "PUNCHLINE_SIGNALING_QUIET_UNDELIVERABLE")]
+    quiet_undeliverable: bool,
+    /// Serve STUN on this UDP address (e.g. 0.0.0.0:3478); clients learn of it at login.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_STUN")]
+    stun: Option<SocketAddr>,
+    /// A second IP of this host: STUN then also answers RFC 5780 NAT behaviour discovery
+    /// (on both IPs, at the STUN port and the one above it), which `nat-check` uses.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_STUN_ALT_IP", requires = "stun")]
+    stun_alt_ip: Option<IpAddr>,
+    /// Serve TURN on this UDP address (e.g. 0.0.0.0:3479); clients get short-lived
+    /// credentials for it at login.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN")]
+    turn: Option<SocketAddr>,
+    /// The address relayed traffic leaves from (default: the --turn IP; needed when that
+    /// is unspecified).
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_RELAY_IP", requires = "turn")]
+    turn_relay_ip: Option<IpAddr>,
+    /// The secret TURN credentials are made with (TURN REST API style, as coturn's
+    /// static-auth-secret). Default: random at each start.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_SECRET", requires = "turn")]
+    turn_secret: Option<String>,
+    /// Seconds the TURN credentials given at login stay valid.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_TTL", default_value_t = 3600)]
+    turn_ttl: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Tells this host's NAT mapping and filtering behaviour (RFC 5780), against a STUN
+    /// server started with --stun-alt-ip.
+    NatCheck {
+        /// The STUN server (host:port).
+        #[arg(long)]
+        stun: String,
+        /// The local address to test from.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: SocketAddr,
+    },
+}
+
+fn nat_check(stun: &str, bind: SocketAddr) -> i32 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let server = match tokio::net::lookup_host(stun)
+            .await
+            .map(|mut a| a.find(|a| a.is_ipv4() == bind.is_ipv4()))
+        {
+            Ok(Some(a)) => a,
+            Ok(None) | Err(_) => {
+                eprintln!("nat-check: cannot resolve {stun}");
+                return 2;
+            }
+        };
+        match crate::stun::nat_check(server, bind).await {
+            Ok(report) => {
+                println!("{report}");
+                0
+            }
+            Err(e) => {
+                eprintln!("nat-check: {e}");
+                1
+            }
+        }
+    })
+}
+
+fn trusted(path: Option<&std::path::Path>) -> Result<CertStore, String> {
+    let mut store = CertStore::new();
+    let Some(path) = path else {
+        return Ok(store);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = line
+            .strip_prefix("ed25519:")
+            .unwrap_or(line)
+            .parse::<PublicKey>()
+            .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        store.add_trusted_ca(key);
+    }
+    Ok(store)
+}
+
+/// Runs the command line `args` (the first is the program name) to the end: serves until
+/// SIGINT or SIGTERM, or runs `nat-check`. Returns the process exit code.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    if let Some(Command::NatCheck { stun, bind }) = &args.command {
+        return nat_check(stun, *bind);
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let trusted = match trusted(args.trusted_ca.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("punchline-signaling: trusted CA file: {e}");
+            return 2;
+        }
+    };
+    let config = Config {
+        max_clients: args.max_clients,
+        max_frame: args.max_frame,
+        rate: args.rate,
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        login_timeout: Duration::from_secs(args.login_timeout.max(1)),
+        trusted,
+        quiet_undeliverable: args.quiet_undeliverable,
+        stun: None,
+        turn: None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let mut config = config;
+        let _stun = match args.stun {
+            Some(addr) => match StunServer::start(addr, args.stun_alt_ip).await {
+                Ok(s) => {
+                    println!("stun on {}", s.addr());
+                    if let Some(o) = s.other_addr() {
+                        println!("stun behaviour discovery: other address {o}");
+                    }
+                    config.stun = Some(s.addr());
+                    Some(s)
+                }
+                Err(e) => {
+                    eprintln!("punchline-signaling: cannot serve STUN on {addr}: {e}");
+                    std::process::exit(1);
+                }
+            },
+            None => None,
+        };
+        let turn = match args.turn {
+            Some(addr) => {
+                let relay_ip = match args.turn_relay_ip.or((!addr.ip().is_unspecified()).then(|| addr.ip())) {
+                    Some(ip) => ip,
+                    None => {
+                        eprintln!("punchline-signaling: --turn on an unspecified address needs --turn-relay-ip");
+                        std::process::exit(2);
+                    }
+                };
+                let secret = match &args.turn_secret {
+                    Some(s) => s.as_bytes().to_vec(),
+                    None => {
+                        let mut s = vec![0u8; 32];
+                        OsRng.fill_bytes(&mut s);
+                        s
+                    }
+                };
+                match TurnServer::start(addr, relay_ip, secret.clone()).await {
+                    Ok(t) => {
+                        println!("turn on {} relaying from {relay_ip}", t.addr());
+                        config.turn = Some(TurnAdvert {
+                            addr: t.addr(),
+                            secret,
+                            ttl: Duration::from_secs(args.turn_ttl.max(60)),
+                        });
+                        Some(t)
+                    }
+                    Err(e) => {
+                        eprintln!("punchline-signaling: cannot serve TURN on {addr}: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+            None => None,
+        };
+        let server = match Server::start(args.listen, config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("punchline-signaling: cannot listen on {}: {e}", args.listen);
+                std::process::exit(1);
+            }
+        };
+        tracing::info!(addr = %server.addr(), "serving");
+        // Tests and scripts read this line to learn the port.
+        println!("listening on {}", server.addr());
+        server.run_until(shutdown_signal()).await;
+        if let Some(t) = turn {
+            t.stop().await;
+        }
+        tracing::info!("stopped");
+    });
+    0
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
