@@ -239,6 +239,19 @@ pub fn unavailable() -> Option<String> {
     .clone()
 }
 
+/// True (after saying SKIPPED and why) when the machine cannot run namespace tests; fails
+/// instead when `PUNCHLINE_REQUIRE_NETNS=1`.
+pub fn skip(test: &str) -> bool {
+    let Some(why) = unavailable() else {
+        return false;
+    };
+    if std::env::var("PUNCHLINE_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
+        panic!("{test}: namespace tests are required (PUNCHLINE_REQUIRE_NETNS=1) but {why}");
+    }
+    say(&format!("SKIPPED {test}: {why}"));
+    true
+}
+
 /// Starts a lab for the calling test, or says SKIPPED and returns from it.
 #[macro_export]
 macro_rules! lab {
@@ -531,13 +544,7 @@ impl Lab {
     /// Builds the internet and the server; `None` (after saying SKIPPED) when the machine
     /// cannot, unless `PUNCHLINE_REQUIRE_NETNS=1`.
     pub fn new(name: &str, bin: &str) -> Option<Lab> {
-        if let Some(why) = unavailable() {
-            if std::env::var("PUNCHLINE_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
-                panic!(
-                    "{name}: namespace tests are required (PUNCHLINE_REQUIRE_NETNS=1) but {why}"
-                );
-            }
-            say(&format!("SKIPPED {name}: {why}"));
+        if skip(name) {
             return None;
         }
         remove_stale();

@@ -473,6 +473,7 @@ impl Peer {
             "reliable": self.received_reliable,
             "unreliable_bytes": self.unreliable_bytes,
             "outbox": self.outbox.len(),
+            "detail": self.conn.and_then(|c| self.sockets.get_detailed_connection_status(c).ok()),
         }));
     }
 }
