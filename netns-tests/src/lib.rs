@@ -472,6 +472,8 @@ pub struct Peer {
     pub identity: String,
     /// Every event it printed so far.
     pub events: Vec<Value>,
+    /// Reliable messages the other peer has sent it in all, as far as [`exchange`] knows.
+    pub reliable_due: u32,
 }
 
 impl Peer {
@@ -521,6 +523,36 @@ impl Peer {
     pub fn seen(&self, name: &str) -> Vec<&Value> {
         self.events.iter().filter(|v| v["event"] == name).collect()
     }
+}
+
+/// Connects `a` to `b`; both must see Connected. Returns (a's event, b's event).
+pub fn connect(a: &mut Peer, b: &mut Peer) -> (Value, Value) {
+    a.send(&format!("connect {}", b.identity));
+    let ea = a.wait(&["connected", "ended"], Duration::from_secs(60));
+    let eb = b.wait(&["connected", "ended"], Duration::from_secs(60));
+    assert_eq!(ea["event"], "connected", "connecting side: {ea}");
+    assert_eq!(eb["event"], "connected", "accepting side: {eb}");
+    (ea, eb)
+}
+
+/// Both send `n` reliable messages and `bytes` of unreliable ones; both must receive all
+/// reliable ones (within 90 s). Returns the unreliable bytes each has received in all.
+pub fn exchange(a: &mut Peer, b: &mut Peer, n: u32, bytes: u32) -> (u64, u64) {
+    for p in [&mut *a, &mut *b] {
+        p.reliable_due += n;
+        p.send(&format!("exchange {n} {bytes}"));
+        p.send(&format!("expect {} 90000", p.reliable_due));
+    }
+    let ra = a.wait(&["received"], Duration::from_secs(100));
+    let rb = b.wait(&["received"], Duration::from_secs(100));
+    for (r, p) in [(&ra, &*a), (&rb, &*b)] {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["reliable"], p.reliable_due, "{r}");
+    }
+    (
+        ra["unreliable_bytes"].as_u64().unwrap_or(0),
+        rb["unreliable_bytes"].as_u64().unwrap_or(0),
+    )
 }
 
 /// One test's network (see the crate docs).
@@ -587,6 +619,21 @@ impl Lab {
         }
         lab.server = Some(Server::start(&srv, bin));
         Some(lab)
+    }
+
+    /// The prefix of every namespace this lab makes.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The namespaces this machine has now whose names start with `prefix`.
+    pub fn namespaces_named(prefix: &str) -> Vec<String> {
+        ip(&["netns", "list"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Where peers reach the signaling server.
@@ -796,6 +843,7 @@ impl Lab {
             proc: Proc::spawn(&host.ns, &format!("peer {seed} on {}", host.ip), &args),
             identity: String::new(),
             events: Vec::new(),
+            reliable_due: 0,
         };
         let ready = peer.wait(&["ready"], Duration::from_secs(30));
         peer.identity = ready["identity"].as_str().unwrap_or_default().to_string();

@@ -4,8 +4,7 @@
 //! direct path exists, TURN-relayed for symmetric x symmetric and symmetric x
 //! port-restricted. Prints the route and time-to-Connected of every cell.
 
-use punchline_netns_tests::{say, skip, Lab, Nat, Peer};
-use std::time::Duration;
+use punchline_netns_tests::{connect, exchange, say, skip, Lab, Nat};
 
 struct Cell {
     a: Nat,
@@ -21,35 +20,6 @@ fn expect_relayed(a: Nat, b: Nat) -> bool {
         (Nat::Symmetric, Nat::Symmetric)
             | (Nat::Symmetric, Nat::PortRestricted)
             | (Nat::PortRestricted, Nat::Symmetric)
-    )
-}
-
-/// Connects `a` to `b`; both must see Connected. Returns (a's event, b's event).
-pub fn connect(a: &mut Peer, b: &mut Peer) -> (serde_json::Value, serde_json::Value) {
-    a.send(&format!("connect {}", b.identity));
-    let ea = a.wait(&["connected", "ended"], Duration::from_secs(60));
-    let eb = b.wait(&["connected", "ended"], Duration::from_secs(60));
-    assert_eq!(ea["event"], "connected", "connecting side: {ea}");
-    assert_eq!(eb["event"], "connected", "accepting side: {eb}");
-    (ea, eb)
-}
-
-/// Both send `n` reliable messages and `bytes` of unreliable ones; both must receive all
-/// reliable ones. Returns the unreliable bytes each received.
-pub fn exchange(a: &mut Peer, b: &mut Peer, n: u32, bytes: u32) -> (u64, u64) {
-    for p in [&mut *a, &mut *b] {
-        p.send(&format!("exchange {n} {bytes}"));
-        p.send(&format!("expect {n} 90000"));
-    }
-    let ra = a.wait(&["received"], Duration::from_secs(100));
-    let rb = b.wait(&["received"], Duration::from_secs(100));
-    for r in [&ra, &rb] {
-        assert_eq!(r["ok"], true, "{r}");
-        assert_eq!(r["reliable"], n, "{r}");
-    }
-    (
-        ra["unreliable_bytes"].as_u64().unwrap_or(0),
-        rb["unreliable_bytes"].as_u64().unwrap_or(0),
     )
 }
 
