@@ -29,6 +29,8 @@ pub struct Link {
     pub reorder_delay: Duration,
     /// Probability a datagram is delivered twice.
     pub duplicate: f64,
+    /// The second copy of a duplicated datagram comes up to this much later (uniform).
+    pub duplicate_delay: Duration,
     /// Datagrams larger than this are dropped.
     pub mtu: usize,
 }
@@ -42,6 +44,7 @@ impl Default for Link {
             reorder: 0.0,
             reorder_delay: Duration::from_millis(15),
             duplicate: 0.0,
+            duplicate_delay: Duration::ZERO,
             mtu: 1500,
         }
     }
@@ -197,8 +200,12 @@ impl Sim {
         } else {
             1
         };
-        for _ in 0..copies {
+        for copy in 0..copies {
             let mut at = self.now + self.link.delay;
+            if copy == 1 && !self.link.duplicate_delay.is_zero() {
+                let d = self.rng.next_u64() % self.link.duplicate_delay.as_micros().max(1) as u64;
+                at += Duration::from_micros(d);
+            }
             if !self.link.jitter.is_zero() {
                 let j = self.rng.next_u64() % self.link.jitter.as_micros().max(1) as u64;
                 at += Duration::from_micros(j);

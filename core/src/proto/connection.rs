@@ -189,10 +189,7 @@ enum Handshake {
     /// Server: a verified client hello waiting for the application to accept.
     ServerPending { hello: ClientHello, bytes: Vec<u8> },
     /// Server: accepted; the server hello may need resending.
-    ServerAccepted {
-        client_hello: Vec<u8>,
-        reply: Vec<u8>,
-    },
+    ServerAccepted { reply: Vec<u8> },
     /// Server of a P2P connection: waiting for the client's hello over the path the
     /// rendezvous found; `accepted` once the application accepted.
     P2pAwaitingHello { accepted: bool },
@@ -728,25 +725,20 @@ impl Connection {
         .encode(self.creds.key.as_ref(), &bytes);
         let transcript = crypto::hash(&[&bytes, &reply]);
         self.keys = Some(Keys::derive(shared.as_bytes(), &transcript, false));
-        self.handshake = Handshake::ServerAccepted {
-            client_hello: bytes,
-            reply,
-        };
+        self.handshake = Handshake::ServerAccepted { reply };
         self.closed_ack_due = false;
         self.reject_due = None;
-        self.due_server_hello(true);
+        self.due_server_hello();
         self.last_recv = now;
         // Connected once the client's first packet proves it holds the keys.
         self.arm_idle();
         Ok(())
     }
 
-    fn due_server_hello(&mut self, due: bool) {
+    fn due_server_hello(&mut self) {
         if let Handshake::ServerAccepted { reply, .. } = &self.handshake {
-            if due {
-                self.reject_due = None;
-                self.pending_hello = Some(reply.clone());
-            }
+            self.reject_due = None;
+            self.pending_hello = Some(reply.clone());
         }
     }
 
@@ -964,14 +956,12 @@ impl Connection {
     // ----- inputs ------------------------------------------------------------------------
 
     /// A client hello arrived again for this (server) connection: resend our reply, within
-    /// the amplification budget.
+    /// the amplification budget. Any hello from this client counts, not only the one we
+    /// answered: a client that got two cookies (its first hello was duplicated on the way)
+    /// resends the hello with the later one, and still accepts our answer to the earlier.
     pub(crate) fn handle_repeated_client_hello(&mut self, bytes: &[u8]) {
         self.amp_received += bytes.len() as u64;
-        if let Handshake::ServerAccepted { client_hello, .. } = &self.handshake {
-            if client_hello.as_slice() == bytes {
-                self.due_server_hello(true);
-            }
-        }
+        self.due_server_hello();
     }
 
     /// The server answered our hello.
