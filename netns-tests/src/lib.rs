@@ -594,7 +594,7 @@ impl Lab {
             inet: String::new(),
             server: None,
             procs: Vec::new(),
-            assigned: vec![SERVER_IP, SERVER_ALT_IP],
+            assigned: Vec::new(),
             next_port: 0,
             next_site: 1,
             next_public_host: 100,
@@ -607,15 +607,7 @@ impl Lab {
         let srv = lab.namespace("srv");
         let end = lab.veth_to_internet(&srv, "eth0", None);
         for a in [SERVER_IP, SERVER_ALT_IP] {
-            ip(&[
-                "-n",
-                &srv,
-                "addr",
-                "add",
-                &format!("{a}/24"),
-                "dev",
-                &end.dev,
-            ]);
+            lab.assign(&srv, &end.dev, a);
         }
         lab.server = Some(Server::start(&srv, bin));
         Some(lab)
@@ -644,6 +636,12 @@ impl Lab {
     /// The STUN server, as `nat-check` takes it.
     pub fn stun() -> String {
         format!("{SERVER_IP}:{STUN_PORT}")
+    }
+
+    /// Gives `dev` in `ns` the address `addr`/24, noting it as the lab's.
+    fn assign(&mut self, ns: &str, dev: &str, addr: Ipv4Addr) {
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+        self.assigned.push(addr);
     }
 
     /// A new namespace `<prefix>-<role>` with loopback up and IPv6 off.
@@ -733,28 +731,11 @@ impl Lab {
         let r = self.namespace(&format!("r{index}"));
         let wan_ip = Ipv4Addr::new(203, 0, 113, 10 + index);
         let wan = self.veth_to_internet(&r, "wan", impairment);
-        ip(&[
-            "-n",
-            &r,
-            "addr",
-            "add",
-            &format!("{wan_ip}/24"),
-            "dev",
-            "wan",
-        ]);
+        self.assign(&r, "wan", wan_ip);
         ip(&["-n", &r, "link", "add", "name", "lan", "type", "bridge"]);
         let lan_ip = Ipv4Addr::new(10, 0, index, 1);
-        ip(&[
-            "-n",
-            &r,
-            "addr",
-            "add",
-            &format!("{lan_ip}/24"),
-            "dev",
-            "lan",
-        ]);
+        self.assign(&r, "lan", lan_ip);
         ip(&["-n", &r, "link", "set", "lan", "up"]);
-        self.assigned.extend([wan_ip, lan_ip]);
         in_ns(&r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"], None)
             .unwrap_or_else(|e| panic!("{e}"));
         // Hosts on the LAN bridge talk to each other directly, not through the firewall.
@@ -779,16 +760,7 @@ impl Lab {
                 let ip_addr = Ipv4Addr::new(203, 0, 113, self.next_public_host);
                 self.next_public_host += 1;
                 let uplink = self.veth_to_internet(&ns, "eth0", site.impairment);
-                ip(&[
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("{ip_addr}/24"),
-                    "dev",
-                    "eth0",
-                ]);
-                self.assigned.push(ip_addr);
+                self.assign(&ns, "eth0", ip_addr);
                 Host {
                     ns,
                     ip: ip_addr,
@@ -804,19 +776,10 @@ impl Lab {
                 ip(&["-n", r, "link", "set", &port, "master", "lan"]);
                 ip(&["-n", r, "link", "set", &port, "up"]);
                 let ip_addr = Ipv4Addr::new(10, 0, site.index, 1 + site.hosts);
-                ip(&[
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("{ip_addr}/24"),
-                    "dev",
-                    "eth0",
-                ]);
+                self.assign(&ns, "eth0", ip_addr);
                 ip(&["-n", &ns, "link", "set", "eth0", "up"]);
                 let gw = Ipv4Addr::new(10, 0, site.index, 1).to_string();
                 ip(&["-n", &ns, "route", "add", "default", "via", &gw]);
-                self.assigned.push(ip_addr);
                 Host {
                     ns,
                     ip: ip_addr,
@@ -824,6 +787,23 @@ impl Lab {
                 }
             }
         }
+    }
+
+    /// Two sites of types `a` and `b` (their internet links impaired or not), a host at
+    /// each, the lab audited, and a peer logged in on each host (key seeds 1 and 2).
+    pub fn two_peers(
+        &mut self,
+        a: Nat,
+        b: Nat,
+        impairment: Option<Impairment>,
+    ) -> ([Host; 2], Peer, Peer) {
+        let mut sa = self.site_impaired(a, impairment);
+        let mut sb = self.site_impaired(b, impairment);
+        let hosts = [self.host(&mut sa), self.host(&mut sb)];
+        self.audit();
+        let pa = self.peer(&hosts[0], 1);
+        let pb = self.peer(&hosts[1], 2);
+        (hosts, pa, pb)
     }
 
     /// Starts a peer on `host` with identity key seed `seed`; waits until it is logged in.

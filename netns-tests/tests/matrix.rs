@@ -26,13 +26,7 @@ fn expect_relayed(a: Nat, b: Nat) -> bool {
 fn cell(a: Nat, b: Nat) -> Cell {
     let name = format!("matrix {} x {}", a.name(), b.name());
     let mut lab = Lab::new(&name, env!("CARGO_BIN_EXE_netns-host")).expect("checked");
-    let mut sa = lab.site(a);
-    let mut sb = lab.site(b);
-    let ha = lab.host(&mut sa);
-    let hb = lab.host(&mut sb);
-    lab.audit();
-    let mut pa = lab.peer(&ha, 1);
-    let mut pb = lab.peer(&hb, 2);
+    let (_, mut pa, mut pb) = lab.two_peers(a, b, None);
     let (ea, eb) = connect(&mut pa, &mut pb);
     let route = ea["route"].as_str().unwrap_or("?").to_string();
     assert_eq!(ea["route"], eb["route"], "{name}: the two ends disagree");

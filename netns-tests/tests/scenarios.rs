@@ -37,13 +37,7 @@ fn lossy_slow_internet_links_still_carry_everything_reliable() {
         delay_ms: 50,
         loss: 0.10,
     });
-    let mut sa = lab.site_impaired(Nat::FullCone, bad);
-    let mut sb = lab.site_impaired(Nat::PortRestricted, bad);
-    let ha = lab.host(&mut sa);
-    let hb = lab.host(&mut sb);
-    lab.audit();
-    let mut pa = lab.peer(&ha, 1);
-    let mut pb = lab.peer(&hb, 2);
+    let (_, mut pa, mut pb) = lab.two_peers(Nat::FullCone, Nat::PortRestricted, bad);
     let (ea, _) = connect(&mut pa, &mut pb);
     assert_eq!(ea["route"], "direct-public", "{ea}");
     let start = Instant::now();
@@ -61,16 +55,10 @@ fn lossy_slow_internet_links_still_carry_everything_reliable() {
 #[test]
 fn udp_blocked_for_one_peer_ends_with_a_clear_reason() {
     let mut lab = lab!("udp_blocked_for_one_peer_ends_with_a_clear_reason");
-    let mut sa = lab.site(Nat::PortRestricted);
-    let mut sb = lab.site(Nat::FullCone);
-    let ha = lab.host(&mut sa);
-    let hb = lab.host(&mut sb);
+    let ([ha, _], mut pa, mut pb) = lab.two_peers(Nat::PortRestricted, Nat::FullCone, None);
+    // Signaling is TCP, so the peer stays logged in; no UDP path (STUN, TURN or direct)
+    // works, and no other transport exists yet: the connection must end and say why.
     lab.block_udp(&ha);
-    lab.audit();
-    // Signaling is TCP, so the peer still logs in; no UDP path (STUN, TURN or direct) works,
-    // and no other transport exists yet: the connection must end and say why.
-    let mut pa = lab.peer(&ha, 1);
-    let mut pb = lab.peer(&hb, 2);
     pa.send(&format!("connect {}", pb.identity));
     let ea = pa.wait(&["connected", "ended"], Duration::from_secs(60));
     assert_eq!(ea["event"], "ended", "{ea}");
@@ -89,13 +77,7 @@ fn udp_blocked_for_one_peer_ends_with_a_clear_reason() {
 #[test]
 fn a_five_second_outage_mid_transfer_is_survived_or_reported() {
     let mut lab = lab!("a_five_second_outage_mid_transfer_is_survived_or_reported");
-    let mut sa = lab.site(Nat::FullCone);
-    let mut sb = lab.site(Nat::PortRestricted);
-    let ha = lab.host(&mut sa);
-    let hb = lab.host(&mut sb);
-    lab.audit();
-    let mut pa = lab.peer(&ha, 1);
-    let mut pb = lab.peer(&hb, 2);
+    let ([ha, _], mut pa, mut pb) = lab.two_peers(Nat::FullCone, Nat::PortRestricted, None);
     connect(&mut pa, &mut pb);
     // 200 messages each way, one every 50 ms: 10 s, with the outage from 2 s to 7 s.
     for p in [&mut pa, &mut pb] {
@@ -142,13 +124,7 @@ fn a_five_second_outage_mid_transfer_is_survived_or_reported() {
 #[test]
 fn a_signaling_server_restart_leaves_connections_up() {
     let mut lab = lab!("a_signaling_server_restart_leaves_connections_up");
-    let mut sa = lab.site(Nat::FullCone);
-    let mut sb = lab.site(Nat::PortRestricted);
-    let ha = lab.host(&mut sa);
-    let hb = lab.host(&mut sb);
-    lab.audit();
-    let mut pa = lab.peer(&ha, 1);
-    let mut pb = lab.peer(&hb, 2);
+    let (_, mut pa, mut pb) = lab.two_peers(Nat::FullCone, Nat::PortRestricted, None);
     connect(&mut pa, &mut pb);
     exchange(&mut pa, &mut pb, 100, 10_000);
     let server = lab.server.as_mut().expect("a lab has a server");
