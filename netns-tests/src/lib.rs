@@ -808,6 +808,11 @@ impl Lab {
 
     /// Starts a peer on `host` with identity key seed `seed`; waits until it is logged in.
     pub fn peer(&mut self, host: &Host, seed: u8) -> Peer {
+        self.peer_with(host, seed, &[])
+    }
+
+    /// Like [`peer`](Self::peer), with more of the peer program's flags (`--transport relay`).
+    pub fn peer_with(&mut self, host: &Host, seed: u8, flags: &[&str]) -> Peer {
         let args: Vec<String> = [
             self.bin.as_str(),
             "peer",
@@ -817,6 +822,7 @@ impl Lab {
             &seed.to_string(),
         ]
         .iter()
+        .chain(flags)
         .map(|s| s.to_string())
         .collect();
         let mut peer = Peer {

@@ -1,6 +1,7 @@
-//! The peer program the tests run on each host (`netns-host peer --signaling URL --seed N`):
-//! a punchline `Sockets` with ICE on the host's own addresses, logged in to the signaling
-//! server, listening for P2P connections and accepting them.
+//! The peer program the tests run on each host (`netns-host peer --signaling URL --seed N
+//! [--transport ice|relay]`): a punchline `Sockets` with ICE on the host's own addresses
+//! (or the signaling server's relay), logged in to the signaling server, listening for P2P
+//! connections and accepting them.
 //!
 //! It reads one command per line on stdin and writes one JSON event per line on stdout.
 //!
@@ -90,23 +91,33 @@ fn route_name(r: RouteKind) -> &'static str {
 struct Options {
     signaling: String,
     seed: u8,
+    relay: bool,
 }
 
 fn options(args: Vec<std::ffi::OsString>) -> Result<Options, String> {
     let mut signaling = None;
     let mut seed = None;
+    let mut relay = false;
     let mut it = args.into_iter().map(|a| a.to_string_lossy().into_owned());
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--signaling" => signaling = Some(value),
             "--seed" => seed = Some(value.parse().map_err(|e| format!("--seed: {e}"))?),
+            "--transport" => {
+                relay = match value.as_str() {
+                    "ice" => false,
+                    "relay" => true,
+                    _ => return Err(format!("--transport {value}: ice or relay")),
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
     Ok(Options {
         signaling: signaling.ok_or("--signaling is required")?,
         seed: seed.ok_or("--seed is required")?,
+        relay,
     })
 }
 
@@ -184,15 +195,19 @@ impl Peer {
             ..SocketsConfig::default()
         })
         .map_err(|e| format!("sockets: {e}"))?;
-        // The host's own addresses only: nothing on loopback is worth offering a peer.
-        sockets.set_p2p_transport(
-            IceTransport::new()
-                .with_ip_filter(|ip| !ip.is_loopback())
-                .into_arc(),
-        );
         let events = sockets.status_events();
         let signaling = SignalingClient::connect(&opts.signaling, &key, None, &sockets)
             .map_err(|e| format!("signaling {}: {e}", opts.signaling))?;
+        if opts.relay {
+            sockets.set_p2p_transport(std::sync::Arc::new(signaling.relay_transport()));
+        } else {
+            // The host's own addresses only: nothing on loopback is worth offering a peer.
+            sockets.set_p2p_transport(
+                IceTransport::new()
+                    .with_ip_filter(|ip| !ip.is_loopback())
+                    .into_arc(),
+            );
+        }
         let listen = sockets
             .create_listen_socket_p2p(0, &[])
             .map_err(|e| format!("listen: {e}"))?;

@@ -71,6 +71,14 @@ struct Args {
     /// static-auth-secret). Default: random at each start.
     #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_SECRET", requires = "turn")]
     turn_secret: Option<String>,
+    /// Bytes per second each client may send through the relay (datagrams in binary
+    /// websocket frames, for peers with no UDP path); 0 turns the relay off.
+    #[arg(
+        long,
+        env = "PUNCHLINE_SIGNALING_RELAY_RATE",
+        default_value_t = 1_000_000
+    )]
+    relay_rate: u32,
     /// Seconds the TURN credentials given at login stay valid.
     #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_TTL", default_value_t = 3600)]
     turn_ttl: u64,
@@ -182,6 +190,7 @@ where
         quiet_undeliverable: args.quiet_undeliverable,
         stun: None,
         turn: None,
+        relay_rate: args.relay_rate,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,15 +6,19 @@
 //! the virtual port asked for (the application then accepts the connection as usual) and
 //! ignored otherwise. When the server says a peer is not online, the pending connection to it
 //! ends at once with `Misc_P2P_Rendezvous` and a sentence saying so.
+//!
+//! [`SignalingClient::relay_transport`] is a P2P transport through the server's relay (see
+//! [`crate::relay`]): for peers with no UDP path between them.
 
 use crate::protocol::{self, ClientMsg, ServerMsg, MAX_SIGNAL};
 use futures_util::{SinkExt, StreamExt};
 use punchline::api::fakeip::FakeIpProvider;
 use punchline::api::{Signaling, SignalingRecvContext};
 use punchline::proto::rendezvous::{Body, Message};
+use punchline::transport::{Path, PathParams, PathSink, RouteInfo, RouteKind, Transport};
 use punchline::{ConnectionHandle, EndReason, Sockets};
 use punchline_identity::{Certificate, Identity, KeyPair};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,10 +70,109 @@ impl Signaling for Route {
     }
 }
 
+/// Relay frames waiting for the websocket before more are dropped.
+const RELAY_OUT: usize = 1024;
+
+/// The relay transport's paths, by (peer, rendezvous session), and the way out.
+struct RelayShared {
+    paths: std::sync::Mutex<HashMap<(Identity, u64), PathSink>>,
+    out: mpsc::Sender<Vec<u8>>,
+}
+
+impl RelayShared {
+    fn paths(&self) -> std::sync::MutexGuard<'_, HashMap<(Identity, u64), PathSink>> {
+        self.paths.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A frame from the server: to the path it belongs to, if any.
+    fn deliver(&self, frame: &[u8]) {
+        let Ok(f) = crate::relay::decode(frame) else {
+            tracing::debug!("malformed relay frame from the server");
+            return;
+        };
+        let Ok(peer) = f.peer.parse::<Identity>() else {
+            return;
+        };
+        if let Some(sink) = self.paths().get(&(peer, f.session)) {
+            sink.deliver(f.datagram);
+        }
+    }
+}
+
+/// A P2P transport through the signaling server's relay ([`crate::relay`]): the
+/// connection's encrypted packets travel in the client's websocket, so it works wherever
+/// the server is reachable, and neither peer learns the other's address.
+#[derive(Clone)]
+pub struct RelayTransport {
+    shared: Arc<RelayShared>,
+}
+
+impl std::fmt::Debug for RelayTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayTransport").finish_non_exhaustive()
+    }
+}
+
+impl Transport for RelayTransport {
+    fn wire_id(&self) -> u8 {
+        crate::relay::WIRE_ID
+    }
+
+    fn start_path(&self, params: PathParams, sink: PathSink) -> Arc<dyn Path> {
+        let key = (params.peer, params.session);
+        self.shared.paths().insert(key.clone(), sink.clone());
+        // The server is the route: packets may go at once.
+        sink.ready();
+        Arc::new(RelayPath {
+            key,
+            shared: self.shared.clone(),
+        })
+    }
+}
+
+/// One connection's way through the relay.
+struct RelayPath {
+    key: (Identity, u64),
+    shared: Arc<RelayShared>,
+}
+
+impl std::fmt::Debug for RelayPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayPath")
+            .field("peer", &self.key.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Path for RelayPath {
+    fn handle_signal(&self, _signal: &[u8]) {}
+
+    fn send(&self, datagram: &[u8]) {
+        let (peer, session) = &self.key;
+        if let Some(frame) = crate::relay::encode(&peer.to_string(), *session, datagram) {
+            // A full queue drops the datagram, as a socket would.
+            let _ = self.shared.out.try_send(frame);
+        }
+    }
+
+    fn route(&self) -> RouteInfo {
+        RouteInfo {
+            kind: RouteKind::Relayed,
+            remote: None,
+            pairs: vec!["relay: the signaling server's websocket".into()],
+        }
+    }
+
+    fn close(&self) {
+        self.shared.paths().remove(&self.key);
+    }
+}
+
 /// A logged-in connection to a signaling server, serving one [`Sockets`].
 pub struct SignalingClient {
     route: Route,
     identity: Identity,
+    relay: Arc<RelayShared>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -118,6 +221,11 @@ impl SignalingClient {
     ) -> Result<Arc<SignalingClient>, ClientError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let route = Route { tx };
+        let (relay_tx, relay_rx) = mpsc::channel(RELAY_OUT);
+        let relay = Arc::new(RelayShared {
+            paths: std::sync::Mutex::new(HashMap::new()),
+            out: relay_tx,
+        });
         let identity = sockets.get_identity();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let job = Job {
@@ -127,6 +235,7 @@ impl SignalingClient {
             identity: identity.clone(),
             sockets: sockets.clone(),
             route: route.clone(),
+            relay: relay.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("punchline-signaling".into())
@@ -141,7 +250,7 @@ impl SignalingClient {
                         return;
                     }
                 };
-                rt.block_on(job.run(rx, ready_tx));
+                rt.block_on(job.run(rx, relay_rx, ready_tx));
             })
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let result = ready_rx
@@ -150,6 +259,7 @@ impl SignalingClient {
         let client = Arc::new(SignalingClient {
             route,
             identity,
+            relay,
             thread: Some(thread),
         });
         result?;
@@ -161,6 +271,14 @@ impl SignalingClient {
     /// The identity logged in.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// A P2P transport through this server's relay, for
+    /// [`Sockets::set_p2p_transport`]: both peers need it (and the server must relay).
+    pub fn relay_transport(&self) -> RelayTransport {
+        RelayTransport {
+            shared: self.relay.clone(),
+        }
     }
 
     /// Logs out and stops the client's thread. The `Sockets` it served keeps a reference to
@@ -178,6 +296,7 @@ struct Job {
     identity: Identity,
     sockets: Sockets,
     route: Route,
+    relay: Arc<RelayShared>,
 }
 
 type Ws =
@@ -190,14 +309,31 @@ async fn send(ws: &mut Ws, m: &ClientMsg) -> Result<(), ClientError> {
         .map_err(|e| ClientError::Connect(e.to_string()))
 }
 
+/// What the server sends: JSON messages, and relay frames.
+enum Incoming {
+    Msg(ServerMsg),
+    Relay(Vec<u8>),
+}
+
 /// The next JSON message from the server.
 async fn next(ws: &mut Ws) -> Result<ServerMsg, ClientError> {
+    loop {
+        if let Incoming::Msg(m) = next_incoming(ws).await? {
+            return Ok(m);
+        }
+    }
+}
+
+/// The next message or relay frame from the server.
+async fn next_incoming(ws: &mut Ws) -> Result<Incoming, ClientError> {
     loop {
         match ws.next().await {
             Some(Ok(Frame::Text(t))) => {
                 return serde_json::from_str(t.as_str())
+                    .map(Incoming::Msg)
                     .map_err(|e| ClientError::Protocol(format!("{e}: {t}")))
             }
+            Some(Ok(Frame::Binary(b))) => return Ok(Incoming::Relay(b.to_vec())),
             Some(Ok(Frame::Close(_))) | None => {
                 return Err(ClientError::Protocol(
                     "the server closed the connection".into(),
@@ -279,6 +415,7 @@ impl Job {
     async fn run(
         self,
         mut rx: mpsc::UnboundedReceiver<Cmd>,
+        mut relay_rx: mpsc::Receiver<Vec<u8>>,
         ready: std::sync::mpsc::Sender<Result<(), ClientError>>,
     ) {
         let (mut ws, rate) = match tokio::time::timeout(Duration::from_secs(10), self.login()).await
@@ -355,15 +492,22 @@ impl Job {
                         break;
                     }
                 },
-                msg = next(&mut ws) => match msg {
-                    Ok(ServerMsg::Signal { from, data }) => self.deliver(&from, &data),
-                    Ok(ServerMsg::Undeliverable { to, id }) => {
+                Some(frame) = relay_rx.recv() => {
+                    if ws.send(Frame::Binary(frame.into())).await.is_err() {
+                        break;
+                    }
+                }
+                msg = next_incoming(&mut ws) => match msg {
+                    Ok(Incoming::Relay(frame)) => self.relay.deliver(&frame),
+                    Ok(Incoming::Msg(msg)) => match msg {
+                    ServerMsg::Signal { from, data } => self.deliver(&from, &data),
+                    ServerMsg::Undeliverable { to, id } => {
                         let signal = id.and_then(|id| sent.iter().find(|(i, _)| *i == id));
                         if let Some((_, signal)) = signal {
                             self.peer_offline(&to, signal);
                         }
                     }
-                    Ok(ServerMsg::Fakeip { ip, ports, .. }) => {
+                    ServerMsg::Fakeip { ip, ports, .. } => {
                         let Some(wanted) = fake_ports_wanted else { continue };
                         let Ok(ip) = ip.parse::<Ipv4Addr>() else { continue };
                         if ports.len() >= wanted {
@@ -377,19 +521,20 @@ impl Job {
                             }
                         }
                     }
-                    Ok(ServerMsg::FakeipIdentity { ip, identity, .. }) => {
+                    ServerMsg::FakeipIdentity { ip, identity, .. } => {
                         if let Ok(ip) = ip.parse::<Ipv4Addr>() {
                             let id = identity.and_then(|i| i.parse::<Identity>().ok());
                             self.sockets.learn_fake_ip(ip, id);
                         }
                     }
-                    Ok(ServerMsg::Error { code, message }) => {
+                    ServerMsg::Error { code, message } => {
                         if code == "limit" && fake_ports_wanted.take().is_some() {
                             self.sockets.complete_fake_ip_request(Err(message.clone()));
                         }
                         tracing::warn!(%code, %message, "signaling server error");
                     }
-                    Ok(_) => {}
+                    _ => {}
+                    },
                     Err(e) => {
                         tracing::warn!(error = %e, "signaling connection lost");
                         break;

@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod client;
 pub mod protocol;
+pub mod relay;
 pub mod server;
 pub mod stun;
 pub mod turn_server;

@@ -40,6 +40,9 @@ pub struct Config {
     pub stun: Option<SocketAddr>,
     /// A TURN server to give clients credentials for.
     pub turn: Option<TurnAdvert>,
+    /// Bytes per second each logged-in client may send through the relay (burst: twice
+    /// this); 0 turns the relay off.
+    pub relay_rate: u32,
 }
 
 /// The TURN server clients are told of at login, with credentials of their own.
@@ -74,6 +77,7 @@ impl Default for Config {
             quiet_undeliverable: false,
             stun: None,
             turn: None,
+            relay_rate: 1_000_000,
         }
     }
 }
@@ -93,6 +97,11 @@ pub struct Metrics {
     pub errors: AtomicU64,
     /// FakeIP addresses held.
     pub fakeips: AtomicU64,
+    /// Datagrams passed on by the relay.
+    pub relayed: AtomicU64,
+    /// Datagrams the relay dropped (over a client's rate, the receiver's queue full, or the
+    /// receiver offline).
+    pub relay_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -110,13 +119,19 @@ impl Metrics {
              # TYPE punchline_signaling_errors_total counter\n\
              punchline_signaling_errors_total {}\n\
              # TYPE punchline_signaling_fakeips gauge\n\
-             punchline_signaling_fakeips {}\n",
+             punchline_signaling_fakeips {}\n\
+             # TYPE punchline_signaling_relayed_total counter\n\
+             punchline_signaling_relayed_total {}\n\
+             # TYPE punchline_signaling_relay_dropped_total counter\n\
+             punchline_signaling_relay_dropped_total {}\n",
             g(&self.clients),
             g(&self.signals_forwarded),
             g(&self.undeliverable),
             g(&self.rejects),
             g(&self.errors),
             g(&self.fakeips),
+            g(&self.relayed),
+            g(&self.relay_dropped),
         )
     }
 }
@@ -134,7 +149,13 @@ struct Online {
     key: PublicKey,
     conn: u64,
     tx: mpsc::Sender<Out>,
+    /// Relay frames for the client (their own queue, so a flood of data never crowds out
+    /// signals).
+    relay: mpsc::Sender<Vec<u8>>,
 }
+
+/// Relay frames queued for one client before more are dropped (about 600 KB).
+const RELAY_QUEUE: usize = 512;
 
 #[derive(Debug, Default)]
 struct FakeIps {
@@ -366,21 +387,28 @@ async fn close(ws: &mut Ws) {
     let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
 }
 
-/// Per-client message budget.
+/// Per-client message (or relay byte) budget.
 struct Bucket {
     tokens: f64,
     last: Instant,
     rate: f64,
+    /// The client was told the relay is off.
+    told_off: bool,
 }
 
 impl Bucket {
     fn take(&mut self) -> bool {
+        self.take_n(1.0)
+    }
+
+    /// Takes `n` tokens if there are that many.
+    fn take_n(&mut self, n: f64) -> bool {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
             .min(2.0 * self.rate);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -409,12 +437,20 @@ async fn client(
     .await?;
     let conn = hub.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Out>(256);
+    let (relay_tx, mut relay_rx) = mpsc::channel::<Vec<u8>>(RELAY_QUEUE);
+    let mut relay_bucket = Bucket {
+        tokens: 2.0 * f64::from(hub.config.relay_rate),
+        last: Instant::now(),
+        rate: f64::from(hub.config.relay_rate),
+        told_off: false,
+    };
     let mut me: Option<Identity> = None;
     let mut errors = 0u32;
     let mut bucket = Bucket {
         tokens: 2.0 * f64::from(hub.config.rate),
         last: Instant::now(),
         rate: f64::from(hub.config.rate),
+        told_off: false,
     };
     let login_deadline = tokio::time::Instant::now() + hub.config.login_timeout;
     let mut last_heard = tokio::time::Instant::now();
@@ -440,15 +476,12 @@ async fn client(
                 let reply = match frame {
                     Frame::Text(text) => {
                         if bucket.take() {
-                            on_message(&hub, &mut me, &key_slot(conn, &tx, local_ip), &nonce, text.as_str())
+                            on_message(&hub, &mut me, &key_slot(conn, &tx, &relay_tx, local_ip), &nonce, text.as_str())
                         } else {
                             Reply::Error(ServerMsg::error("rate_limited", "too many messages; slow down"))
                         }
                     }
-                    Frame::Binary(_) => Reply::Error(ServerMsg::error(
-                        "binary_frame",
-                        "messages are JSON in text frames",
-                    )),
+                    Frame::Binary(data) => relay(&hub, me.as_ref(), &mut relay_bucket, &data),
                     Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => Reply::None,
                     Frame::Close(_) => break Ok(()),
                 };
@@ -471,6 +504,9 @@ async fn client(
                         break Ok(());
                     }
                 }
+            }
+            Some(frame) = relay_rx.recv() => {
+                ws.send(Frame::Binary(frame.into())).await?;
             }
             out = rx.recv() => match out {
                 Some(Out::Msg(m)) => send(&mut ws, &m).await?,
@@ -506,12 +542,72 @@ async fn client(
 struct Slot<'a> {
     conn: u64,
     tx: &'a mpsc::Sender<Out>,
+    relay: &'a mpsc::Sender<Vec<u8>>,
     /// The address the client reached us at.
     local_ip: IpAddr,
 }
 
-fn key_slot(conn: u64, tx: &mpsc::Sender<Out>, local_ip: IpAddr) -> Slot<'_> {
-    Slot { conn, tx, local_ip }
+fn key_slot<'a>(
+    conn: u64,
+    tx: &'a mpsc::Sender<Out>,
+    relay: &'a mpsc::Sender<Vec<u8>>,
+    local_ip: IpAddr,
+) -> Slot<'a> {
+    Slot {
+        conn,
+        tx,
+        relay,
+        local_ip,
+    }
+}
+
+/// Passes a client's relay frame on to the peer it names, as from the client's
+/// authenticated identity. Datagrams over the client's rate, to a peer offline, or beyond
+/// the peer's queue are dropped (counted), as a network would.
+fn relay(hub: &Hub, me: Option<&Identity>, bucket: &mut Bucket, data: &[u8]) -> Reply {
+    let Some(me) = me else {
+        return Reply::Error(ServerMsg::error(
+            "not_logged_in",
+            "log in before sending relay frames",
+        ));
+    };
+    if hub.config.relay_rate == 0 {
+        // Said once per client (every frame would soon count as misbehaving).
+        if !bucket.told_off {
+            bucket.told_off = true;
+            return Reply::Error(ServerMsg::error("relay_off", "this server does not relay"));
+        }
+        hub.metrics.relay_dropped.fetch_add(1, Ordering::Relaxed);
+        return Reply::None;
+    }
+    let frame = match crate::relay::decode(data) {
+        Ok(f) => f,
+        Err(e) => return Reply::Error(ServerMsg::error("bad_relay_frame", e.to_string())),
+    };
+    let Ok(to) = frame.peer.parse::<Identity>() else {
+        return Reply::Error(ServerMsg::error(
+            "bad_relay_frame",
+            format!("relay frame names no identity: {:?}", frame.peer),
+        ));
+    };
+    let dropped = || {
+        hub.metrics.relay_dropped.fetch_add(1, Ordering::Relaxed);
+        Reply::None
+    };
+    if !bucket.take_n(data.len() as f64) {
+        return dropped();
+    }
+    let Some(out) = crate::relay::encode(&me.to_string(), frame.session, frame.datagram) else {
+        return dropped();
+    };
+    let peer = lock(&hub.online).get(&to).map(|o| o.relay.clone());
+    match peer {
+        Some(tx) if tx.try_send(out).is_ok() => {
+            hub.metrics.relayed.fetch_add(1, Ordering::Relaxed);
+            Reply::None
+        }
+        _ => dropped(),
+    }
 }
 
 enum Reply {
@@ -684,6 +780,7 @@ fn login(
             key,
             conn: slot.conn,
             tx: slot.tx.clone(),
+            relay: slot.relay.clone(),
         },
     );
     tracing::info!(identity = %id, "logged in");

@@ -7,7 +7,7 @@ use punchline::api::StatusEvents;
 use punchline::identity::{Identity, KeyPair};
 use punchline::{ConnectionHandle, ConnectionState, EndReason, SendFlags, Sockets, SocketsConfig};
 use punchline_signaling::protocol::{self, ClientMsg, ServerMsg};
-use punchline_signaling::{Config, Server, SignalingClient};
+use punchline_signaling::{relay, Config, Server, SignalingClient};
 use rand_core::OsRng;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -103,6 +103,22 @@ fn accept_incoming(s: &Sockets, events: &mut StatusEvents, seen: &mut Vec<Connec
     }
 }
 
+/// `a` connects to `b` (listening on virtual port 0, accepting); both end up Connected.
+/// Returns (a's connection, b's).
+fn connect_pair(a: &Sockets, b: &Sockets) -> (ConnectionHandle, ConnectionHandle) {
+    let mut b_events = b.status_events();
+    b.create_listen_socket_p2p(0, &[]).unwrap();
+    let c = a.connect_p2p(&b.get_identity(), 0, &[]).unwrap();
+    let mut accepted = Vec::new();
+    wait(Duration::from_secs(10), "both connected", || {
+        accept_incoming(b, &mut b_events, &mut accepted);
+        state(a, c) == ConnectionState::Connected
+            && accepted.len() == 1
+            && state(b, accepted[0]) == ConnectionState::Connected
+    });
+    (c, accepted[0])
+}
+
 #[test]
 fn health_and_metrics_answer_on_the_websocket_address() {
     let server = Process::start(&[]);
@@ -119,17 +135,7 @@ fn two_peers_connect_p2p_through_the_server_talk_and_close() {
     let server = Process::start(&[]);
     let (a, _, _ca) = peer(&server.url());
     let (b, _, _cb) = peer(&server.url());
-    let mut b_events = b.status_events();
-    b.create_listen_socket_p2p(0, &[]).unwrap();
-    let c = a.connect_p2p(&b.get_identity(), 0, &[]).unwrap();
-    let mut accepted = Vec::new();
-    wait(Duration::from_secs(10), "both connected", || {
-        accept_incoming(&b, &mut b_events, &mut accepted);
-        state(&a, c) == ConnectionState::Connected
-            && accepted.len() == 1
-            && state(&b, accepted[0]) == ConnectionState::Connected
-    });
-    let s = accepted[0];
+    let (c, s) = connect_pair(&a, &b);
     for i in 0..100u32 {
         a.send_message_to_connection(c, i.to_be_bytes().to_vec(), SendFlags::RELIABLE)
             .unwrap();
@@ -162,6 +168,62 @@ fn two_peers_connect_p2p_through_the_server_talk_and_close() {
         !metrics.contains("signals_forwarded_total 0\n"),
         "{metrics}"
     );
+}
+
+#[test]
+fn the_relay_carries_a_p2p_connection_and_hides_the_peers_addresses() {
+    let server = Process::start(&[]);
+    let (a, _, ca) = peer(&server.url());
+    let (b, _, cb) = peer(&server.url());
+    a.set_p2p_transport(std::sync::Arc::new(ca.relay_transport()));
+    b.set_p2p_transport(std::sync::Arc::new(cb.relay_transport()));
+    let (c, s) = connect_pair(&a, &b);
+    for (sockets, conn) in [(&a, c), (&b, s)] {
+        let info = sockets.get_connection_info(conn).unwrap();
+        assert_eq!(info.route, punchline::transport::RouteKind::Relayed);
+        assert!(info
+            .flags
+            .contains(punchline::api::ConnectionInfoFlags::RELAYED));
+        assert!(
+            !info.address_remote.ip().is_loopback(),
+            "{}",
+            info.address_remote
+        );
+    }
+    for i in 0..300u32 {
+        a.send_message_to_connection(c, vec![i as u8; 1000 + i as usize], SendFlags::RELIABLE)
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    wait(Duration::from_secs(10), "300 reliable messages", || {
+        got.extend(b.receive_messages_on_connection(s, 300).unwrap());
+        got.len() >= 300
+    });
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.payload.len(), 1000 + i);
+    }
+    let (_, metrics) = http_get(server.addr, "/metrics");
+    assert!(!metrics.contains("relayed_total 0\n"), "{metrics}");
+
+    // A server that does not relay: the connection cannot finish.
+    let off = Process::start(&["--relay-rate", "0"]);
+    let (a, _, ca) = peer(&off.url());
+    let (b, _, cb) = peer(&off.url());
+    a.set_p2p_transport(std::sync::Arc::new(ca.relay_transport()));
+    b.set_p2p_transport(std::sync::Arc::new(cb.relay_transport()));
+    b.create_listen_socket_p2p(0, &[]).unwrap();
+    let mut b_events = b.status_events();
+    let c = a.connect_p2p(&b.get_identity(), 0, &[]).unwrap();
+    let mut accepted = Vec::new();
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        accept_incoming(&b, &mut b_events, &mut accepted);
+        assert_ne!(state(&a, c), ConnectionState::Connected);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_, metrics) = http_get(off.addr, "/metrics");
+    assert!(metrics.contains("relayed_total 0\n"), "{metrics}");
+    assert!(!metrics.contains("relay_dropped_total 0\n"), "{metrics}");
 }
 
 #[test]
@@ -381,7 +443,11 @@ fn malformed_input_gets_an_error_and_everyone_else_is_still_served() {
                 "malformed",
             ),
             (Frame::text(r#"[1,2,3]"#), "malformed"),
-            (Frame::binary(vec![1, 2, 3]), "binary_frame"),
+            (Frame::binary(vec![1, 2, 3]), "bad_relay_frame"),
+            (
+                Frame::binary(vec![7, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                "bad_relay_frame",
+            ),
         ] {
             wa.send(frame).await.unwrap();
             assert_eq!(error_code(&recv(&mut wa).await), code);
@@ -401,6 +467,24 @@ fn malformed_input_gets_an_error_and_everyone_else_is_still_served() {
         };
         assert_eq!(from, a.identity().to_string());
         assert_eq!(protocol::unbase64(&data, 64).unwrap(), b"hello");
+        // The relay: A's datagram reaches B as from A (whoever A claims to be), with its
+        // session; one for someone offline goes nowhere.
+        let frame = relay::encode(&b.identity().to_string(), 77, b"ciphertext").unwrap();
+        wa.send(Frame::binary(frame)).await.unwrap();
+        let got = loop {
+            match tokio::time::timeout(Duration::from_secs(5), wb.next()).await {
+                Ok(Some(Ok(Frame::Binary(data)))) => break data.to_vec(),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no relay frame: {other:?}"),
+            }
+        };
+        let f = relay::decode(&got).unwrap();
+        assert_eq!(f.peer, a.identity().to_string());
+        assert_eq!((f.session, f.datagram), (77, &b"ciphertext"[..]));
+        let nobody = KeyPair::generate(&mut OsRng).identity().to_string();
+        wa.send(Frame::binary(relay::encode(&nobody, 1, b"x").unwrap()))
+            .await
+            .unwrap();
         // An oversized frame ends that client only.
         let _ = wa.send(Frame::text("x".repeat(10_000))).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), wa.next()).await;
@@ -408,6 +492,13 @@ fn malformed_input_gets_an_error_and_everyone_else_is_still_served() {
         assert!(matches!(recv(&mut wb).await, ServerMsg::Fakeip { .. }));
     });
     assert_eq!(http_get(server.addr, "/healthz").0, 200);
+    let metrics = http_get(server.addr, "/metrics").1;
+    for line in [
+        "punchline_signaling_relayed_total 1",
+        "punchline_signaling_relay_dropped_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 }
 
 #[test]
