@@ -201,7 +201,7 @@ fn a_peer_without_ice_is_no_substitute_and_learns_no_address() {
         &a,
         ha,
         EndReason::MISC_P2P_RENDEZVOUS,
-        &["the peer has no ICE transport"],
+        &["the peer answered with direct UDP, not our P2P transport"],
     );
     // a asked for ICE, so its request carried no address for b to use.
     assert_ne!(info(&b, hb).state, ConnectionState::Connected);

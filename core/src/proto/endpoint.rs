@@ -540,7 +540,7 @@ impl Endpoint {
                 if c.awaits_route() {
                     c.path_failed(
                         EndReason::MISC_P2P_RENDEZVOUS,
-                        "the peer has no ICE transport (P2P transports must match)",
+                        "the peer answered with direct UDP, not our P2P transport (P2P transports must match)",
                     );
                 }
             }
