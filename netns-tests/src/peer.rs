@@ -23,6 +23,7 @@
 //! Every message is `[kind][number u32][length u32][pattern…]` with a pattern that follows
 //! from the rest, so damage, truncation and mix-ups show.
 
+use bytes::Bytes;
 use punchline::api::{ConnectionInfoFlags, StatusEvents};
 use punchline::identity::{Identity, KeyPair};
 use punchline::transport::RouteKind;
@@ -174,7 +175,7 @@ struct Peer {
     ended: bool,
     route: RouteKind,
     /// Messages waiting for room in the send buffer.
-    outbox: VecDeque<(Vec<u8>, SendFlags)>,
+    outbox: VecDeque<(Bytes, SendFlags)>,
     next_reliable: u32,
     next_unreliable: u32,
     /// (left, every, next at) of a `stream` command.
@@ -319,15 +320,17 @@ impl Peer {
     fn push_reliable(&mut self) {
         let n = self.next_reliable;
         self.next_reliable += 1;
-        self.outbox
-            .push_back((message(RELIABLE, n, reliable_size(n)), SendFlags::RELIABLE));
+        self.outbox.push_back((
+            message(RELIABLE, n, reliable_size(n)).into(),
+            SendFlags::RELIABLE,
+        ));
     }
 
     fn push_unreliable(&mut self) {
         let n = self.next_unreliable;
         self.next_unreliable += 1;
         self.outbox.push_back((
-            message(UNRELIABLE, n, UNRELIABLE_SIZE),
+            message(UNRELIABLE, n, UNRELIABLE_SIZE).into(),
             SendFlags::UNRELIABLE,
         ));
     }

@@ -73,28 +73,28 @@ impl Signaling for Route {
 /// Relay frames waiting for the websocket before more are dropped.
 const RELAY_OUT: usize = 1024;
 
-/// The relay transport's paths, by (peer, rendezvous session), and the way out.
+/// The relay transport's paths, by rendezvous session: the peer's identity (as frames name
+/// it) and the path's sink. And the way out.
 struct RelayShared {
-    paths: std::sync::Mutex<HashMap<(Identity, u64), PathSink>>,
+    paths: std::sync::Mutex<HashMap<u64, (String, PathSink)>>,
     out: mpsc::Sender<Vec<u8>>,
 }
 
 impl RelayShared {
-    fn paths(&self) -> std::sync::MutexGuard<'_, HashMap<(Identity, u64), PathSink>> {
+    fn paths(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (String, PathSink)>> {
         self.paths.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A frame from the server: to the path it belongs to, if any.
+    /// A frame from the server: to the path it belongs to, if the session is that peer's.
     fn deliver(&self, frame: &[u8]) {
         let Ok(f) = crate::relay::decode(frame) else {
             tracing::debug!("malformed relay frame from the server");
             return;
         };
-        let Ok(peer) = f.peer.parse::<Identity>() else {
-            return;
-        };
-        if let Some(sink) = self.paths().get(&(peer, f.session)) {
-            sink.deliver(f.datagram);
+        if let Some((peer, sink)) = self.paths().get(&f.session) {
+            if peer == f.peer {
+                sink.deliver(f.datagram);
+            }
         }
     }
 }
@@ -119,12 +119,15 @@ impl Transport for RelayTransport {
     }
 
     fn start_path(&self, params: PathParams, sink: PathSink) -> Arc<dyn Path> {
-        let key = (params.peer, params.session);
-        self.shared.paths().insert(key.clone(), sink.clone());
+        let peer = params.peer.to_string();
+        self.shared
+            .paths()
+            .insert(params.session, (peer.clone(), sink.clone()));
         // The server is the route: packets may go at once.
         sink.ready();
         Arc::new(RelayPath {
-            key,
+            peer,
+            session: params.session,
             shared: self.shared.clone(),
         })
     }
@@ -132,14 +135,16 @@ impl Transport for RelayTransport {
 
 /// One connection's way through the relay.
 struct RelayPath {
-    key: (Identity, u64),
+    /// The peer's identity as frames name it.
+    peer: String,
+    session: u64,
     shared: Arc<RelayShared>,
 }
 
 impl std::fmt::Debug for RelayPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayPath")
-            .field("peer", &self.key.0)
+            .field("peer", &self.peer)
             .finish_non_exhaustive()
     }
 }
@@ -148,8 +153,7 @@ impl Path for RelayPath {
     fn handle_signal(&self, _signal: &[u8]) {}
 
     fn send(&self, datagram: &[u8]) {
-        let (peer, session) = &self.key;
-        if let Some(frame) = crate::relay::encode(&peer.to_string(), *session, datagram) {
+        if let Some(frame) = crate::relay::encode(&self.peer, self.session, datagram) {
             // A full queue drops the datagram, as a socket would.
             let _ = self.shared.out.try_send(frame);
         }
@@ -164,7 +168,13 @@ impl Path for RelayPath {
     }
 
     fn close(&self) {
-        self.shared.paths().remove(&self.key);
+        let mut paths = self.shared.paths();
+        if paths
+            .get(&self.session)
+            .is_some_and(|(p, _)| *p == self.peer)
+        {
+            paths.remove(&self.session);
+        }
     }
 }
 

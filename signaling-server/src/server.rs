@@ -445,6 +445,7 @@ async fn client(
         told_off: false,
     };
     let mut me: Option<Identity> = None;
+    let mut me_text: Option<String> = None;
     let mut errors = 0u32;
     let mut bucket = Bucket {
         tokens: 2.0 * f64::from(hub.config.rate),
@@ -481,7 +482,13 @@ async fn client(
                             Reply::Error(ServerMsg::error("rate_limited", "too many messages; slow down"))
                         }
                     }
-                    Frame::Binary(data) => relay(&hub, me.as_ref(), &mut relay_bucket, &data),
+                    Frame::Binary(data) => {
+                        // The sender's name in every frame it relays, written once.
+                        if me_text.is_none() {
+                            me_text = me.as_ref().map(Identity::to_string);
+                        }
+                        relay(&hub, me_text.as_deref(), &mut relay_bucket, &data)
+                    }
                     Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => Reply::None,
                     Frame::Close(_) => break Ok(()),
                 };
@@ -564,7 +571,7 @@ fn key_slot<'a>(
 /// Passes a client's relay frame on to the peer it names, as from the client's
 /// authenticated identity. Datagrams over the client's rate, to a peer offline, or beyond
 /// the peer's queue are dropped (counted), as a network would.
-fn relay(hub: &Hub, me: Option<&Identity>, bucket: &mut Bucket, data: &[u8]) -> Reply {
+fn relay(hub: &Hub, me: Option<&str>, bucket: &mut Bucket, data: &[u8]) -> Reply {
     let Some(me) = me else {
         return Reply::Error(ServerMsg::error(
             "not_logged_in",
@@ -597,7 +604,7 @@ fn relay(hub: &Hub, me: Option<&Identity>, bucket: &mut Bucket, data: &[u8]) -> 
     if !bucket.take_n(data.len() as f64) {
         return dropped();
     }
-    let Some(out) = crate::relay::encode(&me.to_string(), frame.session, frame.datagram) else {
+    let Some(out) = crate::relay::encode(me, frame.session, frame.datagram) else {
         return dropped();
     };
     let peer = lock(&hub.online).get(&to).map(|o| o.relay.clone());
