@@ -113,6 +113,14 @@ impl Transport for IceTransport {
         WIRE_ID
     }
 
+    fn penalty(&self, config: &PathConfig) -> i32 {
+        config.ice_penalty
+    }
+
+    fn name(&self) -> &'static str {
+        "ice"
+    }
+
     fn start_path(&self, params: PathParams, sink: PathSink) -> Arc<dyn Path> {
         let (signals_tx, signals_rx) = mpsc::channel(SIGNAL_QUEUE);
         let (out_tx, out_rx) = mpsc::channel(SEND_QUEUE);

@@ -570,6 +570,7 @@ pub struct Lab {
     next_port: u32,
     next_site: u8,
     next_public_host: u8,
+    next_pop: u8,
 }
 
 impl Lab {
@@ -598,6 +599,7 @@ impl Lab {
             next_port: 0,
             next_site: 1,
             next_public_host: 100,
+            next_pop: 0,
         };
         lab.inet = lab.namespace("inet");
         ip(&[
@@ -749,6 +751,31 @@ impl Lab {
         site.router = Some(r);
         site.uplink = Some(wan);
         site
+    }
+
+    /// Another relay, a point of presence `delay_ms` (one way) away from the internet
+    /// bridge: its own namespace (`pop<k>`, 203.0.113.<200+k>) behind a [`wire`], running
+    /// a second signaling server (no STUN or TURN). Returns its websocket URL.
+    pub fn relay_pop(&mut self, delay_ms: u64) -> String {
+        self.next_pop += 1;
+        let k = self.next_pop;
+        let ns = self.namespace(&format!("pop{k}"));
+        let imp = Impairment {
+            delay_ms,
+            loss: 0.0,
+        };
+        let end = self.veth_to_internet(&ns, "eth0", Some(imp));
+        let addr = Ipv4Addr::new(203, 0, 113, 200 + k);
+        self.assign(&ns, &end.dev, addr);
+        let listen = format!("{addr}:{SIGNALING_PORT}");
+        let args: Vec<String> = [self.bin.as_str(), "signaling", "--listen", &listen]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let proc = Proc::spawn(&ns, &format!("relay pop{k}"), &args);
+        proc.wait_for("listening on", Duration::from_secs(15));
+        self.procs.push(proc);
+        format!("ws://{listen}/")
     }
 
     /// A new host at `site`.

@@ -1,7 +1,9 @@
 //! The peer program the tests run on each host (`netns-host peer --signaling URL --seed N
-//! [--transport ice|relay]`): a punchline `Sockets` with ICE on the host's own addresses
-//! (or the signaling server's relay), logged in to the signaling server, listening for P2P
-//! connections and accepting them.
+//! [--transport ice|relay|routes] [--no-turn] [--pops NAME=URL,…]`): a punchline `Sockets`
+//! with ICE on the host's own addresses (or the signaling server's relay, or both with
+//! route selection), logged in to the signaling server, listening for P2P connections and
+//! accepting them. `--no-turn` keeps ICE from using TURN (host and server-reflexive
+//! candidates only); `--pops` sets the relay network whose POPs `location` pings.
 //!
 //! It reads one command per line on stdin and writes one JSON event per line on stdout.
 //!
@@ -12,6 +14,7 @@
 //! | `stream <n> <ms>` | sends `n` reliable messages, one every `ms` |
 //! | `expect <n> <ms>` | answers `received` once `n` reliable messages have arrived in all, or after `ms` |
 //! | `status` | answers `status` |
+//! | `location` | measures pings to the POPs and answers `location {location, pops, status}` |
 //! | `quit` | closes the connection and exits |
 //!
 //! Events: `ready {identity}`; `connected {ms, route, remote, relayed}` (ms since `connect`
@@ -24,15 +27,20 @@
 //! from the rest, so damage, truncation and mix-ups show.
 
 use bytes::Bytes;
+use punchline::api::config::{ConfigData, ConfigValue};
+use punchline::api::relay;
 use punchline::api::{ConnectionInfoFlags, StatusEvents};
 use punchline::identity::{Identity, KeyPair};
 use punchline::transport::RouteKind;
+use punchline::transport::{Routes, Transport, ICE_PRIVATE, ICE_PUBLIC};
 use punchline::{ConnectionHandle, ConnectionState, Error, SendFlags, Sockets, SocketsConfig};
 use punchline_ice::IceTransport;
+use punchline_signaling::pops::WsPinger;
 use punchline_signaling::SignalingClient;
 use serde_json::{json, Value};
 use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const RELIABLE: u8 = b'R';
@@ -89,36 +97,57 @@ fn route_name(r: RouteKind) -> &'static str {
     }
 }
 
+/// Which transport P2P connections use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Ice,
+    Relay,
+    /// Both, the best route chosen by `Routes`.
+    Routes,
+}
+
 struct Options {
     signaling: String,
     seed: u8,
-    relay: bool,
+    via: Via,
+    no_turn: bool,
+    pops: Option<String>,
 }
 
 fn options(args: Vec<std::ffi::OsString>) -> Result<Options, String> {
     let mut signaling = None;
     let mut seed = None;
-    let mut relay = false;
+    let mut via = Via::Ice;
+    let mut no_turn = false;
+    let mut pops = None;
     let mut it = args.into_iter().map(|a| a.to_string_lossy().into_owned());
     while let Some(flag) = it.next() {
+        if flag == "--no-turn" {
+            no_turn = true;
+            continue;
+        }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--signaling" => signaling = Some(value),
             "--seed" => seed = Some(value.parse().map_err(|e| format!("--seed: {e}"))?),
             "--transport" => {
-                relay = match value.as_str() {
-                    "ice" => false,
-                    "relay" => true,
-                    _ => return Err(format!("--transport {value}: ice or relay")),
+                via = match value.as_str() {
+                    "ice" => Via::Ice,
+                    "relay" => Via::Relay,
+                    "routes" => Via::Routes,
+                    _ => return Err(format!("--transport {value}: ice, relay or routes")),
                 }
             }
+            "--pops" => pops = Some(value),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
     Ok(Options {
         signaling: signaling.ok_or("--signaling is required")?,
         seed: seed.ok_or("--seed is required")?,
-        relay,
+        via,
+        no_turn,
+        pops,
     })
 }
 
@@ -169,6 +198,10 @@ struct Peer {
     signaling: std::sync::Arc<SignalingClient>,
     events: StatusEvents,
     listen: punchline::ListenSocketHandle,
+    /// Options for connections (`--no-turn`).
+    options: Vec<(ConfigValue, ConfigData)>,
+    /// A `location` command's deadline, while its pings are measured.
+    locating: Option<Instant>,
     conn: Option<ConnectionHandle>,
     /// When the connection was asked for (or came in).
     started: Instant,
@@ -199,18 +232,31 @@ impl Peer {
         let events = sockets.status_events();
         let signaling = SignalingClient::connect(&opts.signaling, &key, None, &sockets)
             .map_err(|e| format!("signaling {}: {e}", opts.signaling))?;
-        if opts.relay {
-            sockets.set_p2p_transport(std::sync::Arc::new(signaling.relay_transport()));
-        } else {
-            // The host's own addresses only: nothing on loopback is worth offering a peer.
-            sockets.set_p2p_transport(
-                IceTransport::new()
-                    .with_ip_filter(|ip| !ip.is_loopback())
-                    .into_arc(),
-            );
+        // The host's own addresses only: nothing on loopback is worth offering a peer.
+        let ice = || {
+            IceTransport::new()
+                .with_ip_filter(|ip| !ip.is_loopback())
+                .into_arc()
+        };
+        let relay = || -> Arc<dyn Transport> { Arc::new(signaling.relay_transport()) };
+        sockets.set_p2p_transport(match opts.via {
+            Via::Ice => ice(),
+            Via::Relay => relay(),
+            Via::Routes => Routes::new(vec![ice(), relay()]).into_arc(),
+        });
+        if let Some(list) = &opts.pops {
+            sockets.set_relay_network(Arc::new(WsPinger::parse(list)?));
         }
+        let options = if opts.no_turn {
+            vec![(
+                ConfigValue::P2pTransportIceEnable,
+                ConfigData::Int32(ICE_PRIVATE | ICE_PUBLIC),
+            )]
+        } else {
+            Vec::new()
+        };
         let listen = sockets
-            .create_listen_socket_p2p(0, &[])
+            .create_listen_socket_p2p(0, &options)
             .map_err(|e| format!("listen: {e}"))?;
         emit(json!({"event": "ready", "identity": sockets.get_identity().to_string()}));
         Ok(Peer {
@@ -218,6 +264,8 @@ impl Peer {
             signaling,
             events,
             listen,
+            options,
+            locating: None,
             conn: None,
             started: Instant::now(),
             ended: false,
@@ -260,6 +308,7 @@ impl Peer {
             self.receive();
             self.send();
             self.check_expect();
+            self.check_location();
             self.sockets.wait_for_activity(Duration::from_millis(5));
         }
     }
@@ -284,7 +333,7 @@ impl Peer {
                     return true;
                 };
                 self.started = Instant::now();
-                match self.sockets.connect_p2p(&id, 0, &[]) {
+                match self.sockets.connect_p2p(&id, 0, &self.options) {
                     Ok(c) => self.conn = Some(c),
                     Err(e) => emit(json!({"event": "error", "what": format!("connect_p2p: {e}")})),
                 }
@@ -311,6 +360,10 @@ impl Peer {
                 self.expect = Some((n as u32, Instant::now() + Duration::from_millis(ms)));
             }
             ("status", _, _) => self.status(),
+            ("location", _, _) => {
+                self.sockets.init_relay_network_access();
+                self.locating = Some(Instant::now() + Duration::from_secs(20));
+            }
             ("quit", _, _) => return false,
             _ => emit(json!({"event": "error", "what": format!("unknown command {line:?}")})),
         }
@@ -471,6 +524,36 @@ impl Peer {
                 "ms": self.expect_started.elapsed().as_millis() as u64,
             }));
         }
+    }
+
+    /// Answers a `location` command once the pings are measured (or its time is up).
+    fn check_location(&mut self) {
+        let Some(deadline) = self.locating else {
+            return;
+        };
+        let status = self.sockets.get_relay_network_status();
+        if status.ping_measurement_in_progress && Instant::now() < deadline {
+            return;
+        }
+        self.locating = None;
+        let pops: serde_json::Map<String, Value> = self
+            .sockets
+            .get_pop_list()
+            .into_iter()
+            .map(|id| {
+                (
+                    relay::pop_name(id),
+                    json!(self.sockets.get_direct_ping_to_pop(id)),
+                )
+            })
+            .collect();
+        emit(json!({
+            "event": "location",
+            "location": self.sockets.get_local_ping_location().map(|(l, _)| l.to_string()),
+            "pops": pops,
+            "status": format!("{:?}", status.available),
+            "debug": status.debug_message,
+        }));
     }
 
     fn status(&self) {

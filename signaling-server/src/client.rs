@@ -15,7 +15,9 @@ use futures_util::{SinkExt, StreamExt};
 use punchline::api::fakeip::FakeIpProvider;
 use punchline::api::{Signaling, SignalingRecvContext};
 use punchline::proto::rendezvous::{Body, Message};
-use punchline::transport::{Path, PathParams, PathSink, RouteInfo, RouteKind, Transport};
+use punchline::transport::{
+    Path, PathConfig, PathParams, PathSink, RouteInfo, RouteKind, Transport,
+};
 use punchline::{ConnectionHandle, EndReason, Sockets};
 use punchline_identity::{Certificate, Identity, KeyPair};
 use std::collections::{HashMap, VecDeque};
@@ -118,6 +120,14 @@ impl Transport for RelayTransport {
         crate::relay::WIRE_ID
     }
 
+    fn penalty(&self, config: &PathConfig) -> i32 {
+        config.sdr_penalty
+    }
+
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
     fn start_path(&self, params: PathParams, sink: PathSink) -> Arc<dyn Path> {
         let peer = params.peer.to_string();
         self.shared
@@ -164,6 +174,7 @@ impl Path for RelayPath {
             kind: RouteKind::Relayed,
             remote: None,
             pairs: vec!["relay: the signaling server's websocket".into()],
+            switches: 0,
         }
     }
 
@@ -391,9 +402,10 @@ fn apply_ice(sockets: &Sockets, ice: &protocol::IceSettings) {
 impl Job {
     /// Logs in; returns the socket and the server's message rate limit.
     async fn login(&self) -> Result<(Ws, Option<u32>), ClientError> {
-        let (mut ws, _) = tokio_tungstenite::connect_async(self.url.as_str())
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(self.url.as_str(), None, true)
+                .await
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
         let nonce = match next(&mut ws).await? {
             ServerMsg::Challenge { nonce, .. } => protocol::unbase64(&nonce, 64)
                 .ok_or_else(|| ClientError::Protocol("challenge nonce is not base64".into()))?,

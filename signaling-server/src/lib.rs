@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod pops;
 pub mod protocol;
 pub mod relay;
 pub mod server;

@@ -287,6 +287,8 @@ async fn handle(
         return answer_http(stream, &path.path, &hub).await;
     }
     let local_ip = canonical_ip(stream.local_addr()?.ip());
+    // Relay frames and signals are small and latency-bound: no Nagle delay.
+    stream.set_nodelay(true)?;
     let config = WebSocketConfig::default()
         .max_frame_size(Some(hub.config.max_frame))
         .max_message_size(Some(hub.config.max_frame));

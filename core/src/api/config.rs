@@ -206,9 +206,12 @@ pub enum ConfigValue {
     /// Sharing more finds more routes but reveals more addresses.
     P2pTransportIceEnable = 104,
     /// P2P: penalty, in milliseconds of ping, added to the score of ICE routes when choosing a
-    /// transport. Default 0.
+    /// route (`transport::Routes`: score = measured ping + penalty, lowest wins). Default 0.
     P2pTransportIcePenalty = 105,
-    /// P2P: penalty, in milliseconds of ping, added to relay-network routes. Default 0.
+    /// P2P: penalty, in milliseconds of ping, added to the score of routes through the relay
+    /// network (the signaling server's relay). Default 20: a relay costs its operator
+    /// bandwidth and carries datagrams over TCP, so a direct route is preferred unless it is
+    /// more than 20 ms slower. 0 lets the ping alone decide.
     P2pTransportSdrPenalty = 106,
     /// P2P: comma-separated TURN servers. Default empty (no TURN relaying).
     P2pTurnServerList = 107,
@@ -797,9 +800,8 @@ pub fn info(v: ConfigValue) -> ConfigInfo {
         V::SdrClientLimitPingProbesToNearestN => (Global, int(16), non_negative, false),
         V::P2pStunServerList => (Conn, string(), unbounded, false),
         V::P2pTransportIceEnable => (Conn, int(-1), (Some(-1.0), Some(I32_MAX)), false),
-        V::P2pTransportIcePenalty | V::P2pTransportSdrPenalty => {
-            (Conn, int(0), non_negative, false)
-        }
+        V::P2pTransportIcePenalty => (Conn, int(0), non_negative, false),
+        V::P2pTransportSdrPenalty => (Conn, int(20), non_negative, false),
         V::P2pTurnServerList | V::P2pTurnUserList | V::P2pTurnPassList => {
             (Conn, string(), unbounded, false)
         }

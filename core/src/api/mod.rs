@@ -7,6 +7,7 @@ pub mod fake_udp;
 pub mod fakeip;
 pub mod messages;
 pub mod p2p;
+pub mod relay;
 mod sockets;
 pub mod utils;
 

@@ -9,6 +9,7 @@ use super::fakeip::{
     get_ipv4_fake_ip_type, FakeIpProvider, FakeIpResult, FakeIpType, MAX_FAKE_PORTS,
 };
 use super::p2p::{Signaling, SignalingRecvContext};
+use super::relay::{self, PingLocation, PopId, PopPinger, RelayNetwork, RelayNetworkStatus};
 use super::{ConnectionHandle, ListenSocketHandle, PollGroupHandle};
 use crate::debug::{DebugOutputType, Subsystem};
 use crate::netcond::Impairment;
@@ -425,6 +426,8 @@ struct Shared {
     spin_inbox: Mutex<Inbox>,
     /// The Messages interface fake UDP ports share, while any lives.
     fake_messages: Mutex<std::sync::Weak<super::Messages>>,
+    /// The relay network, once one is set.
+    relay_net: Mutex<Option<Arc<RelayNetwork>>>,
 }
 
 /// Transport paths by their stand-in addresses, for the driver's sends (apart from the
@@ -495,6 +498,7 @@ impl Sockets {
                 activity: std::sync::Condvar::new(),
                 spin_inbox: Mutex::new(Inbox::new(4)),
                 fake_messages: Mutex::new(std::sync::Weak::new()),
+                relay_net: Mutex::new(None),
             }),
             service,
         })
@@ -1200,6 +1204,103 @@ impl Sockets {
         Ok(st.endpoints[&l.ep].local_addr)
     }
 
+    // ----- relay network (Utils) ------------------------------------------------------------
+
+    /// Sets the relay network: its POPs and how to ping them (the signaling crate's
+    /// `PopPinger`). Status changes go to the `Callback_RelayNetworkStatusChanged` callback
+    /// through [`run_callbacks`](Self::run_callbacks), as a [`RelayNetworkStatus`].
+    pub fn set_relay_network(&self, pinger: Arc<dyn PopPinger>) {
+        let weak = Arc::downgrade(&self.shared);
+        let runtime = self.state().runtime.clone();
+        let net = RelayNetwork::new(
+            pinger,
+            runtime,
+            Box::new(move |status| {
+                if let Some(shared) = weak.upgrade() {
+                    lock(&shared.state).queue_callback(
+                        Box::new(status),
+                        ConfigValue::CallbackRelayNetworkStatusChanged,
+                    );
+                    shared.activity.notify_all();
+                }
+            }),
+        );
+        *lock(&self.shared.relay_net) = Some(net);
+    }
+
+    fn relay_net(&self) -> Option<Arc<RelayNetwork>> {
+        lock(&self.shared.relay_net).clone()
+    }
+
+    /// Starts measuring pings to every POP, or retries after a failure
+    /// (`InitRelayNetworkAccess`). Without a relay network set it does nothing.
+    pub fn init_relay_network_access(&self) {
+        if let Some(net) = self.relay_net() {
+            net.measure();
+        }
+    }
+
+    /// The relay network's status (`GetRelayNetworkStatus`): `CannotTry` without one.
+    pub fn get_relay_network_status(&self) -> RelayNetworkStatus {
+        match self.relay_net() {
+            Some(net) => net.status(),
+            None => RelayNetworkStatus {
+                available: Availability::CannotTry,
+                ping_measurement_in_progress: false,
+                available_network_config: Availability::CannotTry,
+                available_any_relay: Availability::CannotTry,
+                debug_message: "no relay network set".into(),
+            },
+        }
+    }
+
+    /// How many POPs the relay network has (`GetPOPCount`).
+    pub fn get_pop_count(&self) -> usize {
+        self.get_pop_list().len()
+    }
+
+    /// The relay network's POPs (`GetPOPList`).
+    pub fn get_pop_list(&self) -> Vec<PopId> {
+        self.relay_net().map(|n| n.pops()).unwrap_or_default()
+    }
+
+    /// The measured round trip to `pop` in milliseconds, or [`relay::PING_FAILED`] /
+    /// [`relay::PING_UNKNOWN`] (`GetDirectPingToPOP`).
+    pub fn get_direct_ping_to_pop(&self, pop: PopId) -> i32 {
+        self.relay_net()
+            .map_or(relay::PING_UNKNOWN, |n| n.ping_to(pop))
+    }
+
+    /// The best relayed route to the data center at `pop`: its ping and the POP it goes
+    /// through (`GetPingToDataCenter`). A POP is reached directly, so through itself.
+    pub fn get_ping_to_data_center(&self, pop: PopId) -> (i32, PopId) {
+        (self.get_direct_ping_to_pop(pop), pop)
+    }
+
+    /// This host's ping location and the age of its data (`GetLocalPingLocation`); `None`
+    /// until some POP answered. Asking also refreshes data older than five minutes.
+    pub fn get_local_ping_location(&self) -> Option<(PingLocation, Duration)> {
+        let net = self.relay_net()?;
+        net.refresh_if_stale();
+        net.local_location()
+    }
+
+    /// The estimated round trip from this host to `location` (`EstimatePingTimeFromLocalHost`);
+    /// [`relay::PING_UNKNOWN`] before this host's pings are measured.
+    pub fn estimate_ping_time_from_local_host(&self, location: &PingLocation) -> i32 {
+        match self.get_local_ping_location() {
+            Some((local, _)) => relay::estimate_ping_time_between_two_locations(&local, location),
+            None => relay::PING_UNKNOWN,
+        }
+    }
+
+    /// True when ping data no older than `max_age` is there; otherwise starts measuring and
+    /// answers false (`CheckPingDataUpToDate`).
+    pub fn check_ping_data_up_to_date(&self, max_age: Duration) -> bool {
+        self.relay_net()
+            .is_some_and(|n| n.check_up_to_date(max_age))
+    }
+
     // ----- messages ----------------------------------------------------------------------
 
     /// Sends a message; returns its message number.
@@ -1431,6 +1532,9 @@ impl Sockets {
             route = format!("\nroute: {:?}", r.kind);
             if let Some(a) = r.remote {
                 route.push_str(&format!(" to {a}"));
+            }
+            if r.switches > 0 {
+                route.push_str(&format!(" (route switched {} times)", r.switches));
             }
             for pair in &r.pairs {
                 route.push_str("\n  pair ");
@@ -2201,15 +2305,18 @@ impl State {
                 .as_i32()
                 .unwrap_or(0)
         };
-        let config = PathConfig::from_values(
-            &text(ConfigValue::P2pStunServerList),
-            &text(ConfigValue::P2pTurnServerList),
-            &text(ConfigValue::P2pTurnUserList),
-            &text(ConfigValue::P2pTurnPassList),
-            int(ConfigValue::P2pTransportIceEnable),
-            int(ConfigValue::P2pTransportIcePenalty),
-            int(ConfigValue::P2pTransportIceImplementation),
-        );
+        let config = PathConfig {
+            ice_penalty: int(ConfigValue::P2pTransportIcePenalty),
+            ice_implementation: int(ConfigValue::P2pTransportIceImplementation),
+            sdr_penalty: int(ConfigValue::P2pTransportSdrPenalty),
+            ..PathConfig::from_values(
+                &text(ConfigValue::P2pStunServerList),
+                &text(ConfigValue::P2pTurnServerList),
+                &text(ConfigValue::P2pTurnUserList),
+                &text(ConfigValue::P2pTurnPassList),
+                int(ConfigValue::P2pTransportIceEnable),
+            )
+        };
         let addr = path_addr(self.paths_made.wrapping_add(1));
         let notes = Arc::new(Mutex::new(VecDeque::new()));
         let sink = PathSink::new(addr, tx, notes.clone(), e.nudge.clone());

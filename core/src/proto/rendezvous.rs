@@ -35,8 +35,11 @@ use std::time::{Duration, Instant};
 const MAGIC: &[u8; 2] = b"PR";
 /// The rendezvous format version this code speaks.
 pub const RENDEZVOUS_VERSION: u8 = 1;
-/// Most bytes in one transport message.
+/// Most bytes in one signal of a transport's path.
 pub const MAX_TRANSPORT_SIGNAL: usize = 1200;
+/// Most bytes in one transport message: a path's signal, behind the one-byte tag of its
+/// route when [`Routes`](crate::transport::Routes) carries it.
+pub const MAX_TRANSPORT_MESSAGE: usize = MAX_TRANSPORT_SIGNAL + 1;
 /// Most candidate addresses in one message.
 pub const MAX_CANDIDATES: usize = 8;
 /// Longest debug text in a close.
@@ -83,7 +86,7 @@ pub enum Body {
     },
     /// A signal of the transport in use, for the peer's side of it.
     Transport {
-        /// Its bytes (at most [`MAX_TRANSPORT_SIGNAL`]).
+        /// Its bytes (at most [`MAX_TRANSPORT_MESSAGE`]).
         data: Vec<u8>,
     },
     /// Refused, or closed: the end reason and why.
@@ -154,7 +157,7 @@ impl Message {
                 put_candidates(&mut out, candidates);
             }
             Body::Transport { data } => {
-                let n = data.len().min(MAX_TRANSPORT_SIGNAL);
+                let n = data.len().min(MAX_TRANSPORT_MESSAGE);
                 out.extend_from_slice(&(n as u16).to_be_bytes());
                 out.extend_from_slice(&data[..n]);
             }
@@ -209,11 +212,11 @@ impl Message {
             },
             KIND_TRANSPORT => {
                 let n = usize::from(r.u16()?);
-                if n > MAX_TRANSPORT_SIGNAL {
+                if n > MAX_TRANSPORT_MESSAGE {
                     return Err(DecodeError::TooLarge {
                         what: "transport signal",
                         value: n as u64,
-                        max: MAX_TRANSPORT_SIGNAL as u64,
+                        max: MAX_TRANSPORT_MESSAGE as u64,
                     });
                 }
                 Body::Transport {

@@ -18,6 +18,9 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
+pub mod select;
+pub use select::Routes;
+
 /// The wire id of direct UDP (no transport: the rendezvous' own candidate addresses).
 pub const DIRECT: u8 = 0;
 
@@ -29,6 +32,19 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// Starts a path for a new connection. It must not block: work goes to tasks on
     /// `params.runtime`.
     fn start_path(&self, params: PathParams, sink: PathSink) -> Arc<dyn Path>;
+
+    /// Its penalty in route selection ([`Routes`]), in milliseconds added to a route's
+    /// ping: the config value that applies to it (`P2P_Transport_ICE_Penalty`,
+    /// `P2P_Transport_SDR_Penalty`). None by default.
+    fn penalty(&self, config: &PathConfig) -> i32 {
+        let _ = config;
+        0
+    }
+
+    /// A short name for logs and the detailed status ("ice", "relay").
+    fn name(&self) -> &'static str {
+        "transport"
+    }
 }
 
 /// One connection's path.
@@ -74,6 +90,8 @@ pub struct PathConfig {
     pub ice_penalty: i32,
     /// `P2P_Transport_ICE_Implementation`.
     pub ice_implementation: i32,
+    /// `P2P_Transport_SDR_Penalty` (for the relay), in milliseconds.
+    pub sdr_penalty: i32,
 }
 
 /// `P2P_Transport_ICE_Enable` bit: relayed candidates (TURN).
@@ -104,16 +122,9 @@ impl std::fmt::Debug for TurnServer {
 }
 
 impl PathConfig {
-    /// Builds the settings from the config values' strings and integers.
-    pub fn from_values(
-        stun: &str,
-        turn: &str,
-        users: &str,
-        passes: &str,
-        ice_enable: i32,
-        ice_penalty: i32,
-        ice_implementation: i32,
-    ) -> Self {
+    /// Builds the server lists and candidate filter from the config values' strings and
+    /// `ice_enable`; the penalties and the implementation are left at 0 for the caller.
+    pub fn from_values(stun: &str, turn: &str, users: &str, passes: &str, ice_enable: i32) -> Self {
         let list = |s: &str| -> Vec<String> {
             s.split(',')
                 .map(str::trim)
@@ -142,8 +153,9 @@ impl PathConfig {
             } else {
                 ice_enable
             },
-            ice_penalty,
-            ice_implementation,
+            ice_penalty: 0,
+            ice_implementation: 0,
+            sdr_penalty: 0,
         }
     }
 }
@@ -171,6 +183,8 @@ pub struct RouteInfo {
     pub remote: Option<SocketAddr>,
     /// One line per candidate pair considered, for the detailed status.
     pub pairs: Vec<String>,
+    /// Times the route in use changed (route selection across transports: [`Routes`]).
+    pub switches: u32,
 }
 
 /// Control messages from a path to its connection.
@@ -193,6 +207,15 @@ pub struct PathSink {
     datagrams: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     notes: Arc<Mutex<VecDeque<PathNote>>>,
     nudge: Arc<Notify>,
+    /// Set for one route of a [`Routes`] path: its notes go to the route selector.
+    route: Option<RouteTag>,
+}
+
+/// Which route of a [`Routes`] path a sink serves.
+#[derive(Debug, Clone)]
+struct RouteTag {
+    index: usize,
+    shared: std::sync::Weak<select::Shared>,
 }
 
 impl PathSink {
@@ -207,12 +230,20 @@ impl PathSink {
             datagrams,
             notes,
             nudge,
+            route: None,
         }
     }
 
     /// Hands on a datagram received from the peer. False when it was dropped: the
     /// endpoint's queue is full (as a socket's buffer would be), or the connection is gone.
     pub fn deliver(&self, datagram: &[u8]) -> bool {
+        if let Some(r) = &self.route {
+            match r.shared.upgrade() {
+                Some(s) if s.route_probe(r.index, datagram) => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
         self.datagrams
             .try_send((self.addr, datagram.to_vec()))
             .is_ok()
@@ -221,17 +252,40 @@ impl PathSink {
     /// Sends a signal to the peer's side of the path (at most
     /// [`MAX_TRANSPORT_SIGNAL`](crate::proto::rendezvous::MAX_TRANSPORT_SIGNAL) bytes).
     pub fn signal(&self, data: Vec<u8>) {
-        self.note(PathNote::Signal(data));
+        match &self.route {
+            Some(r) => {
+                if let Some(s) = r.shared.upgrade() {
+                    s.route_signal(r.index, data);
+                }
+            }
+            None => self.note(PathNote::Signal(data)),
+        }
     }
 
-    /// The path has a route: packets may flow (the handshake starts).
+    /// The path has a route: packets may flow (the handshake starts). A path may say it
+    /// again after it found a new route (an ICE restart).
     pub fn ready(&self) {
-        self.note(PathNote::Ready);
+        match &self.route {
+            Some(r) => {
+                if let Some(s) = r.shared.upgrade() {
+                    s.route_ready(r.index);
+                }
+            }
+            None => self.note(PathNote::Ready),
+        }
     }
 
-    /// The path cannot be made: the connection ends with `reason`.
+    /// The path cannot be made: the connection ends with `reason` (on a [`Routes`] path,
+    /// only once every route failed).
     pub fn failed(&self, reason: EndReason, debug: impl Into<String>) {
-        self.note(PathNote::Failed(reason, debug.into()));
+        match &self.route {
+            Some(r) => {
+                if let Some(s) = r.shared.upgrade() {
+                    s.route_failed(r.index, reason, debug.into());
+                }
+            }
+            None => self.note(PathNote::Failed(reason, debug.into())),
+        }
     }
 
     fn note(&self, n: PathNote) {
@@ -270,8 +324,6 @@ mod tests {
             "ua,ub",
             "pa",
             -1,
-            0,
-            0,
         );
         assert_eq!(c.stun_servers, vec!["stun:a:3478", "stun:b:3478"]);
         assert_eq!(c.turn_servers.len(), 2);
