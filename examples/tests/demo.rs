@@ -41,6 +41,11 @@ fn the_p2p_demo_connects_two_peers_by_identity_and_succeeds() {
             "route DirectLocal",
             "route Relayed",
             "nominated",
+            // Then route selection: the server's relay first, ICE taking over.
+            "route Relayed (the relay is ready first)",
+            "alice got: this one went through the relay",
+            "route switched to DirectLocal",
+            "route ice (in use)",
             "done",
         ],
     );

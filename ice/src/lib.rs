@@ -697,7 +697,7 @@ impl Run {
         };
         for p in self.agent.get_candidate_pairs_stats().await {
             info.pairs.push(format!(
-                "{} <-> {}: {:?}{}",
+                "pair {} <-> {}: {:?}{}",
                 name(&locals, &p.local_candidate_id),
                 name(&remotes, &p.remote_candidate_id),
                 p.state,

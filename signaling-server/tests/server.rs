@@ -854,3 +854,78 @@ fn a_certificate_from_a_trusted_ca_proves_a_named_identity() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_relay_network_calls_measure_real_servers_as_pops() {
+    use punchline::api::config::CallbackFn;
+    use punchline::api::relay::{
+        self, convert_ping_location_to_string, parse_ping_location_string, pop_id,
+        RelayNetworkStatus,
+    };
+    use punchline::api::{Availability, ConfigTarget};
+    use punchline_signaling::pops::WsPinger;
+    let (fra, iad) = (Process::start(&[]), Process::start(&[]));
+    // A POP nobody serves: a port just freed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let list = format!("fra={},iad={},sgp=ws://{dead}/", fra.url(), iad.url());
+    let s = Sockets::new().unwrap();
+    assert_eq!(
+        s.get_relay_network_status().available,
+        Availability::CannotTry
+    );
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<RelayNetworkStatus>>> = Default::default();
+    let seen2 = seen.clone();
+    let cb = CallbackFn(std::sync::Arc::new(move |arg: &dyn std::any::Any| {
+        if let Some(st) = arg.downcast_ref::<RelayNetworkStatus>() {
+            seen2.lock().unwrap().push(st.clone());
+        }
+    }));
+    s.set_config_value(
+        ConfigValue::CallbackRelayNetworkStatusChanged,
+        ConfigTarget::Global,
+        Some(ConfigData::Ptr(Some(cb))),
+    )
+    .unwrap();
+    s.set_relay_network(std::sync::Arc::new(WsPinger::parse(&list).unwrap()));
+    assert_eq!(s.get_pop_count(), 3);
+    let (fra_id, sgp_id) = (pop_id("fra").unwrap(), pop_id("sgp").unwrap());
+    assert_eq!(s.get_pop_list()[0], fra_id);
+    assert_eq!(
+        s.get_relay_network_status().available,
+        Availability::NeverTried
+    );
+    assert_eq!(s.get_direct_ping_to_pop(fra_id), relay::PING_UNKNOWN);
+    assert!(!s.check_ping_data_up_to_date(Duration::from_secs(60)));
+    wait(Duration::from_secs(15), "the pings to be measured", || {
+        s.run_callbacks();
+        !s.get_relay_network_status().ping_measurement_in_progress
+    });
+    s.run_callbacks();
+    let status = s.get_relay_network_status();
+    assert_eq!(status.available, Availability::Current, "{status:?}");
+    assert!(status.debug_message.contains("2 of 3"), "{status:?}");
+    let got: Vec<Availability> = seen.lock().unwrap().iter().map(|s| s.available).collect();
+    assert_eq!(got, vec![Availability::Attempting, Availability::Current]);
+    let ping = s.get_direct_ping_to_pop(fra_id);
+    assert!((0..1000).contains(&ping), "{ping}");
+    assert_eq!(s.get_ping_to_data_center(fra_id), (ping, fra_id));
+    assert_eq!(s.get_direct_ping_to_pop(sgp_id), relay::PING_FAILED);
+    let (here, age) = s.get_local_ping_location().expect("a location");
+    assert!(age < Duration::from_secs(15));
+    assert_eq!(here.pops().len(), 2, "{here}");
+    let text = convert_ping_location_to_string(&here);
+    assert!(
+        text.contains("fra=") && text.contains("iad=") && !text.contains("sgp"),
+        "{text}"
+    );
+    let back = parse_ping_location_string(&text).unwrap();
+    assert_eq!(back, here);
+    // From here to here: twice the nearest POP's ping.
+    let nearest = here.pops()[0].1 as i32;
+    assert_eq!(s.estimate_ping_time_from_local_host(&back), 2 * nearest);
+    assert!(s.check_ping_data_up_to_date(Duration::from_secs(60)));
+    assert!(parse_ping_location_string("fra=12,bogus").is_err());
+}

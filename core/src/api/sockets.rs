@@ -1534,11 +1534,11 @@ impl Sockets {
                 route.push_str(&format!(" to {a}"));
             }
             if r.switches > 0 {
-                route.push_str(&format!(" (route switched {} times)", r.switches));
+                route.push_str(&format!(" (switched routes {} times)", r.switches));
             }
-            for pair in &r.pairs {
-                route.push_str("\n  pair ");
-                route.push_str(pair);
+            for line in &r.pairs {
+                route.push_str("\n  ");
+                route.push_str(line);
             }
         }
         Ok(format!(

@@ -181,7 +181,8 @@ pub struct RouteInfo {
     pub kind: RouteKind,
     /// The peer's address on it, where it is not hidden.
     pub remote: Option<SocketAddr>,
-    /// One line per candidate pair considered, for the detailed status.
+    /// Lines for the detailed status: one per candidate pair considered (or per route of
+    /// [`Routes`], with its own lines indented under it).
     pub pairs: Vec<String>,
     /// Times the route in use changed (route selection across transports: [`Routes`]).
     pub switches: u32,

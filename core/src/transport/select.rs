@@ -22,6 +22,11 @@
 //!
 //! Signals of the routes' paths travel in the connection's rendezvous session, each behind
 //! the wire id of its transport.
+//!
+//! Probes are not encrypted: they carry nothing but a random nonce, and an answer counts
+//! only for a probe sent and not yet answered. Whoever sits on a route (a relay, say) can
+//! delay or answer its probes and so sway which route is used, as it could by delaying the
+//! traffic itself; every route carries the same end-to-end encrypted packets.
 
 use super::{Path, PathConfig, PathParams, PathSink, RouteInfo, Transport};
 use crate::proto::EndReason;

@@ -1,6 +1,7 @@
 //! P2P chat: two peers that know each other only by identity, introduced by the punchline
 //! signaling server; ICE finds the path between them (directly, or through the server's TURN
-//! relay), and the chat itself is end-to-end encrypted.
+//! relay), the server's own relay carries the chat until ICE has (and wherever ICE finds
+//! nothing), and the chat itself is end-to-end encrypted.
 //!
 //! ```sh
 //! p2p_chat demo          # a server with STUN and TURN, and two peers, in one process
@@ -17,6 +18,7 @@
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::api::StatusEvents;
 use punchline::identity::{Identity, KeyPair};
+use punchline::transport::{RouteKind, Routes, Transport};
 use punchline::{ConnectionHandle, ConnectionState, SendFlags, Sockets, SocketsConfig};
 use punchline_ice::IceTransport;
 use punchline_signaling::server::TurnAdvert;
@@ -58,7 +60,7 @@ fn key(path: Option<String>) -> Result<KeyPair, String> {
 /// A peer: its sockets, logged in to the signaling server.
 struct Peer {
     sockets: Sockets,
-    _signaling: Arc<SignalingClient>,
+    signaling: Arc<SignalingClient>,
 }
 
 /// A peer logged in to the server at `url`, with ICE; `local_only` keeps its P2P traffic on
@@ -70,17 +72,19 @@ fn peer(url: &str, key: &KeyPair, local_only: bool) -> Result<Peer, String> {
         ..SocketsConfig::default()
     })
     .map_err(|e| e.to_string())?;
-    sockets.set_p2p_transport(if local_only {
+    sockets.set_p2p_transport(ice(local_only));
+    let signaling =
+        SignalingClient::connect(url, key, None, &sockets).map_err(|e| e.to_string())?;
+    Ok(Peer { sockets, signaling })
+}
+
+/// ICE on every interface, or on loopback only.
+fn ice(local_only: bool) -> Arc<dyn Transport> {
+    if local_only {
         IceTransport::loopback_only().into_arc()
     } else {
         IceTransport::new().into_arc()
-    });
-    let signaling =
-        SignalingClient::connect(url, key, None, &sockets).map_err(|e| e.to_string())?;
-    Ok(Peer {
-        sockets,
-        _signaling: signaling,
-    })
+    }
 }
 
 fn wait_connected(s: &Sockets, h: ConnectionHandle, limit: Duration) -> Result<(), String> {
@@ -187,23 +191,92 @@ fn demo() -> Result<(), String> {
             "bob",
             "hi bob! no IP addresses exchanged by hand",
         )?;
-        let status = bob
-            .sockets
-            .get_detailed_connection_status(to_alice)
-            .map_err(|e| e.to_string())?;
-        println!("bob's connection status:");
-        for line in status.lines() {
-            println!("  {line}");
-        }
-        bob.sockets.close_connection(to_alice, 0, "bye", true);
-        alice.sockets.close_connection(to_bob, 0, "bye", false);
+        show_and_close(&alice, to_bob, &bob, to_alice)?;
     }
+    routes(&alice, &bob, &mut events)?;
     rt.block_on(async {
         server.stop().await;
         turn.stop().await;
     });
     drop(stun);
     println!("done");
+    Ok(())
+}
+
+/// The last run: both peers offer ICE and the signaling server's relay, and route selection
+/// picks. The relay is ready first and carries the handshake and first message; ICE takes
+/// over once it is up and measured better.
+fn routes(alice: &Peer, bob: &Peer, events: &mut StatusEvents) -> Result<(), String> {
+    println!("-- bob connects to alice again (ICE and the server's relay, best route chosen)");
+    for p in [alice, bob] {
+        p.sockets.set_p2p_transport(
+            Routes::new(vec![ice(true), Arc::new(p.signaling.relay_transport())]).into_arc(),
+        );
+    }
+    let start = Instant::now();
+    let to_alice = bob
+        .sockets
+        .connect_p2p(&alice.sockets.get_identity(), VPORT, &[])
+        .map_err(|e| e.to_string())?;
+    let to_bob = accept_one(alice, events)?;
+    wait_connected(&bob.sockets, to_alice, Duration::from_secs(20))?;
+    wait_connected(&alice.sockets, to_bob, Duration::from_secs(20))?;
+    let route = |s: &Sockets, h| s.get_connection_info(h).map(|i| i.route);
+    println!(
+        "bob: connected in {} ms, route {:?} (the relay is ready first)",
+        start.elapsed().as_millis(),
+        route(&bob.sockets, to_alice).map_err(|e| e.to_string())?
+    );
+    say(
+        bob,
+        to_alice,
+        alice,
+        to_bob,
+        "alice",
+        "this one went through the relay",
+    )?;
+    let end = Instant::now() + Duration::from_secs(15);
+    while route(&bob.sockets, to_alice).map_err(|e| e.to_string())? != RouteKind::DirectLocal {
+        if Instant::now() > end {
+            return Err("ICE never took over from the relay".into());
+        }
+        // Keep the connection busy: the switch loses nothing.
+        let _ =
+            bob.sockets
+                .send_message_to_connection(to_alice, b"tick".to_vec(), SendFlags::RELIABLE);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "bob: route switched to {:?} after {} ms",
+        RouteKind::DirectLocal,
+        start.elapsed().as_millis()
+    );
+    let ticks = alice
+        .sockets
+        .receive_messages_on_connection(to_bob, 10_000)
+        .map_err(|e| e.to_string())?
+        .len();
+    println!("alice: {ticks} messages arrived while the route changed");
+    show_and_close(alice, to_bob, bob, to_alice)
+}
+
+/// Prints bob's detailed connection status, then both leave.
+fn show_and_close(
+    alice: &Peer,
+    to_bob: ConnectionHandle,
+    bob: &Peer,
+    to_alice: ConnectionHandle,
+) -> Result<(), String> {
+    let status = bob
+        .sockets
+        .get_detailed_connection_status(to_alice)
+        .map_err(|e| e.to_string())?;
+    println!("bob's connection status:");
+    for line in status.lines() {
+        println!("  {line}");
+    }
+    bob.sockets.close_connection(to_alice, 0, "bye", true);
+    alice.sockets.close_connection(to_bob, 0, "bye", false);
     Ok(())
 }
 
@@ -334,7 +407,13 @@ fn main() {
             let url = flag(&args, "--server").unwrap_or_else(|| usage());
             (|| {
                 let k = key(flag(&args, "--key"))?;
-                let p = peer(&url, &k, args.iter().any(|a| a == "--local"))?;
+                let local = args.iter().any(|a| a == "--local");
+                let p = peer(&url, &k, local)?;
+                // ICE and the server's relay, the best route chosen (the relay first).
+                p.sockets.set_p2p_transport(
+                    Routes::new(vec![ice(local), Arc::new(p.signaling.relay_transport())])
+                        .into_arc(),
+                );
                 println!("I am {}", k.identity());
                 if mode == "listen" {
                     p.sockets
