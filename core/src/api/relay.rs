@@ -75,8 +75,10 @@ impl PingLocation {
     /// A location from pings (milliseconds) to POPs; it keeps the nearest
     /// [`MAX_LOCATION_POPS`].
     pub fn new(mut pops: Vec<(PopId, u32)>) -> Self {
-        pops.sort_by_key(|&(id, ms)| (ms, id));
+        // One entry per POP (its least ping), nearest first.
+        pops.sort_by_key(|&(id, ms)| (id, ms));
         pops.dedup_by_key(|p| p.0);
+        pops.sort_by_key(|&(id, ms)| (ms, id));
         pops.truncate(MAX_LOCATION_POPS);
         Self { pops }
     }
@@ -427,8 +429,8 @@ mod tests {
 
     #[test]
     fn locations_round_trip_through_text_nearest_first() {
-        let l = loc("iad=95, fra=12,sgp=180");
-        assert_eq!(l.to_string(), "fra=12,iad=95,sgp=180");
+        let l = loc("iad=95, fra=12,sgp=180,iad=90");
+        assert_eq!(l.to_string(), "fra=12,iad=90,sgp=180");
         assert_eq!(loc(&l.to_string()), l);
         assert_eq!(loc(""), PingLocation::default());
     }
