@@ -190,7 +190,7 @@ fn route(p: &Peer, h: ConnectionHandle) -> RouteKind {
 #[test]
 fn relay_first_then_ice_takes_over_without_losing_a_message() {
     let sig = Signaling::start(Config::default(), false);
-    let ice_delay = Duration::from_millis(1500);
+    let ice_delay = Duration::from_millis(3000);
     let a = routes_peer(&sig, ice_delay, Arc::new(AtomicBool::new(false)));
     let b = routes_peer(&sig, ice_delay, Arc::new(AtomicBool::new(false)));
     let started = Instant::now();
