@@ -60,8 +60,9 @@ const FAST_PROBES: u32 = 5;
 const PROBE_SLOW: Duration = Duration::from_millis(1000);
 /// Probes awaiting an answer, per route, before the oldest is forgotten.
 const OUTSTANDING: usize = 8;
-/// How often the probe task wakes.
-const TICK: Duration = Duration::from_millis(50);
+/// The probe task wakes when a probe is due, and at least this often (to notice a dead
+/// route or a better one held long enough).
+const MAX_SLEEP: Duration = Duration::from_millis(250);
 
 /// A [`Transport`] that runs several transports side by side for each connection and sends
 /// on the best route among them (see the module documentation). Both peers need `Routes`
@@ -124,13 +125,16 @@ impl Transport for Routes {
         let _ = shared.paths.set(paths);
         let weak = Arc::downgrade(&shared);
         params.runtime.spawn(async move {
-            let mut tick = tokio::time::interval(TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut wake = Instant::now();
             loop {
-                tick.tick().await;
+                tokio::time::sleep_until(wake.into()).await;
                 let Some(s) = weak.upgrade() else { return };
-                if !s.think(Instant::now()) {
-                    return;
+                let now = Instant::now();
+                match s.think(now) {
+                    Some(next) => {
+                        wake = next.clamp(now + Duration::from_millis(5), now + MAX_SLEEP)
+                    }
+                    None => return,
                 }
             }
         });
@@ -251,8 +255,9 @@ impl Shared {
         true
     }
 
-    /// Sends the probes that are due and re-selects. False once the path is closed.
-    fn think(&self, now: Instant) -> bool {
+    /// Sends the probes that are due and re-selects; when the next probe is due (`None`
+    /// once the path is closed).
+    fn think(&self, now: Instant) -> Option<Instant> {
         let mut st = self.state();
         while let Some((i, nonce)) = st.selector.poll_probe(now) {
             let mut ping = [0u8; PROBE_LEN];
@@ -264,7 +269,8 @@ impl Shared {
             }
         }
         self.apply(&mut st, now);
-        self.current.load(Ordering::Relaxed) != CLOSED
+        let open = self.current.load(Ordering::Relaxed) != CLOSED;
+        open.then(|| st.selector.next_probe().unwrap_or(now + MAX_SLEEP))
     }
 
     /// Re-selects and publishes the route to send on.
@@ -314,11 +320,20 @@ impl Path for RoutesPath {
 
     fn route(&self) -> RouteInfo {
         let i = self.shared.current.load(Ordering::Relaxed);
-        let mut info = self.shared.path(i).map(|p| p.route()).unwrap_or_default();
+        // The routes' own infos first, without the selector's lock held while their paths
+        // take theirs.
+        let routes: Vec<RouteInfo> = self
+            .shared
+            .paths
+            .get()
+            .into_iter()
+            .flatten()
+            .map(|p| p.route())
+            .collect();
+        let mut info = routes.get(i).cloned().unwrap_or_default();
         let st = self.shared.state();
         let mut pairs = Vec::new();
-        for (j, p) in self.shared.paths.get().into_iter().flatten().enumerate() {
-            let r = p.route();
+        for (j, r) in routes.into_iter().enumerate() {
             pairs.push(format!(
                 "route {}{}: {}",
                 self.shared.names[j],
@@ -447,6 +462,15 @@ impl Selector {
             return Some((i, nonce));
         }
         None
+    }
+
+    /// When the next probe is due on any route.
+    pub fn next_probe(&self) -> Option<Instant> {
+        self.routes
+            .iter()
+            .filter(|r| r.ready && !r.failed)
+            .filter_map(|r| r.next_probe)
+            .min()
     }
 
     /// The answer to a probe on route `i`. Answers to no probe of ours are ignored.
