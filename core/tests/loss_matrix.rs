@@ -338,7 +338,7 @@ fn run(c: Condition, seed: u64) {
             "only {unreliable} of {ticks} unreliable messages arrived under {c:?}"
         );
     });
-    for p in [&bulk_pair, &game_pair] {
+    for (p, is_bulk) in [(&bulk_pair, true), (&game_pair, false)] {
         assert_eq!(state(&p.client, p.c), ConnectionState::Connected, "{c:?}");
         assert_eq!(state(&p.server, p.s), ConnectionState::Connected, "{c:?}");
         let q = p.client.get_quick_connection_status(p.c).unwrap();
@@ -354,12 +354,21 @@ fn run(c: Condition, seed: u64) {
             q.ping_ms, sq.connection_quality_local, q.connection_quality_remote
         );
         let clean = 1.0 - c.loss_pct / 100.0;
+        // The game pair stays under any rate limit: its quality is the random loss alone.
+        // The bulk pair fills the path, so a rate limit's policer drops count in its quality
+        // too (as they should), and how many depends on how evenly the sender could pace on a
+        // busy machine: there it must show the loss and no more than twice the slack.
+        let floor = if is_bulk && c.rate > 0 {
+            clean - 0.4
+        } else {
+            clean - 0.2
+        };
         for (what, quality) in [
             ("server's received share", sq.connection_quality_local),
             ("client's delivered share", q.connection_quality_remote),
         ] {
             assert!(
-                quality <= 1.0 && quality >= clean - 0.2,
+                quality <= 1.0 && quality >= floor,
                 "{what} {quality} under {c:?}: {}",
                 p.client.get_detailed_connection_status(p.c).unwrap()
             );
