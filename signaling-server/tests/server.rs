@@ -53,6 +53,26 @@ impl Drop for Process {
     }
 }
 
+/// Sets the global callback `value` to record every event of type `T` it is called with
+/// (by `run_callbacks`); the record.
+fn capture<T: Clone + Send + 'static>(
+    s: &Sockets,
+    value: ConfigValue,
+) -> std::sync::Arc<std::sync::Mutex<Vec<T>>> {
+    use punchline::api::config::CallbackFn;
+    use punchline::api::ConfigTarget;
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<T>>> = Default::default();
+    let record = seen.clone();
+    let cb = CallbackFn(std::sync::Arc::new(move |arg: &dyn std::any::Any| {
+        if let Some(e) = arg.downcast_ref::<T>() {
+            record.lock().unwrap().push(e.clone());
+        }
+    }));
+    s.set_config_value(value, ConfigTarget::Global, Some(ConfigData::Ptr(Some(cb))))
+        .unwrap();
+    seen
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -676,24 +696,10 @@ fn the_fake_ip_calls_allocate_through_the_server_and_resolve_identities() {
 
 #[test]
 fn without_a_server_fake_ips_are_local_to_the_process() {
-    use punchline::api::config::CallbackFn;
     use punchline::api::fakeip::FakeIpResult;
     use punchline::api::fakeip::{get_ipv4_fake_ip_type, FakeIpType};
-    use punchline::api::ConfigTarget;
     let s = Sockets::new().unwrap();
-    let results: std::sync::Arc<std::sync::Mutex<Vec<FakeIpResult>>> = Default::default();
-    let r2 = results.clone();
-    let cb = CallbackFn(std::sync::Arc::new(move |arg: &dyn std::any::Any| {
-        if let Some(r) = arg.downcast_ref::<FakeIpResult>() {
-            r2.lock().unwrap().push(r.clone());
-        }
-    }));
-    s.set_config_value(
-        ConfigValue::CallbackFakeIpResult,
-        ConfigTarget::Global,
-        Some(ConfigData::Ptr(Some(cb))),
-    )
-    .unwrap();
+    let results = capture::<FakeIpResult>(&s, ConfigValue::CallbackFakeIpResult);
     assert!(!s.begin_async_request_fake_ip(5), "at most 4 ports");
     assert!(s.begin_async_request_fake_ip(1));
     let (ip, ports) = s.get_fake_ip().expect("allocated at once");
@@ -857,12 +863,11 @@ fn a_certificate_from_a_trusted_ca_proves_a_named_identity() {
 
 #[test]
 fn the_relay_network_calls_measure_real_servers_as_pops() {
-    use punchline::api::config::CallbackFn;
     use punchline::api::relay::{
         self, convert_ping_location_to_string, parse_ping_location_string, pop_id,
         RelayNetworkStatus,
     };
-    use punchline::api::{Availability, ConfigTarget};
+    use punchline::api::Availability;
     use punchline_signaling::pops::WsPinger;
     let (fra, iad) = (Process::start(&[]), Process::start(&[]));
     // A POP nobody serves: a port just freed.
@@ -876,19 +881,7 @@ fn the_relay_network_calls_measure_real_servers_as_pops() {
         s.get_relay_network_status().available,
         Availability::CannotTry
     );
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<RelayNetworkStatus>>> = Default::default();
-    let seen2 = seen.clone();
-    let cb = CallbackFn(std::sync::Arc::new(move |arg: &dyn std::any::Any| {
-        if let Some(st) = arg.downcast_ref::<RelayNetworkStatus>() {
-            seen2.lock().unwrap().push(st.clone());
-        }
-    }));
-    s.set_config_value(
-        ConfigValue::CallbackRelayNetworkStatusChanged,
-        ConfigTarget::Global,
-        Some(ConfigData::Ptr(Some(cb))),
-    )
-    .unwrap();
+    let seen = capture::<RelayNetworkStatus>(&s, ConfigValue::CallbackRelayNetworkStatusChanged);
     s.set_relay_network(std::sync::Arc::new(WsPinger::parse(&list).unwrap()));
     assert_eq!(s.get_pop_count(), 3);
     let (fra_id, sgp_id) = (pop_id("fra").unwrap(), pop_id("sgp").unwrap());
