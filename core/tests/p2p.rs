@@ -373,3 +373,111 @@ fn a_peer_that_is_not_who_the_rendezvous_named_is_refused() {
     assert_eq!(conn.state(), ConnectionState::ProblemDetectedLocally);
     assert_eq!(conn.end_reason(), EndReason::REMOTE_BAD_CERT);
 }
+
+/// Node 0 connects to node 1 over a transport (wire id 9, standing for ICE) whose paths
+/// the test makes fail; returns both connections once both paths have started.
+fn finding_routes(seed: u64) -> (Net, ConnId, ConnId) {
+    let mut net = Net::new(seed, 0, 0);
+    for n in 0..2 {
+        net.sim.nodes[n].endpoint.set_p2p_transport(9);
+    }
+    let a = net.connect(0, 1, 0, false);
+    let mut started: [Option<ConnId>; 2] = [None, None];
+    assert!(net.run_until(Duration::from_secs(5), |sim| {
+        for (n, s) in started.iter_mut().enumerate() {
+            if let Some(id) = sim.nodes[n].endpoint.poll_path_start() {
+                *s = Some(id);
+            }
+        }
+        started.iter().all(Option::is_some)
+    }));
+    assert_eq!(started[0], Some(a));
+    let b = started[1].unwrap();
+    for (n, id) in [(0, a), (1, b)] {
+        assert_eq!(net.state(n, id), ConnectionState::FindingRoute);
+    }
+    (net, a, b)
+}
+
+fn ended(net: &Net, node: usize, id: ConnId) -> (ConnectionState, EndReason, String) {
+    let c = net.sim.nodes[node].endpoint.connection(id).unwrap();
+    (c.state(), c.end_reason(), c.end_debug().to_string())
+}
+
+const NO_RELAY: &str = "no relayed candidate: TURN allocation failed (wrong password)";
+const NO_PAIR: &str = "NAT punch failed: no ICE candidate pair answered";
+
+#[test]
+fn a_side_that_failed_first_keeps_its_own_reason_when_the_peers_close_arrives() {
+    let (mut net, a, b) = finding_routes(21);
+    // Both paths fail before either side hears of the other's failure: the closes cross.
+    let now = net.sim.now;
+    net.sim.nodes[0].endpoint.path_failed(
+        a,
+        EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
+        NO_RELAY,
+    );
+    net.sim.nodes[1]
+        .endpoint
+        .path_failed(b, EndReason::MISC_P2P_NAT_FIREWALL, NO_PAIR);
+    let mut closes = 0;
+    for from in 0..2 {
+        while let Some((_, _, bytes)) = net.sim.nodes[from].endpoint.poll_signal(now) {
+            closes += matches!(Message::decode(&bytes).unwrap().body, Body::Close { .. }) as u32;
+            net.deliver(1 - from, &bytes);
+        }
+    }
+    assert_eq!(closes, 2, "each side told the other");
+    net.run_until(Duration::from_secs(5), |_| false);
+    assert_eq!(
+        ended(&net, 0, a),
+        (
+            ConnectionState::ProblemDetectedLocally,
+            EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
+            NO_RELAY.into()
+        )
+    );
+    assert_eq!(
+        ended(&net, 1, b),
+        (
+            ConnectionState::ProblemDetectedLocally,
+            EndReason::MISC_P2P_NAT_FIREWALL,
+            NO_PAIR.into()
+        )
+    );
+}
+
+#[test]
+fn a_peers_close_that_arrives_first_ends_the_connection_as_closed_by_peer() {
+    let (mut net, a, b) = finding_routes(22);
+    // Node 0 fails; its close reaches node 1 while node 1 still has a way forward.
+    net.sim.nodes[0].endpoint.path_failed(
+        a,
+        EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
+        NO_RELAY,
+    );
+    net.pump();
+    assert_eq!(net.state(1, b), ConnectionState::ClosedByPeer);
+    // Node 1's own failure, reported after, changes nothing and sends no close back.
+    net.sim.nodes[1]
+        .endpoint
+        .path_failed(b, EndReason::MISC_P2P_NAT_FIREWALL, NO_PAIR);
+    net.run_until(Duration::from_secs(5), |_| false);
+    assert_eq!(
+        ended(&net, 0, a),
+        (
+            ConnectionState::ProblemDetectedLocally,
+            EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
+            NO_RELAY.into()
+        )
+    );
+    // The peer's "no address to offer" is, from here, "the peer gave us none".
+    assert_eq!(
+        ended(&net, 1, b),
+        (
+            ConnectionState::ClosedByPeer,
+            EndReason::REMOTE_P2P_ICE_NO_PUBLIC_ADDRESSES,
+            NO_RELAY.into()
+        )
+    );
+}

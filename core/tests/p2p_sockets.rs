@@ -277,3 +277,81 @@ fn fake_udp_ports_exchange_datagrams_by_fake_address() {
         .send_message_to_fake_ip("127.0.0.1:9".parse().unwrap(), b"x", SendFlags::RELIABLE)
         .is_err());
 }
+
+/// A transport whose every path fails as soon as it starts, with a set reason: both sides
+/// of a connection find themselves without a way forward at nearly the same moment.
+#[derive(Debug)]
+struct FailsAtOnce(EndReason, &'static str);
+
+#[derive(Debug)]
+struct DeadPath;
+
+impl punchline::transport::Path for DeadPath {
+    fn handle_signal(&self, _: &[u8]) {}
+    fn send(&self, _: &[u8]) {}
+    fn route(&self) -> punchline::transport::RouteInfo {
+        punchline::transport::RouteInfo::default()
+    }
+    fn close(&self) {}
+}
+
+impl punchline::transport::Transport for FailsAtOnce {
+    fn wire_id(&self) -> u8 {
+        9
+    }
+    fn start_path(
+        &self,
+        _: punchline::transport::PathParams,
+        sink: punchline::transport::PathSink,
+    ) -> std::sync::Arc<dyn punchline::transport::Path> {
+        sink.failed(self.0, self.1);
+        std::sync::Arc::new(DeadPath)
+    }
+}
+
+#[test]
+fn both_sides_whose_paths_failed_keep_their_own_reasons() {
+    // The server's path fails when it accepts, and its close races toward the client,
+    // whose path fails when it hears the accept, one signal earlier. Whatever the threads
+    // do, a failure reported before the peer's close is handled decides.
+    for seed in 0..20 {
+        let (hub, peers) = Hub::start(0, 0, 100 + seed);
+        let a = peer(&hub, &peers, Policy::Accept);
+        let b = peer(&hub, &peers, Policy::Accept);
+        let (ra, rb) = (
+            (EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES, "a: no relay"),
+            (EndReason::MISC_P2P_NAT_FIREWALL, "b: no pair"),
+        );
+        a.set_p2p_transport(std::sync::Arc::new(FailsAtOnce(ra.0, ra.1)));
+        b.set_p2p_transport(std::sync::Arc::new(FailsAtOnce(rb.0, rb.1)));
+        let mut b_events = b.status_events();
+        b.create_listen_socket_p2p(3, &[]).unwrap();
+        let c = a.connect_p2p(&b.get_identity(), 3, &[]).unwrap();
+        let accepted = serve_until(&b, &mut b_events, Duration::from_secs(10), |acc| {
+            acc.len() == 1
+                && !matches!(
+                    state(&b, acc[0]),
+                    ConnectionState::Connecting | ConnectionState::FindingRoute
+                )
+        });
+        let s = accepted[0];
+        let end = Instant::now() + Duration::from_secs(10);
+        while matches!(
+            state(&a, c),
+            ConnectionState::Connecting | ConnectionState::FindingRoute
+        ) {
+            assert!(Instant::now() < end, "seed {seed}: client still waiting");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Room for a late close to (wrongly) change either side.
+        std::thread::sleep(Duration::from_millis(50));
+        for (who, sockets, h, (reason, debug)) in [("a", &a, c, ra), ("b", &b, s, rb)] {
+            let info = sockets.get_connection_info(h).unwrap();
+            assert_eq!(
+                (info.state, info.end_reason, info.end_debug.as_str()),
+                (ConnectionState::ProblemDetectedLocally, reason, debug),
+                "seed {seed}: {who}"
+            );
+        }
+    }
+}

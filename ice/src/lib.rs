@@ -53,6 +53,10 @@ const DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(2);
 /// How much longer before it has failed (and, connected, ICE restarts). While checking,
 /// the two together bound how long a punch may take.
 const FAILED_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TURN server may take to answer the allocation that tells why gathering found
+/// no relayed candidate. Well inside the peer's `DISCONNECTED_TIMEOUT + FAILED_TIMEOUT`, so
+/// our reason reaches the peer before it gives up on its own.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Datagrams queued for sending on one path.
 const SEND_QUEUE: usize = 1024;
 /// Peer signals queued for one path.
@@ -620,17 +624,22 @@ impl Run {
                     return Ok(());
                 }
                 self.local_done = true;
-                self.signal(Signal::EndOfCandidates {
-                    generation: self.generation,
-                    count: self.local_count,
-                });
-                self.flush();
                 if self.local_count == 0 && !self.connected_once {
+                    // This side has no way forward. It reports so before the peer can hear
+                    // anything of it: told first, the peer would give up and close, and its
+                    // close could arrive before our own reason (the connection would end
+                    // "closed by peer" with the peer's view of our problem). The close that
+                    // the failure sends tells the peer.
                     let why = self.why_no_candidates().await;
                     self.sink
                         .failed(EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES, why);
                     return Err(());
                 }
+                self.signal(Signal::EndOfCandidates {
+                    generation: self.generation,
+                    count: self.local_count,
+                });
+                self.flush();
             }
             AgentEvent::State(IceState::Failed) => {
                 if self.connected_once {
@@ -662,12 +671,24 @@ impl Run {
         let c = &self.params.config;
         let relay_only = c.ice_enable & (ICE_PRIVATE | ICE_PUBLIC) == 0;
         if relay_only {
+            // Every server at once: the peer waits for our answer meanwhile, so the whole
+            // probe takes at most PROBE_TIMEOUT.
+            let probes: Vec<_> = c
+                .turn_servers
+                .iter()
+                .map(|t| {
+                    let t = t.clone();
+                    tokio::spawn(async move {
+                        match probe_turn(&t.url, &t.user, &t.pass).await {
+                            Ok(()) => format!("{}: allocation works now", t.url),
+                            Err(e) => format!("{}: {e}", t.url),
+                        }
+                    })
+                })
+                .collect();
             let mut reasons = Vec::new();
-            for t in &c.turn_servers {
-                reasons.push(match probe_turn(&t.url, &t.user, &t.pass).await {
-                    Ok(()) => format!("{}: allocation works now", t.url),
-                    Err(e) => format!("{}: {e}", t.url),
-                });
+            for p in probes {
+                reasons.push(p.await.unwrap_or_else(|e| format!("probe failed: {e}")));
             }
             return format!(
                 "no relayed candidate: TURN allocation failed ({})",
@@ -747,13 +768,14 @@ async fn probe_turn(url: &str, user: &str, pass: &str) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     client.listen().await.map_err(|e| e.to_string())?;
-    let r = match tokio::time::timeout(Duration::from_secs(5), client.allocate()).await {
+    let r = match tokio::time::timeout(PROBE_TIMEOUT, client.allocate()).await {
         Ok(Ok(relay)) => {
             let _ = relay.close().await;
             Ok(())
         }
+        // The likely cause first: the peer hears the text cut short.
         Ok(Err(e)) => Err(format!(
-            "the server refused the allocation ({e}): wrong user name or password?"
+            "refused, wrong user name or password? (the server's answer: {e})"
         )),
         Err(_) => Err(format!("no answer from {server}")),
     };

@@ -68,12 +68,20 @@ fn a_wrong_turn_password_ends_the_connection_with_a_clear_reason() {
         ConfigValue::P2pTurnPassList,
         ConfigData::String("not-the-password".into()),
     );
-    let (ha, _) = connect(&a, &b, &[ice_enable(1), wrong], &[ice_enable(1)]);
+    let (ha, hb) = connect(&a, &b, &[ice_enable(1), wrong], &[ice_enable(1)]);
+    // a found its own problem and says so, whatever b does; b hears it from a.
     assert_eq!(info(&a, ha).state, ConnectionState::ProblemDetectedLocally);
     assert_ended(
         &a,
         ha,
         EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
+        &["TURN allocation failed", "password"],
+    );
+    assert_eq!(info(&b, hb).state, ConnectionState::ClosedByPeer);
+    assert_ended(
+        &b,
+        hb,
+        EndReason::REMOTE_P2P_ICE_NO_PUBLIC_ADDRESSES,
         &["TURN allocation failed", "password"],
     );
 }
@@ -129,7 +137,9 @@ fn a_peer_with_no_address_to_offer_ends_both_sides_with_3006_and_4007() {
     let (a, b) = (peer(&sig), peer(&sig));
     // b may share only public addresses and has no STUN server: loopback is all it has.
     let (ha, hb) = connect(&a, &b, &[], &[ice_enable(4)]);
+    assert_eq!(info(&b, hb).state, ConnectionState::ProblemDetectedLocally);
     assert_ended(&b, hb, EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES, &[]);
+    assert_eq!(info(&a, ha).state, ConnectionState::ClosedByPeer);
     assert_ended(&a, ha, EndReason::REMOTE_P2P_ICE_NO_PUBLIC_ADDRESSES, &[]);
 }
 

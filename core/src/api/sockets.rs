@@ -681,6 +681,10 @@ impl Sockets {
         };
         let now = Instant::now();
         let mut st = self.state();
+        // What the paths said comes first: a path that failed before this signal arrived
+        // decides how its connection ends, whatever the peer says now (its close counts only
+        // while this side still had a way forward).
+        st.service_paths(ep);
         let Some(e) = st.endpoints.get_mut(&ep) else {
             return false;
         };

@@ -470,7 +470,8 @@ impl Connection {
         };
     }
 
-    /// The rendezvous says the peer refused or closed.
+    /// The rendezvous says the peer refused or closed. It counts only while this side still
+    /// had a way forward: a connection that failed on its own already keeps its own reason.
     pub(crate) fn closed_by_signal(&mut self, reason: u32, debug: String) {
         if matches!(
             self.state,

@@ -558,13 +558,7 @@ impl Endpoint {
                 }
             }
             Body::Close { reason, debug } => {
-                // The peer had no address to offer: from here, that is the remote's lack.
-                let reason = if reason == EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES.0 {
-                    EndReason::REMOTE_P2P_ICE_NO_PUBLIC_ADDRESSES.0
-                } else {
-                    reason
-                };
-                c.closed_by_signal(reason, debug)
+                c.closed_by_signal(EndReason(reason).as_heard_from_peer().0, debug)
             }
             Body::Transport { data } => {
                 if self.path_signals.len() < MAX_PATH_SIGNALS {

@@ -96,6 +96,16 @@ impl EndReason {
     pub fn is_application(self) -> bool {
         (1000..=2999).contains(&self.0)
     }
+
+    /// The reason as the side that hears it from its peer reports it. The peer's own
+    /// "no public address to offer" (3006) is, for us, "the peer gave us no address" (4007),
+    /// as the reference defines the two; every other code stays as the peer gave it.
+    pub fn as_heard_from_peer(self) -> Self {
+        match self {
+            Self::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES => Self::REMOTE_P2P_ICE_NO_PUBLIC_ADDRESSES,
+            other => other,
+        }
+    }
 }
 
 impl fmt::Debug for EndReason {
