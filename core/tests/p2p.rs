@@ -405,6 +405,15 @@ fn ended(net: &Net, node: usize, id: ConnId) -> (ConnectionState, EndReason, Str
 }
 
 const NO_RELAY: &str = "no relayed candidate: TURN allocation failed (wrong password)";
+/// How node 0 ends in both tests: by its own failure.
+fn no_relay_here() -> (ConnectionState, EndReason, String) {
+    (
+        ConnectionState::ProblemDetectedLocally,
+        EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
+        NO_RELAY.into(),
+    )
+}
+
 const NO_PAIR: &str = "NAT punch failed: no ICE candidate pair answered";
 
 #[test]
@@ -429,14 +438,7 @@ fn a_side_that_failed_first_keeps_its_own_reason_when_the_peers_close_arrives() 
     }
     assert_eq!(closes, 2, "each side told the other");
     net.run_until(Duration::from_secs(5), |_| false);
-    assert_eq!(
-        ended(&net, 0, a),
-        (
-            ConnectionState::ProblemDetectedLocally,
-            EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
-            NO_RELAY.into()
-        )
-    );
+    assert_eq!(ended(&net, 0, a), no_relay_here());
     assert_eq!(
         ended(&net, 1, b),
         (
@@ -463,14 +465,7 @@ fn a_peers_close_that_arrives_first_ends_the_connection_as_closed_by_peer() {
         .endpoint
         .path_failed(b, EndReason::MISC_P2P_NAT_FIREWALL, NO_PAIR);
     net.run_until(Duration::from_secs(5), |_| false);
-    assert_eq!(
-        ended(&net, 0, a),
-        (
-            ConnectionState::ProblemDetectedLocally,
-            EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES,
-            NO_RELAY.into()
-        )
-    );
+    assert_eq!(ended(&net, 0, a), no_relay_here());
     // The peer's "no address to offer" is, from here, "the peer gave us none".
     assert_eq!(
         ended(&net, 1, b),
