@@ -82,6 +82,38 @@ struct Args {
     /// Seconds the TURN credentials given at login stay valid.
     #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_TTL", default_value_t = 3600)]
     turn_ttl: u64,
+    /// Most bytes queued toward one client (its websocket write buffer and the server's
+    /// queues together; at least 65536). A client that does not keep up is disconnected.
+    #[arg(
+        long,
+        env = "PUNCHLINE_SIGNALING_CLIENT_QUEUE",
+        default_value_t = 256 * 1024,
+        value_parser = clap::value_parser!(u64).range(crate::server::MIN_CLIENT_QUEUE as u64..)
+    )]
+    client_queue: u64,
+    /// Seconds a write to a client may take before the client is disconnected.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_WRITE_TIMEOUT", default_value_t = 10)]
+    write_timeout: u64,
+    /// Signals per second one client may send to one other (burst: twice this).
+    #[arg(long, env = "PUNCHLINE_SIGNALING_PAIR_RATE", default_value_t = 100)]
+    pair_rate: u32,
+    /// Connections not yet logged in from one source (an IPv4 address or an IPv6 /64).
+    #[arg(
+        long,
+        env = "PUNCHLINE_SIGNALING_MAX_PENDING_PER_SOURCE",
+        default_value_t = 32
+    )]
+    max_pending_per_source: usize,
+    /// Logged-in clients from one source (an IPv4 address or an IPv6 /64).
+    #[arg(
+        long,
+        env = "PUNCHLINE_SIGNALING_MAX_CLIENTS_PER_SOURCE",
+        default_value_t = 1024
+    )]
+    max_clients_per_source: usize,
+    /// Unfinished HTTP requests and websocket upgrades, from everyone together.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_MAX_UPGRADES", default_value_t = 512)]
+    max_upgrades: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +223,12 @@ where
         stun: None,
         turn: None,
         relay_rate: args.relay_rate,
+        client_queue: usize::try_from(args.client_queue).unwrap_or(usize::MAX),
+        write_timeout: Duration::from_secs(args.write_timeout.max(1)),
+        pair_rate: args.pair_rate.max(1),
+        max_pending_per_source: args.max_pending_per_source.max(1),
+        max_clients_per_source: args.max_clients_per_source.max(1),
+        max_upgrades: args.max_upgrades.max(1),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -13,6 +13,9 @@
 
 pub mod cli;
 pub mod client;
+pub mod fakeip;
+pub mod limit;
+pub mod mailbox;
 pub mod pops;
 pub mod protocol;
 pub mod relay;

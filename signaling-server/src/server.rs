@@ -1,9 +1,13 @@
 //! The signaling server: websocket clients prove their identities, then exchange signals;
 //! FakeIP allocation; `/healthz` and `/metrics` on the same address. See docs/SIGNALING.md.
 
+use crate::fakeip::{FakeIpError, FakeIps};
+use crate::limit::{Bucket, SourceSlot, SourceSlots};
+use crate::mailbox::{Mailbox, Pushed};
 use crate::protocol::{
     self, ClientMsg, IceSettings, ServerMsg, TurnSettings, MAX_FAKE_PORTS, MAX_SIGNAL,
 };
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use punchline_identity::{CertStore, Certificate, Identity, PublicKey};
 use rand_core::{OsRng, RngCore};
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
 use tokio_tungstenite::WebSocketStream;
 
 /// Server settings (the binary's flags).
@@ -43,7 +47,23 @@ pub struct Config {
     /// Bytes per second each logged-in client may send through the relay (burst: twice
     /// this); 0 turns the relay off.
     pub relay_rate: u32,
+    /// Most bytes queued toward one client: the websocket's write buffer and the server's
+    /// own queues together (at least 64 KiB).
+    pub client_queue: usize,
+    /// A write to a client that does not finish in this time disconnects it.
+    pub write_timeout: Duration,
+    /// Signals per second one client may send to one other (burst: twice this).
+    pub pair_rate: u32,
+    /// Connections from one source (an IPv4 address, an IPv6 /64) not yet logged in.
+    pub max_pending_per_source: usize,
+    /// Logged-in clients from one source.
+    pub max_clients_per_source: usize,
+    /// Unfinished HTTP requests and websocket upgrades, from everyone together.
+    pub max_upgrades: usize,
 }
+
+/// The smallest per-client queue cap: room for the largest frames in every queue.
+pub const MIN_CLIENT_QUEUE: usize = 64 * 1024;
 
 /// The TURN server clients are told of at login, with credentials of their own.
 #[derive(Clone)]
@@ -78,6 +98,12 @@ impl Default for Config {
             stun: None,
             turn: None,
             relay_rate: 1_000_000,
+            client_queue: 256 * 1024,
+            write_timeout: Duration::from_secs(10),
+            pair_rate: 100,
+            max_pending_per_source: 32,
+            max_clients_per_source: 1024,
+            max_upgrades: 512,
         }
     }
 }
@@ -99,9 +125,17 @@ pub struct Metrics {
     pub fakeips: AtomicU64,
     /// Datagrams passed on by the relay.
     pub relayed: AtomicU64,
-    /// Datagrams the relay dropped (over a client's rate, the receiver's queue full, or the
-    /// receiver offline).
+    /// Datagrams the relay dropped (over a client's rate, the receiver's queue full, the
+    /// receiver offline, or the two not in a rendezvous together).
     pub relay_dropped: AtomicU64,
+    /// Signals dropped toward a recipient (over the pair's rate, or the recipient's queue
+    /// full with this sender's signals the most).
+    pub signals_dropped: AtomicU64,
+    /// Connections refused for their source's caps or the cap on unfinished upgrades.
+    pub refused: AtomicU64,
+    /// Clients disconnected for not keeping up (a stuck write, or their own answers piling
+    /// up unread).
+    pub slow_clients: AtomicU64,
 }
 
 impl Metrics {
@@ -123,7 +157,13 @@ impl Metrics {
              # TYPE punchline_signaling_relayed_total counter\n\
              punchline_signaling_relayed_total {}\n\
              # TYPE punchline_signaling_relay_dropped_total counter\n\
-             punchline_signaling_relay_dropped_total {}\n",
+             punchline_signaling_relay_dropped_total {}\n\
+             # TYPE punchline_signaling_signals_dropped_total counter\n\
+             punchline_signaling_signals_dropped_total {}\n\
+             # TYPE punchline_signaling_refused_total counter\n\
+             punchline_signaling_refused_total {}\n\
+             # TYPE punchline_signaling_slow_clients_total counter\n\
+             punchline_signaling_slow_clients_total {}\n",
             g(&self.clients),
             g(&self.signals_forwarded),
             g(&self.undeliverable),
@@ -132,35 +172,48 @@ impl Metrics {
             g(&self.fakeips),
             g(&self.relayed),
             g(&self.relay_dropped),
+            g(&self.signals_dropped),
+            g(&self.refused),
+            g(&self.slow_clients),
         )
     }
-}
-
-/// What a connection task is told to send.
-#[derive(Debug)]
-enum Out {
-    Msg(ServerMsg),
-    /// Send this error, then close.
-    Close(ServerMsg),
 }
 
 #[derive(Debug)]
 struct Online {
     key: PublicKey,
     conn: u64,
-    tx: mpsc::Sender<Out>,
-    /// Relay frames for the client (their own queue, so a flood of data never crowds out
-    /// signals).
-    relay: mpsc::Sender<Vec<u8>>,
+    /// Everything queued toward the client.
+    mailbox: Arc<Mailbox>,
+    /// Tells the client's task to close with this error (a later login replaced it).
+    kick: mpsc::Sender<ServerMsg>,
+    /// The identities this client signalled, most recent last (at most
+    /// [`MAX_CONTACTS`]): two clients that signalled each other are in a rendezvous, and
+    /// only such pairs may relay to each other or resolve each other's FakeIP.
+    contacts: Vec<Identity>,
 }
 
-/// Relay frames queued for one client before more are dropped (about 600 KB).
-const RELAY_QUEUE: usize = 512;
+/// Identities remembered per client as signalled.
+const MAX_CONTACTS: usize = 64;
 
-#[derive(Debug, Default)]
-struct FakeIps {
-    by_identity: HashMap<Identity, (Ipv4Addr, Vec<u16>)>,
-    by_ip: HashMap<Ipv4Addr, Identity>,
+impl Online {
+    fn signalled(&mut self, to: &Identity) {
+        if let Some(i) = self.contacts.iter().position(|c| c == to) {
+            let c = self.contacts.remove(i);
+            self.contacts.push(c);
+        } else {
+            if self.contacts.len() >= MAX_CONTACTS {
+                self.contacts.remove(0);
+            }
+            self.contacts.push(to.clone());
+        }
+    }
+}
+
+/// Whether `a` and `b` signalled each other (both online).
+fn in_rendezvous(online: &HashMap<Identity, Online>, a: &Identity, b: &Identity) -> bool {
+    let knows = |x: &Identity, y: &Identity| online.get(x).is_some_and(|o| o.contacts.contains(y));
+    knows(a, b) && knows(b, a)
 }
 
 #[derive(Debug)]
@@ -169,7 +222,9 @@ struct Hub {
     metrics: Arc<Metrics>,
     online: Mutex<HashMap<Identity, Online>>,
     fake: Mutex<FakeIps>,
+    sources: Arc<SourceSlots>,
     connections: AtomicUsize,
+    upgrading: AtomicUsize,
     next_conn: AtomicU64,
 }
 
@@ -193,12 +248,16 @@ impl Server {
         let addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::default());
         let (stop, stopped) = watch::channel(false);
+        let mut config = config;
+        config.client_queue = config.client_queue.max(MIN_CLIENT_QUEUE);
         let hub = Arc::new(Hub {
+            sources: SourceSlots::new(config.max_pending_per_source, config.max_clients_per_source),
             config,
             metrics: metrics.clone(),
             online: Mutex::new(HashMap::new()),
             fake: Mutex::new(FakeIps::default()),
             connections: AtomicUsize::new(0),
+            upgrading: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
         });
         let task = tokio::spawn(serve(listener, hub, stopped));
@@ -239,9 +298,14 @@ async fn serve(listener: TcpListener, hub: Arc<Hub>, mut stopped: watch::Receive
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, from)) => {
+                    let Some(slot) = hub.sources.acquire(from.ip()) else {
+                        hub.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%from, "refused: its source has its most connections logging in");
+                        continue;
+                    };
                     let (hub, stopped) = (hub.clone(), stopped.clone());
                     tasks.spawn(async move {
-                        if let Err(e) = handle(stream, hub, stopped).await {
+                        if let Err(e) = handle(stream, hub, stopped, slot).await {
                             tracing::debug!(%from, error = %e, "connection ended");
                         }
                     });
@@ -278,37 +342,75 @@ async fn handle(
     stream: TcpStream,
     hub: Arc<Hub>,
     stopped: watch::Receiver<bool>,
+    slot: SourceSlot,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let path = match peek_request(&stream).await? {
-        Some(head) => head,
-        None => return Ok(()),
+    let ws = {
+        let upgrading = Counted::new(&hub.upgrading);
+        if upgrading.before >= hub.config.max_upgrades {
+            hub.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            return Err("refused: too many unfinished upgrades".into());
+        }
+        let path = match peek_request(&stream).await? {
+            Some(head) => head,
+            None => return Ok(()),
+        };
+        if !path.upgrade {
+            return answer_http(stream, &path.path, &hub).await;
+        }
+        // Relay frames and signals are small and latency-bound: no Nagle delay.
+        stream.set_nodelay(true)?;
+        // Frames are written one at a time, so the write buffer holds about one frame
+        // (and a pong); past its share of the client's cap the client is not reading.
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(hub.config.max_frame))
+            .max_message_size(Some(hub.config.max_frame))
+            .write_buffer_size(0)
+            .max_write_buffer_size(hub.config.client_queue / 4);
+        let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+        tokio::time::timeout(hub.config.login_timeout, upgrade)
+            .await
+            .map_err(|_| "websocket upgrade timed out")??
     };
-    if !path.upgrade {
-        return answer_http(stream, &path.path, &hub).await;
-    }
-    let local_ip = canonical_ip(stream.local_addr()?.ip());
-    // Relay frames and signals are small and latency-bound: no Nagle delay.
-    stream.set_nodelay(true)?;
-    let config = WebSocketConfig::default()
-        .max_frame_size(Some(hub.config.max_frame))
-        .max_message_size(Some(hub.config.max_frame));
-    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
-    let slot = hub.connections.fetch_add(1, Ordering::SeqCst);
-    let r = if slot >= hub.config.max_clients {
+    let local_ip = canonical_ip(ws.get_ref().local_addr()?.ip());
+    let count = Counted::new(&hub.connections);
+    if count.before >= hub.config.max_clients {
         let mut ws = ws;
         hub.metrics.errors.fetch_add(1, Ordering::Relaxed);
-        send(
-            &mut ws,
-            &ServerMsg::error("server_full", "the server is full"),
-        )
-        .await?;
-        close(&mut ws).await;
-        Ok(())
-    } else {
-        client(ws, hub.clone(), stopped, local_ip).await
-    };
-    hub.connections.fetch_sub(1, Ordering::SeqCst);
-    r
+        let bye = async {
+            let _ = send(
+                &mut ws,
+                &ServerMsg::error("server_full", "the server is full"),
+            )
+            .await;
+            close(&mut ws).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+        return Ok(());
+    }
+    client(ws, hub.clone(), stopped, local_ip, slot).await;
+    Ok(())
+}
+
+/// One more on a counter while it lives.
+struct Counted<'a> {
+    counter: &'a AtomicUsize,
+    /// The count before this one.
+    before: usize,
+}
+
+impl<'a> Counted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Counted<'a> {
+        Counted {
+            before: counter.fetch_add(1, Ordering::SeqCst),
+            counter,
+        }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Head {
@@ -374,207 +476,268 @@ async fn answer_http(
 
 type Ws = WebSocketStream<TcpStream>;
 
-async fn send(ws: &mut Ws, m: &ServerMsg) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let text = serde_json::to_string(m).expect("server messages serialize");
-    ws.send(Frame::text(text)).await
+fn text_frame(m: &ServerMsg) -> Frame {
+    Frame::text(serde_json::to_string(m).expect("server messages serialize"))
+}
+
+async fn send(ws: &mut Ws, m: &ServerMsg) -> Result<(), WsError> {
+    ws.send(text_frame(m)).await
+}
+
+fn close_frame() -> Frame {
+    Frame::Close(Some(CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
 }
 
 async fn close(ws: &mut Ws) {
-    let _ = ws
-        .send(Frame::Close(Some(CloseFrame {
-            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
-            reason: "".into(),
-        })))
-        .await;
+    let _ = ws.send(close_frame()).await;
     let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
-}
-
-/// Per-client message (or relay byte) budget.
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-    rate: f64,
-    /// The client was told the relay is off.
-    told_off: bool,
-}
-
-impl Bucket {
-    fn take(&mut self) -> bool {
-        self.take_n(1.0)
-    }
-
-    /// Takes `n` tokens if there are that many.
-    fn take_n(&mut self, n: f64) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
-            .min(2.0 * self.rate);
-        self.last = now;
-        if self.tokens >= n {
-            self.tokens -= n;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// Errors tolerated from one client before it is closed.
 const MAX_ERRORS: u32 = 20;
 
+/// How long a closing client's last words (an error, the close frame) may take to write.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
+/// Why a client's connection ends.
+#[derive(Debug)]
+enum End {
+    /// The client closed it (or the connection broke).
+    Gone,
+    /// Tell the client this error, then close.
+    Tell(ServerMsg),
+    /// It made more than [`MAX_ERRORS`] errors.
+    Misbehaved,
+    /// It does not keep up with what is sent to it.
+    Slow(&'static str),
+    /// The server stops.
+    Stopped,
+}
+
+/// A client's state between its messages.
+struct ClientState {
+    conn: u64,
+    me: Option<Identity>,
+    /// `me` as text, for relay frames (written once).
+    me_text: Option<String>,
+    errors: u32,
+    bucket: Bucket,
+    relay_bucket: Bucket,
+    /// The relay-off error was sent.
+    told_relay_off: bool,
+    slot: SourceSlot,
+    local_ip: IpAddr,
+    nonce: [u8; 32],
+}
+
+/// Serves one websocket client to the end: a reader and a writer that run apart, so a
+/// client that does not read can stall only its own writes, never its timeouts.
 async fn client(
-    mut ws: Ws,
+    ws: Ws,
     hub: Arc<Hub>,
     mut stopped: watch::Receiver<bool>,
     local_ip: IpAddr,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    slot: SourceSlot,
+) {
+    let peer = ws.get_ref().peer_addr().ok();
+    let (mut sink, mut stream) = ws.split();
+    let mailbox = Arc::new(Mailbox::new(
+        hub.config.client_queue,
+        f64::from(hub.config.pair_rate),
+    ));
+    let (kick, mut kicked) = mpsc::channel::<ServerMsg>(1);
     let mut nonce = [0u8; 32];
     OsRng.fill_bytes(&mut nonce);
-    send(
-        &mut ws,
-        &ServerMsg::Challenge {
-            nonce: protocol::base64(&nonce),
-            server: protocol::SERVER_NAME.into(),
-        },
-    )
-    .await?;
-    let conn = hub.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel::<Out>(256);
-    let (relay_tx, mut relay_rx) = mpsc::channel::<Vec<u8>>(RELAY_QUEUE);
-    let mut relay_bucket = Bucket {
-        tokens: 2.0 * f64::from(hub.config.relay_rate),
-        last: Instant::now(),
-        rate: f64::from(hub.config.relay_rate),
-        told_off: false,
+    mailbox.push_control(text_frame(&ServerMsg::Challenge {
+        nonce: protocol::base64(&nonce),
+        server: protocol::SERVER_NAME.into(),
+    }));
+    let rate = f64::from(hub.config.rate);
+    let relay_rate = f64::from(hub.config.relay_rate);
+    let mut st = ClientState {
+        conn: hub.next_conn.fetch_add(1, Ordering::Relaxed),
+        me: None,
+        me_text: None,
+        errors: 0,
+        bucket: Bucket::new(rate, 2.0 * rate),
+        relay_bucket: Bucket::new(relay_rate, 2.0 * relay_rate),
+        told_relay_off: false,
+        slot,
+        local_ip,
+        nonce,
     };
-    let mut me: Option<Identity> = None;
-    let mut me_text: Option<String> = None;
-    let mut errors = 0u32;
-    let mut bucket = Bucket {
-        tokens: 2.0 * f64::from(hub.config.rate),
-        last: Instant::now(),
-        rate: f64::from(hub.config.rate),
-        told_off: false,
+    let end = tokio::select! {
+        end = read_loop(&mut stream, &hub, &mailbox, &kick, &mut st) => end,
+        end = write_loop(&mut sink, &mailbox, hub.config.write_timeout) => end,
+        Some(m) = kicked.recv() => End::Tell(m),
+        _ = stopped.changed() => End::Stopped,
     };
+    // Leave first: the identity and its FakeIP are free even if the last words stall.
+    if let Some(id) = &st.me {
+        leave(&hub, id, st.conn);
+    }
+    let who = st.me.as_ref().map(Identity::to_string);
+    match &end {
+        End::Slow(why) => {
+            hub.metrics.slow_clients.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(?peer, identity = ?who, why, "disconnected a client that does not keep up");
+        }
+        End::Misbehaved => {
+            tracing::info!(?peer, identity = ?who, "closed a client after too many errors")
+        }
+        End::Tell(m) => {
+            hub.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(?peer, identity = ?who, message = ?m, "closing a client");
+        }
+        End::Gone | End::Stopped => {}
+    }
+    let last_words = async {
+        if let End::Tell(m) = &end {
+            sink.send(text_frame(m)).await?;
+        }
+        if !matches!(end, End::Gone) {
+            sink.send(close_frame()).await?;
+        }
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(LAST_WORDS, last_words).await;
+}
+
+/// Writes what the mailbox holds, each frame within `timeout`.
+async fn write_loop(sink: &mut SplitSink<Ws, Frame>, mailbox: &Mailbox, timeout: Duration) -> End {
+    loop {
+        while let Some(frame) = mailbox.pop() {
+            match tokio::time::timeout(timeout, sink.send(frame)).await {
+                Err(_) => return End::Slow("a write did not finish in time"),
+                Ok(Err(WsError::WriteBufferFull(_))) => {
+                    return End::Slow("its websocket write buffer is full")
+                }
+                Ok(Err(_)) => return End::Gone,
+                Ok(Ok(())) => {}
+            }
+        }
+        mailbox.wait().await;
+    }
+}
+
+/// Reads the client's frames and acts on them until the connection should end.
+async fn read_loop(
+    stream: &mut SplitStream<Ws>,
+    hub: &Hub,
+    mailbox: &Arc<Mailbox>,
+    kick: &mpsc::Sender<ServerMsg>,
+    st: &mut ClientState,
+) -> End {
     let login_deadline = tokio::time::Instant::now() + hub.config.login_timeout;
     let mut last_heard = tokio::time::Instant::now();
-    let mut ping = tokio::time::interval(hub.config.idle_timeout / 3);
-    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = loop {
-        let idle_at = if me.is_some() {
+    let every = hub.config.idle_timeout / 3;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        let idle_at = if st.me.is_some() {
             last_heard + hub.config.idle_timeout
         } else {
             login_deadline
         };
-        tokio::select! {
-            frame = ws.next() => {
-                let Some(frame) = frame else { break Ok(()) };
+        let reply = tokio::select! {
+            frame = stream.next() => {
                 let frame = match frame {
-                    Ok(f) => f,
-                    Err(e) => {
-                        // Oversized frames end here too: tell the client why if we can.
-                        let _ = send(&mut ws, &ServerMsg::error("too_large", e.to_string())).await;
-                        break Err(e.into());
+                    None => return End::Gone,
+                    Some(Err(WsError::Capacity(e))) => {
+                        return End::Tell(ServerMsg::error("too_large", e.to_string()));
                     }
+                    Some(Err(WsError::WriteBufferFull(_))) => {
+                        return End::Slow("its websocket write buffer is full");
+                    }
+                    Some(Err(_)) => return End::Gone,
+                    Some(Ok(f)) => f,
                 };
                 last_heard = tokio::time::Instant::now();
-                let reply = match frame {
-                    Frame::Text(text) => {
-                        if bucket.take() {
-                            on_message(&hub, &mut me, &key_slot(conn, &tx, &relay_tx, local_ip), &nonce, text.as_str())
-                        } else {
-                            Reply::Error(ServerMsg::error("rate_limited", "too many messages; slow down"))
-                        }
-                    }
-                    Frame::Binary(data) => {
-                        // The sender's name in every frame it relays, written once.
-                        if me_text.is_none() {
-                            me_text = me.as_ref().map(Identity::to_string);
-                        }
-                        relay(&hub, me_text.as_deref(), &mut relay_bucket, &data)
-                    }
-                    Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => Reply::None,
-                    Frame::Close(_) => break Ok(()),
-                };
-                match reply {
-                    Reply::None => {}
-                    Reply::Msg(m) => send(&mut ws, &m).await?,
-                    Reply::Error(m) => {
-                        hub.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                        errors += 1;
-                        send(&mut ws, &m).await?;
-                        if errors > MAX_ERRORS {
-                            close(&mut ws).await;
-                            break Ok(());
-                        }
-                    }
-                    Reply::Close(m) => {
-                        hub.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                        send(&mut ws, &m).await?;
-                        close(&mut ws).await;
-                        break Ok(());
-                    }
-                }
+                on_frame(hub, mailbox, kick, st, frame)
             }
-            Some(frame) = relay_rx.recv() => {
-                ws.send(Frame::Binary(frame.into())).await?;
-            }
-            out = rx.recv() => match out {
-                Some(Out::Msg(m)) => send(&mut ws, &m).await?,
-                Some(Out::Close(m)) => {
-                    send(&mut ws, &m).await?;
-                    close(&mut ws).await;
-                    break Ok(());
-                }
-                None => break Ok(()),
-            },
             _ = ping.tick() => {
-                ws.send(Frame::Ping(Vec::new().into())).await?;
+                if mailbox.push_control(Frame::Ping(Vec::new().into())) == Pushed::Overflow {
+                    return End::Slow("its answers pile up unread");
+                }
+                Reply::None
             }
             _ = tokio::time::sleep_until(idle_at) => {
-                let why = if me.is_some() { "idle too long" } else { "no login in time" };
-                let _ = send(&mut ws, &ServerMsg::error("timeout", why)).await;
-                close(&mut ws).await;
-                break Ok(());
+                let why = if st.me.is_some() { "idle too long" } else { "no login in time" };
+                return End::Tell(ServerMsg::error("timeout", why));
             }
-            _ = stopped.changed() => {
-                close(&mut ws).await;
-                break Ok(());
+        };
+        let queue = |m: &ServerMsg| mailbox.push_control(text_frame(m)) != Pushed::Overflow;
+        match reply {
+            Reply::None => {}
+            Reply::Msg(m) => {
+                if !queue(&m) {
+                    return End::Slow("its answers pile up unread");
+                }
+            }
+            Reply::Error(m) => {
+                hub.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                st.errors += 1;
+                if st.errors > MAX_ERRORS {
+                    return End::Misbehaved;
+                }
+                if !queue(&m) {
+                    return End::Slow("its answers pile up unread");
+                }
+            }
+            Reply::Close(m) => return End::Tell(m),
+            Reply::End(e) => return e,
+        }
+    }
+}
+
+/// Acts on one frame from a client.
+fn on_frame(
+    hub: &Hub,
+    mailbox: &Arc<Mailbox>,
+    kick: &mpsc::Sender<ServerMsg>,
+    st: &mut ClientState,
+    frame: Frame,
+) -> Reply {
+    let rate_limited = || {
+        Reply::Error(ServerMsg::error(
+            "rate_limited",
+            "too many messages; slow down",
+        ))
+    };
+    match frame {
+        Frame::Text(text) => {
+            if !st.bucket.take() {
+                return rate_limited();
+            }
+            on_message(hub, mailbox, kick, st, text.as_str())
+        }
+        Frame::Binary(data) => {
+            if st.me_text.is_none() {
+                st.me_text = st.me.as_ref().map(Identity::to_string);
+            }
+            relay(hub, st, &data)
+        }
+        // The websocket answers pings by itself; they count against the rate all the same.
+        Frame::Ping(_) | Frame::Pong(_) => {
+            if st.bucket.take() {
+                Reply::None
+            } else {
+                rate_limited()
             }
         }
-    };
-    if let Some(id) = me {
-        leave(&hub, &id, conn);
-    }
-    result
-}
-
-/// How a client's slot in the hub is reached.
-struct Slot<'a> {
-    conn: u64,
-    tx: &'a mpsc::Sender<Out>,
-    relay: &'a mpsc::Sender<Vec<u8>>,
-    /// The address the client reached us at.
-    local_ip: IpAddr,
-}
-
-fn key_slot<'a>(
-    conn: u64,
-    tx: &'a mpsc::Sender<Out>,
-    relay: &'a mpsc::Sender<Vec<u8>>,
-    local_ip: IpAddr,
-) -> Slot<'a> {
-    Slot {
-        conn,
-        tx,
-        relay,
-        local_ip,
+        Frame::Frame(_) => Reply::None,
+        Frame::Close(_) => Reply::End(End::Gone),
     }
 }
 
 /// Passes a client's relay frame on to the peer it names, as from the client's
-/// authenticated identity. Datagrams over the client's rate, to a peer offline, or beyond
-/// the peer's queue are dropped (counted), as a network would.
-fn relay(hub: &Hub, me: Option<&str>, bucket: &mut Bucket, data: &[u8]) -> Reply {
-    let Some(me) = me else {
+/// authenticated identity. Datagrams over the client's rate, to a peer offline or not in a
+/// rendezvous with the client, or beyond the peer's queue are dropped (counted), as a
+/// network would.
+fn relay(hub: &Hub, st: &mut ClientState, data: &[u8]) -> Reply {
+    let (Some(me), Some(me_text)) = (&st.me, &st.me_text) else {
         return Reply::Error(ServerMsg::error(
             "not_logged_in",
             "log in before sending relay frames",
@@ -582,11 +745,11 @@ fn relay(hub: &Hub, me: Option<&str>, bucket: &mut Bucket, data: &[u8]) -> Reply
     };
     if hub.config.relay_rate == 0 {
         // Said once per client (every frame would soon count as misbehaving).
-        if !bucket.told_off {
-            bucket.told_off = true;
+        hub.metrics.relay_dropped.fetch_add(1, Ordering::Relaxed);
+        if !st.told_relay_off {
+            st.told_relay_off = true;
             return Reply::Error(ServerMsg::error("relay_off", "this server does not relay"));
         }
-        hub.metrics.relay_dropped.fetch_add(1, Ordering::Relaxed);
         return Reply::None;
     }
     let frame = match crate::relay::decode(data) {
@@ -603,15 +766,20 @@ fn relay(hub: &Hub, me: Option<&str>, bucket: &mut Bucket, data: &[u8]) -> Reply
         hub.metrics.relay_dropped.fetch_add(1, Ordering::Relaxed);
         Reply::None
     };
-    if !bucket.take_n(data.len() as f64) {
+    if !st.relay_bucket.take_n(data.len() as f64) {
         return dropped();
     }
-    let Some(out) = crate::relay::encode(me, frame.session, frame.datagram) else {
+    let Some(out) = crate::relay::encode(me_text, frame.session, frame.datagram) else {
         return dropped();
     };
-    let peer = lock(&hub.online).get(&to).map(|o| o.relay.clone());
+    let peer = {
+        let online = lock(&hub.online);
+        in_rendezvous(&online, me, &to)
+            .then(|| online.get(&to).map(|o| o.mailbox.clone()))
+            .flatten()
+    };
     match peer {
-        Some(tx) if tx.try_send(out).is_ok() => {
+        Some(mailbox) if mailbox.push_relay(out) == Pushed::Queued => {
             hub.metrics.relayed.fetch_add(1, Ordering::Relaxed);
             Reply::None
         }
@@ -624,6 +792,7 @@ enum Reply {
     Msg(ServerMsg),
     Error(ServerMsg),
     Close(ServerMsg),
+    End(End),
 }
 
 /// The STUN and TURN servers (with fresh credentials) to tell `who` of.
@@ -659,9 +828,9 @@ fn ice_settings(config: &Config, local_ip: IpAddr, who: &Identity) -> Option<Ice
 
 fn on_message(
     hub: &Hub,
-    me: &mut Option<Identity>,
-    slot: &Slot<'_>,
-    nonce: &[u8],
+    mailbox: &Arc<Mailbox>,
+    kick: &mpsc::Sender<ServerMsg>,
+    st: &mut ClientState,
     text: &str,
 ) -> Reply {
     let msg: ClientMsg = match serde_json::from_str(text) {
@@ -675,7 +844,7 @@ fn on_message(
             });
         }
     };
-    match (msg, me.as_ref()) {
+    match (msg, st.me.as_ref()) {
         (
             ClientMsg::Login {
                 identity,
@@ -684,28 +853,29 @@ fn on_message(
                 certificate,
             },
             None,
-        ) => match login(
-            hub,
-            slot,
-            nonce,
-            &identity,
-            &public_key,
-            &signature,
-            certificate,
-        ) {
-            Ok(id) => {
-                *me = Some(id.clone());
-                Reply::Msg(ServerMsg::Welcome {
-                    identity: id.to_string(),
-                    ice: ice_settings(&hub.config, slot.local_ip, &id),
-                    rate: Some(hub.config.rate),
-                })
+        ) => {
+            let proof = Proof {
+                identity: &identity,
+                public_key: &public_key,
+                signature: &signature,
+                certificate,
+            };
+            match login(hub, st, mailbox, kick, proof) {
+                Ok(id) => {
+                    let welcome = ServerMsg::Welcome {
+                        identity: id.to_string(),
+                        ice: ice_settings(&hub.config, st.local_ip, &id),
+                        rate: Some(hub.config.rate),
+                    };
+                    st.me = Some(id);
+                    Reply::Msg(welcome)
+                }
+                Err(e) => {
+                    hub.metrics.rejects.fetch_add(1, Ordering::Relaxed);
+                    Reply::Close(e)
+                }
             }
-            Err(e) => {
-                hub.metrics.rejects.fetch_add(1, Ordering::Relaxed);
-                Reply::Close(e)
-            }
-        },
+        }
         (ClientMsg::Login { .. }, Some(_)) => {
             Reply::Error(ServerMsg::error("malformed", "already logged in"))
         }
@@ -715,29 +885,50 @@ fn on_message(
         )),
         (ClientMsg::Signal { to, data, id }, Some(from)) => forward(hub, from, &to, &data, id),
         (ClientMsg::FakeipRequest { id }, Some(who)) => fake_ip(hub, who, id),
-        (ClientMsg::FakeipResolve { id, ip }, Some(_)) => {
+        (ClientMsg::FakeipResolve { id, ip }, Some(asker)) => {
             let Ok(addr) = ip.parse::<Ipv4Addr>() else {
                 return Reply::Error(ServerMsg::error("malformed", "ip is not an IPv4 address"));
             };
-            let holder = lock(&hub.fake).by_ip.get(&addr).map(Identity::to_string);
+            let holder = lock(&hub.fake).holder(addr).cloned();
+            // A FakeIP is how a peer known only by its address (a game server in a list) is
+            // reached, so anyone may resolve it; a quiet server, which does not reveal who
+            // is online, tells only the holder and peers in a rendezvous with it.
+            let holder = holder.filter(|h| {
+                !hub.config.quiet_undeliverable
+                    || h == asker
+                    || in_rendezvous(&lock(&hub.online), asker, h)
+            });
             Reply::Msg(ServerMsg::FakeipIdentity {
                 id,
                 ip,
-                identity: holder,
+                identity: holder.as_ref().map(Identity::to_string),
             })
         }
     }
 }
 
+/// A login's claims.
+struct Proof<'a> {
+    identity: &'a str,
+    public_key: &'a str,
+    signature: &'a str,
+    certificate: Option<String>,
+}
+
 fn login(
     hub: &Hub,
-    slot: &Slot<'_>,
-    nonce: &[u8],
-    identity: &str,
-    public_key: &str,
-    signature: &str,
-    certificate: Option<String>,
+    st: &mut ClientState,
+    mailbox: &Arc<Mailbox>,
+    kick: &mpsc::Sender<ServerMsg>,
+    proof: Proof<'_>,
 ) -> Result<Identity, ServerMsg> {
+    let Proof {
+        identity,
+        public_key,
+        signature,
+        certificate,
+    } = proof;
+    let nonce = &st.nonce;
     let fail = |why: &str| ServerMsg::error("auth_failed", why);
     let id: Identity = identity
         .parse()
@@ -768,6 +959,12 @@ fn login(
             "the key does not prove the identity (use the key's own identity, or a certificate)",
         ));
     }
+    if !st.slot.log_in() {
+        return Err(ServerMsg::error(
+            "limit",
+            "too many clients logged in from this address",
+        ));
+    }
     let mut online = lock(&hub.online);
     if let Some(old) = online.get(&id) {
         if old.key != key {
@@ -776,10 +973,10 @@ fn login(
                 "that identity is online with another key",
             ));
         }
-        let _ = old.tx.try_send(Out::Close(ServerMsg::error(
+        let _ = old.kick.try_send(ServerMsg::error(
             "replaced",
             "the same identity logged in again elsewhere",
-        )));
+        ));
     } else {
         hub.metrics.clients.fetch_add(1, Ordering::Relaxed);
     }
@@ -787,9 +984,10 @@ fn login(
         id.clone(),
         Online {
             key,
-            conn: slot.conn,
-            tx: slot.tx.clone(),
-            relay: slot.relay.clone(),
+            conn: st.conn,
+            mailbox: mailbox.clone(),
+            kick: kick.clone(),
+            contacts: Vec::new(),
         },
     );
     tracing::info!(identity = %id, "logged in");
@@ -803,9 +1001,7 @@ fn leave(hub: &Hub, id: &Identity, conn: u64) {
         online.remove(id);
         hub.metrics.clients.fetch_sub(1, Ordering::Relaxed);
         drop(online);
-        let mut fake = lock(&hub.fake);
-        if let Some((ip, _)) = fake.by_identity.remove(id) {
-            fake.by_ip.remove(&ip);
+        if lock(&hub.fake).release(id) {
             hub.metrics.fakeips.fetch_sub(1, Ordering::Relaxed);
         }
         tracing::info!(identity = %id, "left");
@@ -822,18 +1018,31 @@ fn forward(hub: &Hub, from: &Identity, to: &str, data: &str, id: Option<u64>) ->
             format!("data must be base64 of at most {MAX_SIGNAL} bytes"),
         ));
     }
-    let target = lock(&hub.online).get(&to_id).map(|o| o.tx.clone());
+    let target = {
+        let mut online = lock(&hub.online);
+        let target = online.get(&to_id).map(|o| o.mailbox.clone());
+        if target.is_some() {
+            if let Some(me) = online.get_mut(from) {
+                me.signalled(&to_id);
+            }
+        }
+        target
+    };
     match target {
-        Some(tx) => {
+        Some(mailbox) => {
             let m = ServerMsg::Signal {
                 from: from.to_string(),
                 data: data.to_string(),
             };
-            // A recipient that is not keeping up loses signals (they are sent again).
-            if tx.try_send(Out::Msg(m)).is_ok() {
+            // Over the pair's rate, or crowding a recipient that is not keeping up, a
+            // signal is dropped (the rendezvous sends it again).
+            let text = serde_json::to_string(&m).expect("server messages serialize");
+            if mailbox.push_signal(from, text) == Pushed::Queued {
                 hub.metrics
                     .signals_forwarded
                     .fetch_add(1, Ordering::Relaxed);
+            } else {
+                hub.metrics.signals_dropped.fetch_add(1, Ordering::Relaxed);
             }
             Reply::None
         }
@@ -853,41 +1062,24 @@ fn forward(hub: &Hub, from: &Identity, to: &str, data: &str, id: Option<u64>) ->
 
 fn fake_ip(hub: &Hub, who: &Identity, id: u64) -> Reply {
     let mut fake = lock(&hub.fake);
-    let fake = &mut *fake;
-    let entry = match fake.by_identity.get_mut(who) {
-        Some(e) => e,
-        None => {
-            let ip = loop {
-                let r = OsRng.next_u32();
-                // 169.254.1.0 to 169.254.254.255: skip the reserved first and last /24.
-                let ip = Ipv4Addr::new(169, 254, 1 + (r % 254) as u8, (r >> 8) as u8);
-                if !fake.by_ip.contains_key(&ip) {
-                    break ip;
-                }
-            };
-            fake.by_ip.insert(ip, who.clone());
-            hub.metrics.fakeips.fetch_add(1, Ordering::Relaxed);
-            fake.by_identity
-                .entry(who.clone())
-                .or_insert((ip, Vec::new()))
-        }
-    };
-    if entry.1.len() >= MAX_FAKE_PORTS {
-        return Reply::Error(ServerMsg::error(
+    let before = fake.held();
+    let r = fake.allocate(who);
+    if fake.held() > before {
+        hub.metrics.fakeips.fetch_add(1, Ordering::Relaxed);
+    }
+    match r {
+        Ok((ip, ports)) => Reply::Msg(ServerMsg::Fakeip {
+            id,
+            ip: ip.to_string(),
+            ports,
+        }),
+        Err(FakeIpError::PortLimit) => Reply::Error(ServerMsg::error(
             "limit",
             format!("at most {MAX_FAKE_PORTS} fake ports per identity"),
-        ));
+        )),
+        Err(FakeIpError::PoolFull) => Reply::Error(ServerMsg::error(
+            "limit",
+            "every FakeIP address is held; try again later",
+        )),
     }
-    let port = loop {
-        let p = 1024 + (OsRng.next_u32() % (65536 - 1024)) as u16;
-        if !entry.1.contains(&p) {
-            break p;
-        }
-    };
-    entry.1.push(port);
-    Reply::Msg(ServerMsg::Fakeip {
-        id,
-        ip: entry.0.to_string(),
-        ports: entry.1.clone(),
-    })
 }

@@ -8,13 +8,14 @@
 //! OTHER-ADDRESS, and sends the answer from the socket a CHANGE-REQUEST asks for, to the
 //! port a RESPONSE-PORT asks for.
 
+use crate::limit::RateTable;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use stun_rs::attributes::discovery::{
     ChangeRequest, ChangeRequestFlags, OtherAddress, ResponseOrigin, ResponsePort,
 };
-use stun_rs::attributes::stun::{ErrorCode, MappedAddress, Software, XorMappedAddress};
+use stun_rs::attributes::stun::{ErrorCode, Fingerprint, MappedAddress, XorMappedAddress};
 use stun_rs::methods::BINDING;
 use stun_rs::{
     MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, StunMessage, StunMessageBuilder,
@@ -50,8 +51,14 @@ impl StunServer {
             .map(|s| s.local_addr())
             .collect::<std::io::Result<Vec<_>>>()?;
         let sockets = Arc::new(sockets);
+        let rate = f64::from(RATE_PER_SOURCE);
+        let limits = Arc::new(std::sync::Mutex::new(RateTable::new(
+            RATE_SLOTS,
+            rate,
+            2.0 * rate,
+        )));
         let tasks = (0..sockets.len())
-            .map(|i| tokio::spawn(serve(sockets.clone(), i)))
+            .map(|i| tokio::spawn(serve(sockets.clone(), i, limits.clone())))
             .collect();
         Ok(StunServer { addrs, tasks })
     }
@@ -108,8 +115,20 @@ async fn bind_four(primary: SocketAddr, ip2: IpAddr) -> std::io::Result<Vec<Arc<
     ))
 }
 
+/// Binding requests answered per second from one source (an IPv4 address or an IPv6 /64);
+/// a burst of twice this is allowed. Enough for every player behind one carrier-grade NAT
+/// address gathering candidates at once; a flood from one source (or spoofed as one
+/// victim) gets no more than this.
+pub const RATE_PER_SOURCE: u32 = 100;
+/// Slots of the per-source rate table (fixed memory, whatever the number of sources).
+const RATE_SLOTS: usize = 8192;
+
 /// Answers requests arriving on `sockets[i]`.
-async fn serve(sockets: Arc<Vec<Arc<UdpSocket>>>, i: usize) {
+async fn serve(
+    sockets: Arc<Vec<Arc<UdpSocket>>>,
+    i: usize,
+    limits: Arc<std::sync::Mutex<RateTable>>,
+) {
     let Ok(addrs) = sockets
         .iter()
         .map(|s| s.local_addr())
@@ -126,6 +145,14 @@ async fn serve(sockets: Arc<Vec<Arc<UdpSocket>>>, i: usize) {
                 continue;
             }
         };
+        let allowed = limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(from.ip());
+        if !allowed {
+            tracing::trace!(%from, "STUN source over its rate: no answer");
+            continue;
+        }
         if let Some(r) = respond(&buf[..n], from, i, &addrs) {
             let _ = sockets[r.via].send_to(&r.bytes, r.to).await;
         }
@@ -146,6 +173,13 @@ pub struct Reply {
 /// The answer to `datagram` from `from`, received on `addrs[at]`, where `addrs` are the
 /// responder's addresses: one, or the four of behaviour discovery (IP1:P1, IP1:P2, IP2:P1,
 /// IP2:P2). `None` for anything but a Binding request (no answer to garbage).
+///
+/// A plain responder's answer is never more than twice its request (save the least an
+/// answer can be, the mapped address alone, to a bare IPv6 request): XOR-MAPPED-ADDRESS only,
+/// and FINGERPRINT if the request carried one; CHANGE-REQUEST asking for a change and
+/// RESPONSE-PORT are refused with 420. A discovery responder, which an operator runs for NAT
+/// testing, adds RESPONSE-ORIGIN and OTHER-ADDRESS to every answer, as RFC 5780 clients
+/// need from their first, bare request on (56 bytes for 20), and honours RESPONSE-PORT.
 pub fn respond(
     datagram: &[u8],
     from: SocketAddr,
@@ -165,30 +199,34 @@ pub fn respond(
     if msg.method() != BINDING || msg.class() != MessageClass::Request {
         return None;
     }
-    let (change_ip, change_port) = change_flags(&msg);
-    let (bytes, via) = if addrs.len() == 4 {
-        // Index bits: 1 = port changed, 2 = IP changed (see `bind_four`).
-        let via = at ^ usize::from(change_port) ^ (usize::from(change_ip) << 1);
-        // OTHER-ADDRESS: both IP and port changed, from the address asked.
-        (
-            binding_answer(&msg, from, addrs[via], Some(addrs[at ^ 3])),
-            via,
-        )
-    } else if change_ip || change_port {
-        (error_answer(&msg, 420, "no alternate address"), at)
-    } else {
-        (binding_answer(&msg, from, addrs[at], None), at)
-    };
-    // RFC 5780 RESPONSE-PORT: the answer goes to another port of the asker.
-    let to = msg
+    let response_port = msg
         .get::<ResponsePort>()
         .and_then(|a| a.as_response_port().ok())
-        .map_or(from, |p| SocketAddr::new(from.ip(), p.as_u16()));
-    Some(Reply {
-        bytes: bytes?,
-        via,
-        to,
-    })
+        .map(|p| p.as_u16());
+    let fingerprint = msg.get::<Fingerprint>().is_some();
+    let (change_ip, change_port) = change_flags(&msg);
+    if addrs.len() == 1 {
+        if change_ip || change_port || response_port.is_some() {
+            return Some(Reply {
+                bytes: error_answer(&msg, 420, "no discovery")?,
+                via: at,
+                to: from,
+            });
+        }
+        let bytes = binding_answer(&msg, from, None, fingerprint)?;
+        return Some(Reply {
+            bytes,
+            via: at,
+            to: from,
+        });
+    }
+    // Index bits: 1 = port changed, 2 = IP changed (see `bind_four`).
+    let via = at ^ usize::from(change_port) ^ (usize::from(change_ip) << 1);
+    // OTHER-ADDRESS: both IP and port changed, from the address asked.
+    let bytes = binding_answer(&msg, from, Some((addrs[via], addrs[at ^ 3])), fingerprint)?;
+    // RFC 5780 RESPONSE-PORT: the answer goes to another port of the asker.
+    let to = response_port.map_or(from, |p| SocketAddr::new(from.ip(), p));
+    Some(Reply { bytes, via, to })
 }
 
 /// The CHANGE-REQUEST flags: (change IP, change port).
@@ -214,23 +252,24 @@ fn encode(msg: &StunMessage) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A Binding success for `from`, sent from `origin`, naming `other` as the other address.
+/// A Binding success for `from`; with `discovery` (the address it is sent from, the other
+/// address) the RFC 5780 attributes too.
 fn binding_answer(
     req: &StunMessage,
     from: SocketAddr,
-    origin: SocketAddr,
-    other: Option<SocketAddr>,
+    discovery: Option<(SocketAddr, SocketAddr)>,
+    fingerprint: bool,
 ) -> Option<Vec<u8>> {
     let mut b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
         .with_transaction_id(*req.transaction_id())
-        .with_attribute(XorMappedAddress::from(from))
-        .with_attribute(MappedAddress::from(from))
-        .with_attribute(ResponseOrigin::from(origin));
-    if let Some(other) = other {
-        b = b.with_attribute(OtherAddress::from(other));
+        .with_attribute(XorMappedAddress::from(from));
+    if let Some((origin, other)) = discovery {
+        b = b
+            .with_attribute(ResponseOrigin::from(origin))
+            .with_attribute(OtherAddress::from(other));
     }
-    if let Ok(s) = Software::new(crate::protocol::SERVER_NAME) {
-        b = b.with_attribute(s);
+    if fingerprint {
+        b = b.with_attribute(Fingerprint::default());
     }
     encode(&b.build())
 }
@@ -329,15 +368,17 @@ struct Answer {
 
 /// A Binding request, asking the answer to come from a changed (IP, port).
 fn request(tid: TransactionId, change: (bool, bool)) -> Option<Vec<u8>> {
-    let mut req = StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(tid);
-    if change != (false, false) {
-        let flags = match change {
-            (true, true) => ChangeRequestFlags::ChangeIp | ChangeRequestFlags::ChangePort,
-            (true, false) => ChangeRequestFlags::ChangeIp.into(),
-            _ => ChangeRequestFlags::ChangePort.into(),
-        };
-        req = req.with_attribute(ChangeRequest::new(Some(flags)));
-    }
+    // Always a CHANGE-REQUEST (empty when nothing changes): a request that plainly asks
+    // for discovery.
+    let flags = match change {
+        (false, false) => None,
+        (true, true) => Some(ChangeRequestFlags::ChangeIp | ChangeRequestFlags::ChangePort),
+        (true, false) => Some(ChangeRequestFlags::ChangeIp.into()),
+        (false, true) => Some(ChangeRequestFlags::ChangePort.into()),
+    };
+    let req = StunMessageBuilder::new(BINDING, MessageClass::Request)
+        .with_transaction_id(tid)
+        .with_attribute(ChangeRequest::new(flags));
     encode(&req.build())
 }
 
@@ -529,7 +570,9 @@ mod tests {
             one,
         )
         .unwrap();
-        assert!(decode(&plain.bytes).get::<OtherAddress>().is_none());
+        let m = decode(&plain.bytes);
+        assert_eq!(m.class(), MessageClass::SuccessResponse);
+        assert!(m.get::<OtherAddress>().is_none());
         assert_eq!(respond(b"not stun at all, just bytes", from, 0, one), None);
         assert_eq!(respond(&[0u8; 20], from, 0, one), None);
         assert_eq!(
@@ -543,13 +586,52 @@ mod tests {
         );
     }
 
+    fn bare() -> Vec<u8> {
+        encode(&StunMessageBuilder::new(BINDING, MessageClass::Request).build()).unwrap()
+    }
+
     #[test]
-    fn response_port_redirects_the_answer() {
+    fn a_plain_answer_is_at_most_twice_its_request() {
+        let v4: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        let one = &addrs()[..1];
+        let req = bare();
+        assert_eq!(req.len(), 20);
+        let r = respond(&req, v4, 0, one).unwrap();
+        assert_eq!(r.bytes.len(), 32, "1.6 times the request");
+        let m = decode(&r.bytes);
+        assert!(m.get::<XorMappedAddress>().is_some());
+        assert!(m.get::<OtherAddress>().is_none());
+        assert!(m.get::<MappedAddress>().is_none());
+        // FINGERPRINT is echoed.
+        let fp = StunMessageBuilder::new(BINDING, MessageClass::Request)
+            .with_attribute(Fingerprint::default())
+            .build();
+        let req = encode(&fp).unwrap();
+        let r = respond(&req, v4, 0, one).unwrap();
+        assert!(decode(&r.bytes).get::<Fingerprint>().is_some());
+        assert!(r.bytes.len() <= 2 * req.len());
+        // A bare IPv6 request gets the mapped address alone (44 bytes: the least an answer
+        // can be).
+        let v6: SocketAddr = "[2001:db8::9]:5000".parse().unwrap();
+        let r = respond(&bare(), v6, 0, one).unwrap();
+        assert_eq!(r.bytes.len(), 44);
+        // A discovery responder tells a bare request of the other address.
+        let r = respond(&bare(), v4, 0, &addrs()).unwrap();
+        assert_eq!(r.bytes.len(), 56);
+        assert!(decode(&r.bytes).get::<OtherAddress>().is_some());
+    }
+
+    #[test]
+    fn response_port_redirects_the_answer_only_in_discovery() {
         let from: SocketAddr = "192.0.2.9:5000".parse().unwrap();
         let req = StunMessageBuilder::new(BINDING, MessageClass::Request)
             .with_attribute(ResponsePort::new(6000))
             .build();
-        let r = respond(&encode(&req).unwrap(), from, 0, &addrs()).unwrap();
+        let req = encode(&req).unwrap();
+        let r = respond(&req, from, 0, &addrs()).unwrap();
         assert_eq!(r.to, "192.0.2.9:6000".parse().unwrap());
+        let r = respond(&req, from, 0, &addrs()[..1]).unwrap();
+        assert_eq!(r.to, from);
+        assert_eq!(decode(&r.bytes).class(), MessageClass::ErrorResponse);
     }
 }

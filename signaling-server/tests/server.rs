@@ -9,49 +9,12 @@ use punchline::{ConnectionHandle, ConnectionState, EndReason, SendFlags, Sockets
 use punchline_signaling::protocol::{self, ClientMsg, ServerMsg};
 use punchline_signaling::{relay, Config, Server, SignalingClient};
 use rand_core::OsRng;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{error_code, http_get, login_as, recv, rt, send, signal, two_logged_in, Process};
 use tokio_tungstenite::tungstenite::Message as Frame;
-
-/// The server binary, running; killed on drop.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Process {
-    fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_punchline-signaling"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the server");
-        // Lines about STUN and TURN come first when those run.
-        let addr = BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
-            .expect("the server says where it listens")
-            .parse()
-            .unwrap();
-        Process { child, addr }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Sets the global callback `value` to record every event of type `T` it is called with
 /// (by `run_callbacks`); the record.
@@ -71,21 +34,6 @@ fn capture<T: Clone + Send + 'static>(
     s.set_config_value(value, ConfigTarget::Global, Some(ConfigData::Ptr(Some(cb))))
         .unwrap();
     seen
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
 }
 
 fn peer(url: &str) -> (Sockets, KeyPair, std::sync::Arc<SignalingClient>) {
@@ -314,57 +262,6 @@ fn symmetric_connect_through_the_server_100_times_gives_one_connection() {
 
 // ----- the raw protocol -------------------------------------------------------------------
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn recv(ws: &mut Ws) -> ServerMsg {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("an answer in time")
-        {
-            Some(Ok(Frame::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
-            Some(Ok(Frame::Close(_))) | None => panic!("closed"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => panic!("{e}"),
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, m: &ClientMsg) {
-    ws.send(Frame::text(serde_json::to_string(m).unwrap()))
-        .await
-        .unwrap();
-}
-
-/// Connects and answers the challenge as `identity` with `key`; returns the socket and the
-/// server's answer.
-async fn login_as(url: &str, identity: &Identity, key: &KeyPair) -> (Ws, ServerMsg) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let ServerMsg::Challenge { nonce, .. } = recv(&mut ws).await else {
-        panic!("no challenge");
-    };
-    let nonce = protocol::unbase64(&nonce, 64).unwrap();
-    send(&mut ws, &protocol::login(key, identity, &nonce, None)).await;
-    let answer = recv(&mut ws).await;
-    (ws, answer)
-}
-
-fn error_code(m: &ServerMsg) -> &str {
-    match m {
-        ServerMsg::Error { code, .. } => code,
-        _ => "",
-    }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn the_welcome_carries_stun_and_fresh_turn_credentials() {
     let server = Process::start(&[
@@ -451,9 +348,7 @@ fn malformed_input_gets_an_error_and_everyone_else_is_still_served() {
     let server = Process::start(&["--max-frame", "4096"]);
     let url = server.url();
     rt().block_on(async {
-        let (a, b) = (KeyPair::generate(&mut OsRng), KeyPair::generate(&mut OsRng));
-        let (mut wa, _) = login_as(&url, &a.identity(), &a).await;
-        let (mut wb, _) = login_as(&url, &b.identity(), &b).await;
+        let ((a, mut wa), (b, mut wb)) = two_logged_in(&url).await;
         for (frame, code) in [
             (Frame::text("not json"), "malformed"),
             (Frame::text(r#"{"type":"teleport"}"#), "unknown_type"),
@@ -473,20 +368,15 @@ fn malformed_input_gets_an_error_and_everyone_else_is_still_served() {
             assert_eq!(error_code(&recv(&mut wa).await), code);
         }
         // B is served all along: a signal from A still reaches B.
-        send(
-            &mut wa,
-            &ClientMsg::Signal {
-                to: b.identity().to_string(),
-                data: protocol::base64(b"hello"),
-                id: Some(1),
-            },
-        )
-        .await;
+        signal(&mut wa, &b.identity(), b"hello", Some(1)).await;
         let ServerMsg::Signal { from, data } = recv(&mut wb).await else {
             panic!("no signal")
         };
         assert_eq!(from, a.identity().to_string());
         assert_eq!(protocol::unbase64(&data, 64).unwrap(), b"hello");
+        // B answers: the two are in a rendezvous, so the relay carries their datagrams.
+        signal(&mut wb, &a.identity(), b"hi", Some(2)).await;
+        assert!(matches!(recv(&mut wa).await, ServerMsg::Signal { .. }));
         // The relay: A's datagram reaches B as from A (whoever A claims to be), with its
         // session; one for someone offline goes nowhere.
         let frame = relay::encode(&b.identity().to_string(), 77, b"ciphertext").unwrap();
@@ -526,9 +416,7 @@ fn fake_ips_are_allocated_resolved_limited_and_released() {
     let server = Process::start(&[]);
     let url = server.url();
     rt().block_on(async {
-        let (a, b) = (KeyPair::generate(&mut OsRng), KeyPair::generate(&mut OsRng));
-        let (mut wa, _) = login_as(&url, &a.identity(), &a).await;
-        let (mut wb, _) = login_as(&url, &b.identity(), &b).await;
+        let ((a, mut wa), (_, mut wb)) = two_logged_in(&url).await;
         let mut ip = String::new();
         for n in 1..=4 {
             send(&mut wa, &ClientMsg::FakeipRequest { id: n }).await;
@@ -580,12 +468,17 @@ fn fake_ips_are_allocated_resolved_limited_and_released() {
 
 #[test]
 fn a_thousand_clients_on_one_server() {
+    const N: usize = 1000;
     rt().block_on(async {
-        let server = Server::start("127.0.0.1:0".parse().unwrap(), Config::default())
+        // Every client comes from 127.0.0.1: that source may log in all of them at once.
+        let config = Config {
+            max_pending_per_source: N,
+            ..Config::default()
+        };
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), config)
             .await
             .unwrap();
         let url = format!("ws://{}/", server.addr());
-        const N: usize = 1000;
         let keys: Vec<KeyPair> = (0..N).map(|_| KeyPair::generate(&mut OsRng)).collect();
         let mut logins = Vec::new();
         for k in &keys {

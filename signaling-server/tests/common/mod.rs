@@ -1,0 +1,181 @@
+//! What the server's test files share: the server as a process, raw websocket clients,
+//! plain HTTP.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use punchline::identity::{Identity, KeyPair};
+use punchline_signaling::protocol::{self, ClientMsg, ServerMsg};
+use rand_core::OsRng;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+/// The server binary, running; killed on drop.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// What it printed before it said where it listens (the STUN and TURN addresses).
+    pub banner: Vec<String>,
+}
+
+impl Process {
+    pub fn start(args: &[&str]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_punchline-signaling"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server");
+        // Lines about STUN and TURN come first when those run.
+        let mut banner = Vec::new();
+        let addr = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| match l.strip_prefix("listening on ") {
+                Some(a) => Some(a.to_string()),
+                None => {
+                    banner.push(l);
+                    None
+                }
+            })
+            .expect("the server says where it listens")
+            .parse()
+            .unwrap();
+        Process {
+            child,
+            addr,
+            banner,
+        }
+    }
+
+    /// The address on the banner line starting `prefix` (`"stun on "`, `"turn on "`).
+    pub fn banner_addr(&self, prefix: &str) -> SocketAddr {
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|rest| rest.split(' ').next())
+            .expect("the server printed that line")
+            .parse()
+            .unwrap()
+    }
+
+    /// Its resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("VmRSS in kB")
+            * 1024
+    }
+
+    /// A counter from its `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, body) = http_get(self.addr, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in {body}"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn recv(ws: &mut Ws) -> ServerMsg {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an answer in time")
+        {
+            Some(Ok(Frame::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+            Some(Ok(Frame::Close(_))) | None => panic!("closed"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+}
+
+pub async fn send(ws: &mut Ws, m: &ClientMsg) {
+    ws.send(Frame::text(serde_json::to_string(m).unwrap()))
+        .await
+        .unwrap();
+}
+
+/// Connects and answers the challenge as `identity` with `key`; returns the socket and the
+/// server's answer.
+pub async fn login_as(url: &str, identity: &Identity, key: &KeyPair) -> (Ws, ServerMsg) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let ServerMsg::Challenge { nonce, .. } = recv(&mut ws).await else {
+        panic!("no challenge");
+    };
+    let nonce = protocol::unbase64(&nonce, 64).unwrap();
+    send(&mut ws, &protocol::login(key, identity, &nonce, None)).await;
+    let answer = recv(&mut ws).await;
+    (ws, answer)
+}
+
+/// Two fresh identities, logged in.
+pub async fn two_logged_in(url: &str) -> ((KeyPair, Ws), (KeyPair, Ws)) {
+    let (a, b) = (KeyPair::generate(&mut OsRng), KeyPair::generate(&mut OsRng));
+    let (wa, _) = login_as(url, &a.identity(), &a).await;
+    let (wb, _) = login_as(url, &b.identity(), &b).await;
+    ((a, wa), (b, wb))
+}
+
+/// Sends `data` as a signal to `to`.
+pub async fn signal(ws: &mut Ws, to: &Identity, data: &[u8], id: Option<u64>) {
+    let m = ClientMsg::Signal {
+        to: to.to_string(),
+        data: protocol::base64(data),
+        id,
+    };
+    send(ws, &m).await;
+}
+
+pub fn error_code(m: &ServerMsg) -> &str {
+    match m {
+        ServerMsg::Error { code, .. } => code,
+        _ => "",
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
