@@ -374,6 +374,46 @@ fn a_peer_that_is_not_who_the_rendezvous_named_is_refused() {
     assert_eq!(conn.end_reason(), EndReason::REMOTE_BAD_CERT);
 }
 
+#[test]
+fn a_signal_the_channel_vouches_for_must_name_its_sender() {
+    // A signaling server stamps who sent each signal; a signal that claims inside to be from
+    // someone else (here: an accept "from B" sent by node 2) is dropped, B's own is taken.
+    let mut net = Net::new(5, 0, 0);
+    let i = net.sim.add_node("10.0.0.9:9000".parse().unwrap(), keyed(9));
+    let (a, b, c) = (
+        identity(&net.sim, 0),
+        identity(&net.sim, 1),
+        identity(&net.sim, i),
+    );
+    let now = net.sim.now;
+    net.sim.nodes[0]
+        .endpoint
+        .connect_p2p(now, b.clone(), 0, 0, false, ConnectionConfig::default());
+    let (_, _, request) = net.sim.nodes[0].endpoint.poll_signal(now).unwrap();
+    let request = Message::decode(&request).unwrap();
+    let accept = Message {
+        session: request.session,
+        seq: 1,
+        ack: request.seq,
+        from: b.clone(),
+        to: a,
+        body: Body::ConnectAccept {
+            transport: 0,
+            candidates: vec![net.sim.nodes[1].addr],
+        },
+    }
+    .encode();
+    let ep = &mut net.sim.nodes[0].endpoint;
+    assert!(matches!(
+        ep.handle_signal_from(now, &accept, Some(&c)).unwrap(),
+        SignalOutcome::Ignored
+    ));
+    assert!(matches!(
+        ep.handle_signal_from(now, &accept, Some(&b)).unwrap(),
+        SignalOutcome::Handled
+    ));
+}
+
 /// Node 0 connects to node 1 over a transport (wire id 9, standing for ICE) whose paths
 /// the test makes fail; returns both connections once both paths have started.
 fn finding_routes(seed: u64) -> (Net, ConnId, ConnId) {

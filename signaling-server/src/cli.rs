@@ -114,6 +114,21 @@ struct Args {
     /// Unfinished HTTP requests and websocket upgrades, from everyone together.
     #[arg(long, env = "PUNCHLINE_SIGNALING_MAX_UPGRADES", default_value_t = 512)]
     max_upgrades: usize,
+    /// Serve wss:// (TLS) with this certificate chain (PEM, the server's own first).
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// A host name clients reach this server by (repeat, or separate with commas): login
+    /// proofs must name it, or the address the client reached. Needed behind a DNS name or
+    /// a proxy.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_NAME", value_delimiter = ',')]
+    name: Vec<String>,
+    /// The server's key file (as the peers' `--key`): its identity goes in every challenge
+    /// and every login proof.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_KEY")]
+    key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,7 +227,37 @@ where
             return 2;
         }
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match crate::tls::server_config(cert, key) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("punchline-signaling: TLS: {e}");
+                return 2;
+            }
+        },
+        _ => None,
+    };
+    let identity = match &args.key {
+        Some(path) => match punchline_identity::KeyPair::load(path) {
+            Ok(k) => Some(k.identity()),
+            Err(e) => {
+                eprintln!("punchline-signaling: key {}: {e}", path.display());
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let names = args
+        .name
+        .iter()
+        .map(|n| n.trim().trim_end_matches('.').to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let tls_on = tls.is_some();
     let config = Config {
+        names,
+        identity,
+        tls,
         max_clients: args.max_clients,
         max_frame: args.max_frame,
         rate: args.rate,
@@ -295,7 +340,7 @@ where
                 std::process::exit(1);
             }
         };
-        tracing::info!(addr = %server.addr(), "serving");
+        tracing::info!(addr = %server.addr(), tls = tls_on, "serving");
         // Tests and scripts read this line to learn the port.
         println!("listening on {}", server.addr());
         server.run_until(shutdown_signal()).await;

@@ -11,6 +11,7 @@
 //! [`crate::relay`]): for peers with no UDP path between them.
 
 use crate::protocol::{self, ClientMsg, ServerMsg, MAX_SIGNAL};
+use crate::tls::TlsClient;
 use futures_util::{SinkExt, StreamExt};
 use punchline::api::fakeip::FakeIpProvider;
 use punchline::api::{Signaling, SignalingRecvContext};
@@ -234,11 +235,27 @@ impl SignalingClient {
     /// Connects to the server at `url` (`ws://host:port/`), logs in as `sockets`' identity
     /// with `key` (its key; and `cert` for an identity that is not the key itself), and makes
     /// itself `sockets`' signaling. Blocks until logged in, or refused, or 10 s pass.
+    ///
+    /// A `wss://` server's certificate is checked against the system's roots and the CA file
+    /// named by `PUNCHLINE_SIGNALING_CA_FILE` (see [`TlsClient::from_env`]); use
+    /// [`connect_with`](Self::connect_with) to say what to trust.
     pub fn connect(
         url: &str,
         key: &KeyPair,
         cert: Option<&Certificate>,
         sockets: &Sockets,
+    ) -> Result<Arc<SignalingClient>, ClientError> {
+        Self::connect_with(url, key, cert, sockets, None)
+    }
+
+    /// [`connect`](Self::connect), checking a `wss://` server's certificate against `tls`
+    /// (for a self-hosted server: [`TlsClient::with_ca_file`]).
+    pub fn connect_with(
+        url: &str,
+        key: &KeyPair,
+        cert: Option<&Certificate>,
+        sockets: &Sockets,
+        tls: Option<&TlsClient>,
     ) -> Result<Arc<SignalingClient>, ClientError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let route = Route { tx };
@@ -251,6 +268,7 @@ impl SignalingClient {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let job = Job {
             url: url.to_string(),
+            tls: tls.cloned(),
             key: key.clone(),
             cert: cert.map(Certificate::to_base64),
             identity: identity.clone(),
@@ -312,6 +330,7 @@ impl SignalingClient {
 
 struct Job {
     url: String,
+    tls: Option<TlsClient>,
     key: KeyPair,
     cert: Option<String>,
     identity: Identity,
@@ -320,8 +339,7 @@ struct Job {
     relay: Arc<RelayShared>,
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = crate::tls::ClientWs;
 
 async fn send(ws: &mut Ws, m: &ClientMsg) -> Result<(), ClientError> {
     let text = serde_json::to_string(m).expect("client messages serialize");
@@ -402,13 +420,17 @@ fn apply_ice(sockets: &Sockets, ice: &protocol::IceSettings) {
 impl Job {
     /// Logs in; returns the socket and the server's message rate limit.
     async fn login(&self) -> Result<(Ws, Option<u32>), ClientError> {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async_with_config(self.url.as_str(), None, true)
-                .await
-                .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let nonce = match next(&mut ws).await? {
-            ServerMsg::Challenge { nonce, .. } => protocol::unbase64(&nonce, 64)
-                .ok_or_else(|| ClientError::Protocol("challenge nonce is not base64".into()))?,
+        let mut ws = crate::tls::dial(&self.url, self.tls.as_ref())
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (nonce, server_key) = match next(&mut ws).await? {
+            ServerMsg::Challenge {
+                nonce, server_key, ..
+            } => (
+                protocol::unbase64(&nonce, 64)
+                    .ok_or_else(|| ClientError::Protocol("challenge nonce is not base64".into()))?,
+                server_key,
+            ),
             ServerMsg::Error { code, message } => {
                 return Err(ClientError::Refused { code, message })
             }
@@ -418,7 +440,15 @@ impl Job {
                 )))
             }
         };
-        let login = protocol::login(&self.key, &self.identity, &nonce, self.cert.clone());
+        let host = protocol::url_host(&self.url)
+            .ok_or_else(|| ClientError::Connect(format!("{:?} names no host", self.url)))?;
+        let ctx = protocol::LoginContext {
+            nonce: &nonce,
+            host: &host,
+            server_key: server_key.as_deref(),
+        };
+        let login = protocol::login(&self.key, &self.identity, &ctx, self.cert.clone())
+            .ok_or_else(|| ClientError::Protocol("the server's name is too long".into()))?;
         send(&mut ws, &login).await?;
         match next(&mut ws).await? {
             ServerMsg::Welcome { ice, rate, .. } => {
@@ -575,11 +605,19 @@ impl Job {
         let Some(signal) = protocol::unbase64(data, MAX_SIGNAL) else {
             return;
         };
+        // The sender is the one the server authenticated, whatever the signal says inside.
+        let Ok(sender) = from.parse::<Identity>() else {
+            tracing::debug!(%from, "a signal from no identity");
+            return;
+        };
         let mut ctx = Ctx {
             sockets: self.sockets.clone(),
             route: self.route.clone(),
         };
-        if !self.sockets.received_p2p_custom_signal(&signal, &mut ctx) {
+        if !self
+            .sockets
+            .received_p2p_custom_signal_from(&signal, &sender, &mut ctx)
+        {
             tracing::debug!(%from, "signal not taken");
         }
     }

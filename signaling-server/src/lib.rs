@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod client;
+mod conn;
 pub mod fakeip;
 pub mod limit;
 pub mod mailbox;
@@ -21,6 +22,7 @@ pub mod protocol;
 pub mod relay;
 pub mod server;
 pub mod stun;
+pub mod tls;
 pub mod turn_server;
 
 pub use client::{ClientError, SignalingClient};

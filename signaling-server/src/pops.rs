@@ -8,6 +8,7 @@
 //! for it (the connect and the server's greeting are not counted), so it measures the path
 //! relayed datagrams take: the client's TCP connection to the relay.
 
+use crate::tls::TlsClient;
 use futures_util::{SinkExt, StreamExt};
 use punchline::api::relay::{pop_id, PopId, PopPinger};
 use rand_core::{OsRng, RngCore};
@@ -23,6 +24,7 @@ const MAX_FRAMES: usize = 16;
 #[derive(Debug, Clone)]
 pub struct WsPinger {
     pops: Vec<(PopId, String)>,
+    tls: Option<TlsClient>,
 }
 
 impl WsPinger {
@@ -44,7 +46,14 @@ impl WsPinger {
             }
             pops.push((id, url.to_string()));
         }
-        Ok(Self { pops })
+        Ok(Self { pops, tls: None })
+    }
+
+    /// Checks `wss://` POPs' certificates against `tls` (by default: the system's roots and
+    /// `PUNCHLINE_SIGNALING_CA_FILE`, as [`TlsClient::from_env`]).
+    pub fn with_tls(mut self, tls: TlsClient) -> Self {
+        self.tls = Some(tls);
+        self
     }
 }
 
@@ -55,12 +64,12 @@ impl PopPinger for WsPinger {
 
     fn ping(&self, pop: PopId) -> Pin<Box<dyn Future<Output = Result<Duration, String>> + Send>> {
         let url = self.pops.iter().find(|p| p.0 == pop).map(|p| p.1.clone());
+        let tls = self.tls.clone();
         Box::pin(async move {
             let url = url.ok_or("no such POP")?;
-            let (mut ws, _) =
-                tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
-                    .await
-                    .map_err(|e| format!("{url}: {e}"))?;
+            let mut ws = crate::tls::dial(&url, tls.as_ref())
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
             // The server speaks first (its login challenge): the connection is up.
             ws.next()
                 .await

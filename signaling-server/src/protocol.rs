@@ -12,7 +12,7 @@ pub const SERVER_NAME: &str = concat!("punchline-signaling/", env!("CARGO_PKG_VE
 pub const MAX_SIGNAL: usize = 4096;
 /// Fake ports one identity may hold.
 pub const MAX_FAKE_PORTS: usize = 4;
-const LOGIN_LABEL: &[u8] = b"punchline-signaling login v1\0";
+const LOGIN_LABEL: &[u8] = b"punchline-signaling login v2\0";
 
 /// Messages a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,10 @@ pub enum ClientMsg {
         /// A CA certificate binding identity and key, base64 (for non-key identities).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         certificate: Option<String>,
+        /// The server's host as the client dialled it (see [`url_host`]), which the
+        /// signature covers. `None` from an old client, which is refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<String>,
     },
     /// A signal for another identity.
     Signal {
@@ -98,6 +102,9 @@ pub enum ServerMsg {
         nonce: String,
         /// The server's name and version.
         server: String,
+        /// The server's identity, when it has a key: the login proof covers it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_key: Option<String>,
     },
     /// Logged in.
     Welcome {
@@ -163,25 +170,70 @@ impl ServerMsg {
     }
 }
 
-/// The bytes a client signs to log in.
-pub fn login_proof(nonce: &[u8], identity: &str) -> Vec<u8> {
-    let mut m = Vec::with_capacity(LOGIN_LABEL.len() + nonce.len() + identity.len());
-    m.extend_from_slice(LOGIN_LABEL);
-    m.extend_from_slice(nonce);
-    m.extend_from_slice(identity.as_bytes());
-    m
+/// What a login proof is bound to besides the identity: the challenge, and the server it
+/// came from, so a server that passes on another server's challenge cannot log in there
+/// with the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginContext<'a> {
+    /// The challenge's nonce.
+    pub nonce: &'a [u8],
+    /// The server's host as the client dialled it ([`url_host`]).
+    pub host: &'a str,
+    /// The server's identity from the challenge, when it has a key.
+    pub server_key: Option<&'a str>,
 }
 
-/// A `login` answering `nonce`, signed by `key` for `identity`.
-pub fn login(key: &KeyPair, identity: &Identity, nonce: &[u8], cert: Option<String>) -> ClientMsg {
+/// The bytes a client signs to log in: the label, the nonce, the host and the server's
+/// key (each after its length in one byte), then the identity.
+pub fn login_proof(ctx: &LoginContext<'_>, identity: &str) -> Option<Vec<u8>> {
+    let key = ctx.server_key.unwrap_or("");
+    let host = u8::try_from(ctx.host.len()).ok()?;
+    let key_len = u8::try_from(key.len()).ok()?;
+    let mut m = Vec::with_capacity(
+        LOGIN_LABEL.len() + ctx.nonce.len() + 2 + ctx.host.len() + key.len() + identity.len(),
+    );
+    m.extend_from_slice(LOGIN_LABEL);
+    m.extend_from_slice(ctx.nonce);
+    m.push(host);
+    m.extend_from_slice(ctx.host.as_bytes());
+    m.push(key_len);
+    m.extend_from_slice(key.as_bytes());
+    m.extend_from_slice(identity.as_bytes());
+    Some(m)
+}
+
+/// A `login` answering the challenge of `ctx`, signed by `key` for `identity`; `None` when
+/// the host or the server key is too long (over 255 bytes) to sign.
+pub fn login(
+    key: &KeyPair,
+    identity: &Identity,
+    ctx: &LoginContext<'_>,
+    cert: Option<String>,
+) -> Option<ClientMsg> {
     let identity = identity.to_string();
-    let signature = key.sign(&login_proof(nonce, &identity));
-    ClientMsg::Login {
+    let signature = key.sign(&login_proof(ctx, &identity)?);
+    Some(ClientMsg::Login {
         public_key: B64.encode(key.public_key().as_bytes()),
         signature: B64.encode(signature.as_bytes()),
         identity,
         certificate: cert,
-    }
+        server: Some(ctx.host.to_string()),
+    })
+}
+
+/// The host of a `ws://` or `wss://` URL, as a login proof names it: lower case, without
+/// port, brackets (IPv6) or user name. `None` when there is none.
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
 }
 
 /// Decodes base64, refusing anything longer than `max` bytes decoded.
@@ -237,5 +289,39 @@ mod tests {
         assert_eq!(unbase64(&base64(&[1; 32]), 32), Some(vec![1; 32]));
         assert_eq!(unbase64(&base64(&[1; 33]), 32), None);
         assert_eq!(unbase64("!!!!", 32), None);
+    }
+
+    #[test]
+    fn url_hosts_are_the_host_alone() {
+        for (url, host) in [
+            ("ws://127.0.0.1:7373/", "127.0.0.1"),
+            ("wss://Signal.Example.NET./path?x#y", "signal.example.net"),
+            ("wss://user@example.net:443/", "example.net"),
+            ("ws://[::1]:7373/", "::1"),
+            ("ws://example.net", "example.net"),
+        ] {
+            assert_eq!(url_host(url).as_deref(), Some(host), "{url}");
+        }
+        assert_eq!(url_host("example.net"), None);
+        assert_eq!(url_host("ws:///x"), None);
+    }
+
+    #[test]
+    fn a_login_proof_names_its_server() {
+        let nonce = [9u8; 32];
+        let at = |host, server_key| LoginContext {
+            nonce: &nonce,
+            host,
+            server_key,
+        };
+        let proof = |c| login_proof(&c, "str:alice").unwrap();
+        assert_ne!(proof(at("a.example", None)), proof(at("b.example", None)));
+        assert_ne!(
+            proof(at("a.example", None)),
+            proof(at("a.example", Some("ed25519:00")))
+        );
+        // Lengths keep the fields apart: no two splits of the same bytes sign alike.
+        assert_ne!(proof(at("ab", Some("c"))), proof(at("a", Some("bc"))));
+        assert!(login_proof(&at(&"h".repeat(256), None), "str:alice").is_none());
     }
 }

@@ -1,6 +1,7 @@
 //! The signaling server: websocket clients prove their identities, then exchange signals;
 //! FakeIP allocation; `/healthz` and `/metrics` on the same address. See docs/SIGNALING.md.
 
+use crate::conn::{read_head, Io, Rewound};
 use crate::fakeip::{FakeIpError, FakeIps};
 use crate::limit::{Bucket, SourceSlot, SourceSlots};
 use crate::mailbox::{Mailbox, Pushed};
@@ -16,7 +17,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -60,6 +61,15 @@ pub struct Config {
     pub max_clients_per_source: usize,
     /// Unfinished HTTP requests and websocket upgrades, from everyone together.
     pub max_upgrades: usize,
+    /// Serve `wss://` with this certificate (see [`crate::tls::server_config`]); plain
+    /// `ws://` when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Host names clients reach this server by (lower case, no port): a login proof must
+    /// name one of them, or the address the client reached, or `localhost` on loopback.
+    pub names: Vec<String>,
+    /// The server's own identity, when it has a key: sent in every challenge and bound in
+    /// every login proof.
+    pub identity: Option<Identity>,
 }
 
 /// The smallest per-client queue cap: room for the largest frames in every queue.
@@ -104,6 +114,9 @@ impl Default for Config {
             max_pending_per_source: 32,
             max_clients_per_source: 1024,
             max_upgrades: 512,
+            tls: None,
+            names: Vec::new(),
+            identity: None,
         }
     }
 }
@@ -344,21 +357,36 @@ async fn handle(
     stopped: watch::Receiver<bool>,
     slot: SourceSlot,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let local_ip = canonical_ip(stream.local_addr()?.ip());
+    let peer = stream.peer_addr()?;
     let ws = {
         let upgrading = Counted::new(&hub.upgrading);
         if upgrading.before >= hub.config.max_upgrades {
             hub.metrics.refused.fetch_add(1, Ordering::Relaxed);
             return Err("refused: too many unfinished upgrades".into());
         }
-        let path = match peek_request(&stream).await? {
-            Some(head) => head,
-            None => return Ok(()),
-        };
-        if !path.upgrade {
-            return answer_http(stream, &path.path, &hub).await;
-        }
         // Relay frames and signals are small and latency-bound: no Nagle delay.
         stream.set_nodelay(true)?;
+        // The TLS handshake, the request and the websocket upgrade, all in the login time.
+        let limit = tokio::time::Instant::now() + hub.config.login_timeout;
+        let mut io: Box<dyn Io> = match &hub.config.tls {
+            Some(tls) => {
+                let accept = tokio_rustls::TlsAcceptor::from(tls.clone()).accept(stream);
+                Box::new(
+                    tokio::time::timeout_at(limit, accept)
+                        .await
+                        .map_err(|_| "TLS handshake timed out")??,
+                )
+            }
+            None => Box::new(stream),
+        };
+        let left = limit.saturating_duration_since(tokio::time::Instant::now());
+        let Some((head, bytes)) = read_head(&mut io, left.min(HEAD_TIME)).await? else {
+            return Ok(());
+        };
+        if !head.upgrade {
+            return answer_http(io, &head.path, &hub).await;
+        }
         // Frames are written one at a time, so the write buffer holds about one frame
         // (and a pong); past its share of the client's cap the client is not reading.
         let config = WebSocketConfig::default()
@@ -366,12 +394,12 @@ async fn handle(
             .max_message_size(Some(hub.config.max_frame))
             .write_buffer_size(0)
             .max_write_buffer_size(hub.config.client_queue / 4);
-        let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(config));
-        tokio::time::timeout(hub.config.login_timeout, upgrade)
+        let upgrade =
+            tokio_tungstenite::accept_async_with_config(Rewound::new(bytes, io), Some(config));
+        tokio::time::timeout_at(limit, upgrade)
             .await
             .map_err(|_| "websocket upgrade timed out")??
     };
-    let local_ip = canonical_ip(ws.get_ref().local_addr()?.ip());
     let count = Counted::new(&hub.connections);
     if count.before >= hub.config.max_clients {
         let mut ws = ws;
@@ -387,9 +415,12 @@ async fn handle(
         let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
         return Ok(());
     }
-    client(ws, hub.clone(), stopped, local_ip, slot).await;
+    client(ws, hub.clone(), stopped, local_ip, peer, slot).await;
     Ok(())
 }
+
+/// How long a client may take to send its request head.
+const HEAD_TIME: Duration = Duration::from_secs(5);
 
 /// One more on a counter while it lives.
 struct Counted<'a> {
@@ -413,53 +444,12 @@ impl Drop for Counted<'_> {
     }
 }
 
-struct Head {
-    path: String,
-    upgrade: bool,
-}
-
-/// Reads the HTTP request head without consuming it (a websocket handshake reads it again).
-async fn peek_request(stream: &TcpStream) -> std::io::Result<Option<Head>> {
-    let mut buf = vec![0u8; 4096];
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = tokio::time::timeout_at(end.into(), stream.peek(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
-        if n == 0 {
-            return Ok(None);
-        }
-        let text = String::from_utf8_lossy(&buf[..n]);
-        if let Some(head_end) = text.find("\r\n\r\n") {
-            let head = &text[..head_end];
-            let mut lines = head.split("\r\n");
-            let path = lines
-                .next()
-                .and_then(|l| l.split(' ').nth(1))
-                .unwrap_or("")
-                .to_string();
-            let upgrade = lines.any(|l| {
-                let l = l.to_ascii_lowercase();
-                l.starts_with("upgrade:") && l.contains("websocket")
-            });
-            return Ok(Some(Head { path, upgrade }));
-        }
-        if n == buf.len() {
-            return Err(std::io::Error::other("request head too large"));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn answer_http(
-    mut stream: TcpStream,
+    mut stream: Box<dyn Io>,
     path: &str,
     hub: &Hub,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // Consume the request head we peeked at.
-    let mut sink = vec![0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut sink)).await;
+    use tokio::io::AsyncWriteExt;
     let (status, body) = match path {
         "/healthz" => ("200 OK", "ok\n".to_string()),
         "/metrics" => ("200 OK", hub.metrics.text()),
@@ -474,7 +464,7 @@ async fn answer_http(
     Ok(())
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Rewound<Box<dyn Io>>>;
 
 fn text_frame(m: &ServerMsg) -> Frame {
     Frame::text(serde_json::to_string(m).expect("server messages serialize"))
@@ -540,9 +530,9 @@ async fn client(
     hub: Arc<Hub>,
     mut stopped: watch::Receiver<bool>,
     local_ip: IpAddr,
+    peer: SocketAddr,
     slot: SourceSlot,
 ) {
-    let peer = ws.get_ref().peer_addr().ok();
     let (mut sink, mut stream) = ws.split();
     let mailbox = Arc::new(Mailbox::new(
         hub.config.client_queue,
@@ -554,6 +544,7 @@ async fn client(
     mailbox.push_control(text_frame(&ServerMsg::Challenge {
         nonce: protocol::base64(&nonce),
         server: protocol::SERVER_NAME.into(),
+        server_key: hub.config.identity.as_ref().map(Identity::to_string),
     }));
     let rate = f64::from(hub.config.rate);
     let relay_rate = f64::from(hub.config.relay_rate);
@@ -583,14 +574,14 @@ async fn client(
     match &end {
         End::Slow(why) => {
             hub.metrics.slow_clients.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(?peer, identity = ?who, why, "disconnected a client that does not keep up");
+            tracing::info!(%peer, identity = ?who, why, "disconnected a client that does not keep up");
         }
         End::Misbehaved => {
-            tracing::info!(?peer, identity = ?who, "closed a client after too many errors")
+            tracing::info!(%peer, identity = ?who, "closed a client after too many errors")
         }
         End::Tell(m) => {
             hub.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(?peer, identity = ?who, message = ?m, "closing a client");
+            tracing::debug!(%peer, identity = ?who, message = ?m, "closing a client");
         }
         End::Gone | End::Stopped => {}
     }
@@ -851,6 +842,7 @@ fn on_message(
                 public_key,
                 signature,
                 certificate,
+                server,
             },
             None,
         ) => {
@@ -859,6 +851,7 @@ fn on_message(
                 public_key: &public_key,
                 signature: &signature,
                 certificate,
+                server,
             };
             match login(hub, st, mailbox, kick, proof) {
                 Ok(id) => {
@@ -913,6 +906,14 @@ struct Proof<'a> {
     public_key: &'a str,
     signature: &'a str,
     certificate: Option<String>,
+    server: Option<String>,
+}
+
+/// Whether a login proof naming `host` is for this server, reached at `local_ip`.
+fn is_our_name(config: &Config, host: &str, local_ip: IpAddr) -> bool {
+    host == local_ip.to_string()
+        || (local_ip.is_loopback() && host == "localhost")
+        || config.names.iter().any(|n| n == host)
 }
 
 fn login(
@@ -927,16 +928,39 @@ fn login(
         public_key,
         signature,
         certificate,
+        server,
     } = proof;
-    let nonce = &st.nonce;
     let fail = |why: &str| ServerMsg::error("auth_failed", why);
+    let host = server.ok_or_else(|| {
+        fail("the login names no server (a client older than login proof v2): update the client")
+    })?;
+    if !is_our_name(&hub.config, &host, st.local_ip) {
+        tracing::warn!(
+            host,
+            reached = %st.local_ip,
+            "refused a login proof for another server (if clients reach this one by that \
+             name, add --name {host})"
+        );
+        return Err(fail(&format!(
+            "the login proof is for server {host:?}, which is not this one (its operator names \
+             it with --name)"
+        )));
+    }
+    let server_key = hub.config.identity.as_ref().map(Identity::to_string);
+    let ctx = protocol::LoginContext {
+        nonce: &st.nonce,
+        host: &host,
+        server_key: server_key.as_deref(),
+    };
     let id: Identity = identity
         .parse()
         .map_err(|_| fail("identity does not parse"))?;
     let key =
         protocol::public_key(public_key).ok_or_else(|| fail("public_key is not an ed25519 key"))?;
     let sig = protocol::signature(signature).ok_or_else(|| fail("signature is not 64 bytes"))?;
-    key.verify(&protocol::login_proof(nonce, identity), &sig)
+    let signed =
+        protocol::login_proof(&ctx, identity).ok_or_else(|| fail("server name too long"))?;
+    key.verify(&signed, &sig)
         .map_err(|_| fail("the signature does not verify"))?;
     let proven = match (&id, certificate) {
         (Identity::PublicKey(k), None) => *k == key,

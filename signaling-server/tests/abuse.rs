@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 mod common;
-use common::{login_as, recv, rt, send, signal, two_logged_in, Process, Ws};
+use common::{answer_challenge, login_as, recv, rt, send, signal, two_logged_in, Process, Ws};
 
 /// Sends `frame` until the connection fails or `limit` passes; the bytes sent.
 async fn flood(ws: &mut Ws, frame: Frame, limit: Duration) -> (u64, bool) {
@@ -262,6 +262,40 @@ fn one_source_cannot_hold_every_slot_and_others_are_still_served() {
             recv(&mut again).await,
             ServerMsg::Challenge { .. }
         ));
+    });
+}
+
+#[test]
+fn a_challenge_passed_on_from_another_server_fails() {
+    // A server the victim logs in to ("evil.example") passes on the real server's challenge
+    // and forwards the answer: the proof names evil.example, so the real server refuses it.
+    let server = Process::start(&["--name", "signal.example"]);
+    let url = server.url();
+    rt().block_on(async {
+        let victim = KeyPair::generate(&mut OsRng);
+        let id = victim.identity();
+        for (host, ok) in [
+            ("evil.example", false),
+            ("127.0.0.1", true),
+            ("signal.example", true),
+        ] {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .unwrap();
+            let answer = answer_challenge(&mut ws, host, &id, &victim, None).await;
+            if ok {
+                assert!(
+                    matches!(answer, ServerMsg::Welcome { .. }),
+                    "{host}: {answer:?}"
+                );
+            } else {
+                let ServerMsg::Error { code, message } = &answer else {
+                    panic!("a passed-on challenge was accepted: {answer:?}");
+                };
+                assert_eq!(code, "auth_failed");
+                assert!(message.contains("evil.example"), "{message}");
+            }
+        }
     });
 }
 

@@ -3,17 +3,19 @@
 
 use futures_util::{SinkExt, StreamExt};
 use punchline::api::config::{ConfigData, ConfigValue};
-use punchline::api::StatusEvents;
 use punchline::identity::{Identity, KeyPair};
-use punchline::{ConnectionHandle, ConnectionState, EndReason, SendFlags, Sockets, SocketsConfig};
+use punchline::{ConnectionState, EndReason, SendFlags, Sockets};
 use punchline_signaling::protocol::{self, ClientMsg, ServerMsg};
-use punchline_signaling::{relay, Config, Server, SignalingClient};
+use punchline_signaling::{relay, Config, Server};
 use rand_core::OsRng;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{error_code, http_get, login_as, recv, rt, send, signal, two_logged_in, Process};
+use common::{
+    accept_incoming, answer_challenge, connect_pair, error_code, http_get, login_as, peer, recv,
+    rt, send, signal, state, two_logged_in, wait, Process,
+};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 /// Sets the global callback `value` to record every event of type `T` it is called with
@@ -34,57 +36,6 @@ fn capture<T: Clone + Send + 'static>(
     s.set_config_value(value, ConfigTarget::Global, Some(ConfigData::Ptr(Some(cb))))
         .unwrap();
     seen
-}
-
-fn peer(url: &str) -> (Sockets, KeyPair, std::sync::Arc<SignalingClient>) {
-    let key = KeyPair::generate(&mut OsRng);
-    let sockets = Sockets::with_config(SocketsConfig {
-        key: Some(key.clone()),
-        // P2P on loopback only: peers are told nothing but 127.0.0.1.
-        p2p_bind: Some("127.0.0.1:0".parse().unwrap()),
-        ..SocketsConfig::default()
-    })
-    .unwrap();
-    let client = SignalingClient::connect(url, &key, None, &sockets).expect("log in");
-    (sockets, key, client)
-}
-
-fn state(s: &Sockets, h: ConnectionHandle) -> ConnectionState {
-    s.get_connection_info(h)
-        .map_or(ConnectionState::None, |i| i.state)
-}
-
-fn wait(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn accept_incoming(s: &Sockets, events: &mut StatusEvents, seen: &mut Vec<ConnectionHandle>) {
-    while let Some(ev) = events.try_recv() {
-        if ev.info.state == ConnectionState::Connecting && ev.info.listen_socket.is_some() {
-            s.accept_connection(ev.connection).unwrap();
-            seen.push(ev.connection);
-        }
-    }
-}
-
-/// `a` connects to `b` (listening on virtual port 0, accepting); both end up Connected.
-/// Returns (a's connection, b's).
-fn connect_pair(a: &Sockets, b: &Sockets) -> (ConnectionHandle, ConnectionHandle) {
-    let mut b_events = b.status_events();
-    b.create_listen_socket_p2p(0, &[]).unwrap();
-    let c = a.connect_p2p(&b.get_identity(), 0, &[]).unwrap();
-    let mut accepted = Vec::new();
-    wait(Duration::from_secs(10), "both connected", || {
-        accept_incoming(b, &mut b_events, &mut accepted);
-        state(a, c) == ConnectionState::Connected
-            && accepted.len() == 1
-            && state(b, accepted[0]) == ConnectionState::Connected
-    });
-    (c, accepted[0])
 }
 
 #[test]
@@ -730,13 +681,8 @@ fn a_certificate_from_a_trusted_ca_proves_a_named_identity() {
             let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
                 .unwrap();
-            let ServerMsg::Challenge { nonce, .. } = recv(&mut ws).await else {
-                panic!("no challenge")
-            };
-            let nonce = protocol::unbase64(&nonce, 64).unwrap();
-            let login = protocol::login(&key, &alice, &nonce, Some(cert.to_base64()));
-            send(&mut ws, &login).await;
-            let answer = recv(&mut ws).await;
+            let cert = Some(cert.to_base64());
+            let answer = answer_challenge(&mut ws, "127.0.0.1", &alice, &key, cert).await;
             if ok {
                 assert_eq!(
                     answer,

@@ -676,6 +676,27 @@ impl Sockets {
         signal: &[u8],
         ctx: &mut dyn SignalingRecvContext,
     ) -> bool {
+        self.received_signal(signal, None, ctx)
+    }
+
+    /// [`received_p2p_custom_signal`](Self::received_p2p_custom_signal) for a signal whose
+    /// sender the signaling channel authenticated (a signaling server stamps it): a signal
+    /// that claims to come from anyone else is dropped.
+    pub fn received_p2p_custom_signal_from(
+        &self,
+        signal: &[u8],
+        sender: &Identity,
+        ctx: &mut dyn SignalingRecvContext,
+    ) -> bool {
+        self.received_signal(signal, Some(sender), ctx)
+    }
+
+    fn received_signal(
+        &self,
+        signal: &[u8],
+        sender: Option<&Identity>,
+        ctx: &mut dyn SignalingRecvContext,
+    ) -> bool {
         let Ok(ep) = self.p2p_endpoint() else {
             return false;
         };
@@ -688,7 +709,7 @@ impl Sockets {
         let Some(e) = st.endpoints.get_mut(&ep) else {
             return false;
         };
-        let outcome = match e.endpoint.handle_signal(now, signal) {
+        let outcome = match e.endpoint.handle_signal_from(now, signal, sender) {
             Ok(o) => o,
             Err(err) => {
                 tracing::debug!(error = %err, "malformed rendezvous signal");
@@ -1979,7 +2000,10 @@ impl State {
         listen: Option<ListenSocketHandle>,
     ) -> EpId {
         let id = self.fresh_handle();
-        let endpoint = Endpoint::new(config, OsRng.next_u64(), Instant::now(), unix_now());
+        // 256 bits: the seed makes the ephemeral key-exchange secrets and the cookie key.
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let endpoint = Endpoint::with_seed(config, seed, Instant::now(), unix_now());
         self.endpoints.insert(
             id,
             EpState {

@@ -147,11 +147,21 @@ const MAX_PATH_SIGNALS: usize = 256;
 const RX_ARENA: usize = 64 * 1024;
 
 impl Endpoint {
-    /// An endpoint. `seed` feeds every random choice (connection ids, ephemeral keys,
-    /// cookies); `now` and `unix_now` (seconds since 1970) anchor its clocks, so that
-    /// certificate validity is judged against `unix_now + (t - now)` at any later `t`.
+    /// An endpoint whose random choices follow from a 64-bit `seed`: for simulations and
+    /// tests, which replay a run from its seed. A real endpoint takes 256 bits of the OS's
+    /// randomness ([`with_seed`](Self::with_seed)).
     pub fn new(config: EndpointConfig, seed: u64, now: Instant, unix_now: u64) -> Self {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut wide = [0u8; 32];
+        ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut wide);
+        Self::with_seed(config, wide, now, unix_now)
+    }
+
+    /// An endpoint. `seed` feeds every random choice (connection ids, ephemeral keys,
+    /// cookies), so it must be secret and unpredictable: 256 bits from the OS. `now` and
+    /// `unix_now` (seconds since 1970) anchor its clocks, so that certificate validity is
+    /// judged against `unix_now + (t - now)` at any later `t`.
+    pub fn with_seed(config: EndpointConfig, seed: [u8; 32], now: Instant, unix_now: u64) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
         let credentials = Arc::new(config.credentials.clone());
@@ -423,9 +433,21 @@ impl Endpoint {
         now: Instant,
         signal: &[u8],
     ) -> Result<SignalOutcome, DecodeError> {
+        self.handle_signal_from(now, signal, None)
+    }
+
+    /// [`handle_signal`](Self::handle_signal) for a signal whose sender the channel vouches
+    /// for (a signaling server stamps the sender it authenticated): one whose own `from`
+    /// names anyone else is ignored.
+    pub fn handle_signal_from(
+        &mut self,
+        now: Instant,
+        signal: &[u8],
+        sender: Option<&Identity>,
+    ) -> Result<SignalOutcome, DecodeError> {
         let m = Message::decode(signal)?;
         let local = self.credentials.identity();
-        if m.to != local {
+        if m.to != local || sender.is_some_and(|s| *s != m.from) {
             return Ok(SignalOutcome::Ignored);
         }
         if let Some((id, s)) = self.sessions.get_mut(&m.session) {

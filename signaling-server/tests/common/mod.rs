@@ -3,13 +3,17 @@
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
+use punchline::api::StatusEvents;
 use punchline::identity::{Identity, KeyPair};
+use punchline::{ConnectionHandle, ConnectionState, Sockets, SocketsConfig};
 use punchline_signaling::protocol::{self, ClientMsg, ServerMsg};
+use punchline_signaling::tls::TlsClient;
+use punchline_signaling::SignalingClient;
 use rand_core::OsRng;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 /// The server binary, running; killed on drop.
@@ -134,16 +138,37 @@ pub async fn send(ws: &mut Ws, m: &ClientMsg) {
         .unwrap();
 }
 
+/// Reads the challenge on `ws` and answers it as `identity` with `key` (and `cert`),
+/// naming `host` as the server dialled; returns the server's answer.
+pub async fn answer_challenge(
+    ws: &mut Ws,
+    host: &str,
+    identity: &Identity,
+    key: &KeyPair,
+    cert: Option<String>,
+) -> ServerMsg {
+    let ServerMsg::Challenge {
+        nonce, server_key, ..
+    } = recv(ws).await
+    else {
+        panic!("no challenge");
+    };
+    let nonce = protocol::unbase64(&nonce, 64).unwrap();
+    let ctx = protocol::LoginContext {
+        nonce: &nonce,
+        host,
+        server_key: server_key.as_deref(),
+    };
+    send(ws, &protocol::login(key, identity, &ctx, cert).unwrap()).await;
+    recv(ws).await
+}
+
 /// Connects and answers the challenge as `identity` with `key`; returns the socket and the
 /// server's answer.
 pub async fn login_as(url: &str, identity: &Identity, key: &KeyPair) -> (Ws, ServerMsg) {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let ServerMsg::Challenge { nonce, .. } = recv(&mut ws).await else {
-        panic!("no challenge");
-    };
-    let nonce = protocol::unbase64(&nonce, 64).unwrap();
-    send(&mut ws, &protocol::login(key, identity, &nonce, None)).await;
-    let answer = recv(&mut ws).await;
+    let host = protocol::url_host(url).unwrap();
+    let answer = answer_challenge(&mut ws, &host, identity, key, None).await;
     (ws, answer)
 }
 
@@ -178,4 +203,65 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// A `Sockets` logged in to the server at `url` (a `wss://` one's certificate checked
+/// against `tls`).
+pub fn peer_with(
+    url: &str,
+    tls: Option<&TlsClient>,
+) -> (Sockets, KeyPair, std::sync::Arc<SignalingClient>) {
+    let key = KeyPair::generate(&mut OsRng);
+    let sockets = Sockets::with_config(SocketsConfig {
+        key: Some(key.clone()),
+        // P2P on loopback only: peers are told nothing but 127.0.0.1.
+        p2p_bind: Some("127.0.0.1:0".parse().unwrap()),
+        ..SocketsConfig::default()
+    })
+    .unwrap();
+    let client = SignalingClient::connect_with(url, &key, None, &sockets, tls).expect("log in");
+    (sockets, key, client)
+}
+
+/// A `Sockets` logged in to the server at `url`.
+pub fn peer(url: &str) -> (Sockets, KeyPair, std::sync::Arc<SignalingClient>) {
+    peer_with(url, None)
+}
+
+pub fn state(s: &Sockets, h: ConnectionHandle) -> ConnectionState {
+    s.get_connection_info(h)
+        .map_or(ConnectionState::None, |i| i.state)
+}
+
+pub fn wait(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub fn accept_incoming(s: &Sockets, events: &mut StatusEvents, seen: &mut Vec<ConnectionHandle>) {
+    while let Some(ev) = events.try_recv() {
+        if ev.info.state == ConnectionState::Connecting && ev.info.listen_socket.is_some() {
+            s.accept_connection(ev.connection).unwrap();
+            seen.push(ev.connection);
+        }
+    }
+}
+
+/// `a` connects to `b` (listening on virtual port 0, accepting); both end up Connected.
+/// Returns (a's connection, b's).
+pub fn connect_pair(a: &Sockets, b: &Sockets) -> (ConnectionHandle, ConnectionHandle) {
+    let mut b_events = b.status_events();
+    b.create_listen_socket_p2p(0, &[]).unwrap();
+    let c = a.connect_p2p(&b.get_identity(), 0, &[]).unwrap();
+    let mut accepted = Vec::new();
+    wait(Duration::from_secs(10), "both connected", || {
+        accept_incoming(b, &mut b_events, &mut accepted);
+        state(a, c) == ConnectionState::Connected
+            && accepted.len() == 1
+            && state(b, accepted[0]) == ConnectionState::Connected
+    });
+    (c, accepted[0])
 }
