@@ -7,6 +7,8 @@ mod common;
 use common::hub::{peer, Hub, Policy};
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::{ConnectionHandle, ConnectionState, EndReason, SendFlags, Sockets};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn state(s: &Sockets, h: ConnectionHandle) -> ConnectionState {
@@ -279,9 +281,10 @@ fn fake_udp_ports_exchange_datagrams_by_fake_address() {
 }
 
 /// A transport whose every path fails as soon as it starts, with a set reason: both sides
-/// of a connection find themselves without a way forward at nearly the same moment.
+/// of a connection find themselves without a way forward at nearly the same moment. It
+/// counts the paths it started.
 #[derive(Debug)]
-struct FailsAtOnce(EndReason, &'static str);
+struct FailsAtOnce(EndReason, &'static str, Arc<AtomicUsize>);
 
 #[derive(Debug)]
 struct DeadPath;
@@ -304,6 +307,7 @@ impl punchline::transport::Transport for FailsAtOnce {
         _: punchline::transport::PathParams,
         sink: punchline::transport::PathSink,
     ) -> std::sync::Arc<dyn punchline::transport::Path> {
+        self.2.fetch_add(1, Ordering::SeqCst);
         sink.failed(self.0, self.1);
         std::sync::Arc::new(DeadPath)
     }
@@ -312,8 +316,13 @@ impl punchline::transport::Transport for FailsAtOnce {
 #[test]
 fn both_sides_whose_paths_failed_keep_their_own_reasons() {
     // The server's path fails when it accepts, and its close races toward the client,
-    // whose path fails when it hears the accept, one signal earlier. Whatever the threads
-    // do, a failure reported before the peer's close is handled decides.
+    // whose path fails when it hears the accept, one signal earlier. A side whose path
+    // started, and so failed, before the peer's close was handled keeps its own reason,
+    // whatever the threads do. When the close is taken in with the accept (the two signals
+    // can pass each other on the way, and the session hands them over in order, together),
+    // the connection has ended before its path could start, so none starts: then, and only
+    // then, the peer's close decides.
+    let mut own = 0;
     for seed in 0..20 {
         let (hub, peers) = Hub::start(0, 0, 100 + seed);
         let a = peer(&hub, &peers, Policy::Accept);
@@ -322,8 +331,9 @@ fn both_sides_whose_paths_failed_keep_their_own_reasons() {
             (EndReason::LOCAL_P2P_ICE_NO_PUBLIC_ADDRESSES, "a: no relay"),
             (EndReason::MISC_P2P_NAT_FIREWALL, "b: no pair"),
         );
-        a.set_p2p_transport(std::sync::Arc::new(FailsAtOnce(ra.0, ra.1)));
-        b.set_p2p_transport(std::sync::Arc::new(FailsAtOnce(rb.0, rb.1)));
+        let (a_paths, b_paths) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        a.set_p2p_transport(Arc::new(FailsAtOnce(ra.0, ra.1, a_paths.clone())));
+        b.set_p2p_transport(Arc::new(FailsAtOnce(rb.0, rb.1, b_paths.clone())));
         let mut b_events = b.status_events();
         b.create_listen_socket_p2p(3, &[]).unwrap();
         let c = a.connect_p2p(&b.get_identity(), 3, &[]).unwrap();
@@ -345,13 +355,37 @@ fn both_sides_whose_paths_failed_keep_their_own_reasons() {
         }
         // Room for a late close to (wrongly) change either side.
         std::thread::sleep(Duration::from_millis(50));
-        for (who, sockets, h, (reason, debug)) in [("a", &a, c, ra), ("b", &b, s, rb)] {
+        let outcome = |sockets: &Sockets, h| {
             let info = sockets.get_connection_info(h).unwrap();
+            (info.state, info.end_reason, info.end_debug)
+        };
+        let mine = |(reason, debug): (EndReason, &str)| {
+            (
+                ConnectionState::ProblemDetectedLocally,
+                reason,
+                debug.to_string(),
+            )
+        };
+        assert_eq!(b_paths.load(Ordering::SeqCst), 1, "seed {seed}");
+        assert_eq!(outcome(&b, s), mine(rb), "seed {seed}: b");
+        if a_paths.load(Ordering::SeqCst) == 1 {
+            own += 1;
+            assert_eq!(outcome(&a, c), mine(ra), "seed {seed}: a");
+        } else {
+            let heard = (
+                ConnectionState::ClosedByPeer,
+                rb.0.as_heard_from_peer(),
+                rb.1.to_string(),
+            );
             assert_eq!(
-                (info.state, info.end_reason, info.end_debug.as_str()),
-                (ConnectionState::ProblemDetectedLocally, reason, debug),
-                "seed {seed}: {who}"
+                outcome(&a, c),
+                heard,
+                "seed {seed}: a, whose path never started"
             );
         }
     }
+    assert!(
+        own > 0,
+        "the client's path never started before the peer's close"
+    );
 }

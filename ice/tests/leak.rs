@@ -17,10 +17,12 @@ fn open_fds() -> usize {
 fn a_thousand_connections_release_their_sockets() {
     const BATCH: usize = 50;
     const BATCHES: usize = 20;
-    // A server that takes the burst of 50 rendezvous at once without pacing.
+    // A server that takes the burst of 50 rendezvous at once, between one pair of peers,
+    // without pacing.
     let sig = Signaling::start(
         Config {
             rate: 2000,
+            pair_rate: 2000,
             ..Config::default()
         },
         false,
@@ -70,4 +72,5 @@ fn a_thousand_connections_release_their_sockets() {
         }
         while events.try_recv().is_some() {}
     }
+    assert_eq!(sig.dropped_signals(), 0, "the server took every signal");
 }

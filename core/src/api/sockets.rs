@@ -2268,6 +2268,17 @@ impl State {
         let Some(e) = self.endpoints.get_mut(&ep) else {
             return;
         };
+        // Paths start first, so what a path says as it starts (a failure at once, say) is
+        // heard in this same call, before any signal the caller hands on next.
+        let starts: Vec<ConnId> = std::iter::from_fn(|| e.endpoint.poll_path_start()).collect();
+        for id in starts {
+            if let Err(why) = self.start_path(ep, id) {
+                tracing::debug!(conn = id.0, why, "no transport path started");
+            }
+        }
+        let Some(e) = self.endpoints.get_mut(&ep) else {
+            return;
+        };
         for (id, p) in &self.paths {
             let notes: Vec<PathNote> = lock(&p.notes).drain(..).collect();
             for n in notes {
@@ -2282,15 +2293,6 @@ impl State {
                 }
             }
         }
-        let starts: Vec<ConnId> = std::iter::from_fn(|| e.endpoint.poll_path_start()).collect();
-        for id in starts {
-            if let Err(why) = self.start_path(ep, id) {
-                tracing::debug!(conn = id.0, why, "no transport path started");
-            }
-        }
-        let Some(e) = self.endpoints.get_mut(&ep) else {
-            return;
-        };
         while let Some((id, signal)) = e.endpoint.poll_path_signal() {
             if let Some(p) = self.paths.get(&id) {
                 p.path.handle_signal(&signal);

@@ -337,7 +337,20 @@ impl Endpoint {
     /// request, or we accepted the peer's. Its path's signals go to
     /// [`send_path_signal`](Self::send_path_signal).
     pub fn poll_path_start(&mut self) -> Option<ConnId> {
-        self.path_starts.pop_front().map(ConnId)
+        // A connection that ended meanwhile (the peer's close came with its accept) needs
+        // no path: starting one would gather and send for nothing.
+        while let Some(id) = self.path_starts.pop_front() {
+            let alive = self.connections.get(&id).is_some_and(|c| {
+                matches!(
+                    c.state(),
+                    ConnectionState::Connecting | ConnectionState::FindingRoute
+                )
+            });
+            if alive {
+                return Some(ConnId(id));
+            }
+        }
+        None
     }
 
     /// The next signal from a peer's path for one of ours.

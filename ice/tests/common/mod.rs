@@ -26,6 +26,15 @@ pub struct Signaling {
 }
 
 impl Signaling {
+    /// Signals the server dropped (over a pair's rate, or a recipient's queue full).
+    pub fn dropped_signals(&self) -> u64 {
+        self.server.as_ref().map_or(0, |s| {
+            s.metrics()
+                .signals_dropped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     pub fn start(mut config: Config, ice: bool) -> Signaling {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
