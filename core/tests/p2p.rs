@@ -33,6 +33,8 @@ struct Net {
     policy: Policy,
     /// Requests seen, per node.
     requests: Vec<Vec<P2pRequest>>,
+    /// Every signal sent, per sending node.
+    sent: Vec<Vec<Message>>,
 }
 
 fn identity(sim: &Sim, node: usize) -> Identity {
@@ -54,6 +56,7 @@ impl Net {
             dup,
             policy: Policy::Accept,
             requests: vec![Vec::new(), Vec::new()],
+            sent: vec![Vec::new(), Vec::new()],
         }
     }
 
@@ -62,6 +65,7 @@ impl Net {
         let now = self.sim.now;
         for from in 0..2 {
             while let Some((_, to, bytes)) = self.sim.nodes[from].endpoint.poll_signal(now) {
+                self.sent[from].push(Message::decode(&bytes).expect("a valid signal"));
                 let Some(dest) = (0..2).find(|&n| identity(&self.sim, n) == to) else {
                     continue;
                 };
@@ -412,6 +416,57 @@ fn a_signal_the_channel_vouches_for_must_name_its_sender() {
         ep.handle_signal_from(now, &accept, Some(&b)).unwrap(),
         SignalOutcome::Handled
     ));
+}
+
+#[test]
+fn a_peer_with_a_transport_never_sends_its_addresses_nor_falls_back_to_direct() {
+    // Node 1 listens with a transport (wire id 9: say relay, which hides addresses). Node 0
+    // asks for none, then for another one (7): each time node 1, accepting, answers with a
+    // close and no address, and node 0's connection ends.
+    for asked in [None, Some(7)] {
+        let mut net = Net::new(6, 0, 0);
+        net.sim.nodes[1].endpoint.set_p2p_transport(9);
+        if let Some(t) = asked {
+            net.sim.nodes[0].endpoint.set_p2p_transport(t);
+        }
+        let b = identity(&net.sim, 1);
+        let now = net.sim.now;
+        let c =
+            net.sim.nodes[0]
+                .endpoint
+                .connect_p2p(now, b, 0, 0, false, ConnectionConfig::default());
+        assert!(net.run_until(Duration::from_secs(10), |sim| !matches!(
+            sim.state(0, c),
+            ConnectionState::Connecting | ConnectionState::FindingRoute
+        )));
+        assert_eq!(
+            net.sim.state(0, c),
+            ConnectionState::ClosedByPeer,
+            "{asked:?}"
+        );
+        let addresses: Vec<&Message> = net.sent[1]
+            .iter()
+            .filter(|m| match &m.body {
+                Body::ConnectAccept { candidates, .. } => !candidates.is_empty(),
+                Body::ConnectRequest { candidates, .. } => !candidates.is_empty(),
+                _ => false,
+            })
+            .collect();
+        assert!(addresses.is_empty(), "{asked:?}: node 1 sent {addresses:?}");
+        assert!(
+            net.sent[1].iter().any(
+                |m| matches!(&m.body, Body::Close { debug, .. } if debug.contains("must match"))
+            ),
+            "{asked:?}: node 1 said why"
+        );
+        if asked.is_some() {
+            assert!(
+                net.sent[0].iter().all(|m| !matches!(&m.body,
+                    Body::ConnectRequest { candidates, .. } if !candidates.is_empty())),
+                "a requester with a transport names no address"
+            );
+        }
+    }
 }
 
 /// Node 0 connects to node 1 over a transport (wire id 9, standing for ICE) whose paths

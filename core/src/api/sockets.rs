@@ -558,7 +558,10 @@ impl Sockets {
     /// Sets the transport P2P connections find their paths with (ICE: see the
     /// `punchline-ice` crate). Without one, peers send to the first address the other
     /// gives in the rendezvous: enough on one host or a LAN, not through NATs. Both peers
-    /// need the same transport; a peer without it answers with direct UDP.
+    /// need the same transport: a peer with a transport never falls back to direct UDP
+    /// (nor sends its addresses in the rendezvous), so a request for another transport, or
+    /// for none, is answered with a close once accepted. A peer without one answers with
+    /// direct UDP, which a peer that asked for a transport refuses.
     pub fn set_p2p_transport(&self, transport: Arc<dyn Transport>) {
         let mut st = self.state();
         let id = transport.wire_id();

@@ -293,7 +293,7 @@ impl Endpoint {
             // A P2P connect request accepted: tell the peer where to send its hello.
             if let Some(p) = c.p2p() {
                 let (session, transport) = (p.session, p.transport);
-                self.send_accept(now, id.0, session, transport);
+                self.accept_session(now, id.0, session, transport);
             }
         }
         self.drain_events(id.0);
@@ -312,6 +312,19 @@ impl Endpoint {
     /// [`DIRECT`] for none).
     pub fn set_p2p_transport(&mut self, wire_id: u8) {
         self.p2p_transport = wire_id;
+    }
+
+    /// Answers the peer of session `session`, whose connection we accept: with our accept,
+    /// or, when it asked for a transport we do not use, with a close (no address leaves).
+    fn accept_session(&mut self, now: Instant, id: u32, session: u64, transport: u8) {
+        match self.transport_mismatch(transport) {
+            Some(why) => {
+                if let Some(c) = self.connections.get_mut(&id) {
+                    c.path_failed(EndReason::MISC_P2P_RENDEZVOUS, &why);
+                }
+            }
+            None => self.send_accept(now, id, session, transport),
+        }
     }
 
     /// Tells the peer of session `session` that we accept, with our candidates and the
@@ -512,7 +525,7 @@ impl Endpoint {
                 if let Some(c) = self.connections.get_mut(&id) {
                     c.merge_into_peer_session(session, transport);
                 }
-                self.send_accept(now, id, session, transport);
+                self.accept_session(now, id, session, transport);
                 self.drain_events(id);
                 self.touch(id);
                 return Ok(SignalOutcome::Handled);
@@ -529,22 +542,38 @@ impl Endpoint {
     }
 
     /// Our addresses for the rendezvous: none when a transport finds the path (it shares
-    /// only what its settings allow).
+    /// only what its settings allow), or when we have one at all.
     fn direct_candidates(&self, transport: u8) -> Vec<SocketAddr> {
-        if transport == DIRECT {
+        if transport == DIRECT && self.p2p_transport == DIRECT {
             self.p2p_candidates.clone()
         } else {
             Vec::new()
         }
     }
 
-    /// The transport to use when a peer asks for `asked`: it, if we have it; else direct.
+    /// The transport a connection a peer asked for with `asked` uses: direct when we have
+    /// none (we answer with our addresses; a peer that wanted a transport then gives up);
+    /// else what was asked, which must be ours ([`transport_mismatch`](Self::transport_mismatch)).
+    /// A peer with a transport (whose settings may forbid sharing addresses) never falls
+    /// back to direct UDP.
     fn chosen_transport(&self, asked: u8) -> u8 {
-        if asked == self.p2p_transport {
-            asked
-        } else {
+        if self.p2p_transport == DIRECT {
             DIRECT
+        } else {
+            asked
         }
+    }
+
+    /// Why a connection using `transport` cannot go on here, if it cannot: we have a
+    /// transport, and the peer asked for another (or for none).
+    fn transport_mismatch(&self, transport: u8) -> Option<String> {
+        (self.p2p_transport != DIRECT && transport != self.p2p_transport).then(|| {
+            format!(
+                "the peer asked for P2P transport {transport}; we use {} (P2P transports \
+                 must match)",
+                self.p2p_transport
+            )
+        })
     }
 
     fn on_session_body(&mut self, id: u32, body: Body) {

@@ -21,7 +21,9 @@
 //! value a [`Transport`](crate::transport::Transport) plugged in (1 is ICE), whose own
 //! signals (credentials, trickled candidates, restarts) ride in transport messages. The
 //! requester names the transport it wants; the accept names the one chosen (0 when the
-//! acceptor lacks it).
+//! acceptor has no transport at all). An acceptor with a transport answers a request for
+//! another one, or for none, with a close: its addresses never leave it in the
+//! rendezvous, and it never falls back to direct UDP.
 //!
 //! `seq` numbers a session's messages from one side, from 1 (0 in an ack: it carries none);
 //! `ack` is the highest seq received from the other side with none missing before it.
