@@ -60,6 +60,15 @@ impl Net {
         }
     }
 
+    /// Node 0 connects to node 1 (virtual port 0, not symmetric).
+    fn connect_0_to_1(&mut self) -> ConnId {
+        let b = identity(&self.sim, 1);
+        let now = self.sim.now;
+        self.sim.nodes[0]
+            .endpoint
+            .connect_p2p(now, b, 0, 0, false, ConnectionConfig::default())
+    }
+
     /// Moves every due signal through the lossy channel; applies the policy to requests.
     fn pump(&mut self) {
         let now = self.sim.now;
@@ -226,12 +235,7 @@ fn peers_connect_by_identity_through_the_rendezvous_and_talk() {
 fn the_rendezvous_survives_30_percent_signal_loss_and_50_percent_duplication() {
     for seed in 0..40 {
         let mut net = Net::new(100 + seed, 30, 50);
-        let b = identity(&net.sim, 1);
-        let now = net.sim.now;
-        let c =
-            net.sim.nodes[0]
-                .endpoint
-                .connect_p2p(now, b, 0, 0, false, ConnectionConfig::default());
+        let c = net.connect_0_to_1();
         let ok = net.run_until(Duration::from_secs(20), both_connected);
         assert!(ok, "seed {seed}: client {:?}", net.state(0, c));
         assert_eq!(
@@ -429,12 +433,7 @@ fn a_peer_with_a_transport_never_sends_its_addresses_nor_falls_back_to_direct() 
         if let Some(t) = asked {
             net.sim.nodes[0].endpoint.set_p2p_transport(t);
         }
-        let b = identity(&net.sim, 1);
-        let now = net.sim.now;
-        let c =
-            net.sim.nodes[0]
-                .endpoint
-                .connect_p2p(now, b, 0, 0, false, ConnectionConfig::default());
+        let c = net.connect_0_to_1();
         assert!(net.run_until(Duration::from_secs(10), |sim| !matches!(
             sim.state(0, c),
             ConnectionState::Connecting | ConnectionState::FindingRoute
