@@ -587,3 +587,86 @@ fn congestion_control_opens_on_a_clean_path_and_backs_off_under_loss() {
     assert!(clean > 200_000, "clean-path window {clean}");
     assert!(lossy * 4 < clean, "lossy window {lossy} vs clean {clean}");
 }
+
+#[test]
+fn keys_move_on_many_times_under_loss_and_reordering_and_nothing_is_lost_or_repeated() {
+    // The client moves to a new key every 200 packets (the default is 2^22); the server
+    // follows. Both send 1500 reliable messages over a lossy, reordering, duplicating link.
+    let conn = ConnectionConfig {
+        key_update_packets: 200,
+        ..ConnectionConfig::default()
+    };
+    let (mut sim, c, s) = connected_with(171, keyed(1), keyed(2), conn);
+    sim.link = Link {
+        loss: 0.05,
+        delay: Duration::from_millis(15),
+        jitter: Duration::from_millis(5),
+        reorder: 0.1,
+        duplicate: 0.05,
+        ..Link::default()
+    };
+    const N: usize = 1500;
+    let size = |i: usize| 100 + (i * 37) % 1400;
+    let ends = [(0, c), (1, s)];
+    let (mut next, mut got) = ([0usize; 2], [0usize; 2]);
+    let ok = sim.run_until(Duration::from_secs(600), |sim| {
+        for (side, &(node, conn)) in ends.iter().enumerate() {
+            while next[side] < N {
+                let i = next[side];
+                let data = payload((side * N + i) as u64, size(i));
+                match send(sim, node, conn, data, SendFlags::RELIABLE) {
+                    Ok(_) => next[side] += 1,
+                    Err(Error::LimitExceeded) => break,
+                    Err(e) => panic!("send failed: {e}"),
+                }
+            }
+        }
+        for (side, &(node, conn)) in ends.iter().enumerate() {
+            // What `node` receives was sent by the other side.
+            let from = 1 - side;
+            for m in drain(sim, node, conn) {
+                let i = got[from];
+                assert!(i < N, "more than {N} messages from side {from}");
+                assert!(
+                    m.payload == payload((from * N + i) as u64, size(i)),
+                    "message {i} from side {from} lost, repeated or out of order"
+                );
+                got[from] += 1;
+            }
+        }
+        got == [N, N]
+    });
+    assert!(ok, "only {got:?} of {N} each way arrived");
+    sim.run_for(Duration::from_secs(2));
+    assert!(drain(&mut sim, 0, c).is_empty() && drain(&mut sim, 1, s).is_empty());
+    let stats = |node: usize, conn| {
+        sim.nodes[node]
+            .endpoint
+            .connection(conn)
+            .unwrap()
+            .stats()
+            .clone()
+    };
+    let (cs, ss) = (stats(0, c), stats(1, s));
+    eprintln!(
+        "key updates: client {}, server {}; packets {} and {}; decrypt failures {} and {}",
+        cs.key_updates,
+        ss.key_updates,
+        cs.packets_sent,
+        ss.packets_sent,
+        cs.decrypt_failures,
+        ss.decrypt_failures
+    );
+    assert!(
+        cs.key_updates >= 5,
+        "the client moved its key {} times",
+        cs.key_updates
+    );
+    assert!(
+        ss.key_updates >= 5,
+        "the server followed {} times",
+        ss.key_updates
+    );
+    assert_eq!(sim.state(0, c), ConnectionState::Connected);
+    assert_eq!(sim.state(1, s), ConnectionState::Connected);
+}

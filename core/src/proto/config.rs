@@ -49,6 +49,10 @@ pub struct ConnectionConfig {
     pub localhost_allow_without_auth: u8,
     /// Identity the peer must prove (for connections to a known peer); `None` accepts any.
     pub expected_peer: Option<Identity>,
+    /// Packets sealed under one key before the sender moves to the next generation. Default
+    /// [`KEY_UPDATE_PACKETS`](crate::proto::crypto::KEY_UPDATE_PACKETS), well inside
+    /// AES-GCM's limit; lower only to test key updates.
+    pub key_update_packets: u64,
 }
 
 impl Default for ConnectionConfig {
@@ -69,6 +73,7 @@ impl Default for ConnectionConfig {
             allow_without_auth: 0,
             localhost_allow_without_auth: 0,
             expected_peer: None,
+            key_update_packets: crate::proto::crypto::KEY_UPDATE_PACKETS,
         }
     }
 }

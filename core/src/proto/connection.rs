@@ -100,6 +100,8 @@ pub struct Stats {
     pub segments_retransmitted: u64,
     /// Packets that failed authentication (tampered, or keyed for another connection).
     pub decrypt_failures: u64,
+    /// Times this side moved its send key to the next generation.
+    pub key_updates: u64,
     /// Packets dropped as replays or duplicates.
     pub replays_dropped: u64,
     /// Authenticated packets whose contents did not decode.
@@ -1133,9 +1135,9 @@ impl Connection {
             self.stats.malformed += 1;
             return;
         };
-        let Some(keys) = &self.keys else {
+        if self.keys.is_none() {
             return; // no keys yet: nothing the peer could have sent us
-        };
+        }
         if header.encrypted == self.unencrypted || self.state == ConnectionState::Dead {
             self.stats.malformed += 1;
             return;
@@ -1146,10 +1148,17 @@ impl Connection {
             return;
         }
         let len = datagram.len();
-        if header.encrypted {
+        if let (true, Some(keys)) = (header.encrypted, &mut self.keys) {
             let (head, body) = datagram.split_at_mut(SHORT_HEADER_LEN);
-            match keys.recv.open_in_place(pn, head, body) {
-                Ok(n) => datagram.truncate(SHORT_HEADER_LEN + n),
+            match keys.open_in_place(pn, header.key_phase, head, body) {
+                Ok((n, opened)) => {
+                    datagram.truncate(SHORT_HEADER_LEN + n);
+                    if opened == crypto::Opened::PeerUpdated {
+                        // The peer moved to its next key: from our next packet on, so do we.
+                        keys.follow_peer(self.next_pn);
+                        self.stats.key_updates = keys.updates();
+                    }
+                }
                 Err(_) => {
                     self.stats.decrypt_failures += 1;
                     return;
@@ -1771,8 +1780,18 @@ impl Connection {
         // Frames go straight into `buf` after the header and are sealed there in place.
         let start = buf.len();
         let pn = self.next_pn;
+        let mut key_phase = false;
+        if let (false, Some(keys)) = (self.unencrypted, &mut self.keys) {
+            // A key that has sealed its share of packets, and that the peer has shown it
+            // holds, gives way to the next generation.
+            if keys.update_if_due(pn, self.largest_acked, self.config.key_update_packets) {
+                self.stats.key_updates = keys.updates();
+            }
+            key_phase = keys.send_phase();
+        }
         ShortHeader {
             encrypted: !self.unencrypted,
+            key_phase,
             dst_id: self.remote_id,
             pn_low: pn as u32,
         }
@@ -1840,7 +1859,7 @@ impl Connection {
         if let Some(keys) = &self.keys {
             if !self.unencrypted {
                 let (header, frames) = payload[start..].split_at_mut(SHORT_HEADER_LEN);
-                let tag = keys.send.seal_in_place(pn, header, frames);
+                let tag = keys.seal_in_place(pn, header, frames);
                 payload.extend_from_slice(&tag);
             }
         }

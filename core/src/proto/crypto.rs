@@ -76,13 +76,75 @@ impl DirectionKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CryptoError;
 
-/// The keys of an established connection.
-#[derive(Debug)]
+/// Packets sealed under one key before the sender moves to the next (RFC 9001 §6.6 puts
+/// AES-GCM's confidentiality limit at 2^23 packets per key; this is half of it).
+pub const KEY_UPDATE_PACKETS: u64 = 1 << 22;
+
+/// One direction's key of one generation, and the secret the next generation comes from.
+struct Generation {
+    key: DirectionKey,
+    secret: [u8; 32],
+}
+
+/// HKDF-Expand of the 32-byte pseudorandom key `prk` under `label`, filling `out`.
+fn expand(prk: &[u8; 32], label: &[u8], out: &mut [u8]) {
+    // A 32-byte PRK is valid, and every output here is far under 255 hash lengths.
+    Hkdf::<Sha256>::from_prk(prk)
+        .expect("a 32-byte PRK")
+        .expand(label, out)
+        .expect("a valid HKDF output length");
+}
+
+impl Generation {
+    /// The generation after this one: its secret is HKDF-Expand of this one's.
+    fn next(&self) -> Generation {
+        let mut secret = [0u8; 32];
+        expand(&self.secret, b"punchline v1 key update", &mut secret);
+        let (mut key, mut iv) = ([0u8; 32], [0u8; 12]);
+        expand(&secret, b"punchline v1 key", &mut key);
+        expand(&secret, b"punchline v1 iv", &mut iv);
+        Generation {
+            key: DirectionKey::new(&key, iv),
+            secret,
+        }
+    }
+}
+
+/// What opening a packet did to the receiving keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// Opened with a key already in use.
+    Known,
+    /// The peer moved to its next key generation (the first packet under it).
+    PeerUpdated,
+}
+
+/// The keys of an established connection, in generations: each direction's sender moves to
+/// the next key after [`KEY_UPDATE_PACKETS`], and flips the key phase bit of its packets.
+/// The receiver tries the next generation on a flipped bit, keeps the previous one for
+/// packets reordered across the change, and answers in kind.
 pub struct Keys {
-    /// Seals what this side sends.
-    pub send: DirectionKey,
-    /// Opens what this side receives.
-    pub recv: DirectionKey,
+    send: Generation,
+    /// The send key's generation (0 from the handshake); its low bit is the phase bit.
+    send_gen: u64,
+    /// The first packet number sealed under the current send key.
+    send_phase_start: u64,
+    recv: Generation,
+    recv_gen: u64,
+    /// The first packet number opened under the current receive key: below it, a flipped
+    /// bit means the previous key.
+    recv_phase_start: u64,
+    recv_next: Generation,
+    recv_prev: Option<DirectionKey>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("send_gen", &self.send_gen)
+            .field("recv_gen", &self.recv_gen)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Keys {
@@ -93,26 +155,107 @@ impl Keys {
         let expand = |label: &[u8]| {
             let mut key = [0u8; 32];
             let mut iv = [0u8; 12];
+            let mut secret = [0u8; 32];
             // HKDF expand only fails for outputs over 255 hash lengths.
             hk.expand_multi_info(&[label, b" key"], &mut key)
                 .expect("32 bytes is a valid HKDF output length");
             hk.expand_multi_info(&[label, b" iv"], &mut iv)
                 .expect("12 bytes is a valid HKDF output length");
-            DirectionKey::new(&key, iv)
+            hk.expand_multi_info(&[label, b" update"], &mut secret)
+                .expect("32 bytes is a valid HKDF output length");
+            Generation {
+                key: DirectionKey::new(&key, iv),
+                secret,
+            }
         };
         let c2s = expand(b"punchline v1 client to server");
         let s2c = expand(b"punchline v1 server to client");
-        if is_client {
-            Keys {
-                send: c2s,
-                recv: s2c,
-            }
-        } else {
-            Keys {
-                send: s2c,
-                recv: c2s,
-            }
+        let (send, recv) = if is_client { (c2s, s2c) } else { (s2c, c2s) };
+        Keys {
+            send,
+            send_gen: 0,
+            send_phase_start: 0,
+            recv_next: recv.next(),
+            recv,
+            recv_gen: 0,
+            recv_phase_start: 0,
+            recv_prev: None,
         }
+    }
+
+    /// The key phase bit of the packets this side sends now.
+    pub fn send_phase(&self) -> bool {
+        self.send_gen & 1 == 1
+    }
+
+    /// Times this side moved its send key on (its send key's generation).
+    pub fn updates(&self) -> u64 {
+        self.send_gen
+    }
+
+    /// Moves the send key on when `interval` packets went out under the current one, before
+    /// packet `next_pn`, and the peer has acknowledged one of them (so it holds this
+    /// generation and can follow to the next). True when it moved.
+    pub fn update_if_due(
+        &mut self,
+        next_pn: u64,
+        largest_acked: Option<u64>,
+        interval: u64,
+    ) -> bool {
+        let due = next_pn.saturating_sub(self.send_phase_start) >= interval.max(1);
+        let confirmed = largest_acked.is_some_and(|a| a >= self.send_phase_start);
+        if due && confirmed {
+            self.update_send(next_pn);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Follows the peer to its key generation (after [`Opened::PeerUpdated`]) from packet
+    /// `next_pn` on, unless this side is there (or ahead) already.
+    pub fn follow_peer(&mut self, next_pn: u64) {
+        if self.send_gen < self.recv_gen {
+            self.update_send(next_pn);
+        }
+    }
+
+    fn update_send(&mut self, next_pn: u64) {
+        self.send = self.send.next();
+        self.send_gen += 1;
+        self.send_phase_start = next_pn;
+    }
+
+    /// Seals packet `pn` under the current send key.
+    pub fn seal_in_place(&self, pn: u64, header: &[u8], payload: &mut [u8]) -> [u8; TAG_LEN] {
+        self.send.key.seal_in_place(pn, header, payload)
+    }
+
+    /// Opens packet `pn`, whose header carries key phase bit `phase`.
+    pub fn open_in_place(
+        &mut self,
+        pn: u64,
+        phase: bool,
+        header: &[u8],
+        payload: &mut [u8],
+    ) -> Result<(usize, Opened), CryptoError> {
+        if phase == (self.recv_gen & 1 == 1) {
+            let n = self.recv.key.open_in_place(pn, header, payload)?;
+            return Ok((n, Opened::Known));
+        }
+        if pn < self.recv_phase_start {
+            // Sent before the peer's last change, and reordered past it.
+            let prev = self.recv_prev.as_ref().ok_or(CryptoError)?;
+            return Ok((prev.open_in_place(pn, header, payload)?, Opened::Known));
+        }
+        let n = self.recv_next.key.open_in_place(pn, header, payload)?;
+        let next = self.recv_next.next();
+        let current = std::mem::replace(&mut self.recv_next, next);
+        let old = std::mem::replace(&mut self.recv, current);
+        self.recv_prev = Some(old.key);
+        self.recv_gen += 1;
+        self.recv_phase_start = pn;
+        Ok((n, Opened::PeerUpdated))
     }
 }
 
@@ -288,14 +431,13 @@ mod tests {
     #[test]
     fn seal_open_round_trip_and_tamper() {
         let ck = Keys::derive(&[7; 32], &[9; 32], true);
-        let sk = Keys::derive(&[7; 32], &[9; 32], false);
+        let mut sk = Keys::derive(&[7; 32], &[9; 32], false);
         let mut p = b"hello".to_vec();
-        let tag = ck.send.seal_in_place(5, b"hdr", &mut p);
+        let tag = ck.seal_in_place(5, b"hdr", &mut p);
         p.extend_from_slice(&tag);
-        let open = |pn: u64, hdr: &[u8], mut c: Vec<u8>| {
-            sk.recv
-                .open_in_place(pn, hdr, &mut c)
-                .map(|n| c[..n].to_vec())
+        let mut open = |pn: u64, hdr: &[u8], mut c: Vec<u8>| {
+            sk.open_in_place(pn, false, hdr, &mut c)
+                .map(|(n, _)| c[..n].to_vec())
         };
         assert_eq!(open(5, b"hdr", p.clone()).unwrap(), b"hello");
         let mut bad = p.clone();
@@ -303,6 +445,61 @@ mod tests {
         assert!(open(5, b"hdr", bad).is_err());
         assert!(open(5, b"hdX", p.clone()).is_err());
         assert!(open(6, b"hdr", p).is_err());
+    }
+
+    /// Seals `pn` with `k`'s current key; (phase bit, ciphertext and tag).
+    fn sealed(k: &Keys, pn: u64) -> (bool, Vec<u8>) {
+        let mut p = pn.to_be_bytes().to_vec();
+        let tag = k.seal_in_place(pn, b"h", &mut p);
+        p.extend_from_slice(&tag);
+        (k.send_phase(), p)
+    }
+
+    #[test]
+    fn keys_move_on_in_generations_and_reordered_packets_still_open() {
+        let mut ck = Keys::derive(&[1; 32], &[2; 32], true);
+        let mut sk = Keys::derive(&[1; 32], &[2; 32], false);
+        // Not before the interval, nor before the peer acknowledged the current key.
+        assert!(!ck.update_if_due(9, Some(0), 10));
+        assert!(!ck.update_if_due(10, None, 10));
+        let old = sealed(&ck, 9);
+        assert!(ck.update_if_due(10, Some(3), 10));
+        assert!(ck.send_phase());
+        let new = sealed(&ck, 10);
+        assert_ne!(old.1[..8], new.1[..8], "another key");
+        let open = |k: &mut Keys, pn: u64, (phase, mut c): (bool, Vec<u8>)| {
+            k.open_in_place(pn, phase, b"h", &mut c).map(|(_, o)| o)
+        };
+        // The new generation is tried on a flipped bit and taken; the server follows.
+        assert_eq!(open(&mut sk, 10, new.clone()), Ok(Opened::PeerUpdated));
+        sk.follow_peer(50);
+        assert!(sk.send_phase());
+        // A packet of the old key, reordered past the change, still opens.
+        assert_eq!(open(&mut sk, 9, old), Ok(Opened::Known));
+        // The client's next update: generation 2, phase bit back to 0.
+        assert!(
+            !ck.update_if_due(30, Some(9), 10),
+            "not acknowledged under key 1"
+        );
+        assert!(ck.update_if_due(30, Some(12), 10));
+        let third = sealed(&ck, 30);
+        assert!(!third.0);
+        assert_eq!(open(&mut sk, 30, third), Ok(Opened::PeerUpdated));
+        // The server's packets under its generation 1 open at the client, which then knows
+        // the server followed; the client, ahead already, does not move on for it.
+        let from_server = sealed(&sk, 50);
+        assert!(from_server.0);
+        assert_eq!(open(&mut ck, 50, from_server), Ok(Opened::PeerUpdated));
+        ck.follow_peer(32);
+        assert_eq!(ck.updates(), 2);
+        sk.follow_peer(51);
+        assert_eq!(sk.updates(), 2, "the server follows to generation 2");
+        // A forged flip opens under no key.
+        let mut forged = sealed(&ck, 31);
+        forged.0 = !forged.0;
+        forged.1[0] ^= 1;
+        assert!(open(&mut sk, 31, forged).is_err());
+        assert_eq!(ck.updates(), 2);
     }
 
     #[test]

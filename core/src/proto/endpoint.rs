@@ -801,37 +801,44 @@ impl Endpoint {
             return;
         };
         match kind {
-            packet::DATA | packet::DATA_PLAIN => match ShortHeader::decode(datagram) {
-                Ok(h) => match self.connections.get_mut(&h.dst_id) {
-                    Some(c) => {
-                        // Copy into the receive arena: one allocation per ~50 packets, and
-                        // the packet is decrypted where it lies.
-                        if self.rx_arena.capacity() - self.rx_arena.len() < datagram.len() {
-                            self.rx_arena = BytesMut::with_capacity(RX_ARENA.max(datagram.len()));
-                        }
-                        self.rx_arena.extend_from_slice(datagram);
-                        c.handle_packet(now, from, self.rx_arena.split());
-                        if c.wants_address_token() {
-                            let expiry = now.saturating_duration_since(self.start).as_millis()
-                                as u64
-                                + TOKEN_LIFETIME.as_millis() as u64;
-                            c.give_address_token(self.cookie_key.make_token(from, expiry).to_vec());
-                        } else if let Some(t) = c.take_address_token() {
-                            if self.tokens.len() >= MAX_TOKENS && !self.tokens.contains_key(&from) {
-                                // Full: forget an arbitrary one (a later handshake to that
-                                // server only costs a cookie round trip).
-                                let old = self.tokens.keys().next().copied();
-                                old.map(|k| self.tokens.remove(&k));
+            packet::DATA | packet::DATA_PHASE1 | packet::DATA_PLAIN => {
+                match ShortHeader::decode(datagram) {
+                    Ok(h) => match self.connections.get_mut(&h.dst_id) {
+                        Some(c) => {
+                            // Copy into the receive arena: one allocation per ~50 packets, and
+                            // the packet is decrypted where it lies.
+                            if self.rx_arena.capacity() - self.rx_arena.len() < datagram.len() {
+                                self.rx_arena =
+                                    BytesMut::with_capacity(RX_ARENA.max(datagram.len()));
                             }
-                            self.tokens.insert(from, t);
+                            self.rx_arena.extend_from_slice(datagram);
+                            c.handle_packet(now, from, self.rx_arena.split());
+                            if c.wants_address_token() {
+                                let expiry = now.saturating_duration_since(self.start).as_millis()
+                                    as u64
+                                    + TOKEN_LIFETIME.as_millis() as u64;
+                                c.give_address_token(
+                                    self.cookie_key.make_token(from, expiry).to_vec(),
+                                );
+                            } else if let Some(t) = c.take_address_token() {
+                                if self.tokens.len() >= MAX_TOKENS
+                                    && !self.tokens.contains_key(&from)
+                                {
+                                    // Full: forget an arbitrary one (a later handshake to that
+                                    // server only costs a cookie round trip).
+                                    let old = self.tokens.keys().next().copied();
+                                    old.map(|k| self.tokens.remove(&k));
+                                }
+                                self.tokens.insert(from, t);
+                            }
+                            self.drain_events(h.dst_id);
+                            self.touch(h.dst_id);
                         }
-                        self.drain_events(h.dst_id);
-                        self.touch(h.dst_id);
-                    }
-                    None => self.reply_no_connection(now, from, h.dst_id, datagram.len()),
-                },
-                Err(_) => self.stats.malformed += 1,
-            },
+                        None => self.reply_no_connection(now, from, h.dst_id, datagram.len()),
+                    },
+                    Err(_) => self.stats.malformed += 1,
+                }
+            }
             _ if datagram.len() < 2 => self.stats.malformed += 1,
             packet::CLIENT_HELLO => self.handle_client_hello(now, from, datagram),
             _ if datagram[1] != PROTOCOL_VERSION => self.stats.malformed += 1,

@@ -2,8 +2,9 @@
 //! packets.
 //!
 //! ```text
-//! data:           [0x40 | 0x41 (unencrypted)] [dst conn id u32] [packet number low 32 bits]
-//!                 [frames ...] [16-byte tag when encrypted; the 9 header bytes are its AD]
+//! data:           [0x40 | 0x42 (key phase 1) | 0x41 (unencrypted)] [dst conn id u32]
+//!                 [packet number low 32 bits] [frames ...]
+//!                 [16-byte tag when encrypted; the 9 header bytes are its AD]
 //! client hello:   [0xC1] [version] [client id u32] [ephemeral X25519 32] [unencrypted pref u8]
 //!                 [flags u8] [identity] [ed25519 key 32]? [cert len u16, cert]?
 //!                 [cookie len u8, cookie] [signature 64]? [zero padding to 1200 bytes]
@@ -29,6 +30,8 @@ pub const PROTOCOL_VERSION: u8 = 1;
 pub const DATA: u8 = 0x40;
 /// An unencrypted data packet (both sides allowed it).
 pub const DATA_PLAIN: u8 = 0x41;
+/// An encrypted data packet under an odd key generation (the key phase bit set).
+pub const DATA_PHASE1: u8 = 0x42;
 /// Client hello.
 pub const CLIENT_HELLO: u8 = 0xC1;
 /// Server hello.
@@ -391,6 +394,8 @@ impl Control {
 pub struct ShortHeader {
     /// False for an unencrypted packet.
     pub encrypted: bool,
+    /// The key phase bit: the low bit of the sender's key generation.
+    pub key_phase: bool,
     /// The receiver's connection id.
     pub dst_id: u32,
     /// The low 32 bits of the packet number.
@@ -401,9 +406,10 @@ impl ShortHeader {
     /// Decodes the header from the front of a datagram.
     pub fn decode(datagram: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(datagram);
-        let encrypted = match r.u8()? {
-            DATA => true,
-            DATA_PLAIN => false,
+        let (encrypted, key_phase) = match r.u8()? {
+            DATA => (true, false),
+            DATA_PHASE1 => (true, true),
+            DATA_PLAIN => (false, false),
             tag => {
                 return Err(DecodeError::UnknownType {
                     what: "packet",
@@ -413,6 +419,7 @@ impl ShortHeader {
         };
         Ok(Self {
             encrypted,
+            key_phase,
             dst_id: r.u32()?,
             pn_low: r.u32()?,
         })
@@ -420,7 +427,11 @@ impl ShortHeader {
 
     /// Appends the header.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(if self.encrypted { DATA } else { DATA_PLAIN });
+        out.push(match (self.encrypted, self.key_phase) {
+            (false, _) => DATA_PLAIN,
+            (true, false) => DATA,
+            (true, true) => DATA_PHASE1,
+        });
         out.extend_from_slice(&self.dst_id.to_be_bytes());
         out.extend_from_slice(&self.pn_low.to_be_bytes());
     }
