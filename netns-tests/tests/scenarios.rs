@@ -68,9 +68,27 @@ fn udp_blocked_for_one_peer_ends_with_a_clear_reason() {
     assert!(debug.contains("no ICE candidate pair answered"), "{ea}");
     let eb = pb.wait(&["connected", "ended"], Duration::from_secs(60));
     assert_eq!(eb["event"], "ended", "{eb}");
+    // Each side reports its own failure unless the peer's close came while it still had a
+    // way forward; then it reports the peer's reason. At least one side failed on its own.
+    let own = |e: &serde_json::Value| e["state"] == "ProblemDetectedLocally";
+    assert!(
+        own(&ea) || own(&eb),
+        "neither side failed on its own: {ea} {eb}"
+    );
+    for (e, other) in [(&ea, &eb), (&eb, &ea)] {
+        if !own(e) {
+            assert_eq!(e["state"], "ClosedByPeer", "{e}");
+            assert!(own(other), "{e} heard a close from {other}");
+            let (heard, given) = (e["debug"].as_str(), other["debug"].as_str());
+            assert!(
+                heard.is_some_and(|h| given.is_some_and(|g| g.starts_with(h))),
+                "the peer's reason, as it gave it (perhaps cut short): {e} {other}"
+            );
+        }
+    }
     say(&format!(
-        "UDP blocked: ended after {} ms with {reason} {debug:?}; the peer: {} {:?}",
-        ea["ms"], eb["reason"], eb["debug"]
+        "UDP blocked: ended after {} ms, {} {reason} {debug:?}; the peer: {} {} {:?}",
+        ea["ms"], ea["state"], eb["state"], eb["reason"], eb["debug"]
     ));
 }
 
