@@ -4,7 +4,7 @@
 
 use crate::server::{Config, Server, TurnAdvert};
 use crate::stun::StunServer;
-use crate::turn_server::TurnServer;
+use crate::turn_server::{TurnConfig, TurnServer};
 use clap::{Parser, Subcommand};
 use punchline_identity::{CertStore, PublicKey};
 use rand_core::{OsRng, RngCore};
@@ -71,6 +71,25 @@ struct Args {
     /// static-auth-secret). Default: random at each start.
     #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_SECRET", requires = "turn")]
     turn_secret: Option<String>,
+    /// A peer range TURN may relay to although it refuses it by default (loopback,
+    /// private, link-local, shared, multicast and reserved addresses), as CIDR; repeat for
+    /// more. For a lab on loopback: 127.0.0.0/8.
+    #[arg(
+        long,
+        env = "PUNCHLINE_SIGNALING_TURN_ALLOW_PEER",
+        value_delimiter = ',',
+        requires = "turn"
+    )]
+    turn_allow_peer: Vec<ipnet::IpNet>,
+    /// TURN allocations one user (one login) may hold at once.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_USER_QUOTA", default_value_t = TurnConfig::USER_QUOTA)]
+    turn_user_quota: usize,
+    /// TURN allocations in all (each holds a UDP socket: keep it under the descriptor limit).
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_TOTAL_QUOTA", default_value_t = TurnConfig::TOTAL_QUOTA)]
+    turn_total_quota: usize,
+    /// Bytes per second one TURN allocation relays each way; more is dropped.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_MAX_BPS", default_value_t = TurnConfig::MAX_BPS)]
+    turn_max_bps: u32,
     /// Bytes per second each client may send through the relay (datagrams in binary
     /// websocket frames, for peers with no UDP path); 0 turns the relay off.
     #[arg(
@@ -315,13 +334,21 @@ where
                         s
                     }
                 };
-                match TurnServer::start(addr, relay_ip, secret.clone()).await {
+                let turn_config = TurnConfig {
+                    allow_peers: args.turn_allow_peer.clone(),
+                    user_quota: args.turn_user_quota,
+                    total_quota: args.turn_total_quota,
+                    max_bps: args.turn_max_bps,
+                    ..TurnConfig::new(addr, relay_ip, secret.clone())
+                };
+                match TurnServer::start(turn_config).await {
                     Ok(t) => {
                         println!("turn on {} relaying from {relay_ip}", t.addr());
                         config.turn = Some(TurnAdvert {
                             addr: t.addr(),
                             secret,
                             ttl: Duration::from_secs(args.turn_ttl.max(60)),
+                            sessions: Some(t.sessions()),
                         });
                         Some(t)
                     }

@@ -8,6 +8,7 @@ use crate::mailbox::{Mailbox, Pushed};
 use crate::protocol::{
     self, ClientMsg, IceSettings, ServerMsg, TurnSettings, MAX_FAKE_PORTS, MAX_SIGNAL,
 };
+use crate::turn_server::{TurnSession, TurnSessions};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use punchline_identity::{CertStore, Certificate, Identity, PublicKey};
@@ -84,6 +85,10 @@ pub struct TurnAdvert {
     pub secret: Vec<u8>,
     /// How long credentials last.
     pub ttl: Duration,
+    /// The TURN server's sessions, when it runs in this process: each login's credentials
+    /// then work only while it lasts (see [`crate::turn_server::TurnSessions`]). `None` for
+    /// a TURN server elsewhere (coturn with `use-auth-secret`): credentials last their ttl.
+    pub sessions: Option<TurnSessions>,
 }
 
 impl std::fmt::Debug for TurnAdvert {
@@ -521,6 +526,8 @@ struct ClientState {
     slot: SourceSlot,
     local_ip: IpAddr,
     nonce: [u8; 32],
+    /// This login's right to the TURN server in this process, given back at logout.
+    turn: Option<TurnSession>,
 }
 
 /// Serves one websocket client to the end: a reader and a writer that run apart, so a
@@ -559,6 +566,7 @@ async fn client(
         slot,
         local_ip,
         nonce,
+        turn: None,
     };
     let end = tokio::select! {
         end = read_loop(&mut stream, &hub, &mailbox, &kick, &mut st) => end,
@@ -570,6 +578,8 @@ async fn client(
     if let Some(id) = &st.me {
         leave(&hub, id, st.conn);
     }
+    // The login's TURN credentials stop working and its allocations end.
+    drop(st.turn.take());
     let who = st.me.as_ref().map(Identity::to_string);
     match &end {
         End::Slow(why) => {
@@ -787,7 +797,12 @@ enum Reply {
 }
 
 /// The STUN and TURN servers (with fresh credentials) to tell `who` of.
-fn ice_settings(config: &Config, local_ip: IpAddr, who: &Identity) -> Option<IceSettings> {
+fn ice_settings(
+    config: &Config,
+    local_ip: IpAddr,
+    who: &Identity,
+    session: Option<&TurnSession>,
+) -> Option<IceSettings> {
     let host = |a: SocketAddr| {
         let ip = if a.ip().is_unspecified() {
             local_ip
@@ -805,7 +820,8 @@ fn ice_settings(config: &Config, local_ip: IpAddr, who: &Identity) -> Option<Ice
         .turn
         .iter()
         .map(|t| {
-            let c = crate::turn_server::credentials(&t.secret, &who.to_string(), t.ttl);
+            let user = session.map_or_else(|| who.to_string(), |s| s.user().to_string());
+            let c = crate::turn_server::credentials(&t.secret, &user, t.ttl);
             TurnSettings {
                 url: format!("turn:{}", host(t.addr)),
                 username: c.username,
@@ -855,9 +871,15 @@ fn on_message(
             };
             match login(hub, st, mailbox, kick, proof) {
                 Ok(id) => {
+                    st.turn = hub
+                        .config
+                        .turn
+                        .as_ref()
+                        .and_then(|t| t.sessions.as_ref())
+                        .map(|s| s.open(&id.to_string()));
                     let welcome = ServerMsg::Welcome {
                         identity: id.to_string(),
-                        ice: ice_settings(&hub.config, st.local_ip, &id),
+                        ice: ice_settings(&hub.config, st.local_ip, &id, st.turn.as_ref()),
                         rate: Some(hub.config.rate),
                     };
                     st.me = Some(id);

@@ -1,27 +1,193 @@
-//! The embedded TURN server (RFC 8656, on the `turn` crate) and its short-lived credentials.
+//! The embedded TURN server (RFC 8656 over UDP, on `stun-rs`), its short-lived credentials,
+//! and the limits a relay open to the internet needs.
 //!
-//! Credentials follow the TURN REST API convention (as coturn's `use-auth-secret`): the
-//! user name is `<unix expiry>:<identity>` and the password is
-//! `base64(HMAC-SHA1(secret, user name))`, so the signaling server hands out credentials
-//! that the TURN server checks without a shared user table, and they stop working at the
-//! expiry.
+//! Credentials follow the TURN REST API convention (as coturn's `use-auth-secret`): the user
+//! name is `<unix expiry>:<user>` and the password is `base64(HMAC-SHA1(secret, user name))`,
+//! so the signaling server hands out credentials that the TURN server checks without a user
+//! table, and they stop working at the expiry. When the signaling server holds the server's
+//! [`TurnSessions`], `<user>` is `<session>:<identity>` and the credentials also stop working
+//! when that login ends, which releases every allocation made with them.
+//!
+//! What it refuses, by default:
+//! - relaying to loopback, unspecified, private (RFC 1918, RFC 4193), link-local,
+//!   shared-address (100.64.0.0/10), multicast, broadcast and reserved peers, unless the
+//!   operator allows their ranges ([`TurnConfig::allow_peers`]);
+//! - more than [`TurnConfig::user_quota`] allocations for one user, and more than
+//!   [`TurnConfig::total_quota`] in all;
+//! - more than [`TurnConfig::max_bps`] bytes a second through one allocation, each way;
+//! - more than [`RATE_PER_SOURCE`] requests a second from one source (an IPv4 address or an
+//!   IPv6 /64), in a table of fixed size.
+//!
+//! An unauthenticated request costs no memory that lasts: its nonce is a timestamp and a MAC
+//! of it and the asker's address, checked again when it comes back.
 
-use base64::engine::general_purpose::STANDARD as B64;
+use crate::limit::{Bucket, RateTable};
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use turn::auth::{generate_auth_key, AuthHandler};
-use turn::relay::relay_static::RelayAddressGeneratorStatic;
-use turn::server::config::{ConnConfig, ServerConfig};
+pub use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stun_rs::attributes::stun::{
+    ErrorCode, Fingerprint, MessageIntegrity, Nonce, Realm, UnknownAttributes, UserName,
+    XorMappedAddress,
+};
+use stun_rs::attributes::turn::{
+    ChannelNumber, Data, EvenPort, LifeTime, RequestedAddressFamily, RequestedTrasport,
+    ReservationToken, XorPeerAddress, XorRelayedAddress,
+};
+use stun_rs::methods::{ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMMISSION, DATA, REFRESH, SEND};
+use stun_rs::{
+    AddressFamily, Algorithm, AlgorithmId, DecoderContextBuilder, HMACKey, MessageClass,
+    MessageDecoderBuilder, MessageEncoderBuilder, StunAttribute, StunMessage, StunMessageBuilder,
+};
+use tokio::net::UdpSocket;
 
 /// The realm the embedded TURN server uses.
 pub const REALM: &str = "punchline";
+/// An allocation's lifetime when the client asks for none or for less.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+/// The longest lifetime granted.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// How long a permission lasts without a refresh (RFC 8656 §9).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// How long a channel binding lasts without a refresh (RFC 8656 §12).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// How long a nonce is good for; an older one gets 438 (Stale Nonce) and a fresh one.
+pub const NONCE_LIFETIME: Duration = Duration::from_secs(600);
+/// How long a port reserved by EVEN-PORT waits for its Allocate (RFC 8656 §7.2).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+/// Permissions (peer addresses) one allocation may hold.
+pub const MAX_PERMISSIONS: usize = 64;
+/// Channels one allocation may bind.
+pub const MAX_CHANNELS: usize = 64;
+/// Requests answered per second from one source, with bursts of twice this: enough for many
+/// players behind one carrier-grade NAT address gathering candidates at once.
+pub const RATE_PER_SOURCE: u32 = 100;
+/// Slots of the per-source rate table (fixed memory, whatever the number of sources).
+const RATE_SLOTS: usize = 8192;
+/// The largest datagram relayed either way; a larger one is dropped, not cut.
+pub const MAX_RELAYED: usize = 4096;
+/// Room for the ChannelData header or the Data indication's header and attributes.
+const HEADROOM: usize = 64;
+/// Bytes of MAC in a nonce.
+const NONCE_MAC: usize = 6;
+
+/// How the TURN server runs and what it allows.
+#[derive(Clone)]
+pub struct TurnConfig {
+    /// The UDP address it serves on.
+    pub listen: SocketAddr,
+    /// The address peers see relayed traffic come from (for an unspecified `listen`, a real
+    /// address of this host).
+    pub relay_ip: IpAddr,
+    /// The TURN REST secret credentials are checked against.
+    pub secret: Vec<u8>,
+    /// Peer ranges allowed although the default refuses them (loopback for a lab, a LAN
+    /// for a LAN party). Nothing by default.
+    pub allow_peers: Vec<IpNet>,
+    /// Allocations one user may hold at once (one per P2P connection per TURN server).
+    pub user_quota: usize,
+    /// Allocations in all (each holds a UDP socket: mind the descriptor limit).
+    pub total_quota: usize,
+    /// Bytes a second one allocation relays each way; over it, datagrams are dropped.
+    pub max_bps: u32,
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnConfig")
+            .field("listen", &self.listen)
+            .field("relay_ip", &self.relay_ip)
+            .field("allow_peers", &self.allow_peers)
+            .field("user_quota", &self.user_quota)
+            .field("total_quota", &self.total_quota)
+            .field("max_bps", &self.max_bps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TurnConfig {
+    /// Default user quota: a full-mesh lobby of 64 players, one allocation per peer.
+    pub const USER_QUOTA: usize = 64;
+    /// Default total quota.
+    pub const TOTAL_QUOTA: usize = 2048;
+    /// Default byte rate per allocation and direction (8 Mbit/s: a game's traffic with room).
+    pub const MAX_BPS: u32 = 1_000_000;
+
+    /// Serves on `listen`, relaying from `relay_ip`, checking credentials against `secret`,
+    /// with the default limits and no peer range allowed beyond the default.
+    pub fn new(listen: SocketAddr, relay_ip: IpAddr, secret: Vec<u8>) -> TurnConfig {
+        TurnConfig {
+            listen,
+            relay_ip,
+            secret,
+            allow_peers: Vec::new(),
+            user_quota: Self::USER_QUOTA,
+            total_quota: Self::TOTAL_QUOTA,
+            max_bps: Self::MAX_BPS,
+        }
+    }
+
+    /// Also allows peers in `net`.
+    pub fn allow_peer(mut self, net: IpNet) -> TurnConfig {
+        self.allow_peers.push(net);
+        self
+    }
+
+    /// Whether traffic may be relayed to `ip`.
+    pub fn peer_allowed(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.allow_peers.iter().any(|n| n.contains(&ip)) || !refused_by_default(ip)
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Peers no relay should reach unless its operator says so: this host, its networks, and
+/// addresses that are not one host on the internet.
+fn refused_by_default(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(a) => refused_v4(a),
+        IpAddr::V6(a) => refused_v6(a),
+    }
+}
+
+fn refused_v4(a: Ipv4Addr) -> bool {
+    let [b0, b1, ..] = a.octets();
+    b0 == 0 // "this network", unspecified included
+        || a.is_loopback()
+        || a.is_private()
+        || a.is_link_local()
+        || (b0 == 100 && (b1 & 0xc0) == 64) // shared address space, 100.64.0.0/10
+        || a.is_multicast()
+        || b0 >= 240 // reserved, and the limited broadcast 255.255.255.255
+}
+
+fn refused_v6(a: Ipv6Addr) -> bool {
+    let s = a.segments();
+    let v4_in_last = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    a.is_unspecified()
+        || a.is_loopback()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local, fc00::/7
+        || (s[0] & 0xffc0) == 0xfe80 // link-local, fe80::/10
+        || a.is_multicast()
+        || s[..6] == [0; 6] // IPv4-compatible (deprecated), ::/96
+        || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && refused_v4(v4_in_last())) // NAT64
+}
 
 /// A TURN user name and password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TurnCredentials {
-    /// `<unix expiry>:<identity>`.
+    /// `<unix expiry>:<user>`.
     pub username: String,
     /// The password for it.
     pub password: String,
@@ -49,10 +215,10 @@ fn password(secret: &[u8], username: &str) -> String {
     B64.encode(ring::hmac::sign(&key, username.as_bytes()).as_ref())
 }
 
-/// Credentials for `who`, valid for `ttl` from now, under `secret`.
-pub fn credentials(secret: &[u8], who: &str, ttl: Duration) -> TurnCredentials {
+/// Credentials for `user`, valid for `ttl` from now, under `secret`.
+pub fn credentials(secret: &[u8], user: &str, ttl: Duration) -> TurnCredentials {
     let expires = unix_now() + ttl.as_secs();
-    let username = format!("{expires}:{who}");
+    let username = format!("{expires}:{user}");
     TurnCredentials {
         password: password(secret, &username),
         username,
@@ -60,40 +226,102 @@ pub fn credentials(secret: &[u8], who: &str, ttl: Duration) -> TurnCredentials {
     }
 }
 
-/// Checks REST-style credentials: the expiry must be ahead.
-struct RestAuth {
-    secret: Vec<u8>,
+/// The logins whose credentials work, shared by the TURN server and the signaling server
+/// that hands the credentials out. Once a signaling server holds it (see
+/// [`TurnServer::sessions`]), only credentials of a login still going work.
+#[derive(Clone)]
+pub struct TurnSessions {
+    shared: Arc<Shared>,
 }
 
-impl AuthHandler for RestAuth {
-    fn auth_handle(
-        &self,
-        username: &str,
-        realm: &str,
-        from: SocketAddr,
-    ) -> Result<Vec<u8>, turn::Error> {
-        let expiry: u64 = username
-            .split(':')
-            .next()
-            .and_then(|e| e.parse().ok())
-            .ok_or_else(|| turn::Error::Other(format!("user name {username:?} has no expiry")))?;
-        if expiry < unix_now() {
-            tracing::debug!(%from, username, "expired TURN credentials");
-            return Err(turn::Error::Other("expired credentials".into()));
-        }
-        Ok(generate_auth_key(
-            username,
-            realm,
-            &password(&self.secret, username),
-        ))
+impl std::fmt::Debug for TurnSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnSessions")
+            .field("live", &self.shared.state().sessions.len())
+            .finish()
     }
+}
+
+impl TurnSessions {
+    /// Opens a session for `identity`; its credentials work until it is dropped.
+    pub fn open(&self, identity: &str) -> TurnSession {
+        let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .state()
+            .sessions
+            .insert(id, identity.to_string());
+        TurnSession {
+            shared: self.shared.clone(),
+            id,
+            user: format!("{id:x}:{identity}"),
+        }
+    }
+}
+
+/// One login's right to the TURN server: credentials made for [`TurnSession::user`] work
+/// while it lives. Dropping it (at logout) releases every allocation made with them.
+pub struct TurnSession {
+    shared: Arc<Shared>,
+    id: u64,
+    user: String,
+}
+
+impl std::fmt::Debug for TurnSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnSession")
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+impl TurnSession {
+    /// The user part of its credentials: `<session>:<identity>`.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+impl Drop for TurnSession {
+    fn drop(&mut self) {
+        let mut st = self.shared.state();
+        st.sessions.remove(&self.id);
+        let ended: Vec<SocketAddr> = st
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.session == Some(self.id))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &ended {
+            st.remove(k);
+        }
+        let id = self.id;
+        st.drop_reservations(|r| r.session == Some(id));
+        if !ended.is_empty() {
+            tracing::debug!(user = %self.user, allocations = ended.len(), "login ended: TURN allocations released");
+        }
+    }
+}
+
+/// What the TURN server has done, for operators and tests.
+#[derive(Debug, Default)]
+pub struct TurnMetrics {
+    /// Allocations made.
+    pub allocations: AtomicU64,
+    /// Requests refused for a peer the server does not relay to.
+    pub forbidden_peers: AtomicU64,
+    /// Allocations refused for a quota.
+    pub over_quota: AtomicU64,
+    /// Requests left unanswered for their source's rate.
+    pub rate_limited: AtomicU64,
+    /// Datagrams dropped for an allocation's byte rate.
+    pub over_bps: AtomicU64,
 }
 
 /// A running TURN server.
 pub struct TurnServer {
-    server: turn::server::Server,
+    shared: Arc<Shared>,
     addr: SocketAddr,
-    secret: Vec<u8>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for TurnServer {
@@ -105,43 +333,43 @@ impl std::fmt::Debug for TurnServer {
 }
 
 impl TurnServer {
-    /// Serves TURN on UDP `listen` (on the current tokio runtime), relaying from
-    /// `relay_ip` (the address peers see; for an unspecified `listen`, required to be a
-    /// real address of this host). Credentials are checked against `secret`.
-    pub async fn start(
-        listen: SocketAddr,
-        relay_ip: IpAddr,
-        secret: Vec<u8>,
-    ) -> std::io::Result<TurnServer> {
-        let socket = tokio::net::UdpSocket::bind(listen).await?;
+    /// Serves TURN as `config` says, on the current tokio runtime.
+    pub async fn start(config: TurnConfig) -> std::io::Result<TurnServer> {
+        let socket = Arc::new(UdpSocket::bind(config.listen).await?);
         let addr = socket.local_addr()?;
-        let bind_ip = if listen.ip().is_unspecified() {
-            listen.ip()
+        let bind_ip = if config.listen.ip().is_unspecified() {
+            config.listen.ip()
         } else {
-            relay_ip
+            config.relay_ip
         };
-        let server = turn::server::Server::new(ServerConfig {
-            conn_configs: vec![ConnConfig {
-                conn: Arc::new(socket),
-                relay_addr_generator: Box::new(RelayAddressGeneratorStatic {
-                    relay_address: relay_ip,
-                    address: bind_ip.to_string(),
-                    net: Arc::new(webrtc_util::vnet::net::Net::new(None)),
-                }),
-            }],
-            realm: REALM.into(),
-            auth_handler: Arc::new(RestAuth {
-                secret: secret.clone(),
+        let rate = f64::from(RATE_PER_SOURCE);
+        let mut nonce_key = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce_key);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                allocations: HashMap::new(),
+                reservations: HashMap::new(),
+                per_user: HashMap::new(),
+                sessions: HashMap::new(),
+                require_session: false,
+                limits: RateTable::new(RATE_SLOTS, rate, 2.0 * rate),
             }),
-            channel_bind_timeout: Duration::ZERO,
-            alloc_close_notify: None,
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(TurnServer {
-            server,
+            nonce_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &nonce_key),
+            next_session: AtomicU64::new(1),
+            socket: socket.clone(),
             addr,
-            secret,
+            bind_ip,
+            config,
+            metrics: TurnMetrics::default(),
+        });
+        let tasks = vec![
+            tokio::spawn(serve(shared.clone())),
+            tokio::spawn(sweep(Arc::downgrade(&shared))),
+        ];
+        Ok(TurnServer {
+            shared,
+            addr,
+            tasks,
         })
     }
 
@@ -150,54 +378,996 @@ impl TurnServer {
         self.addr
     }
 
-    /// Credentials for `who`, valid for `ttl`.
-    pub fn credentials(&self, who: &str, ttl: Duration) -> TurnCredentials {
-        credentials(&self.secret, who, ttl)
+    /// The session table for the signaling server that hands out this server's
+    /// credentials. From this call on, only credentials of a live session work.
+    pub fn sessions(&self) -> TurnSessions {
+        self.shared.state().require_session = true;
+        TurnSessions {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// What it has done so far.
+    pub fn metrics(&self) -> &TurnMetrics {
+        &self.shared.metrics
+    }
+
+    /// Allocations now.
+    pub fn allocations(&self) -> usize {
+        self.shared.state().allocations.len()
+    }
+
+    /// Credentials for `user`, valid for `ttl` (REST style: they work while sessions are
+    /// not required).
+    pub fn credentials(&self, user: &str, ttl: Duration) -> TurnCredentials {
+        credentials(&self.shared.config.secret, user, ttl)
     }
 
     /// Ends every allocation now (their clients must allocate again), for example after the
     /// secret changed. Returns how many there were.
     pub async fn drop_allocations(&self) -> usize {
-        let infos = self
-            .server
-            .get_allocations_info(None)
-            .await
-            .unwrap_or_default();
-        let users: std::collections::BTreeSet<String> =
-            infos.values().map(|i| i.username.clone()).collect();
-        for u in users {
-            let _ = self.server.delete_allocations_by_username(u).await;
+        let mut st = self.shared.state();
+        let keys: Vec<SocketAddr> = st.allocations.keys().copied().collect();
+        for k in &keys {
+            st.remove(k);
         }
-        infos.len()
+        keys.len()
     }
 
     /// Stops serving and drops every allocation.
     pub async fn stop(self) {
-        let _ = self.server.close().await;
+        drop(self);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_are_checked_and_expire() {
-        let auth = RestAuth {
-            secret: b"s3cret".to_vec(),
-        };
-        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let c = credentials(b"s3cret", "ed25519:ab", Duration::from_secs(60));
-        let key = auth.auth_handle(&c.username, REALM, from).unwrap();
-        assert_eq!(key, generate_auth_key(&c.username, REALM, &c.password));
-        // Another secret gives another password: the key does not match.
-        let forged = credentials(b"other", "ed25519:ab", Duration::from_secs(60));
-        assert_ne!(
-            auth.auth_handle(&forged.username, REALM, from).unwrap(),
-            generate_auth_key(&forged.username, REALM, &forged.password)
-        );
-        let old = format!("{}:ed25519:ab", unix_now() - 1);
-        assert!(auth.auth_handle(&old, REALM, from).is_err());
-        assert!(auth.auth_handle("nobody", REALM, from).is_err());
+impl Drop for TurnServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let mut st = self.shared.state();
+        let keys: Vec<SocketAddr> = st.allocations.keys().copied().collect();
+        for k in &keys {
+            st.remove(k);
+        }
+        st.drop_reservations(|_| true);
     }
+}
+
+/// What the listener and the relay tasks share.
+struct Shared {
+    state: Mutex<State>,
+    nonce_key: ring::hmac::Key,
+    next_session: AtomicU64,
+    socket: Arc<UdpSocket>,
+    addr: SocketAddr,
+    bind_ip: IpAddr,
+    config: TurnConfig,
+    metrics: TurnMetrics,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct State {
+    /// By the client's address (the 5-tuple, on one UDP socket).
+    allocations: HashMap<SocketAddr, Allocation>,
+    /// Ports reserved by EVEN-PORT, by token.
+    reservations: HashMap<[u8; 8], Reservation>,
+    /// Allocations and reservations per user.
+    per_user: HashMap<String, usize>,
+    /// Live sessions: their identity.
+    sessions: HashMap<u64, String>,
+    /// Whether credentials must name a live session.
+    require_session: bool,
+    limits: RateTable,
+}
+
+impl State {
+    fn remove(&mut self, client: &SocketAddr) {
+        if let Some(a) = self.allocations.remove(client) {
+            self.release_user(&a.user);
+        }
+    }
+
+    /// One allocation or reservation of `user`'s fewer.
+    fn release_user(&mut self, user: &str) {
+        if let Some(n) = self.per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(user);
+            }
+        }
+    }
+
+    /// Relay ports held: allocations and reservations.
+    fn held(&self) -> usize {
+        self.allocations.len() + self.reservations.len()
+    }
+
+    /// Ends the reservations `ended` says.
+    fn drop_reservations(&mut self, ended: impl Fn(&Reservation) -> bool) {
+        let gone: Vec<[u8; 8]> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| ended(r))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in gone {
+            if let Some(r) = self.reservations.remove(&t) {
+                self.release_user(&r.user);
+            }
+        }
+    }
+}
+
+/// A relay port held for a later Allocate with its token (RFC 8656 §7.2).
+struct Reservation {
+    socket: std::net::UdpSocket,
+    user: String,
+    session: Option<u64>,
+    expires: Instant,
+}
+
+struct Channel {
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+struct Allocation {
+    /// The user name it was made with; later requests must use the same.
+    username: String,
+    /// Who it counts against.
+    user: String,
+    session: Option<u64>,
+    /// The Allocate transaction, to answer its retransmissions alike.
+    tid: [u8; 12],
+    /// The token of the port it reserved (EVEN-PORT with R), for those retransmissions.
+    reservation: Option<[u8; 8]>,
+    relay: Arc<UdpSocket>,
+    relay_addr: SocketAddr,
+    expires: Instant,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, Channel>,
+    by_peer: HashMap<SocketAddr, u16>,
+    to_peer: Bucket,
+    to_client: Bucket,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Allocation {
+    fn permitted(&self, peer: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .get(&canonical(peer))
+            .is_some_and(|t| *t > now)
+    }
+}
+
+/// The listener: requests, indications and channel data from clients.
+async fn serve(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; MAX_RELAYED + HEADROOM];
+    loop {
+        let (n, from) = match shared.socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::trace!(error = %e, "TURN receive error");
+                continue;
+            }
+        };
+        if n == buf.len() {
+            continue; // cut short: larger than anything relayed
+        }
+        let out = handle(&shared, &buf[..n], from, Instant::now(), unix_now());
+        match out {
+            Out::Nothing => {}
+            Out::Reply(bytes) => {
+                let _ = shared.socket.send_to(&bytes, from).await;
+            }
+            Out::Relay { socket, peer, data } => {
+                let bytes = match &data {
+                    Payload::Range(a, b) => &buf[*a..*b],
+                    Payload::Owned(v) => v.as_slice(),
+                };
+                let _ = socket.send_to(bytes, peer).await;
+            }
+        }
+    }
+}
+
+/// Traffic from peers to one allocation's relay address, passed to its client.
+async fn relay_loop(shared: std::sync::Weak<Shared>, relay: Arc<UdpSocket>, client: SocketAddr) {
+    let mut buf = vec![0u8; MAX_RELAYED + HEADROOM];
+    loop {
+        let Ok((n, peer)) = relay.recv_from(&mut buf[HEADROOM..]).await else {
+            continue;
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if HEADROOM + n == buf.len() {
+            continue; // cut short
+        }
+        let frame = {
+            let mut st = shared.state();
+            let Some(a) = st.allocations.get_mut(&client) else {
+                return;
+            };
+            let now = Instant::now();
+            if !a.permitted(peer.ip(), now) {
+                continue; // no permission: dropped, as RFC 8656 §10.3 says
+            }
+            if !a.to_client.take_n_at(n as f64, now) {
+                shared.metrics.over_bps.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match a.by_peer.get(&peer) {
+                Some(&ch) => {
+                    let len = n as u16;
+                    buf[HEADROOM - 4..HEADROOM - 2].copy_from_slice(&ch.to_be_bytes());
+                    buf[HEADROOM - 2..HEADROOM].copy_from_slice(&len.to_be_bytes());
+                    Frame::InPlace(HEADROOM - 4)
+                }
+                None => {
+                    let msg = StunMessageBuilder::new(DATA, MessageClass::Indication)
+                        .with_attribute(XorPeerAddress::from(peer))
+                        .with_attribute(Data::new(&buf[HEADROOM..HEADROOM + n]))
+                        .build();
+                    match encode(&msg) {
+                        Some(b) => Frame::Owned(b),
+                        None => continue,
+                    }
+                }
+            }
+        };
+        let bytes = match &frame {
+            Frame::InPlace(start) => &buf[*start..HEADROOM + n],
+            Frame::Owned(b) => b.as_slice(),
+        };
+        let _ = shared.socket.send_to(bytes, client).await;
+    }
+}
+
+enum Frame {
+    InPlace(usize),
+    Owned(Vec<u8>),
+}
+
+/// Ends allocations, permissions and channels whose time is up, once a second.
+async fn sweep(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut st = shared.state();
+        let ended: Vec<SocketAddr> = st
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.expires <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &ended {
+            st.remove(k);
+        }
+        st.drop_reservations(|r| r.expires <= now);
+        for a in st.allocations.values_mut() {
+            a.permissions.retain(|_, t| *t > now);
+            a.channels.retain(|_, c| c.expires > now);
+            let Allocation {
+                channels, by_peer, ..
+            } = a;
+            by_peer.retain(|_, ch| channels.contains_key(ch));
+        }
+    }
+}
+
+/// What to do with a datagram.
+enum Out {
+    Nothing,
+    Reply(Vec<u8>),
+    /// Send `data` to `peer` from `socket`.
+    Relay {
+        socket: Arc<UdpSocket>,
+        peer: SocketAddr,
+        data: Payload,
+    },
+}
+
+/// What is relayed: a part of the datagram received, or bytes of its own.
+enum Payload {
+    Range(usize, usize),
+    Owned(Vec<u8>),
+}
+
+/// A channel number a client may bind: RFC 8656 §12 narrowed it to 0x4000-0x4FFF, but
+/// RFC 5766 clients (coturn's among them) still pick from all of 0x4000-0x7FFF, which no
+/// other message can start with either.
+fn is_channel(n: u16) -> bool {
+    (0x4000..=0x7fff).contains(&n)
+}
+
+fn handle(shared: &Arc<Shared>, datagram: &[u8], from: SocketAddr, now: Instant, unix: u64) -> Out {
+    let Some(&first) = datagram.first() else {
+        return Out::Nothing;
+    };
+    if (0x40..0x80).contains(&first) {
+        return channel_data(shared, datagram, from, now);
+    }
+    let msg = match MessageDecoderBuilder::default().build().decode(datagram) {
+        Ok((msg, _)) => msg,
+        Err(_) => return Out::Nothing,
+    };
+    match msg.class() {
+        MessageClass::Indication if msg.method() == SEND => {
+            send_indication(shared, &msg, from, now)
+        }
+        MessageClass::Request => {
+            let allowed = shared.state().limits.allow_at(from.ip(), now);
+            if !allowed {
+                shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Out::Nothing;
+            }
+            let reply = if msg.method() == BINDING {
+                crate::stun::respond(datagram, from, 0, &[shared.addr]).map(|r| r.bytes)
+            } else {
+                request(shared, &msg, datagram, from, now, unix)
+            };
+            reply.map_or(Out::Nothing, Out::Reply)
+        }
+        _ => Out::Nothing,
+    }
+}
+
+fn channel_data(shared: &Shared, datagram: &[u8], from: SocketAddr, now: Instant) -> Out {
+    if datagram.len() < 4 {
+        return Out::Nothing;
+    }
+    let ch = u16::from_be_bytes([datagram[0], datagram[1]]);
+    let len = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
+    if 4 + len > datagram.len() {
+        return Out::Nothing;
+    }
+    let mut st = shared.state();
+    let Some(a) = st.allocations.get_mut(&from) else {
+        return Out::Nothing;
+    };
+    let Some(peer) = a
+        .channels
+        .get(&ch)
+        .filter(|c| c.expires > now)
+        .map(|c| c.peer)
+    else {
+        return Out::Nothing;
+    };
+    to_peer(shared, a, peer, Payload::Range(4, 4 + len), now)
+}
+
+fn send_indication(shared: &Shared, msg: &StunMessage, from: SocketAddr, now: Instant) -> Out {
+    let (Some(peer), Some(data)) = (peer_address(msg), msg.get::<Data>()) else {
+        return Out::Nothing;
+    };
+    let Ok(data) = data.as_data() else {
+        return Out::Nothing;
+    };
+    let data = Payload::Owned(data.as_bytes().to_vec());
+    let mut st = shared.state();
+    let Some(a) = st.allocations.get_mut(&from) else {
+        return Out::Nothing;
+    };
+    to_peer(shared, a, peer, data, now)
+}
+
+fn to_peer(
+    shared: &Shared,
+    a: &mut Allocation,
+    peer: SocketAddr,
+    data: Payload,
+    now: Instant,
+) -> Out {
+    if !a.permitted(peer.ip(), now) {
+        return Out::Nothing;
+    }
+    let len = match &data {
+        Payload::Range(a, b) => b - a,
+        Payload::Owned(v) => v.len(),
+    };
+    if !a.to_peer.take_n_at(len as f64, now) {
+        shared.metrics.over_bps.fetch_add(1, Ordering::Relaxed);
+        return Out::Nothing;
+    }
+    Out::Relay {
+        socket: a.relay.clone(),
+        peer,
+        data,
+    }
+}
+
+fn peer_address(msg: &StunMessage) -> Option<SocketAddr> {
+    msg.get::<XorPeerAddress>()
+        .and_then(|a| a.as_xor_peer_address().ok())
+        .map(|a| *a.socket_address())
+}
+
+/// Who a request is from, once its credentials checked out.
+struct Authed {
+    key: HMACKey,
+    username: String,
+    user: String,
+    session: Option<u64>,
+    msg: StunMessage,
+}
+
+/// The nonce for `from` at `unix`: the time and a MAC of it and the address.
+fn nonce(shared: &Shared, from: SocketAddr, unix: u64) -> String {
+    let ts = (unix as u32).to_be_bytes();
+    let mut raw = [0u8; 4 + NONCE_MAC];
+    raw[..4].copy_from_slice(&ts);
+    raw[4..].copy_from_slice(&nonce_mac(shared, from, ts));
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn nonce_mac(shared: &Shared, from: SocketAddr, ts: [u8; 4]) -> [u8; NONCE_MAC] {
+    let mut ctx = ring::hmac::Context::with_key(&shared.nonce_key);
+    ctx.update(&ts);
+    match from.ip() {
+        IpAddr::V4(a) => ctx.update(&a.octets()),
+        IpAddr::V6(a) => ctx.update(&a.octets()),
+    }
+    ctx.update(&from.port().to_be_bytes());
+    let tag = ctx.sign();
+    let mut out = [0u8; NONCE_MAC];
+    out.copy_from_slice(&tag.as_ref()[..NONCE_MAC]);
+    out
+}
+
+/// Whether `n` is a nonce this server gave `from`, and not stale at `unix`.
+fn nonce_fresh(shared: &Shared, n: &str, from: SocketAddr, unix: u64) -> bool {
+    let Ok(raw) = URL_SAFE_NO_PAD.decode(n) else {
+        return false;
+    };
+    if raw.len() != 4 + NONCE_MAC {
+        return false;
+    }
+    let ts = [raw[0], raw[1], raw[2], raw[3]];
+    // A nonce only proves freshness (the password proves who asks): a plain compare will do.
+    let mac_ok = raw[4..] == nonce_mac(shared, from, ts);
+    let age = (unix as u32).wrapping_sub(u32::from_be_bytes(ts));
+    mac_ok && u64::from(age) < NONCE_LIFETIME.as_secs()
+}
+
+/// Checks a request's long-term credentials (RFC 8489 §9.2); the error answer when they do
+/// not hold.
+fn authenticate(
+    shared: &Shared,
+    msg: &StunMessage,
+    datagram: &[u8],
+    from: SocketAddr,
+    unix: u64,
+) -> Result<Authed, Vec<u8>> {
+    let challenge = |code: u16| {
+        let n = nonce(shared, from, unix);
+        answer_error(msg, code, "", None, |b| {
+            b.with_attribute(Realm::new(REALM).expect("realm"))
+                .with_attribute(Nonce::new(n).expect("nonce"))
+        })
+        .unwrap_or_default()
+    };
+    if msg.get::<MessageIntegrity>().is_none() {
+        return Err(challenge(401));
+    }
+    let text = |a: Option<&StunAttribute>| -> Option<String> {
+        let a = a?;
+        a.as_user_name()
+            .map(|u| u.as_str().to_string())
+            .or_else(|_| a.as_realm().map(|r| r.as_str().to_string()))
+            .or_else(|_| a.as_nonce().map(|n| n.as_str().to_string()))
+            .ok()
+    };
+    let (Some(username), Some(realm), Some(n)) = (
+        text(msg.get::<UserName>()),
+        text(msg.get::<Realm>()),
+        text(msg.get::<Nonce>()),
+    ) else {
+        return Err(answer_error(msg, 400, "", None, |b| b).unwrap_or_default());
+    };
+    if !nonce_fresh(shared, &n, from, unix) {
+        return Err(challenge(438));
+    }
+    if realm != REALM {
+        return Err(challenge(401));
+    }
+    // `<unix expiry>:<user>`, and with sessions required, `<user>` is `<session>:<identity>`.
+    let Some((expiry, user)) = username.split_once(':') else {
+        return Err(challenge(401));
+    };
+    match expiry.parse::<u64>() {
+        Ok(e) if e >= unix => {}
+        _ => {
+            tracing::debug!(%from, username, "expired or malformed TURN credentials");
+            return Err(challenge(401));
+        }
+    }
+    let (session, user) = {
+        let st = shared.state();
+        if st.require_session {
+            let live = user.split_once(':').and_then(|(s, who)| {
+                let s = u64::from_str_radix(s, 16).ok()?;
+                (st.sessions.get(&s).map(String::as_str) == Some(who))
+                    .then(|| (Some(s), who.to_string()))
+            });
+            match live {
+                Some(l) => l,
+                None => {
+                    tracing::debug!(%from, username, "TURN credentials of a login that ended");
+                    return Err(challenge(401));
+                }
+            }
+        } else {
+            (None, user.to_string())
+        }
+    };
+    let key = HMACKey::new_long_term(
+        &username,
+        REALM,
+        password(&shared.config.secret, &username),
+        Algorithm::from(AlgorithmId::MD5),
+    )
+    .map_err(|_| challenge(401))?;
+    let ctx = DecoderContextBuilder::default()
+        .with_key(key.clone())
+        .with_validation()
+        .build();
+    let msg = match MessageDecoderBuilder::default()
+        .with_context(ctx)
+        .build()
+        .decode(datagram)
+    {
+        Ok((m, _)) => m,
+        Err(_) => {
+            tracing::debug!(%from, username, "TURN request failed its integrity check");
+            return Err(challenge(401));
+        }
+    };
+    Ok(Authed {
+        key,
+        username,
+        user,
+        session,
+        msg,
+    })
+}
+
+/// Comprehension-required attributes this server does not know, for 420.
+fn unknown_required(msg: &StunMessage) -> Vec<u16> {
+    msg.attributes()
+        .iter()
+        .filter_map(|a| a.as_unknown().ok())
+        .map(|u| u.attribute_type().as_u16())
+        .filter(|t| *t < 0x8000)
+        .collect()
+}
+
+fn request(
+    shared: &Arc<Shared>,
+    msg: &StunMessage,
+    datagram: &[u8],
+    from: SocketAddr,
+    now: Instant,
+    unix: u64,
+) -> Option<Vec<u8>> {
+    let method = msg.method();
+    if ![ALLOCATE, REFRESH, CREATE_PERMMISSION, CHANNEL_BIND].contains(&method) {
+        return answer_error(msg, 400, "unknown method", None, |b| b);
+    }
+    let unknown = unknown_required(msg);
+    if !unknown.is_empty() {
+        return answer_error(msg, 420, "", None, |b| {
+            b.with_attribute(UnknownAttributes::from(unknown.as_slice()))
+        });
+    }
+    let auth = match authenticate(shared, msg, datagram, from, unix) {
+        Ok(a) => a,
+        Err(reply) => return Some(reply),
+    };
+    let mut st = shared.state();
+    if let Some(a) = st.allocations.get(&from) {
+        if a.username != auth.username {
+            return answer_error(msg, 441, "wrong credentials", Some(&auth.key), |b| b);
+        }
+    }
+    match method {
+        m if m == ALLOCATE => allocate(shared, &mut st, &auth, from, now),
+        m if m == REFRESH => refresh(&mut st, &auth, from, now),
+        m if m == CREATE_PERMMISSION => create_permission(shared, &mut st, &auth, from, now),
+        _ => channel_bind(shared, &mut st, &auth, from, now),
+    }
+}
+
+fn granted_lifetime(msg: &StunMessage) -> Option<Duration> {
+    msg.get::<LifeTime>()
+        .and_then(|l| l.as_life_time().ok())
+        .map(|l| Duration::from_secs(u64::from(l.as_u32())))
+}
+
+fn allocate(
+    shared: &Arc<Shared>,
+    st: &mut State,
+    auth: &Authed,
+    from: SocketAddr,
+    now: Instant,
+) -> Option<Vec<u8>> {
+    let msg = &auth.msg;
+    let key = Some(&auth.key);
+    if let Some(a) = st.allocations.get(&from) {
+        // A retransmission of the request that made it gets the same answer.
+        if a.tid == *msg.transaction_id().as_bytes() {
+            let life = a.expires.saturating_duration_since(now);
+            return allocate_success(msg, a.relay_addr, from, life, a.reservation, &auth.key);
+        }
+        return answer_error(msg, 437, "allocation mismatch", key, |b| b);
+    }
+    let transport = msg
+        .get::<RequestedTrasport>()
+        .and_then(|t| t.as_requested_trasport().ok())
+        .map(|t| t.protocol());
+    match transport {
+        None => return answer_error(msg, 400, "no requested transport", key, |b| b),
+        Some(p) if p != stun_rs::protocols::UDP => {
+            return answer_error(msg, 442, "only udp", key, |b| b)
+        }
+        Some(_) => {}
+    }
+    let token = msg
+        .get::<ReservationToken>()
+        .and_then(|t| t.as_reservation_token().ok())
+        .and_then(|t| <[u8; 8]>::try_from(t.token()).ok());
+    let even = msg
+        .get::<EvenPort>()
+        .and_then(|e| e.as_even_port().ok())
+        .map(EvenPort::reserve);
+    if token.is_some() && even.is_some() {
+        return answer_error(msg, 400, "even-port with a reservation token", key, |b| b);
+    }
+    let wanted_v6 = msg
+        .get::<RequestedAddressFamily>()
+        .and_then(|f| f.as_requested_address_family().ok())
+        .map(|f| f.family() == AddressFamily::IPv6);
+    if wanted_v6.is_some_and(|v6| v6 != shared.config.relay_ip.is_ipv6()) {
+        return answer_error(msg, 440, "address family not supported", key, |b| b);
+    }
+    // The relay socket, and the port above it when an EVEN-PORT asks to reserve it.
+    let (relay, reserved) = match token {
+        // A port reserved by an earlier EVEN-PORT request: already counted in the quotas.
+        Some(t) => match st.reservations.remove(&t) {
+            Some(r) if r.user == auth.user && r.expires > now => (tokio_socket(r.socket), None),
+            Some(r) => {
+                st.release_user(&r.user);
+                return answer_error(msg, 508, "no such reservation", key, |b| b);
+            }
+            None => return answer_error(msg, 508, "no such reservation", key, |b| b),
+        },
+        None => {
+            let wanted = if even == Some(true) { 2 } else { 1 };
+            if st.held() + wanted > shared.config.total_quota {
+                shared.metrics.over_quota.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%from, total = st.held(), "TURN total allocation quota reached");
+                return answer_error(msg, 508, "insufficient capacity", key, |b| b);
+            }
+            let held = st.per_user.get(&auth.user).copied().unwrap_or(0);
+            if held + wanted > shared.config.user_quota {
+                shared.metrics.over_quota.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%from, user = %auth.user, "TURN user allocation quota reached");
+                return answer_error(msg, 486, "allocation quota reached", key, |b| b);
+            }
+            match bind_relay(shared.bind_ip, even) {
+                Some((s, r)) => (tokio_socket(s), r),
+                None => (None, None),
+            }
+        }
+    };
+    let Some(relay) = relay else {
+        return answer_error(msg, 508, "no relay port", key, |b| b);
+    };
+    let relay = Arc::new(relay);
+    let Ok(port) = relay.local_addr().map(|a| a.port()) else {
+        return answer_error(msg, 508, "no relay port", key, |b| b);
+    };
+    let relay_addr = SocketAddr::new(shared.config.relay_ip, port);
+    let life = granted_lifetime(msg)
+        .unwrap_or(DEFAULT_LIFETIME)
+        .clamp(DEFAULT_LIFETIME, MAX_LIFETIME);
+    let bps = f64::from(shared.config.max_bps);
+    let task = tokio::spawn(relay_loop(Arc::downgrade(shared), relay.clone(), from));
+    let reservation = reserved.map(|socket| {
+        let mut t = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut t);
+        st.reservations.insert(
+            t,
+            Reservation {
+                socket,
+                user: auth.user.clone(),
+                session: auth.session,
+                expires: now + RESERVATION_LIFETIME,
+            },
+        );
+        *st.per_user.entry(auth.user.clone()).or_default() += 1;
+        t
+    });
+    if token.is_none() {
+        *st.per_user.entry(auth.user.clone()).or_default() += 1;
+    }
+    st.allocations.insert(
+        from,
+        Allocation {
+            username: auth.username.clone(),
+            user: auth.user.clone(),
+            session: auth.session,
+            tid: *msg.transaction_id().as_bytes(),
+            reservation,
+            relay,
+            relay_addr,
+            expires: now + life,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            by_peer: HashMap::new(),
+            to_peer: Bucket::new(bps, bps),
+            to_client: Bucket::new(bps, bps),
+            task,
+        },
+    );
+    shared.metrics.allocations.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%from, %relay_addr, user = %auth.user, "TURN allocation");
+    allocate_success(msg, relay_addr, from, life, reservation, &auth.key)
+}
+
+fn tokio_socket(s: std::net::UdpSocket) -> Option<UdpSocket> {
+    s.set_nonblocking(true).ok()?;
+    UdpSocket::from_std(s).ok()
+}
+
+/// A UDP socket on `ip`; for an EVEN-PORT request an even port, and when it asks to
+/// reserve the next port (RFC 8656 §7.2), that one too.
+fn bind_relay(
+    ip: IpAddr,
+    even: Option<bool>,
+) -> Option<(std::net::UdpSocket, Option<std::net::UdpSocket>)> {
+    for _ in 0..32 {
+        let s = std::net::UdpSocket::bind((ip, 0)).ok()?;
+        let port = s.local_addr().ok()?.port();
+        match even {
+            None => return Some((s, None)),
+            Some(_) if port % 2 != 0 => continue,
+            Some(false) => return Some((s, None)),
+            Some(true) => {
+                let Some(next) = port.checked_add(1) else {
+                    continue;
+                };
+                if let Ok(r) = std::net::UdpSocket::bind((ip, next)) {
+                    return Some((s, Some(r)));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn allocate_success(
+    req: &StunMessage,
+    relay: SocketAddr,
+    from: SocketAddr,
+    life: Duration,
+    reservation: Option<[u8; 8]>,
+    key: &HMACKey,
+) -> Option<Vec<u8>> {
+    answer_success(req, key, |b| {
+        let b = b
+            .with_attribute(XorRelayedAddress::from(relay))
+            .with_attribute(LifeTime::new(life.as_secs() as u32))
+            .with_attribute(XorMappedAddress::from(from));
+        match reservation {
+            Some(t) => b.with_attribute(ReservationToken::from(t)),
+            None => b,
+        }
+    })
+}
+
+fn refresh(st: &mut State, auth: &Authed, from: SocketAddr, now: Instant) -> Option<Vec<u8>> {
+    let msg = &auth.msg;
+    let Some(a) = st.allocations.get_mut(&from) else {
+        return answer_error(msg, 437, "allocation mismatch", Some(&auth.key), |b| b);
+    };
+    let life = granted_lifetime(msg).unwrap_or(DEFAULT_LIFETIME);
+    let life = if life.is_zero() {
+        st.remove(&from);
+        tracing::debug!(%from, "TURN allocation released by its client");
+        Duration::ZERO
+    } else {
+        let life = life.clamp(DEFAULT_LIFETIME, MAX_LIFETIME);
+        a.expires = now + life;
+        life
+    };
+    answer_success(msg, &auth.key, |b| {
+        b.with_attribute(LifeTime::new(life.as_secs() as u32))
+    })
+}
+
+/// Checks a peer for a permission or channel: the error answer when refused.
+fn check_peer(
+    shared: &Shared,
+    auth: &Authed,
+    a: &Allocation,
+    peer: SocketAddr,
+) -> Result<(), Option<Vec<u8>>> {
+    if peer.is_ipv4() != a.relay_addr.is_ipv4()
+        && canonical(peer.ip()).is_ipv4() != a.relay_addr.is_ipv4()
+    {
+        return Err(answer_error(
+            &auth.msg,
+            443,
+            "peer address family mismatch",
+            Some(&auth.key),
+            |b| b,
+        ));
+    }
+    if !shared.config.peer_allowed(peer.ip()) {
+        shared
+            .metrics
+            .forbidden_peers
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, user = %auth.user, "TURN peer refused: not relayed to");
+        return Err(answer_error(
+            &auth.msg,
+            403,
+            "forbidden peer",
+            Some(&auth.key),
+            |b| b,
+        ));
+    }
+    Ok(())
+}
+
+fn create_permission(
+    shared: &Shared,
+    st: &mut State,
+    auth: &Authed,
+    from: SocketAddr,
+    now: Instant,
+) -> Option<Vec<u8>> {
+    let msg = &auth.msg;
+    let Some(a) = st.allocations.get_mut(&from) else {
+        return answer_error(msg, 437, "allocation mismatch", Some(&auth.key), |b| b);
+    };
+    let peers: Vec<SocketAddr> = msg
+        .attributes()
+        .iter()
+        .filter_map(|x| x.as_xor_peer_address().ok())
+        .map(|p| *p.socket_address())
+        .collect();
+    if peers.is_empty() {
+        return answer_error(msg, 400, "no peer address", Some(&auth.key), |b| b);
+    }
+    // All or nothing (RFC 8656 §9.2).
+    for p in &peers {
+        if let Err(reply) = check_peer(shared, auth, a, *p) {
+            return reply;
+        }
+    }
+    let new = peers
+        .iter()
+        .filter(|p| !a.permissions.contains_key(&canonical(p.ip())))
+        .map(|p| canonical(p.ip()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if a.permissions.len() + new > MAX_PERMISSIONS {
+        return answer_error(msg, 508, "too many permissions", Some(&auth.key), |b| b);
+    }
+    for p in &peers {
+        a.permissions
+            .insert(canonical(p.ip()), now + PERMISSION_LIFETIME);
+    }
+    answer_success(msg, &auth.key, |b| b)
+}
+
+fn channel_bind(
+    shared: &Shared,
+    st: &mut State,
+    auth: &Authed,
+    from: SocketAddr,
+    now: Instant,
+) -> Option<Vec<u8>> {
+    let msg = &auth.msg;
+    let key = Some(&auth.key);
+    let Some(a) = st.allocations.get_mut(&from) else {
+        return answer_error(msg, 437, "allocation mismatch", key, |b| b);
+    };
+    let number = msg
+        .get::<ChannelNumber>()
+        .and_then(|c| c.as_channel_number().ok())
+        .map(|c| c.number());
+    let (Some(number), Some(peer)) = (number.filter(|n| is_channel(*n)), peer_address(msg)) else {
+        return answer_error(msg, 400, "bad channel bind", key, |b| b);
+    };
+    if let Err(reply) = check_peer(shared, auth, a, peer) {
+        return reply;
+    }
+    let other_peer = a.channels.get(&number).is_some_and(|c| c.peer != peer);
+    let other_number = a.by_peer.get(&peer).is_some_and(|n| *n != number);
+    if other_peer || other_number {
+        return answer_error(msg, 400, "channel bound otherwise", key, |b| b);
+    }
+    if !a.channels.contains_key(&number) && a.channels.len() >= MAX_CHANNELS {
+        return answer_error(msg, 508, "too many channels", key, |b| b);
+    }
+    let ip = canonical(peer.ip());
+    if !a.permissions.contains_key(&ip) && a.permissions.len() >= MAX_PERMISSIONS {
+        return answer_error(msg, 508, "too many permissions", key, |b| b);
+    }
+    a.channels.insert(
+        number,
+        Channel {
+            peer,
+            expires: now + CHANNEL_LIFETIME,
+        },
+    );
+    a.by_peer.insert(peer, number);
+    // A channel binding installs or refreshes the peer's permission too (RFC 8656 §12.2).
+    let t = a.permissions.entry(ip).or_insert(now);
+    *t = (*t).max(now + PERMISSION_LIFETIME);
+    answer_success(msg, &auth.key, |b| b)
+}
+
+fn encode(msg: &StunMessage) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; MAX_RELAYED + HEADROOM];
+    let n = MessageEncoderBuilder::default()
+        .build()
+        .encode(&mut out, msg)
+        .ok()?;
+    out.truncate(n);
+    Some(out)
+}
+
+fn answer_success(
+    req: &StunMessage,
+    key: &HMACKey,
+    attrs: impl FnOnce(StunMessageBuilder) -> StunMessageBuilder,
+) -> Option<Vec<u8>> {
+    let b = StunMessageBuilder::new(req.method(), MessageClass::SuccessResponse)
+        .with_transaction_id(*req.transaction_id());
+    let b = attrs(b)
+        .with_attribute(MessageIntegrity::new(key.clone()))
+        .with_attribute(Fingerprint::default());
+    encode(&b.build())
+}
+
+/// An error answer; with `key` (once the request's credentials held) it carries
+/// MESSAGE-INTEGRITY, as RFC 8489 §9.2.4 asks.
+fn answer_error(
+    req: &StunMessage,
+    code: u16,
+    reason: &str,
+    key: Option<&HMACKey>,
+    attrs: impl FnOnce(StunMessageBuilder) -> StunMessageBuilder,
+) -> Option<Vec<u8>> {
+    let err = stun_rs::ErrorCode::new(code, reason).ok()?;
+    let b = StunMessageBuilder::new(req.method(), MessageClass::ErrorResponse)
+        .with_transaction_id(*req.transaction_id())
+        .with_attribute(ErrorCode::from(err));
+    let mut b = attrs(b);
+    if let Some(k) = key {
+        b = b
+            .with_attribute(MessageIntegrity::new(k.clone()))
+            .with_attribute(Fingerprint::default());
+    }
+    encode(&b.build())
 }

@@ -1,18 +1,21 @@
 //! The `punchline-signaling` binary's embedded STUN and TURN servers against coturn's own
 //! clients (Debian package `coturn`): `turnutils_stunclient` and `turnutils_natdiscovery`
 //! read our RFC 5780 answers, `turnutils_uclient` relays through our TURN server with
-//! credentials it makes from the shared secret (TURN REST API), and our `nat-check` reads a
+//! the credentials a login gets, which stop working at logout, and our `nat-check` reads a
 //! host with no NAT correctly. Everything runs on loopback (127.0.0.1 and 127.0.0.2).
 //!
 //! Without coturn installed the tests say SKIPPED; with `PUNCHLINE_REQUIRE_COTURN=1` (set by
 //! `.ci/run`) that is a failure.
 
+mod common;
+
+use punchline::identity::KeyPair;
+use punchline_signaling::protocol::ServerMsg;
+use rand_core::OsRng;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const SECRET: &str = "interop secret";
 
 /// A child process killed when dropped.
 struct Proc(Child);
@@ -49,11 +52,10 @@ fn have_coturn(test: &str) -> bool {
     found
 }
 
-/// The server binary with STUN (RFC 5780 on 127.0.0.1 and 127.0.0.2) and TURN.
+/// The server binary with STUN (RFC 5780 on 127.0.0.1 and 127.0.0.2).
 struct Served {
     _proc: Proc,
     stun: SocketAddr,
-    turn: SocketAddr,
 }
 
 fn serve() -> Served {
@@ -65,10 +67,6 @@ fn serve() -> Served {
             "127.0.0.1:0",
             "--stun-alt-ip",
             "127.0.0.2",
-            "--turn",
-            "127.0.0.1:0",
-            "--turn-secret",
-            SECRET,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -76,7 +74,7 @@ fn serve() -> Served {
         .expect("start punchline-signaling");
     let stdout = child.stdout.take().expect("piped");
     let proc = Proc(child);
-    let (mut stun, mut turn) = (None, None);
+    let mut stun = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("server output");
         let field = |prefix: &str| {
@@ -85,7 +83,6 @@ fn serve() -> Served {
                 .map(|a| a.parse::<SocketAddr>().expect("an address"))
         };
         stun = stun.or(field("stun on "));
-        turn = turn.or(field("turn on "));
         if line.starts_with("listening on ") {
             break;
         }
@@ -93,7 +90,6 @@ fn serve() -> Served {
     Served {
         _proc: proc,
         stun: stun.expect("stun address printed"),
-        turn: turn.expect("turn address printed"),
     }
 }
 
@@ -166,7 +162,10 @@ fn coturn_uclient_relays_through_our_turn_server() {
     if !have_coturn("coturn_uclient_relays_through_our_turn_server") {
         return;
     }
-    let s = serve();
+    // The peer is on loopback, which the server relays to only when told.
+    let server =
+        common::Process::start(&["--turn", "127.0.0.1:0", "--turn-allow-peer", "127.0.0.0/8"]);
+    let turn_port = server.banner_addr("turn on ").port().to_string();
     // An echo peer on loopback, reached through our relay.
     let peer_port = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|u| u.local_addr())
@@ -182,14 +181,21 @@ fn coturn_uclient_relays_through_our_turn_server() {
             .expect("start turnutils_peer"),
     );
     std::thread::sleep(Duration::from_millis(300));
-    let turn_port = s.turn.port().to_string();
-    let uclient = |secret: &str| {
+    // The credentials a login gets.
+    let rt = common::rt();
+    let key = KeyPair::generate(&mut OsRng);
+    let (mut ws, welcome) = rt.block_on(common::login_as(&server.url(), &key.identity(), &key));
+    let ServerMsg::Welcome { ice: Some(ice), .. } = welcome else {
+        panic!("no TURN credentials at login: {welcome:?}");
+    };
+    let creds = &ice.turn[0];
+    let uclient = |user: &str, password: &str| {
         run(
             Command::new("turnutils_uclient").args([
-                "-W",
-                secret,
                 "-u",
-                "alice",
+                user,
+                "-w",
+                password,
                 "-p",
                 &turn_port,
                 "-e",
@@ -208,14 +214,28 @@ fn coturn_uclient_relays_through_our_turn_server() {
             Duration::from_secs(30),
         )
     };
-    let (ok, out) = uclient(SECRET);
+    let (ok, out) = uclient(&creds.username, &creds.credential);
     assert!(ok, "{out}");
     assert!(out.contains("tot_recv_msgs=40"), "{out}");
     assert!(out.contains("Total lost packets 0 "), "{out}");
-    // Credentials made with another secret are refused.
-    let (ok, out) = uclient("not the secret");
+    // A wrong password is refused (a 401 each time, until the client gives up).
+    let (ok, out) = uclient(&creds.username, "not the password");
     assert!(!ok, "{out}");
-    assert!(out.contains("error 400"), "{out}");
+    assert!(out.contains("Cannot complete Allocation"), "{out}");
+    // At logout the login's credentials stop working.
+    rt.block_on(async {
+        let _ = ws.close(None).await;
+    });
+    drop(ws);
+    let end = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let (ok, out) = uclient(&creds.username, &creds.credential);
+        if !ok || Instant::now() > end {
+            assert!(!ok, "the credentials still work after logout: {out}");
+            break out;
+        }
+    };
+    assert!(out.contains("Cannot complete Allocation"), "{out}");
 }
 
 #[test]

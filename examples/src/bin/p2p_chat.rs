@@ -23,7 +23,7 @@ use punchline::{ConnectionHandle, ConnectionState, SendFlags, Sockets, SocketsCo
 use punchline_ice::IceTransport;
 use punchline_signaling::server::TurnAdvert;
 use punchline_signaling::stun::StunServer;
-use punchline_signaling::turn_server::TurnServer;
+use punchline_signaling::turn_server::{TurnConfig, TurnServer};
 use punchline_signaling::{Config, Server, SignalingClient};
 use std::io::BufRead;
 use std::sync::Arc;
@@ -118,13 +118,19 @@ fn demo() -> Result<(), String> {
     let (server, stun, turn) = rt
         .block_on(async {
             let stun = StunServer::start(local, None).await?;
-            let turn = TurnServer::start(local, local.ip(), secret.clone()).await?;
+            // Everything is on loopback here, which TURN refuses to relay to by default.
+            let loopback = "127.0.0.0/8".parse().expect("valid");
+            let turn = TurnServer::start(
+                TurnConfig::new(local, local.ip(), secret.clone()).allow_peer(loopback),
+            )
+            .await?;
             let config = Config {
                 stun: Some(stun.addr()),
                 turn: Some(TurnAdvert {
                     addr: turn.addr(),
                     secret,
                     ttl: Duration::from_secs(600),
+                    sessions: Some(turn.sessions()),
                 }),
                 ..Config::default()
             };

@@ -11,7 +11,7 @@ use punchline::{ConnectionHandle, ConnectionState, SendFlags, Sockets, SocketsCo
 use punchline_ice::IceTransport;
 use punchline_signaling::server::TurnAdvert;
 use punchline_signaling::stun::StunServer;
-use punchline_signaling::turn_server::TurnServer;
+use punchline_signaling::turn_server::{TurnConfig, TurnServer};
 use punchline_signaling::{Config, Server, SignalingClient};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,14 +45,16 @@ impl Signaling {
         let (stun, turn) = if ice {
             let secret = b"test secret".to_vec();
             let stun = rt.block_on(StunServer::start(local, None)).unwrap();
-            let turn = rt
-                .block_on(TurnServer::start(local, local.ip(), secret.clone()))
-                .unwrap();
+            // The peers are on loopback, which TURN refuses by default.
+            let turn_config = TurnConfig::new(local, local.ip(), secret.clone())
+                .allow_peer("127.0.0.0/8".parse().unwrap());
+            let turn = rt.block_on(TurnServer::start(turn_config)).unwrap();
             config.stun = Some(stun.addr());
             config.turn = Some(TurnAdvert {
                 addr: turn.addr(),
                 secret,
                 ttl: Duration::from_secs(600),
+                sessions: Some(turn.sessions()),
             });
             (Some(stun), Some(turn))
         } else {
