@@ -457,7 +457,13 @@ async fn answer_http(
     use tokio::io::AsyncWriteExt;
     let (status, body) = match path {
         "/healthz" => ("200 OK", "ok\n".to_string()),
-        "/metrics" => ("200 OK", hub.metrics.text()),
+        "/metrics" => {
+            let mut text = hub.metrics.text();
+            if let Some(s) = hub.config.turn.as_ref().and_then(|t| t.sessions.as_ref()) {
+                text.push_str(&s.metrics_text());
+            }
+            ("200 OK", text)
+        }
         _ => ("404 Not Found", "not found\n".to_string()),
     };
     let reply = format!(

@@ -72,8 +72,10 @@ const RATE_SLOTS: usize = 8192;
 pub const MAX_RELAYED: usize = 4096;
 /// Room for the ChannelData header or the Data indication's header and attributes.
 const HEADROOM: usize = 64;
-/// Bytes of MAC in a nonce.
-const NONCE_MAC: usize = 6;
+/// Bytes of MAC in a nonce: with the 4 of the time, 12 characters of base64. The MAC binds a
+/// nonce to the asker's address and time; it guards no secret (the password does), and
+/// forging one only saves the forger the round trip that fetches a real one.
+const NONCE_MAC: usize = 5;
 
 /// How the TURN server runs and what it allows.
 #[derive(Clone)]
@@ -243,6 +245,12 @@ impl std::fmt::Debug for TurnSessions {
 }
 
 impl TurnSessions {
+    /// The TURN server's counters, for the signaling server's `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let allocations = self.shared.state().allocations.len();
+        self.shared.metrics.text(allocations)
+    }
+
     /// Opens a session for `identity`; its credentials work until it is dropped.
     pub fn open(&self, identity: &str) -> TurnSession {
         let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
@@ -315,6 +323,32 @@ pub struct TurnMetrics {
     pub rate_limited: AtomicU64,
     /// Datagrams dropped for an allocation's byte rate.
     pub over_bps: AtomicU64,
+}
+
+impl TurnMetrics {
+    /// The counters in Prometheus' text format, with `allocations` now.
+    pub fn text(&self, allocations: usize) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "# TYPE punchline_turn_allocations gauge\n\
+             punchline_turn_allocations {allocations}\n\
+             # TYPE punchline_turn_allocations_total counter\n\
+             punchline_turn_allocations_total {}\n\
+             # TYPE punchline_turn_forbidden_peers_total counter\n\
+             punchline_turn_forbidden_peers_total {}\n\
+             # TYPE punchline_turn_over_quota_total counter\n\
+             punchline_turn_over_quota_total {}\n\
+             # TYPE punchline_turn_rate_limited_total counter\n\
+             punchline_turn_rate_limited_total {}\n\
+             # TYPE punchline_turn_over_bps_total counter\n\
+             punchline_turn_over_bps_total {}\n",
+            g(&self.allocations),
+            g(&self.forbidden_peers),
+            g(&self.over_quota),
+            g(&self.rate_limited),
+            g(&self.over_bps),
+        )
+    }
 }
 
 /// A running TURN server.
@@ -481,6 +515,14 @@ impl State {
                 self.per_user.remove(user);
             }
         }
+    }
+
+    /// The session a credentials' `<session>:<identity>` names, when it is live and its
+    /// identity.
+    fn live_session<'a>(&self, user: &'a str) -> Option<(u64, &'a str)> {
+        let (id, who) = user.split_once(':')?;
+        let id = u64::from_str_radix(id, 16).ok()?;
+        (self.sessions.get(&id).map(String::as_str) == Some(who)).then_some((id, who))
     }
 
     /// Relay ports held: allocations and reservations.
@@ -901,13 +943,8 @@ fn authenticate(
     let (session, user) = {
         let st = shared.state();
         if st.require_session {
-            let live = user.split_once(':').and_then(|(s, who)| {
-                let s = u64::from_str_radix(s, 16).ok()?;
-                (st.sessions.get(&s).map(String::as_str) == Some(who))
-                    .then(|| (Some(s), who.to_string()))
-            });
-            match live {
-                Some(l) => l,
+            match st.live_session(user) {
+                Some((id, who)) => (Some(id), who.to_string()),
                 None => {
                     tracing::debug!(%from, username, "TURN credentials of a login that ended");
                     return Err(challenge(401));
@@ -1370,4 +1407,126 @@ fn answer_error(
             .with_attribute(Fingerprint::default());
     }
     encode(&b.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> (tokio::runtime::Runtime, TurnServer) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let s = rt
+            .block_on(TurnServer::start(TurnConfig::new(
+                local,
+                local.ip(),
+                b"s3cret".to_vec(),
+            )))
+            .unwrap();
+        (rt, s)
+    }
+
+    #[test]
+    fn peers_refused_by_default_and_ranges_an_operator_allows() {
+        let c = TurnConfig::new(
+            "0.0.0.0:3479".parse().unwrap(),
+            "198.51.100.1".parse().unwrap(),
+            Vec::new(),
+        );
+        for ip in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.31.255.255",
+            "192.168.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(!c.peer_allowed(ip.parse().unwrap()), "{ip} refused");
+        }
+        for ip in [
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.32.0.1",
+            "203.0.113.7",
+            "2001:db8::1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            assert!(c.peer_allowed(ip.parse().unwrap()), "{ip} allowed");
+        }
+        let lab = c.clone().allow_peer("127.0.0.0/8".parse().unwrap());
+        assert!(lab.peer_allowed("127.0.0.1".parse().unwrap()));
+        assert!(lab.peer_allowed("::ffff:127.0.0.2".parse().unwrap()));
+        assert!(!lab.peer_allowed("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn nonces_hold_no_state_and_are_good_only_for_their_asker_and_a_while() {
+        let (_rt, s) = server();
+        let sh = &s.shared;
+        let a: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let t = 1_900_000_000;
+        let n = nonce(sh, a, t);
+        assert_eq!(n.len(), 12);
+        assert!(nonce_fresh(sh, &n, a, t));
+        assert!(nonce_fresh(sh, &n, a, t + NONCE_LIFETIME.as_secs() - 1));
+        assert!(
+            !nonce_fresh(sh, &n, a, t + NONCE_LIFETIME.as_secs()),
+            "stale"
+        );
+        assert!(!nonce_fresh(sh, &n, a, t - 1), "from the future");
+        assert!(!nonce_fresh(sh, &n, "192.0.2.1:4001".parse().unwrap(), t));
+        assert!(!nonce_fresh(sh, &n, "192.0.2.2:4000".parse().unwrap(), t));
+        let mut forged = n.clone().into_bytes();
+        forged[11] = if forged[11] == b'A' { b'B' } else { b'A' };
+        assert!(!nonce_fresh(sh, &String::from_utf8(forged).unwrap(), a, t));
+        assert!(!nonce_fresh(sh, "not base64!!", a, t));
+        assert!(!nonce_fresh(sh, "", a, t));
+    }
+
+    #[test]
+    fn sessions_bound_credentials_and_release_allocations_when_they_end() {
+        let (_rt, s) = server();
+        let sessions = s.sessions();
+        let who = "ed25519:ab";
+        let session = sessions.open(who);
+        assert!(session.user().ends_with(":ed25519:ab"));
+        let live = |user: &str| s.shared.state().live_session(user).is_some();
+        assert!(live(session.user()));
+        let user = session.user().to_string();
+        drop(session);
+        assert!(!live(&user));
+        assert_eq!(s.shared.state().sessions.len(), 0);
+    }
+
+    #[test]
+    fn channel_numbers_are_those_of_rfc_5766() {
+        assert!(!is_channel(0x3fff));
+        assert!(is_channel(0x4000));
+        assert!(is_channel(0x7fff));
+        assert!(!is_channel(0x8000));
+    }
 }
