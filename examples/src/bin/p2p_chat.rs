@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! p2p_chat demo          # a server with STUN and TURN, and two peers, in one process
-//! punchline-signaling --listen 127.0.0.1:7373 --stun 127.0.0.1:3478 --turn 127.0.0.1:3479 &
+//! punchline-signaling --listen 127.0.0.1:7373 --stun 127.0.0.1:3478 --turn 127.0.0.1:3479 --turn-allow-peer 127.0.0.0/8 &
 //! p2p_chat listen  --server ws://127.0.0.1:7373/ --key alice.key
 //! p2p_chat connect --server ws://127.0.0.1:7373/ --key bob.key --peer ed25519:<alice's key>
 //! ```
