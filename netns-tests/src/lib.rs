@@ -440,6 +440,9 @@ impl Server {
             &format!("{SERVER_IP}:{TURN_PORT}"),
             "--turn-secret",
             "netns-lab",
+            // The lab's "internet" is TEST-NET-3, which TURN refuses by default.
+            "--turn-allow-peer",
+            "203.0.113.0/24",
         ]
         .iter()
         .map(|s| s.to_string())

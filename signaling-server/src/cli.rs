@@ -87,7 +87,10 @@ struct Args {
     /// TURN allocations in all (each holds a UDP socket: keep it under the descriptor limit).
     #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_TOTAL_QUOTA", default_value_t = TurnConfig::TOTAL_QUOTA)]
     turn_total_quota: usize,
-    /// Bytes per second one TURN allocation relays each way; more is dropped.
+    /// TURN allocations from one source (an IPv4 address or an IPv6 /64), whatever its logins.
+    #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_SOURCE_QUOTA", default_value_t = TurnConfig::SOURCE_QUOTA)]
+    turn_source_quota: usize,
+    /// Bytes per second one TURN allocation relays each way (0: no limit); more is dropped.
     #[arg(long, env = "PUNCHLINE_SIGNALING_TURN_MAX_BPS", default_value_t = TurnConfig::MAX_BPS)]
     turn_max_bps: u32,
     /// Bytes per second each client may send through the relay (datagrams in binary
@@ -338,6 +341,7 @@ where
                     allow_peers: args.turn_allow_peer.clone(),
                     user_quota: args.turn_user_quota,
                     total_quota: args.turn_total_quota,
+                    source_quota: args.turn_source_quota,
                     max_bps: args.turn_max_bps,
                     ..TurnConfig::new(addr, relay_ip, secret.clone())
                 };

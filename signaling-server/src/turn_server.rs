@@ -68,6 +68,13 @@ pub const MAX_CHANNELS: usize = 64;
 pub const RATE_PER_SOURCE: u32 = 100;
 /// Slots of the per-source rate table (fixed memory, whatever the number of sources).
 const RATE_SLOTS: usize = 8192;
+/// 401 and 438 challenges sent per second in all (burst twice this): a login's client needs
+/// one per allocation.
+const CHALLENGES_PER_SEC: f64 = 5000.0;
+/// The smallest request answered before its credentials are checked: an Allocate with
+/// REQUESTED-TRANSPORT alone. Smaller ones would make the 60-byte challenge more than 2.14
+/// times their size.
+const MIN_CHALLENGED: usize = 28;
 /// The largest datagram relayed either way; a larger one is dropped, not cut.
 pub const MAX_RELAYED: usize = 4096;
 /// Room for the ChannelData header or the Data indication's header and attributes.
@@ -94,7 +101,11 @@ pub struct TurnConfig {
     pub user_quota: usize,
     /// Allocations in all (each holds a UDP socket: mind the descriptor limit).
     pub total_quota: usize,
-    /// Bytes a second one allocation relays each way; over it, datagrams are dropped.
+    /// Allocations from one source (an IPv4 address or an IPv6 /64), whatever the users:
+    /// identities cost nothing to make, addresses do.
+    pub source_quota: usize,
+    /// Bytes a second one allocation relays each way (0: no limit); over it, datagrams are
+    /// dropped.
     pub max_bps: u32,
 }
 
@@ -106,6 +117,7 @@ impl std::fmt::Debug for TurnConfig {
             .field("allow_peers", &self.allow_peers)
             .field("user_quota", &self.user_quota)
             .field("total_quota", &self.total_quota)
+            .field("source_quota", &self.source_quota)
             .field("max_bps", &self.max_bps)
             .finish_non_exhaustive()
     }
@@ -116,6 +128,9 @@ impl TurnConfig {
     pub const USER_QUOTA: usize = 64;
     /// Default total quota.
     pub const TOTAL_QUOTA: usize = 2048;
+    /// Default quota per source: a carrier-grade NAT address's players with room, and an
+    /// eighth of the total, so that eight addresses are needed to fill it.
+    pub const SOURCE_QUOTA: usize = 256;
     /// Default byte rate per allocation and direction (8 Mbit/s: a game's traffic with room).
     pub const MAX_BPS: u32 = 1_000_000;
 
@@ -129,6 +144,7 @@ impl TurnConfig {
             allow_peers: Vec::new(),
             user_quota: Self::USER_QUOTA,
             total_quota: Self::TOTAL_QUOTA,
+            source_quota: Self::SOURCE_QUOTA,
             max_bps: Self::MAX_BPS,
         }
     }
@@ -139,10 +155,16 @@ impl TurnConfig {
         self
     }
 
-    /// Whether traffic may be relayed to `ip`.
+    /// Whether traffic may be relayed to `ip` (by range: see [`TurnServer`] for this
+    /// host's own addresses).
     pub fn peer_allowed(&self, ip: IpAddr) -> bool {
+        self.operator_allows(ip) || !refused_by_default(ip)
+    }
+
+    /// Whether a range the operator allowed holds `ip`.
+    fn operator_allows(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.allow_peers.iter().any(|n| n.contains(&ip)) || !refused_by_default(ip)
+        self.allow_peers.iter().any(|n| n.contains(&ip))
     }
 }
 
@@ -154,36 +176,72 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Peers no relay should reach unless its operator says so: this host, its networks, and
-/// addresses that are not one host on the internet.
-fn refused_by_default(ip: IpAddr) -> bool {
-    match canonical(ip) {
-        IpAddr::V4(a) => refused_v4(a),
-        IpAddr::V6(a) => refused_v6(a),
+/// Ranges no relay should reach unless its operator allows them: this host, its networks,
+/// and addresses that are not one host on the internet (IANA's special-purpose registries).
+const REFUSED: &[&str] = &[
+    "0.0.0.0/8",       // "this network", unspecified included
+    "10.0.0.0/8",      // private (RFC 1918)
+    "100.64.0.0/10",   // shared address space (carrier-grade NAT)
+    "127.0.0.0/8",     // loopback
+    "169.254.0.0/16",  // link-local, the cloud metadata service among them
+    "172.16.0.0/12",   // private
+    "192.0.0.0/24",    // IETF protocol assignments
+    "192.0.2.0/24",    // documentation
+    "192.168.0.0/16",  // private
+    "198.18.0.0/15",   // benchmarking
+    "198.51.100.0/24", // documentation
+    "203.0.113.0/24",  // documentation
+    "224.0.0.0/4",     // multicast
+    "240.0.0.0/4",     // reserved, and the limited broadcast 255.255.255.255
+    "::/96",           // unspecified, loopback, IPv4-compatible
+    "64:ff9b:1::/48",  // local-use NAT64
+    "100::/64",        // discard-only
+    "2001::/32",       // Teredo (the client's address is hidden in it)
+    "2001:db8::/32",   // documentation
+    "fc00::/7",        // unique local (RFC 4193)
+    "fe80::/10",       // link-local
+    "fec0::/10",       // site-local (deprecated)
+    "ff00::/8",        // multicast
+];
+
+fn refused_nets() -> &'static [IpNet] {
+    static NETS: std::sync::LazyLock<Vec<IpNet>> = std::sync::LazyLock::new(|| {
+        REFUSED
+            .iter()
+            .map(|n| n.parse().expect("a valid range"))
+            .collect()
+    });
+    &NETS
+}
+
+/// The IPv4 address inside a NAT64 (64:ff9b::/96) or 6to4 (2002::/16) address.
+fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let o = a.octets();
+    let s = a.segments();
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+    } else if s[0] == 0x2002 {
+        Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]))
+    } else {
+        None
     }
 }
 
-fn refused_v4(a: Ipv4Addr) -> bool {
-    let [b0, b1, ..] = a.octets();
-    b0 == 0 // "this network", unspecified included
-        || a.is_loopback()
-        || a.is_private()
-        || a.is_link_local()
-        || (b0 == 100 && (b1 & 0xc0) == 64) // shared address space, 100.64.0.0/10
-        || a.is_multicast()
-        || b0 >= 240 // reserved, and the limited broadcast 255.255.255.255
+/// Whether the default refuses `ip` as a peer (in any of its IPv6 disguises too).
+fn refused_by_default(ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    if refused_nets().iter().any(|n| n.contains(&ip)) {
+        return true;
+    }
+    match ip {
+        IpAddr::V6(a) => embedded_v4(a).is_some_and(|v4| refused_by_default(IpAddr::V4(v4))),
+        IpAddr::V4(_) => false,
+    }
 }
 
-fn refused_v6(a: Ipv6Addr) -> bool {
-    let s = a.segments();
-    let v4_in_last = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    a.is_unspecified()
-        || a.is_loopback()
-        || (s[0] & 0xfe00) == 0xfc00 // unique local, fc00::/7
-        || (s[0] & 0xffc0) == 0xfe80 // link-local, fe80::/10
-        || a.is_multicast()
-        || s[..6] == [0; 6] // IPv4-compatible (deprecated), ::/96
-        || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && refused_v4(v4_in_last())) // NAT64
+/// A socket address with an IPv4-mapped IPv6 address as the IPv4 one.
+fn canonical_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(a.ip()), a.port())
 }
 
 /// A TURN user name and password.
@@ -219,7 +277,7 @@ fn password(secret: &[u8], username: &str) -> String {
 
 /// Credentials for `user`, valid for `ttl` from now, under `secret`.
 pub fn credentials(secret: &[u8], user: &str, ttl: Duration) -> TurnCredentials {
-    let expires = unix_now() + ttl.as_secs();
+    let expires = unix_now().saturating_add(ttl.as_secs());
     let username = format!("{expires}:{user}");
     TurnCredentials {
         password: password(secret, &username),
@@ -369,13 +427,23 @@ impl std::fmt::Debug for TurnServer {
 impl TurnServer {
     /// Serves TURN as `config` says, on the current tokio runtime.
     pub async fn start(config: TurnConfig) -> std::io::Result<TurnServer> {
-        let socket = Arc::new(UdpSocket::bind(config.listen).await?);
-        let addr = socket.local_addr()?;
-        let bind_ip = if config.listen.ip().is_unspecified() {
-            config.listen.ip()
-        } else {
-            config.relay_ip
+        let socket = Arc::new(
+            Sock::new(std::net::UdpSocket::bind(config.listen)?)
+                .ok_or_else(|| std::io::Error::other("cannot register the TURN socket"))?,
+        );
+        let addr = socket.rx.local_addr()?;
+        // Relay sockets in the relay address's own family (never dual-stack, so peers
+        // arrive as plain IPv4 or IPv6 addresses).
+        let bind_ip = match (config.listen.ip().is_unspecified(), config.relay_ip) {
+            (false, ip) => ip,
+            (true, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            (true, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
+        // This host's addresses, as peers reach them.
+        let mut own = vec![canonical(config.relay_ip)];
+        if !config.listen.ip().is_unspecified() {
+            own.push(canonical(config.listen.ip()));
+        }
         let rate = f64::from(RATE_PER_SOURCE);
         let mut nonce_key = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce_key);
@@ -387,12 +455,16 @@ impl TurnServer {
                 sessions: HashMap::new(),
                 require_session: false,
                 limits: RateTable::new(RATE_SLOTS, rate, 2.0 * rate),
+                per_source: HashMap::new(),
+                relay_ports: std::collections::HashSet::new(),
+                challenges: Bucket::new(CHALLENGES_PER_SEC, 2.0 * CHALLENGES_PER_SEC),
             }),
             nonce_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &nonce_key),
             next_session: AtomicU64::new(1),
             socket: socket.clone(),
             addr,
             bind_ip,
+            own,
             config,
             metrics: TurnMetrics::default(),
         });
@@ -473,9 +545,11 @@ struct Shared {
     state: Mutex<State>,
     nonce_key: ring::hmac::Key,
     next_session: AtomicU64,
-    socket: Arc<UdpSocket>,
+    socket: Arc<Sock>,
     addr: SocketAddr,
     bind_ip: IpAddr,
+    /// This host's addresses: peers there are only other allocations' relay ports.
+    own: Vec<IpAddr>,
     config: TurnConfig,
     metrics: TurnMetrics,
 }
@@ -483,6 +557,21 @@ struct Shared {
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a datagram may go to `peer` now. On this host's own addresses only another
+    /// allocation's relay port is a peer (two clients of this server relaying to each
+    /// other): nothing else listening here (DNS, a database, this server's own STUN and
+    /// TURN ports) is reachable through the relay, whatever a firewall trusts from `lo`,
+    /// unless the operator allowed the range.
+    /// The TURN port itself is never a peer: no allocation is made through another.
+    fn reachable(&self, st: &State, peer: SocketAddr) -> bool {
+        let ip = canonical(peer.ip());
+        if !self.own.contains(&ip) {
+            return true;
+        }
+        peer.port() != self.addr.port()
+            && (self.config.operator_allows(ip) || st.relay_ports.contains(&peer.port()))
     }
 }
 
@@ -498,23 +587,43 @@ struct State {
     /// Whether credentials must name a live session.
     require_session: bool,
     limits: RateTable,
+    /// Allocations and reservations per source ([`crate::limit::source_key`]).
+    per_source: HashMap<IpAddr, usize>,
+    /// The ports of live allocations' relay sockets.
+    relay_ports: std::collections::HashSet<u16>,
+    /// 401 and 438 answers, from everyone together: a flood spoofed from many sources
+    /// reflects at most this much.
+    challenges: Bucket,
 }
 
 impl State {
     fn remove(&mut self, client: &SocketAddr) {
         if let Some(a) = self.allocations.remove(client) {
-            self.release_user(&a.user);
+            self.relay_ports.remove(&a.relay_addr.port());
+            self.release(&a.user, a.source);
         }
     }
 
-    /// One allocation or reservation of `user`'s fewer.
-    fn release_user(&mut self, user: &str) {
+    /// One allocation or reservation fewer for `user` and `source`.
+    fn release(&mut self, user: &str, source: IpAddr) {
         if let Some(n) = self.per_user.get_mut(user) {
             *n -= 1;
             if *n == 0 {
                 self.per_user.remove(user);
             }
         }
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+
+    /// One allocation or reservation more for `user` and `source`.
+    fn hold(&mut self, user: &str, source: IpAddr) {
+        *self.per_user.entry(user.to_string()).or_default() += 1;
+        *self.per_source.entry(source).or_default() += 1;
     }
 
     /// The session a credentials' `<session>:<identity>` names, when it is live and its
@@ -540,7 +649,7 @@ impl State {
             .collect();
         for t in gone {
             if let Some(r) = self.reservations.remove(&t) {
-                self.release_user(&r.user);
+                self.release(&r.user, r.source);
             }
         }
     }
@@ -550,6 +659,7 @@ impl State {
 struct Reservation {
     socket: std::net::UdpSocket,
     user: String,
+    source: IpAddr,
     session: Option<u64>,
     expires: Instant,
 }
@@ -564,20 +674,37 @@ struct Allocation {
     username: String,
     /// Who it counts against.
     user: String,
+    source: IpAddr,
     session: Option<u64>,
     /// The Allocate transaction, to answer its retransmissions alike.
     tid: [u8; 12],
     /// The token of the port it reserved (EVEN-PORT with R), for those retransmissions.
     reservation: Option<[u8; 8]>,
-    relay: Arc<UdpSocket>,
+    relay: Arc<Sock>,
     relay_addr: SocketAddr,
     expires: Instant,
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, Channel>,
     by_peer: HashMap<SocketAddr, u16>,
-    to_peer: Bucket,
-    to_client: Bucket,
+    to_peer: ByteRate,
+    to_client: ByteRate,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// An allocation's byte rate one way: `None` when unlimited.
+struct ByteRate(Option<Bucket>);
+
+impl ByteRate {
+    fn new(bps: u32) -> ByteRate {
+        // A burst of a second's worth, and never less than one datagram of the largest size.
+        let burst = f64::from(bps).max(MAX_RELAYED as f64);
+        ByteRate((bps > 0).then(|| Bucket::new(f64::from(bps), burst)))
+    }
+
+    /// Takes `n` bytes' worth; false when over the rate.
+    fn take(&mut self, n: usize, now: Instant) -> bool {
+        self.0.as_mut().is_none_or(|b| b.take_n_at(n as f64, now))
+    }
 }
 
 impl Drop for Allocation {
@@ -598,10 +725,11 @@ impl Allocation {
 async fn serve(shared: Arc<Shared>) {
     let mut buf = vec![0u8; MAX_RELAYED + HEADROOM];
     loop {
-        let (n, from) = match shared.socket.recv_from(&mut buf).await {
+        let (n, from) = match shared.socket.rx.recv_from(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::trace!(error = %e, "TURN receive error");
+                tokio::time::sleep(Duration::from_millis(1)).await; // never a busy loop
                 continue;
             }
         };
@@ -611,25 +739,27 @@ async fn serve(shared: Arc<Shared>) {
         let out = handle(&shared, &buf[..n], from, Instant::now(), unix_now());
         match out {
             Out::Nothing => {}
+            // Sends never wait (see `Sock`).
             Out::Reply(bytes) => {
-                let _ = shared.socket.send_to(&bytes, from).await;
+                let _ = shared.socket.tx.send_to(&bytes, from);
             }
             Out::Relay { socket, peer, data } => {
                 let bytes = match &data {
                     Payload::Range(a, b) => &buf[*a..*b],
                     Payload::Owned(v) => v.as_slice(),
                 };
-                let _ = socket.send_to(bytes, peer).await;
+                let _ = socket.tx.send_to(bytes, peer);
             }
         }
     }
 }
 
 /// Traffic from peers to one allocation's relay address, passed to its client.
-async fn relay_loop(shared: std::sync::Weak<Shared>, relay: Arc<UdpSocket>, client: SocketAddr) {
+async fn relay_loop(shared: std::sync::Weak<Shared>, relay: Arc<Sock>, client: SocketAddr) {
     let mut buf = vec![0u8; MAX_RELAYED + HEADROOM];
     loop {
-        let Ok((n, peer)) = relay.recv_from(&mut buf[HEADROOM..]).await else {
+        let Ok((n, peer)) = relay.rx.recv_from(&mut buf[HEADROOM..]).await else {
+            tokio::time::sleep(Duration::from_millis(1)).await; // never a busy loop
             continue;
         };
         let Some(shared) = shared.upgrade() else {
@@ -647,7 +777,7 @@ async fn relay_loop(shared: std::sync::Weak<Shared>, relay: Arc<UdpSocket>, clie
             if !a.permitted(peer.ip(), now) {
                 continue; // no permission: dropped, as RFC 8656 §10.3 says
             }
-            if !a.to_client.take_n_at(n as f64, now) {
+            if !a.to_client.take(n, now) {
                 shared.metrics.over_bps.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -674,7 +804,7 @@ async fn relay_loop(shared: std::sync::Weak<Shared>, relay: Arc<UdpSocket>, clie
             Frame::InPlace(start) => &buf[*start..HEADROOM + n],
             Frame::Owned(b) => b.as_slice(),
         };
-        let _ = shared.socket.send_to(bytes, client).await;
+        let _ = shared.socket.tx.send_to(bytes, client);
     }
 }
 
@@ -720,7 +850,7 @@ enum Out {
     Reply(Vec<u8>),
     /// Send `data` to `peer` from `socket`.
     Relay {
-        socket: Arc<UdpSocket>,
+        socket: Arc<Sock>,
         peer: SocketAddr,
         data: Payload,
     },
@@ -781,18 +911,16 @@ fn channel_data(shared: &Shared, datagram: &[u8], from: SocketAddr, now: Instant
         return Out::Nothing;
     }
     let mut st = shared.state();
-    let Some(a) = st.allocations.get_mut(&from) else {
-        return Out::Nothing;
-    };
-    let Some(peer) = a
-        .channels
-        .get(&ch)
+    let peer = st
+        .allocations
+        .get(&from)
+        .and_then(|a| a.channels.get(&ch))
         .filter(|c| c.expires > now)
-        .map(|c| c.peer)
-    else {
-        return Out::Nothing;
-    };
-    to_peer(shared, a, peer, Payload::Range(4, 4 + len), now)
+        .map(|c| c.peer);
+    match peer {
+        Some(peer) => to_peer(shared, &mut st, from, peer, Payload::Range(4, 4 + len), now),
+        None => Out::Nothing,
+    }
 }
 
 fn send_indication(shared: &Shared, msg: &StunMessage, from: SocketAddr, now: Instant) -> Out {
@@ -803,20 +931,28 @@ fn send_indication(shared: &Shared, msg: &StunMessage, from: SocketAddr, now: In
         return Out::Nothing;
     };
     let data = Payload::Owned(data.as_bytes().to_vec());
-    let mut st = shared.state();
-    let Some(a) = st.allocations.get_mut(&from) else {
-        return Out::Nothing;
-    };
-    to_peer(shared, a, peer, data, now)
+    to_peer(shared, &mut shared.state(), from, peer, data, now)
 }
 
+/// Relays `data` from the client at `from` to `peer`, if its allocation may.
 fn to_peer(
     shared: &Shared,
-    a: &mut Allocation,
+    st: &mut State,
+    from: SocketAddr,
     peer: SocketAddr,
     data: Payload,
     now: Instant,
 ) -> Out {
+    if !shared.reachable(st, peer) {
+        shared
+            .metrics
+            .forbidden_peers
+            .fetch_add(1, Ordering::Relaxed);
+        return Out::Nothing;
+    }
+    let Some(a) = st.allocations.get_mut(&from) else {
+        return Out::Nothing;
+    };
     if !a.permitted(peer.ip(), now) {
         return Out::Nothing;
     }
@@ -824,7 +960,7 @@ fn to_peer(
         Payload::Range(a, b) => b - a,
         Payload::Owned(v) => v.len(),
     };
-    if !a.to_peer.take_n_at(len as f64, now) {
+    if !a.to_peer.take(len, now) {
         shared.metrics.over_bps.fetch_add(1, Ordering::Relaxed);
         return Out::Nothing;
     }
@@ -835,10 +971,11 @@ fn to_peer(
     }
 }
 
+/// The XOR-PEER-ADDRESS, an IPv4-mapped one as the IPv4 address it is.
 fn peer_address(msg: &StunMessage) -> Option<SocketAddr> {
     msg.get::<XorPeerAddress>()
         .and_then(|a| a.as_xor_peer_address().ok())
-        .map(|a| *a.socket_address())
+        .map(|a| canonical_addr(*a.socket_address()))
 }
 
 /// Who a request is from, once its credentials checked out.
@@ -895,15 +1032,21 @@ fn authenticate(
     msg: &StunMessage,
     datagram: &[u8],
     from: SocketAddr,
+    now: Instant,
     unix: u64,
-) -> Result<Authed, Vec<u8>> {
+) -> Result<Authed, Option<Vec<u8>>> {
+    // A challenge (401, 438) goes to anyone, spoofed sources too: only to requests of a
+    // size it does not much outgrow, and within a budget for everyone together.
     let challenge = |code: u16| {
+        if datagram.len() < MIN_CHALLENGED || !shared.state().challenges.take_n_at(1.0, now) {
+            shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         let n = nonce(shared, from, unix);
         answer_error(msg, code, "", None, |b| {
             b.with_attribute(Realm::new(REALM).expect("realm"))
                 .with_attribute(Nonce::new(n).expect("nonce"))
         })
-        .unwrap_or_default()
     };
     if msg.get::<MessageIntegrity>().is_none() {
         return Err(challenge(401));
@@ -921,7 +1064,7 @@ fn authenticate(
         text(msg.get::<Realm>()),
         text(msg.get::<Nonce>()),
     ) else {
-        return Err(answer_error(msg, 400, "", None, |b| b).unwrap_or_default());
+        return Err(answer_error(msg, 400, "", None, |b| b));
     };
     if !nonce_fresh(shared, &n, from, unix) {
         return Err(challenge(438));
@@ -933,25 +1076,29 @@ fn authenticate(
     let Some((expiry, user)) = username.split_once(':') else {
         return Err(challenge(401));
     };
-    match expiry.parse::<u64>() {
-        Ok(e) if e >= unix => {}
-        _ => {
-            tracing::debug!(%from, username, "expired or malformed TURN credentials");
-            return Err(challenge(401));
-        }
-    }
-    let (session, user) = {
+    let Ok(expiry) = expiry.parse::<u64>() else {
+        return Err(challenge(401));
+    };
+    // Checked under the lock, answered after it (a challenge takes the lock too).
+    let bound = {
         let st = shared.state();
         if st.require_session {
-            match st.live_session(user) {
-                Some((id, who)) => (Some(id), who.to_string()),
-                None => {
-                    tracing::debug!(%from, username, "TURN credentials of a login that ended");
-                    return Err(challenge(401));
-                }
-            }
+            // The login bounds them: credentials given at login work as long as it lasts,
+            // for the allocations of connections made hours later too.
+            st.live_session(user)
+                .map(|(id, who)| (Some(id), who.to_string()))
+                .ok_or("TURN credentials of a login that ended")
+        } else if expiry < unix {
+            Err("expired TURN credentials")
         } else {
-            (None, user.to_string())
+            Ok((None, user.to_string()))
+        }
+    };
+    let (session, user) = match bound {
+        Ok(b) => b,
+        Err(why) => {
+            tracing::debug!(%from, username, why);
+            return Err(challenge(401));
         }
     };
     let key = HMACKey::new_long_term(
@@ -1005,7 +1152,7 @@ fn request(
 ) -> Option<Vec<u8>> {
     let method = msg.method();
     if ![ALLOCATE, REFRESH, CREATE_PERMMISSION, CHANNEL_BIND].contains(&method) {
-        return answer_error(msg, 400, "unknown method", None, |b| b);
+        return None; // nothing to reflect toward a spoofed source
     }
     let unknown = unknown_required(msg);
     if !unknown.is_empty() {
@@ -1013,11 +1160,16 @@ fn request(
             b.with_attribute(UnknownAttributes::from(unknown.as_slice()))
         });
     }
-    let auth = match authenticate(shared, msg, datagram, from, unix) {
+    let auth = match authenticate(shared, msg, datagram, from, now, unix) {
         Ok(a) => a,
-        Err(reply) => return Some(reply),
+        Err(reply) => return reply,
     };
     let mut st = shared.state();
+    // The login may have ended since its session was checked: nothing may outlive it.
+    if auth.session.is_some_and(|s| !st.sessions.contains_key(&s)) {
+        drop(st);
+        return answer_error(msg, 401, "", None, |b| b);
+    }
     if let Some(a) = st.allocations.get(&from) {
         if a.username != auth.username {
             return answer_error(msg, 441, "wrong credentials", Some(&auth.key), |b| b);
@@ -1083,48 +1235,50 @@ fn allocate(
     if wanted_v6.is_some_and(|v6| v6 != shared.config.relay_ip.is_ipv6()) {
         return answer_error(msg, 440, "address family not supported", key, |b| b);
     }
-    // The relay socket, and the port above it when an EVEN-PORT asks to reserve it.
+    let source = crate::limit::source_key(from.ip());
+    // The relay socket, and the port above it when an EVEN-PORT asks to reserve it. A
+    // reserved port (from an earlier EVEN-PORT request) is already counted in the quotas.
     let (relay, reserved) = match token {
-        // A port reserved by an earlier EVEN-PORT request: already counted in the quotas.
         Some(t) => match st.reservations.remove(&t) {
-            Some(r) if r.user == auth.user && r.expires > now => (tokio_socket(r.socket), None),
+            Some(r) if r.user == auth.user && r.expires > now => {
+                // The count moves from the reservation's source to this allocation's.
+                st.release(&r.user, r.source);
+                st.hold(&auth.user, source);
+                (Sock::new(r.socket), None)
+            }
             Some(r) => {
-                st.release_user(&r.user);
+                st.release(&r.user, r.source);
                 return answer_error(msg, 508, "no such reservation", key, |b| b);
             }
             None => return answer_error(msg, 508, "no such reservation", key, |b| b),
         },
         None => {
-            let wanted = if even == Some(true) { 2 } else { 1 };
-            if st.held() + wanted > shared.config.total_quota {
-                shared.metrics.over_quota.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%from, total = st.held(), "TURN total allocation quota reached");
-                return answer_error(msg, 508, "insufficient capacity", key, |b| b);
+            if let Err(code) = quota(shared, st, &auth.user, source, even == Some(true)) {
+                tracing::info!(%from, user = %auth.user, code, "TURN allocation quota reached");
+                let reason = if code == 486 {
+                    "allocation quota reached"
+                } else {
+                    "insufficient capacity"
+                };
+                return answer_error(msg, code, reason, key, |b| b);
             }
-            let held = st.per_user.get(&auth.user).copied().unwrap_or(0);
-            if held + wanted > shared.config.user_quota {
-                shared.metrics.over_quota.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%from, user = %auth.user, "TURN user allocation quota reached");
-                return answer_error(msg, 486, "allocation quota reached", key, |b| b);
-            }
+            st.hold(&auth.user, source);
             match bind_relay(shared.bind_ip, even) {
-                Some((s, r)) => (tokio_socket(s), r),
+                Some((s, r)) => (Sock::new(s), r),
                 None => (None, None),
             }
         }
     };
-    let Some(relay) = relay else {
+    let bound = relay.and_then(|r| Some((r.rx.local_addr().ok()?.port(), r)));
+    let Some((port, relay)) = bound else {
+        st.release(&auth.user, source);
         return answer_error(msg, 508, "no relay port", key, |b| b);
     };
     let relay = Arc::new(relay);
-    let Ok(port) = relay.local_addr().map(|a| a.port()) else {
-        return answer_error(msg, 508, "no relay port", key, |b| b);
-    };
     let relay_addr = SocketAddr::new(shared.config.relay_ip, port);
     let life = granted_lifetime(msg)
         .unwrap_or(DEFAULT_LIFETIME)
         .clamp(DEFAULT_LIFETIME, MAX_LIFETIME);
-    let bps = f64::from(shared.config.max_bps);
     let task = tokio::spawn(relay_loop(Arc::downgrade(shared), relay.clone(), from));
     let reservation = reserved.map(|socket| {
         let mut t = [0u8; 8];
@@ -1134,21 +1288,21 @@ fn allocate(
             Reservation {
                 socket,
                 user: auth.user.clone(),
+                source,
                 session: auth.session,
                 expires: now + RESERVATION_LIFETIME,
             },
         );
-        *st.per_user.entry(auth.user.clone()).or_default() += 1;
+        st.hold(&auth.user, source);
         t
     });
-    if token.is_none() {
-        *st.per_user.entry(auth.user.clone()).or_default() += 1;
-    }
+    st.relay_ports.insert(port);
     st.allocations.insert(
         from,
         Allocation {
             username: auth.username.clone(),
             user: auth.user.clone(),
+            source,
             session: auth.session,
             tid: *msg.transaction_id().as_bytes(),
             reservation,
@@ -1158,8 +1312,8 @@ fn allocate(
             permissions: HashMap::new(),
             channels: HashMap::new(),
             by_peer: HashMap::new(),
-            to_peer: Bucket::new(bps, bps),
-            to_client: Bucket::new(bps, bps),
+            to_peer: ByteRate::new(shared.config.max_bps),
+            to_client: ByteRate::new(shared.config.max_bps),
             task,
         },
     );
@@ -1168,9 +1322,41 @@ fn allocate(
     allocate_success(msg, relay_addr, from, life, reservation, &auth.key)
 }
 
-fn tokio_socket(s: std::net::UdpSocket) -> Option<UdpSocket> {
-    s.set_nonblocking(true).ok()?;
-    UdpSocket::from_std(s).ok()
+/// Whether `user` at `source` may hold one more relay port (two with a reservation):
+/// otherwise the error code, 508 (the total or the source's share) or 486 (the user's).
+fn quota(shared: &Shared, st: &State, user: &str, source: IpAddr, pair: bool) -> Result<(), u16> {
+    let wanted = if pair { 2 } else { 1 };
+    let c = &shared.config;
+    let user_held = st.per_user.get(user).copied().unwrap_or(0);
+    let source_held = st.per_source.get(&source).copied().unwrap_or(0);
+    let code = if st.held() + wanted > c.total_quota || source_held + wanted > c.source_quota {
+        508
+    } else if user_held + wanted > c.user_quota {
+        486
+    } else {
+        return Ok(());
+    };
+    shared.metrics.over_quota.fetch_add(1, Ordering::Relaxed);
+    Err(code)
+}
+
+/// A UDP socket read through tokio and written without waiting: a send to a full buffer
+/// drops the datagram, as a congested link would, so one stuck socket cannot stall every
+/// client (and a fresh socket sends at once, before tokio has seen it writable).
+struct Sock {
+    rx: UdpSocket,
+    tx: std::net::UdpSocket,
+}
+
+impl Sock {
+    fn new(s: std::net::UdpSocket) -> Option<Sock> {
+        s.set_nonblocking(true).ok()?;
+        let tx = s.try_clone().ok()?;
+        Some(Sock {
+            rx: UdpSocket::from_std(s).ok()?,
+            tx,
+        })
+    }
 }
 
 /// A UDP socket on `ip`; for an EVEN-PORT request an even port, and when it asks to
@@ -1246,9 +1432,7 @@ fn check_peer(
     a: &Allocation,
     peer: SocketAddr,
 ) -> Result<(), Option<Vec<u8>>> {
-    if peer.is_ipv4() != a.relay_addr.is_ipv4()
-        && canonical(peer.ip()).is_ipv4() != a.relay_addr.is_ipv4()
-    {
+    if peer.is_ipv4() != a.relay_addr.is_ipv4() {
         return Err(answer_error(
             &auth.msg,
             443,
@@ -1325,9 +1509,6 @@ fn channel_bind(
 ) -> Option<Vec<u8>> {
     let msg = &auth.msg;
     let key = Some(&auth.key);
-    let Some(a) = st.allocations.get_mut(&from) else {
-        return answer_error(msg, 437, "allocation mismatch", key, |b| b);
-    };
     let number = msg
         .get::<ChannelNumber>()
         .and_then(|c| c.as_channel_number().ok())
@@ -1335,6 +1516,17 @@ fn channel_bind(
     let (Some(number), Some(peer)) = (number.filter(|n| is_channel(*n)), peer_address(msg)) else {
         return answer_error(msg, 400, "bad channel bind", key, |b| b);
     };
+    let reachable = shared.reachable(st, peer);
+    let Some(a) = st.allocations.get_mut(&from) else {
+        return answer_error(msg, 437, "allocation mismatch", key, |b| b);
+    };
+    if !reachable {
+        shared
+            .metrics
+            .forbidden_peers
+            .fetch_add(1, Ordering::Relaxed);
+        return answer_error(msg, 403, "forbidden peer", key, |b| b);
+    }
     if let Err(reply) = check_peer(shared, auth, a, peer) {
         return reply;
     }
@@ -1461,6 +1653,19 @@ mod tests {
             "::127.0.0.1",
             "64:ff9b::7f00:1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            "2001::1",
+            "100::1",
+            "fec0::1",
+            "192.0.0.1",
+            "192.0.2.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.1",
+            "203.0.113.7",
+            "2001:db8::1",
         ] {
             assert!(!c.peer_allowed(ip.parse().unwrap()), "{ip} refused");
         }
@@ -1469,11 +1674,11 @@ mod tests {
             "100.63.255.255",
             "100.128.0.1",
             "172.32.0.1",
-            "203.0.113.7",
-            "2001:db8::1",
+            "198.20.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert!(c.peer_allowed(ip.parse().unwrap()), "{ip} allowed");
         }
@@ -1520,6 +1725,49 @@ mod tests {
         drop(session);
         assert!(!live(&user));
         assert_eq!(s.shared.state().sessions.len(), 0);
+    }
+
+    #[test]
+    fn this_hosts_addresses_are_peers_only_at_relay_ports() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // A public relay address (nothing is bound on it here: no allocation is made).
+        let relay: IpAddr = "198.51.100.1".parse().unwrap();
+        let start = |allow: Option<&str>| {
+            let mut c = TurnConfig::new("127.0.0.1:0".parse().unwrap(), relay, Vec::new());
+            c.allow_peers
+                .extend(allow.map(|a| a.parse::<IpNet>().unwrap()));
+            rt.block_on(TurnServer::start(c)).unwrap()
+        };
+        let s = start(None);
+        let sh = &s.shared;
+        let peer = |p: &str| p.parse::<SocketAddr>().unwrap();
+        let mut st = sh.state();
+        assert!(
+            !sh.reachable(&st, peer("198.51.100.1:53")),
+            "a service on the relay address"
+        );
+        assert!(!sh.reachable(&st, peer("[::ffff:198.51.100.1]:53")));
+        assert!(sh.reachable(&st, peer("8.8.8.8:53")));
+        st.relay_ports.insert(40000);
+        assert!(
+            sh.reachable(&st, peer("198.51.100.1:40000")),
+            "another allocation"
+        );
+        drop(st);
+        let turn_port = s.addr().port();
+        let lab = start(Some("198.51.100.0/24"));
+        let st = lab.shared.state();
+        assert!(
+            lab.shared.reachable(&st, peer("198.51.100.1:53")),
+            "the operator allowed it"
+        );
+        assert!(
+            !s.shared.reachable(&st, SocketAddr::new(relay, turn_port)),
+            "never the TURN port"
+        );
     }
 
     #[test]

@@ -221,8 +221,12 @@ fn turn_refuses_peers_on_this_host_and_private_networks() {
             "a channel to {peer}"
         );
     }
-    // A public address is fine (TEST-NET-3: nothing is sent there).
-    assert_eq!(c.permit("203.0.113.7:9".parse().unwrap()), Ok(()));
+    // Documentation addresses are not hosts on the internet either.
+    for p in ["192.0.2.1:9", "198.51.100.1:9", "203.0.113.7:9"] {
+        assert_eq!(c.permit(p.parse().unwrap()), Err(403), "{p}");
+    }
+    // A public address is fine (a permission sends nothing there).
+    assert_eq!(c.permit("8.8.8.8:53".parse().unwrap()), Ok(()));
     // With no permission, a Send indication to loopback goes nowhere.
     let (listener, at) = peer_socket();
     c.send_to_peer(at, b"let me in");
@@ -231,7 +235,7 @@ fn turn_refuses_peers_on_this_host_and_private_networks() {
         listener.recv_from(&mut buf).is_err(),
         "nothing relayed to loopback"
     );
-    assert!(server.metric("punchline_turn_forbidden_peers_total") >= 2 * refused.len() as u64);
+    assert!(server.metric("punchline_turn_forbidden_peers_total") >= 2 * refused.len() as u64 + 3);
 }
 
 #[test]
@@ -320,6 +324,20 @@ fn turn_quotas_hold_per_user_and_in_all() {
     assert!(b2.allocate().is_ok());
     assert_eq!(a3.allocate(), Err(508));
     assert_eq!(server.metric("punchline_turn_over_quota_total"), 3);
+    // Identities cost nothing to make: one source's logins together have a quota too.
+    let server = Process::start(&["--turn", "127.0.0.1:0", "--turn-source-quota", "2"]);
+    let turn = server.banner_addr("turn on ");
+    let logins: Vec<_> = (0..3).map(|_| Client::logged_in(&server, turn)).collect();
+    let codes: Vec<_> = logins
+        .into_iter()
+        .map(|(mut c, ws, rt)| (c.allocate().map(|_| ()), ws, rt))
+        .collect();
+    let codes: Vec<_> = codes.iter().map(|(r, _, _)| *r).collect();
+    assert_eq!(
+        codes,
+        [Ok(()), Ok(()), Err(508)],
+        "three logins from one address"
+    );
 }
 
 #[test]
