@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use punchline::identity::KeyPair;
-use punchline::sim::Sim;
 use punchline::proto::{ConnectionConfig, Credentials, EndpointConfig};
+use punchline::sim::Sim;
 use std::time::Duration;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
     // Input: [target byte][advance ms byte][len u8][datagram]...
     let mut rest = data;
     while rest.len() >= 3 {
-        let (to, from) = if rest[0] & 1 == 0 { (server, client) } else { (client, server) };
+        let (to, from) = if rest[0] & 1 == 0 {
+            (server, client)
+        } else {
+            (client, server)
+        };
         let advance = Duration::from_millis(u64::from(rest[1]));
         let len = (rest[2] as usize).min(rest.len() - 3);
         let dgram = rest[3..3 + len].to_vec();

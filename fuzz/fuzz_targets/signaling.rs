@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
                     assert!(b.len() <= MAX_SIGNAL);
                 }
             }
-            ClientMsg::Login { public_key, signature, .. } => {
+            ClientMsg::Login {
+                public_key,
+                signature,
+                ..
+            } => {
                 let _ = protocol::public_key(public_key);
                 let _ = protocol::signature(signature);
             }

@@ -8,10 +8,15 @@ use punchline_signaling::stun::respond;
 use std::net::SocketAddr;
 
 fuzz_target!(|data: &[u8]| {
-    let addrs: Vec<SocketAddr> = ["10.0.0.1:3478", "10.0.0.1:3479", "10.0.0.2:3478", "10.0.0.2:3479"]
-        .iter()
-        .map(|a| a.parse().expect("valid"))
-        .collect();
+    let addrs: Vec<SocketAddr> = [
+        "10.0.0.1:3478",
+        "10.0.0.1:3479",
+        "10.0.0.2:3478",
+        "10.0.0.2:3479",
+    ]
+    .iter()
+    .map(|a| a.parse().expect("valid"))
+    .collect();
     let from: SocketAddr = "192.0.2.7:40000".parse().expect("valid");
     let Some((&at, datagram)) = data.split_first() else {
         return;

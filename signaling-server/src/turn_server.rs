@@ -509,15 +509,43 @@ impl TurnServer {
         credentials(&self.shared.config.secret, user, ttl)
     }
 
-    /// Ends every allocation now (their clients must allocate again), for example after the
-    /// secret changed. Returns how many there were.
+    /// Ends every allocation and reservation now (their clients must allocate again), for
+    /// example after the secret changed. Returns how many allocations there were.
     pub async fn drop_allocations(&self) -> usize {
         let mut st = self.shared.state();
         let keys: Vec<SocketAddr> = st.allocations.keys().copied().collect();
         for k in &keys {
             st.remove(k);
         }
+        st.drop_reservations(|_| true);
         keys.len()
+    }
+
+    /// For the fuzz target: handles `datagram` from `from` as if received at `now` (`unix`
+    /// on the wall clock), and says what would be sent: the answer to `from`, or the length
+    /// of what is relayed.
+    #[doc(hidden)]
+    pub fn handle_for_fuzzing(
+        &self,
+        datagram: &[u8],
+        from: SocketAddr,
+        now: Instant,
+        unix: u64,
+    ) -> Fed {
+        match handle(&self.shared, datagram, from, now, unix) {
+            Out::Nothing => Fed::Nothing,
+            Out::Reply(b) => Fed::Reply(b),
+            Out::Relay { data, .. } => Fed::Relayed(match data {
+                Payload::Range(a, b) => b - a,
+                Payload::Owned(v) => v.len(),
+            }),
+        }
+    }
+
+    /// For the fuzz target: the nonce `from` would get at `unix`.
+    #[doc(hidden)]
+    pub fn nonce_for_fuzzing(&self, from: SocketAddr, unix: u64) -> String {
+        nonce(&self.shared, from, unix)
     }
 
     /// Stops serving and drops every allocation.
@@ -538,6 +566,18 @@ impl Drop for TurnServer {
         }
         st.drop_reservations(|_| true);
     }
+}
+
+/// What [`TurnServer::handle_for_fuzzing`] saw come of a datagram.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Fed {
+    /// Nothing sent.
+    Nothing,
+    /// This answer, to the sender.
+    Reply(Vec<u8>),
+    /// So many bytes relayed to a peer.
+    Relayed(usize),
 }
 
 /// What the listener and the relay tasks share.
