@@ -3,7 +3,6 @@
 //! by the `LogLevel_*` config values (global scope); `PacketTraceMaxBytes` traces every
 //! datagram sent and received. With no function set, nothing is formatted.
 
-use crate::api::config::{resolve, ConfigStore, ConfigValue};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, RwLock};
@@ -68,15 +67,6 @@ pub enum Subsystem {
     SdrRelayPings = 5,
 }
 
-const SUBSYSTEM_VALUES: [ConfigValue; 6] = [
-    ConfigValue::LogLevelAckRtt,
-    ConfigValue::LogLevelPacketDecode,
-    ConfigValue::LogLevelMessage,
-    ConfigValue::LogLevelPacketGaps,
-    ConfigValue::LogLevelP2pRendezvous,
-    ConfigValue::LogLevelSdrRelayPings,
-];
-
 static OUTPUT: RwLock<Option<DebugOutputFn>> = RwLock::new(None);
 static DETAIL: AtomicI32 = AtomicI32::new(0);
 static LEVELS: [AtomicI32; 6] = [const { AtomicI32::new(4) }; 6];
@@ -89,18 +79,24 @@ pub fn set_output(detail: DebugOutputType, f: Option<DebugOutputFn>) {
     DETAIL.store(if on { detail as i32 } else { 0 }, Ordering::Relaxed);
 }
 
-/// Takes the per-subsystem levels and the packet trace from the global config values.
-pub(crate) fn update_from(global: &ConfigStore) {
-    let chain = [global];
-    for (i, v) in SUBSYSTEM_VALUES.iter().enumerate() {
-        let level = resolve(*v, &chain).0.as_i32().unwrap_or(4);
-        LEVELS[i].store(level, Ordering::Relaxed);
-    }
-    let trace = resolve(ConfigValue::PacketTraceMaxBytes, &chain)
-        .0
-        .as_i32()
-        .unwrap_or(-1);
-    PACKET_TRACE.store(trace, Ordering::Relaxed);
+/// Subsystems, in the order of their levels.
+pub(crate) const SUBSYSTEMS: [Subsystem; 6] = [
+    Subsystem::AckRtt,
+    Subsystem::PacketDecode,
+    Subsystem::Message,
+    Subsystem::PacketGaps,
+    Subsystem::P2pRendezvous,
+    Subsystem::SdrRelayPings,
+];
+
+/// Sets `subsystem`'s level (its `LogLevel_*` config value).
+pub(crate) fn set_level(subsystem: Subsystem, level: i32) {
+    LEVELS[subsystem as usize].store(level, Ordering::Relaxed);
+}
+
+/// Sets the packet trace's byte limit (`PacketTraceMaxBytes`; negative: off).
+pub(crate) fn set_packet_trace(max_bytes: i32) {
+    PACKET_TRACE.store(max_bytes, Ordering::Relaxed);
 }
 
 /// True when output of `level` (from `subsystem`, if any) would be shown.

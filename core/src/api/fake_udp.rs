@@ -28,6 +28,18 @@ pub struct FakeUdpMessage {
     pub payload: Bytes,
 }
 
+impl Sockets {
+    /// A UDP-socket-like port at our fake IP's port number `fake_port_index` (the
+    /// reference API's `CreateFakeUDPPort`): datagrams to and from fake IP addresses, over
+    /// [`Messages`] sessions. Needs the fake IP allocated; it uses this `Sockets`' Messages
+    /// interface (virtual port 65535), so create ports, not a `Messages`, when using both.
+    pub fn create_fake_udp_port(&self, fake_port_index: usize) -> Result<FakeUdpPort, Error> {
+        let (ip, port) = self.fake_port(fake_port_index)?;
+        let messages = self.shared_extension(|| Messages::new(self).map(Arc::new))?;
+        Ok(FakeUdpPort::new(self, messages, ip, port))
+    }
+}
+
 /// A fake UDP port: send to and receive from fake IP addresses.
 #[derive(Debug)]
 pub struct FakeUdpPort {

@@ -14,7 +14,8 @@
 //! [`Messages::accept_session_with_user`] (or a send to it, which accepts too).
 
 use super::config::{ConfigData, ConfigValue};
-use super::sockets::{ConnectionInfo, Message, QuickStatus, Sockets, StatusEvents};
+use super::sockets::Sockets;
+use super::types::{ConnectionInfo, Message, QuickStatus, StatusEvents};
 use super::{ConnectionHandle, ListenSocketHandle, PollGroupHandle};
 use crate::proto::{ConnectionState, Error, SendFlags};
 use bytes::Bytes;

@@ -10,6 +10,10 @@ use super::fakeip::{
 };
 use super::p2p::{Signaling, SignalingRecvContext};
 use super::relay::{self, PingLocation, PopId, PopPinger, RelayNetwork, RelayNetworkStatus};
+use super::types::{
+    Availability, ConfigTarget, ConnectionInfo, ConnectionStatusChanged, Message, OutMessage,
+    QuickStatus, SocketsConfig, StatusEvents,
+};
 use super::{ConnectionHandle, ListenSocketHandle, PollGroupHandle};
 use crate::debug::{DebugOutputType, Subsystem};
 use crate::netcond::Impairment;
@@ -24,7 +28,7 @@ use crate::transport::{
     RouteKind, Transport,
 };
 use bytes::Bytes;
-use punchline_identity::{CertStore, Certificate, Identity, KeyPair};
+use punchline_identity::{Identity, KeyPair};
 use rand_core::{OsRng, RngCore};
 use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
@@ -104,193 +108,6 @@ fn update_fake_conditions(global: &ConfigStore) {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep going with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Who a [`Sockets`] instance is.
-#[derive(Debug, Clone, Default)]
-pub struct SocketsConfig {
-    /// The signing key; a fresh random one when `None`.
-    pub key: Option<KeyPair>,
-    /// The identity to claim; the key's own identity when `None`.
-    pub identity: Option<Identity>,
-    /// A certificate for (identity, key).
-    pub cert: Option<Certificate>,
-    /// Trusted CAs (when any is set, peers must present certificates).
-    pub trusted: CertStore,
-    /// The application id certificates must allow.
-    pub app_id: Option<u32>,
-    /// Where P2P connections bind their socket. `None` (the default): every interface, and
-    /// peers are told this host's interface addresses (loopback last). A specific address
-    /// (say `127.0.0.1:0` for tests on one host) is the only one peers are told.
-    pub p2p_bind: Option<SocketAddr>,
-}
-
-/// Where a config value is read or written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigTarget {
-    /// Process-wide defaults.
-    Global,
-    /// This `Sockets` instance.
-    Interface,
-    /// A listen socket (and the connections it accepts).
-    ListenSocket(ListenSocketHandle),
-    /// One connection.
-    Connection(ConnectionHandle),
-}
-
-impl ConfigTarget {
-    fn scope(self) -> ConfigScope {
-        match self {
-            ConfigTarget::Global => ConfigScope::Global,
-            ConfigTarget::Interface => ConfigScope::SocketsInterface,
-            ConfigTarget::ListenSocket(_) => ConfigScope::ListenSocket,
-            ConfigTarget::Connection(_) => ConfigScope::Connection,
-        }
-    }
-}
-
-/// Availability of a service, with the reference API's values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i32)]
-pub enum Availability {
-    /// A dependency is missing.
-    CannotTry = -102,
-    /// Tried and never succeeded.
-    Failed = -101,
-    /// Worked before, not now.
-    Previously = -100,
-    /// Retrying after a failure.
-    Retrying = -10,
-    /// Not applicable.
-    Unknown = 0,
-    /// Never tried.
-    NeverTried = 1,
-    /// Waiting on a dependency.
-    Waiting = 2,
-    /// Trying now.
-    Attempting = 3,
-    /// Available.
-    Current = 100,
-}
-
-/// A received message. Dropping it releases it.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// The payload.
-    pub payload: Bytes,
-    /// The connection it came on.
-    pub connection: ConnectionHandle,
-    /// The sender's message number.
-    pub message_number: u64,
-    /// `RELIABLE` or `UNRELIABLE`.
-    pub flags: SendFlags,
-    /// Lane / channel (always 0 on connections).
-    pub channel: i32,
-    /// The connection's user data when the message was received.
-    pub user_data: i64,
-    /// The peer's identity.
-    pub peer_identity: Identity,
-    /// When the message was complete.
-    pub received_at: Instant,
-}
-
-/// A message for [`Sockets::send_messages`].
-#[derive(Debug, Clone)]
-pub struct OutMessage {
-    /// Where to.
-    pub connection: ConnectionHandle,
-    /// The payload (shared, not copied).
-    pub payload: Bytes,
-    /// Send flags.
-    pub flags: SendFlags,
-    /// The lane (see [`Sockets::configure_connection_lanes`]); 0 by default.
-    pub lane: u16,
-}
-
-/// A connection's identity, address, state and flags.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConnectionInfo {
-    /// The peer's identity (its address while unknown).
-    pub identity_remote: Identity,
-    /// User data.
-    pub user_data: i64,
-    /// The listen socket that accepted it, if any.
-    pub listen_socket: Option<ListenSocketHandle>,
-    /// The peer's address.
-    pub address_remote: SocketAddr,
-    /// The state.
-    pub state: ConnectionState,
-    /// Why it ended.
-    pub end_reason: EndReason,
-    /// Debug text for the end.
-    pub end_debug: String,
-    /// A human-readable description.
-    pub description: String,
-    /// Info flags.
-    pub flags: ConnectionInfoFlags,
-    /// What carries a P2P connection through a transport (ICE): direct or relayed.
-    /// [`RouteKind::None`] for connections by IP address, whose route is the address.
-    pub route: RouteKind,
-}
-
-/// A connection's state changed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConnectionStatusChanged {
-    /// The connection.
-    pub connection: ConnectionHandle,
-    /// Its info after the change.
-    pub info: ConnectionInfo,
-    /// The state before.
-    pub old_state: ConnectionState,
-}
-
-/// Real-time numbers of a connection.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuickStatus {
-    /// The state.
-    pub state: ConnectionState,
-    /// Smoothed round-trip time in ms.
-    pub ping_ms: i32,
-    /// Fraction of the peer's packets that reached us.
-    pub connection_quality_local: f32,
-    /// Fraction of our packets that reached the peer.
-    pub connection_quality_remote: f32,
-    /// Packets sent per second, recently.
-    pub out_packets_per_sec: f32,
-    /// Bytes sent per second, recently.
-    pub out_bytes_per_sec: f32,
-    /// Packets received per second, recently.
-    pub in_packets_per_sec: f32,
-    /// Bytes received per second, recently.
-    pub in_bytes_per_sec: f32,
-    /// The current pacing rate.
-    pub send_rate_bytes_per_sec: i64,
-    /// Unreliable bytes queued.
-    pub pending_unreliable: i64,
-    /// Reliable bytes queued, not yet sent.
-    pub pending_reliable: i64,
-    /// Reliable bytes sent, not yet acknowledged.
-    pub sent_unacked_reliable: i64,
-    /// How long the oldest queued message has waited, in µs.
-    pub queue_time_usec: i64,
-}
-
-/// Status changes as an async stream for tokio code.
-#[derive(Debug)]
-pub struct StatusEvents {
-    rx: mpsc::UnboundedReceiver<ConnectionStatusChanged>,
-}
-
-impl StatusEvents {
-    /// The next status change; `None` once the `Sockets` is gone.
-    pub async fn recv(&mut self) -> Option<ConnectionStatusChanged> {
-        self.rx.recv().await
-    }
-
-    /// A status change if one is waiting.
-    pub fn try_recv(&mut self) -> Option<ConnectionStatusChanged> {
-        self.rx.try_recv().ok()
-    }
 }
 
 type EpId = u32;
@@ -424,8 +241,9 @@ struct Shared {
     activity: std::sync::Condvar,
     /// Buffers for threads that read the sockets themselves while waiting.
     spin_inbox: Mutex<Inbox>,
-    /// The Messages interface fake UDP ports share, while any lives.
-    fake_messages: Mutex<std::sync::Weak<super::Messages>>,
+    /// Values the layers above share per `Sockets` (the Messages interface fake UDP ports
+    /// share, while any lives), held weakly and by type, so this layer knows none of them.
+    extensions: Mutex<Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
     /// The relay network, once one is set.
     relay_net: Mutex<Option<Arc<RelayNetwork>>>,
 }
@@ -497,7 +315,7 @@ impl Sockets {
                 state: Mutex::new(state),
                 activity: std::sync::Condvar::new(),
                 spin_inbox: Mutex::new(Inbox::new(4)),
-                fake_messages: Mutex::new(std::sync::Weak::new()),
+                extensions: Mutex::new(Vec::new()),
                 relay_net: Mutex::new(None),
             }),
             service,
@@ -865,30 +683,29 @@ impl Sockets {
         self.create_listen_socket_p2p(port, options)
     }
 
-    /// A UDP-socket-like port at our fake IP's port number `fake_port_index` (the
-    /// reference API's `CreateFakeUDPPort`): datagrams to and from fake IP addresses, over
-    /// [`Messages`](super::Messages) sessions. Needs the fake IP allocated; it uses this
-    /// `Sockets`' Messages interface (virtual port 65535), so create ports, not a
-    /// `Messages`, when using both.
-    pub fn create_fake_udp_port(
+    /// The live `T` the layers above share on this `Sockets`, or a new one from `make`
+    /// (kept weakly: it lives as long as its users hold it).
+    pub(crate) fn shared_extension<T: std::any::Any + Send + Sync>(
         &self,
-        fake_port_index: usize,
-    ) -> Result<super::fake_udp::FakeUdpPort, Error> {
-        let (ip, port) = self.fake_port(fake_port_index)?;
-        let mut slot = lock(&self.shared.fake_messages);
-        let messages = match slot.upgrade() {
-            Some(m) => m,
-            None => {
-                let m = Arc::new(super::Messages::new(self)?);
-                *slot = Arc::downgrade(&m);
-                m
-            }
-        };
-        Ok(super::fake_udp::FakeUdpPort::new(self, messages, ip, port))
+        make: impl FnOnce() -> Result<Arc<T>, Error>,
+    ) -> Result<Arc<T>, Error> {
+        let mut slots = lock(&self.shared.extensions);
+        slots.retain(|w| w.strong_count() > 0);
+        if let Some(t) = slots
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find_map(|a| a.downcast::<T>().ok())
+        {
+            return Ok(t);
+        }
+        let t = make()?;
+        let erased: Arc<dyn std::any::Any + Send + Sync> = t.clone();
+        slots.push(Arc::downgrade(&erased));
+        Ok(t)
     }
 
     /// Our fake IP and its port number `index`.
-    fn fake_port(&self, index: usize) -> Result<(Ipv4Addr, u16), Error> {
+    pub(super) fn fake_port(&self, index: usize) -> Result<(Ipv4Addr, u16), Error> {
         let (ip, ports) = self.get_fake_ip().ok_or_else(|| {
             Error::InvalidParam("no fake IP yet: call begin_async_request_fake_ip first".into())
         })?;
@@ -1847,7 +1664,7 @@ impl Sockets {
     pub fn status_events(&self) -> StatusEvents {
         let (tx, rx) = mpsc::unbounded_channel();
         self.state().subscribers.push(tx);
-        StatusEvents { rx }
+        StatusEvents::new(rx)
     }
 
     // ----- config values ------------------------------------------------------------------
@@ -1867,7 +1684,7 @@ impl Sockets {
                 let mut global = lock(&GLOBAL);
                 global.set(value, data)?;
                 update_fake_conditions(&global);
-                crate::debug::update_from(&global);
+                super::utils::apply_debug_config(&global);
             }
             ConfigTarget::Interface => st.interface.set(value, data)?,
             ConfigTarget::ListenSocket(h) => {

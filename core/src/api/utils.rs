@@ -2,7 +2,7 @@
 //! output, and iteration over the config values. (Config values themselves are set and read
 //! through [`Sockets`](super::Sockets).)
 
-use super::config::{info, ConfigData, ConfigValue};
+use super::config::{info, resolve, ConfigData, ConfigStore, ConfigValue};
 pub use crate::debug::{DebugOutputFn, DebugOutputType, Subsystem};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -18,6 +18,33 @@ static START: LazyLock<Instant> = LazyLock::new(Instant::now);
 pub fn get_local_timestamp() -> i64 {
     let since = START.elapsed() + TIMESTAMP_ORIGIN;
     i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Each subsystem's `LogLevel_*` value.
+fn level_value(s: Subsystem) -> ConfigValue {
+    match s {
+        Subsystem::AckRtt => ConfigValue::LogLevelAckRtt,
+        Subsystem::PacketDecode => ConfigValue::LogLevelPacketDecode,
+        Subsystem::Message => ConfigValue::LogLevelMessage,
+        Subsystem::PacketGaps => ConfigValue::LogLevelPacketGaps,
+        Subsystem::P2pRendezvous => ConfigValue::LogLevelP2pRendezvous,
+        Subsystem::SdrRelayPings => ConfigValue::LogLevelSdrRelayPings,
+    }
+}
+
+/// Gives the debug output the per-subsystem levels and the packet trace of the global
+/// config values.
+pub(crate) fn apply_debug_config(global: &ConfigStore) {
+    let chain = [global];
+    for s in crate::debug::SUBSYSTEMS {
+        let level = resolve(level_value(s), &chain).0.as_i32().unwrap_or(4);
+        crate::debug::set_level(s, level);
+    }
+    let trace = resolve(ConfigValue::PacketTraceMaxBytes, &chain)
+        .0
+        .as_i32()
+        .unwrap_or(-1);
+    crate::debug::set_packet_trace(trace);
 }
 
 /// Sends punchline's debug output of `detail` and coarser to `f`, process-wide (as the

@@ -69,7 +69,7 @@ pub struct P2pInfo {
     pub remote_vport: u16,
     /// Symmetric connect mode.
     pub symmetric: bool,
-    /// The transport finding its path ([`DIRECT`](crate::transport::DIRECT): UDP to the
+    /// The transport finding its path ([`DIRECT`](crate::proto::rendezvous::DIRECT): UDP to the
     /// rendezvous candidates); settled when the peer accepts.
     pub transport: u8,
 }

@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 const MAGIC: &[u8; 2] = b"PR";
 /// The rendezvous format version this code speaks.
 pub const RENDEZVOUS_VERSION: u8 = 1;
+/// The wire id of direct UDP (no transport: the rendezvous' own candidate addresses).
+pub const DIRECT: u8 = 0;
 /// Most bytes in one signal of a transport's path.
 pub const MAX_TRANSPORT_SIGNAL: usize = 1200;
 /// Most bytes in one transport message: a path's signal, behind the one-byte tag of its

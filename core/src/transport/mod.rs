@@ -21,8 +21,7 @@ use tokio::sync::{mpsc, Notify};
 pub mod select;
 pub use select::Routes;
 
-/// The wire id of direct UDP (no transport: the rendezvous' own candidate addresses).
-pub const DIRECT: u8 = 0;
+pub use crate::proto::rendezvous::DIRECT;
 
 /// Makes paths for P2P connections.
 pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
