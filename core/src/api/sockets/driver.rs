@@ -1,0 +1,611 @@
+//! The glue the runtime drives: an endpoint's state, the per-turn work on `State`, and the driver of one endpoint.
+
+use super::*;
+
+impl EpState {
+    /// Sends what is ready on the calling thread instead of waking the service thread (the
+    /// latency of a hand-off saved). Returns false when the service thread must do it: fake
+    /// network conditions in force, no socket yet, or the socket buffer full.
+    pub(super) fn send_now(&mut self, now: Instant) -> bool {
+        let Some(io) = self.io.clone() else {
+            return false;
+        };
+        if !FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean() {
+            return false;
+        }
+        let mut sent_all = true;
+        loop {
+            self.scratch.clear();
+            let Some(t) = self.endpoint.poll_transmit(now, &mut self.scratch) else {
+                break;
+            };
+            // A datagram the socket will not take now is lost like one dropped on the way;
+            // the protocol recovers it.
+            sent_all &= io.try_send_now(&self.scratch, t.destination).is_ok();
+        }
+        // Wake the service thread only if a timer now falls before its planned wake-up.
+        let wake_needed = match (self.endpoint.poll_timeout(), self.next_wake) {
+            (Some(t), Some(planned)) => t < planned,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if wake_needed || !sent_all {
+            self.nudge.notify_one();
+        }
+        true
+    }
+}
+
+impl State {
+    pub(super) fn fresh_handle(&mut self) -> u32 {
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        h
+    }
+
+    pub(super) fn add_endpoint(
+        &mut self,
+        config: EndpointConfig,
+        local_addr: SocketAddr,
+        listen: Option<ListenSocketHandle>,
+    ) -> EpId {
+        let id = self.fresh_handle();
+        // 256 bits: the seed makes the ephemeral key-exchange secrets and the cookie key.
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let endpoint = Endpoint::with_seed(config, seed, Instant::now(), unix_now());
+        self.endpoints.insert(
+            id,
+            EpState {
+                endpoint,
+                nudge: Arc::new(Notify::new()),
+                local_addr,
+                listen,
+                loopback_buffers: false,
+                auto_accept: false,
+                closing: false,
+                io: None,
+                next_wake: None,
+                scratch: Vec::new(),
+            },
+        );
+        id
+    }
+
+    pub(super) fn add_connection(
+        &mut self,
+        ep: EpId,
+        id: ConnId,
+        listen: Option<ListenSocketHandle>,
+        config: ConfigStore,
+    ) -> ConnectionHandle {
+        let h = ConnectionHandle(self.fresh_handle());
+        let user_data = self
+            .conn_value(&config, listen, ConfigValue::ConnectionUserData)
+            .as_i64()
+            .unwrap_or(-1);
+        self.conns.insert(
+            h,
+            ConnEntry {
+                ep,
+                id,
+                user_data,
+                name: String::new(),
+                poll_group: None,
+                listen,
+                config,
+                sample: RateSample::default(),
+            },
+        );
+        self.by_proto.insert((ep, id), h);
+        h
+    }
+
+    /// Drops a released handle from the lookup tables.
+    pub(super) fn forget(&mut self, h: ConnectionHandle, entry: &ConnEntry) {
+        self.by_proto.remove(&(entry.ep, entry.id));
+        if let Some(g) = entry.poll_group {
+            if let Some(m) = self.groups.get_mut(&g) {
+                m.retain(|x| *x != h);
+            }
+        }
+    }
+
+    /// The protocol settings for a connection whose own values are `own` (most specific
+    /// first), above which the interface and global values apply.
+    pub(super) fn connection_config(&self, own: &[&ConfigStore]) -> ConnectionConfig {
+        let global = lock(&GLOBAL);
+        let mut chain: Vec<&ConfigStore> = own.to_vec();
+        chain.push(&self.interface);
+        chain.push(&global);
+        let mut cfg = ConnectionConfig::default();
+        apply_to_connection(&chain, &mut cfg);
+        cfg
+    }
+
+    /// Re-resolves settings of every live connection and listen socket after a change.
+    pub(super) fn reapply_config(&mut self) {
+        let listen_cfgs: Vec<(EpId, ConnectionConfig)> = self
+            .listens
+            .values()
+            .map(|l| (l.ep, self.connection_config(&[&l.config])))
+            .collect();
+        for (ep, cfg) in listen_cfgs {
+            if let Some(e) = self.endpoints.get_mut(&ep) {
+                e.endpoint.set_incoming(cfg);
+            }
+        }
+        let conn_cfgs: Vec<(EpId, ConnId, ConnectionConfig)> = self
+            .conns
+            .values()
+            .map(|c| {
+                let mut own = vec![&c.config];
+                if let Some(l) = c.listen.and_then(|l| self.listens.get(&l)) {
+                    own.push(&l.config);
+                }
+                (c.ep, c.id, self.connection_config(&own))
+            })
+            .collect();
+        for (ep, id, cfg) in conn_cfgs {
+            if let Some(c) = self
+                .endpoints
+                .get_mut(&ep)
+                .and_then(|e| e.endpoint.connection_mut(id))
+            {
+                let mut cfg = cfg;
+                cfg.expected_peer = c.config().expected_peer.clone();
+                cfg.allow_without_auth = cfg.allow_without_auth.max(c.config().allow_without_auth);
+                c.set_config(cfg);
+            }
+        }
+        for e in self.endpoints.values() {
+            e.nudge.notify_one();
+        }
+    }
+
+    pub(super) fn locate(&self, h: ConnectionHandle) -> Result<(EpId, ConnId), Error> {
+        let c = self
+            .conns
+            .get(&h)
+            .ok_or_else(|| bad_handle("connection", h.0))?;
+        Ok((c.ep, c.id))
+    }
+
+    pub(super) fn send(
+        &mut self,
+        h: ConnectionHandle,
+        data: Bytes,
+        flags: SendFlags,
+        lane: u16,
+    ) -> Result<u64, Error> {
+        let (ep, id) = self.locate(h)?;
+        let e = self.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
+        let c = e.endpoint.connection_mut(id).ok_or(Error::NoConnection)?;
+        let now = Instant::now();
+        let len = data.len();
+        let n = c.send_message_on_lane(now, data, flags, lane)?;
+        crate::debug::emit(DebugOutputType::Debug, Some(Subsystem::Message), || {
+            format!(
+                "#{}: message {n} queued on lane {lane}, {len} bytes, {flags:?}",
+                h.0
+            )
+        });
+        let urgent =
+            flags.contains(SendFlags::NO_NAGLE) || flags.contains(SendFlags::USE_CURRENT_THREAD);
+        if urgent && e.send_now(now) {
+            return Ok(n);
+        }
+        e.nudge.notify_one();
+        Ok(n)
+    }
+
+    pub(super) fn peek_time(&self, h: ConnectionHandle) -> Option<Instant> {
+        let (ep, id) = self.locate(h).ok()?;
+        self.endpoints
+            .get(&ep)?
+            .endpoint
+            .connection(id)?
+            .peek_received()
+            .map(|m| m.received_at)
+    }
+
+    pub(super) fn take_message(&mut self, h: ConnectionHandle) -> Option<Message> {
+        let entry = self.conns.get(&h)?;
+        let (ep, id, user_data) = (entry.ep, entry.id, entry.user_data);
+        let e = self.endpoints.get_mut(&ep)?;
+        let c = e.endpoint.connection_mut(id)?;
+        let m = c.receive()?;
+        // Reading frees receive buffer: the peer may be waiting to send more.
+        e.nudge.notify_one();
+        Some(Message {
+            payload: m.payload,
+            connection: h,
+            message_number: m.msg_num,
+            flags: if m.reliable {
+                SendFlags::RELIABLE
+            } else {
+                SendFlags::UNRELIABLE
+            },
+            channel: 0,
+            user_data,
+            peer_identity: c
+                .peer_identity()
+                .cloned()
+                .unwrap_or_else(|| Identity::ip(c.remote_addr())),
+            received_at: m.received_at,
+        })
+    }
+
+    pub(super) fn info(&self, h: ConnectionHandle) -> Result<ConnectionInfo, Error> {
+        let entry = self
+            .conns
+            .get(&h)
+            .ok_or_else(|| bad_handle("connection", h.0))?;
+        let e = self.endpoints.get(&entry.ep).ok_or(Error::NoConnection)?;
+        let c = e.endpoint.connection(entry.id).ok_or(Error::NoConnection)?;
+        let mut flags = c.info_flags();
+        if e.loopback_buffers {
+            flags |= ConnectionInfoFlags::LOOPBACK_BUFFERS | ConnectionInfoFlags::FAST;
+        }
+        let mut remote = c.remote_addr();
+        let mut route = RouteKind::None;
+        let on_path = self.p2p_endpoint == Some(entry.ep) && self.paths.contains_key(&entry.id);
+        if is_path_addr(&remote) || on_path {
+            // A transport's path: its own route, not the stand-in address.
+            let r = self.route_info(entry.id);
+            route = r.kind;
+            remote = r
+                .remote
+                .unwrap_or_else(|| SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)));
+            match r.kind {
+                RouteKind::Relayed => flags |= ConnectionInfoFlags::RELAYED,
+                RouteKind::DirectLocal => flags |= ConnectionInfoFlags::FAST,
+                _ => {}
+            }
+        }
+        let name = if entry.name.is_empty() {
+            String::new()
+        } else {
+            format!(" '{}'", entry.name)
+        };
+        Ok(ConnectionInfo {
+            identity_remote: c
+                .peer_identity()
+                .or(c.p2p().map(|p| &p.peer))
+                .cloned()
+                .unwrap_or_else(|| Identity::ip(remote)),
+            user_data: entry.user_data,
+            listen_socket: entry.listen,
+            address_remote: remote,
+            state: c.state(),
+            end_reason: c.end_reason(),
+            end_debug: c.end_debug().to_string(),
+            description: format!("#{}{name} {remote}", h.0),
+            flags,
+            route,
+        })
+    }
+
+    /// Queues `event` for the callback set in `value` (interface or global scope), if any.
+    pub(super) fn queue_callback(
+        &mut self,
+        event: Box<dyn std::any::Any + Send>,
+        value: ConfigValue,
+    ) {
+        let global = lock(&GLOBAL);
+        let cb = resolve(value, &[&self.interface, &global])
+            .0
+            .as_callback()
+            .cloned();
+        drop(global);
+        if let Some(cb) = cb {
+            self.callbacks.push_back((event, cb));
+        }
+    }
+
+    /// The route of a P2P connection's transport path.
+    pub(super) fn route_info(&self, id: ConnId) -> RouteInfo {
+        self.paths
+            .get(&id)
+            .map(|p| p.path.route())
+            .unwrap_or_default()
+    }
+
+    /// Moves things between the P2P endpoint and its connections' transport paths: what
+    /// the paths said (signals, readiness, failure), paths to start, signals from the peers'
+    /// paths; and closes the paths of connections that are gone.
+    pub(super) fn service_paths(&mut self, ep: EpId) {
+        if self.p2p_endpoint != Some(ep) || !self.endpoints.contains_key(&ep) {
+            return;
+        }
+        let now = Instant::now();
+        let Some(e) = self.endpoints.get_mut(&ep) else {
+            return;
+        };
+        // Paths start first, so what a path says as it starts (a failure at once, say) is
+        // heard in this same call, before any signal the caller hands on next.
+        let starts: Vec<ConnId> = std::iter::from_fn(|| e.endpoint.poll_path_start()).collect();
+        for id in starts {
+            if let Err(why) = self.start_path(ep, id) {
+                tracing::debug!(conn = id.0, why, "no transport path started");
+            }
+        }
+        let Some(e) = self.endpoints.get_mut(&ep) else {
+            return;
+        };
+        for (id, p) in &self.paths {
+            let notes: Vec<PathNote> = lock(&p.notes).drain(..).collect();
+            for n in notes {
+                match n {
+                    PathNote::Signal(data) => {
+                        if !e.endpoint.send_path_signal(now, *id, data) {
+                            tracing::debug!(conn = id.0, "path signal not sent");
+                        }
+                    }
+                    PathNote::Ready => e.endpoint.path_ready(*id, p.addr),
+                    PathNote::Failed(reason, debug) => e.endpoint.path_failed(*id, reason, &debug),
+                }
+            }
+        }
+        while let Some((id, signal)) = e.endpoint.poll_path_signal() {
+            if let Some(p) = self.paths.get(&id) {
+                p.path.handle_signal(&signal);
+            }
+        }
+        let gone: Vec<ConnId> = self
+            .paths
+            .keys()
+            .filter(|id| e.endpoint.connection(**id).is_none())
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            let mut table = self.path_table.write().unwrap_or_else(|e| e.into_inner());
+            for id in gone {
+                if let Some(p) = self.paths.remove(&id) {
+                    table.remove(&p.addr);
+                    p.path.close();
+                }
+            }
+        }
+    }
+
+    /// Starts the transport path of P2P connection `id` on endpoint `ep`.
+    pub(super) fn start_path(&mut self, ep: EpId, id: ConnId) -> Result<(), &'static str> {
+        let transport = self.p2p_transport.clone().ok_or("no transport set")?;
+        let tx = self.path_tx.clone().ok_or("no path input")?;
+        let h = self.by_proto.get(&(ep, id)).ok_or("handle released")?;
+        let entry = self.conns.get(h).ok_or("handle released")?;
+        let e = self.endpoints.get(&ep).ok_or("endpoint gone")?;
+        let c = e.endpoint.connection(id).ok_or("connection gone")?;
+        let p2p = c.p2p().ok_or("not a P2P connection")?;
+        let text = |v| {
+            self.conn_value(&entry.config, entry.listen, v)
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let int = |v| {
+            self.conn_value(&entry.config, entry.listen, v)
+                .as_i32()
+                .unwrap_or(0)
+        };
+        let config = PathConfig {
+            ice_penalty: int(ConfigValue::P2pTransportIcePenalty),
+            ice_implementation: int(ConfigValue::P2pTransportIceImplementation),
+            sdr_penalty: int(ConfigValue::P2pTransportSdrPenalty),
+            ..PathConfig::from_values(
+                &text(ConfigValue::P2pStunServerList),
+                &text(ConfigValue::P2pTurnServerList),
+                &text(ConfigValue::P2pTurnUserList),
+                &text(ConfigValue::P2pTurnPassList),
+                int(ConfigValue::P2pTransportIceEnable),
+            )
+        };
+        let addr = path_addr(self.paths_made.wrapping_add(1));
+        let notes = Arc::new(Mutex::new(VecDeque::new()));
+        let sink = PathSink::new(addr, tx, notes.clone(), e.nudge.clone());
+        let params = PathParams {
+            local: self.credentials.identity(),
+            peer: p2p.peer.clone(),
+            session: p2p.session,
+            controlling: c.side() == crate::proto::Side::Client,
+            config,
+            runtime: self.runtime.clone(),
+        };
+        let path = transport.start_path(params, sink);
+        self.paths_made = self.paths_made.wrapping_add(1);
+        self.path_table
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, path.clone());
+        if let Some(old) = self.paths.insert(id, PathEntry { path, addr, notes }) {
+            old.path.close();
+        }
+        Ok(())
+    }
+
+    /// A config value as it applies to a connection with its own values `config`, accepted
+    /// by `listen`.
+    pub(super) fn conn_value(
+        &self,
+        config: &ConfigStore,
+        listen: Option<ListenSocketHandle>,
+        value: ConfigValue,
+    ) -> ConfigData {
+        let global = lock(&GLOBAL);
+        let mut chain = vec![config];
+        if let Some(l) = listen.and_then(|l| self.listens.get(&l)) {
+            chain.push(&l.config);
+        }
+        chain.push(&self.interface);
+        chain.push(&global);
+        resolve(value, &chain).0
+    }
+
+    /// Turns an endpoint's protocol events into status changes for the application.
+    pub(super) fn pump(&mut self, ep: EpId) {
+        self.service_paths(ep);
+        // Events that handling one event causes (an automatic accept) queue behind it.
+        while let Some((id, Event::StateChanged { old, new })) = self
+            .endpoints
+            .get_mut(&ep)
+            .and_then(|e| e.endpoint.poll_event())
+        {
+            let handle = match self.by_proto.get(&(ep, id)) {
+                Some(h) => *h,
+                None if old == ConnectionState::None && new == ConnectionState::Connecting => {
+                    let Some(e) = self.endpoints.get(&ep) else {
+                        continue;
+                    };
+                    if e.endpoint.connection(id).is_none() {
+                        continue; // removed already (an ignored P2P request)
+                    }
+                    if e.auto_accept {
+                        self.add_connection(ep, id, None, ConfigStore::default());
+                        if let Some(e) = self.endpoints.get_mut(&ep) {
+                            let _ = e.endpoint.accept(Instant::now(), id);
+                            e.endpoint.set_listen(false);
+                            e.closing = true;
+                            e.nudge.notify_one();
+                        }
+                        continue;
+                    }
+                    let listen = e.listen;
+                    self.add_connection(ep, id, listen, ConfigStore::default())
+                }
+                None => continue, // closed by the application: no more reports
+            };
+            if let Some(waiting) = self.undecided.get_mut(&handle) {
+                waiting.deferred.push(old);
+                continue;
+            }
+            self.report(handle, old);
+        }
+    }
+
+    /// Tells subscribers and the status callback that `handle` left state `old`.
+    pub(super) fn report(&mut self, handle: ConnectionHandle, old: ConnectionState) {
+        let Ok(info) = self.info(handle) else {
+            return;
+        };
+        let level = match info.state {
+            ConnectionState::Connected
+            | ConnectionState::ClosedByPeer
+            | ConnectionState::ProblemDetectedLocally => DebugOutputType::Important,
+            _ => DebugOutputType::Msg,
+        };
+        crate::debug::emit(level, None, || {
+            format!(
+                "{} ({}): {old:?} -> {:?} {:?} {}",
+                info.description, info.identity_remote, info.state, info.end_reason, info.end_debug
+            )
+        });
+        let event = ConnectionStatusChanged {
+            connection: handle,
+            info,
+            old_state: old,
+        };
+        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+        if let Some(cb) = self.status_callback(handle) {
+            self.callbacks.push_back((Box::new(event), cb));
+        }
+    }
+
+    /// The status-change callback in effect for a connection.
+    pub(super) fn status_callback(&self, h: ConnectionHandle) -> Option<CallbackFn> {
+        let c = self.conns.get(&h)?;
+        self.conn_value(
+            &c.config,
+            c.listen,
+            ConfigValue::CallbackConnectionStatusChanged,
+        )
+        .as_callback()
+        .cloned()
+    }
+}
+
+/// Drives one endpoint from the service thread.
+pub(super) struct EpDriver {
+    pub(super) shared: Arc<Shared>,
+    pub(super) ep: EpId,
+    pub(super) paths: PathTable,
+}
+
+impl Driven for EpDriver {
+    fn divert(&self, to: SocketAddr, data: &[u8]) -> bool {
+        if !is_path_addr(&to) {
+            return false;
+        }
+        if let Some(p) = self
+            .paths
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to)
+        {
+            p.send(data);
+        }
+        true
+    }
+
+    fn fake(&self) -> FakeConditions {
+        *FAKE.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_datagrams(&self, now: Instant, inbox: &Inbox) {
+        let mut st = lock(&self.shared.state);
+        if let Some(e) = st.endpoints.get_mut(&self.ep) {
+            for (from, data) in inbox.iter() {
+                e.endpoint.handle_datagram(now, from, data);
+            }
+        }
+        st.pump(self.ep);
+        drop(st);
+        self.shared.activity.notify_all();
+    }
+
+    fn poll(&self, now: Instant, out: &mut Outbox) -> Wake {
+        let mut st = lock(&self.shared.state);
+        // What paths said (a route found, say) may have packets to send now.
+        st.service_paths(self.ep);
+        let Some(e) = st.endpoints.get_mut(&self.ep) else {
+            return Wake::Stop;
+        };
+        e.endpoint.handle_timeout(now);
+        out.fill(|buf| {
+            e.endpoint
+                .poll_transmit(now, buf)
+                .map(|t| (t.destination, t.len))
+        });
+        let mut signals = Vec::new();
+        while let Some(s) = e.endpoint.poll_signal(now) {
+            signals.push(s);
+        }
+        let signals: Vec<(Arc<dyn Signaling>, Identity, Vec<u8>)> = signals
+            .into_iter()
+            .filter_map(|(id, peer, bytes)| {
+                let via = st.conn_signaling.get(&id).or(st.signaling.as_ref())?;
+                Some((via.clone(), peer, bytes))
+            })
+            .collect();
+        if !signals.is_empty() {
+            // Sent without the lock held: the signaling may call back into `Sockets`.
+            drop(st);
+            for (via, peer, bytes) in &signals {
+                via.send_signal(peer, bytes);
+            }
+            st = lock(&self.shared.state);
+        }
+        let Some(e) = st.endpoints.get_mut(&self.ep) else {
+            return Wake::Stop;
+        };
+        let done = e.closing && e.endpoint.connection_ids().next().is_none();
+        let wake = e.endpoint.poll_timeout();
+        e.next_wake = wake;
+        st.pump(self.ep);
+        if done && out.is_empty() {
+            st.endpoints.remove(&self.ep);
+            return Wake::Stop;
+        }
+        wake.map_or(Wake::Idle, Wake::At)
+    }
+}

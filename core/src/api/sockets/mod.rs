@@ -1,0 +1,662 @@
+//! [`Sockets`]: connections by IP address over UDP (or in-process buffers), driven by a
+//! service thread, usable from any thread and from tokio code.
+
+use super::config::{
+    self, apply_to_connection, resolve, CallbackFn, ConfigData, ConfigError, ConfigScope,
+    ConfigStore, ConfigValue, GetResult,
+};
+use super::fakeip::{
+    get_ipv4_fake_ip_type, FakeIpProvider, FakeIpResult, FakeIpType, MAX_FAKE_PORTS,
+};
+use super::p2p::{Signaling, SignalingRecvContext};
+use super::relay::{self, PingLocation, PopId, PopPinger, RelayNetwork, RelayNetworkStatus};
+use super::types::{
+    Availability, ConfigTarget, ConnectionInfo, ConnectionStatusChanged, Message, OutMessage,
+    QuickStatus, SocketsConfig, StatusEvents,
+};
+use super::{ConnectionHandle, ListenSocketHandle, PollGroupHandle};
+use crate::debug::{DebugOutputType, Subsystem};
+use crate::netcond::Impairment;
+use crate::proto::endpoint::SignalOutcome;
+use crate::proto::{
+    ConnId, ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason,
+    Endpoint, EndpointConfig, Error, Event, SendFlags,
+};
+use crate::runtime::{drive, Driven, FakeConditions, Inbox, Io, Outbox, Service, Wake};
+use crate::transport::{
+    self, is_path_addr, path_addr, Path, PathConfig, PathNote, PathParams, PathSink, RouteInfo,
+    RouteKind, Transport,
+};
+use bytes::Bytes;
+use punchline_identity::{Identity, KeyPair};
+use rand_core::{OsRng, RngCore};
+use rustc_hash::FxHashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Notify};
+
+mod config_values;
+mod driver;
+use driver::EpDriver;
+mod fakeip;
+mod messaging;
+mod p2p;
+mod pairs;
+mod relay_net;
+mod status;
+
+/// Config values set at global scope: shared by every [`Sockets`] in the process.
+static GLOBAL: LazyLock<Mutex<ConfigStore>> = LazyLock::new(|| Mutex::new(ConfigStore::default()));
+
+/// The fake network conditions from the global config values, read by every driver.
+static FAKE: RwLock<FakeConditions> = RwLock::new(FakeConditions::NONE);
+
+fn update_fake_conditions(global: &ConfigStore) {
+    let chain = [global];
+    let pct = |v| resolve(v, &chain).0.as_f32().unwrap_or(0.0);
+    let int = |v| resolve(v, &chain).0.as_i32().unwrap_or(0).max(0) as u64;
+    let ms = |v| Duration::from_millis(int(v));
+    let ms_f = |v| Duration::from_secs_f64(f64::from(pct(v)).max(0.0) / 1000.0);
+    use ConfigValue as V;
+    let direction =
+        |[loss, lag, reorder, dup, j_avg, j_max, j_pct, rate, burst]: [V; 9]| Impairment {
+            loss_pct: pct(loss),
+            lag: ms(lag),
+            jitter_pct: pct(j_pct),
+            jitter_avg: ms_f(j_avg),
+            jitter_max: ms(j_max),
+            reorder_pct: pct(reorder),
+            reorder_time: ms(V::FakePacketReorderTime),
+            dup_pct: pct(dup),
+            dup_time_max: ms(V::FakePacketDupTimeMax),
+            rate: int(rate),
+            burst: int(burst),
+        };
+    let mut fake = FakeConditions {
+        send: direction([
+            V::FakePacketLossSend,
+            V::FakePacketLagSend,
+            V::FakePacketReorderSend,
+            V::FakePacketDupSend,
+            V::FakePacketJitterSendAvg,
+            V::FakePacketJitterSendMax,
+            V::FakePacketJitterSendPct,
+            V::FakeRateLimitSendRate,
+            V::FakeRateLimitSendBurst,
+        ]),
+        recv: direction([
+            V::FakePacketLossRecv,
+            V::FakePacketLagRecv,
+            V::FakePacketReorderRecv,
+            V::FakePacketDupRecv,
+            V::FakePacketJitterRecvAvg,
+            V::FakePacketJitterRecvMax,
+            V::FakePacketJitterRecvPct,
+            V::FakeRateLimitRecvRate,
+            V::FakeRateLimitRecvBurst,
+        ]),
+    };
+    // The shared times and the burst mean nothing on their own: a direction with nothing
+    // else set stays clean, so datagrams skip the conditioner.
+    for d in [&mut fake.send, &mut fake.recv] {
+        let idle = Impairment {
+            reorder_time: d.reorder_time,
+            dup_time_max: d.dup_time_max,
+            burst: d.burst,
+            jitter_max: d.jitter_max,
+            ..Impairment::NONE
+        };
+        if *d == idle {
+            *d = Impairment::NONE;
+        }
+    }
+    *FAKE.write().unwrap_or_else(|e| e.into_inner()) = fake;
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+type EpId = u32;
+
+#[derive(Debug)]
+struct EpState {
+    endpoint: Endpoint,
+    nudge: Arc<Notify>,
+    local_addr: SocketAddr,
+    listen: Option<ListenSocketHandle>,
+    loopback_buffers: bool,
+    auto_accept: bool,
+    /// Stop the driver once no connection is left.
+    closing: bool,
+    /// The socket, shared with the driver, for sends made on the caller's thread.
+    io: Option<Arc<Io>>,
+    /// When the driver last planned to wake.
+    next_wake: Option<Instant>,
+    /// Reused buffer for sends on the caller's thread.
+    scratch: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RateSample {
+    at: Option<Instant>,
+    packets_out: u64,
+    bytes_out: u64,
+    packets_in: u64,
+    bytes_in: u64,
+}
+
+#[derive(Debug)]
+struct ConnEntry {
+    ep: EpId,
+    id: ConnId,
+    user_data: i64,
+    name: String,
+    poll_group: Option<PollGroupHandle>,
+    listen: Option<ListenSocketHandle>,
+    config: ConfigStore,
+    sample: RateSample,
+}
+
+#[derive(Debug)]
+struct ListenEntry {
+    ep: EpId,
+    config: ConfigStore,
+    /// The virtual port of a P2P listen socket.
+    vport: Option<u16>,
+}
+
+/// A P2P connect request the application is deciding on.
+#[derive(Debug, Default)]
+struct Undecided {
+    /// Status changes held back (as old states).
+    deferred: Vec<ConnectionState>,
+    /// The application closed it: refused, with this reason and text.
+    refusal: Option<(EndReason, String)>,
+}
+
+/// A P2P connection's transport path.
+#[derive(Debug)]
+struct PathEntry {
+    path: Arc<dyn Path>,
+    addr: SocketAddr,
+    notes: Arc<Mutex<VecDeque<PathNote>>>,
+}
+
+struct State {
+    endpoints: FxHashMap<EpId, EpState>,
+    conns: FxHashMap<ConnectionHandle, ConnEntry>,
+    by_proto: FxHashMap<(EpId, ConnId), ConnectionHandle>,
+    listens: HashMap<ListenSocketHandle, ListenEntry>,
+    groups: HashMap<PollGroupHandle, Vec<ConnectionHandle>>,
+    interface: ConfigStore,
+    /// Events for `run_callbacks`: a status change or a FakeIP result, and its callback.
+    callbacks: VecDeque<(Box<dyn std::any::Any + Send>, CallbackFn)>,
+    /// The shared endpoint for outgoing connections, per address family (true: IPv6).
+    client_endpoints: HashMap<bool, EpId>,
+    subscribers: Vec<mpsc::UnboundedSender<ConnectionStatusChanged>>,
+    next_handle: u32,
+    credentials: Credentials,
+    /// The endpoint P2P connections use (created when first needed).
+    p2p_endpoint: Option<EpId>,
+    /// The signaling `connect_p2p` uses.
+    signaling: Option<Arc<dyn Signaling>>,
+    /// Where the P2P socket binds (`None`: every interface).
+    p2p_bind: Option<SocketAddr>,
+    /// The transport P2P connections find their paths with (`None`: direct UDP).
+    p2p_transport: Option<Arc<dyn Transport>>,
+    /// Paths of P2P connections, by their id on the P2P endpoint.
+    paths: HashMap<ConnId, PathEntry>,
+    /// Where received path datagrams go (to the P2P endpoint's driver).
+    path_tx: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
+    /// Paths numbered so far (for their stand-in addresses).
+    paths_made: u32,
+    /// The paths again, by stand-in address, for the driver.
+    path_table: PathTable,
+    /// The service runtime, where transports run their tasks.
+    runtime: tokio::runtime::Handle,
+    /// Where global fake IPs come from (the signaling client).
+    fake_ip_provider: Option<Arc<dyn FakeIpProvider>>,
+    /// Our fake IP and ports, once allocated; whether a request is under way.
+    fake_ip: Option<(Ipv4Addr, Vec<u16>)>,
+    fake_ip_pending: bool,
+    /// Fake IPs known to stand for identities.
+    fake_ip_identities: HashMap<Ipv4Addr, Identity>,
+    /// Connections made to a fake IP and port, with that address.
+    fake_remotes: HashMap<ConnectionHandle, SocketAddrV4>,
+    /// P2P connect requests the application is deciding on: their status changes wait here,
+    /// reported once accepted, dropped if not.
+    undecided: HashMap<ConnectionHandle, Undecided>,
+    /// Signaling for particular P2P connections (custom signaling, or accepted requests), by
+    /// their id on the P2P endpoint (it outlives the handle: a close is signaled after).
+    conn_signaling: HashMap<ConnId, Arc<dyn Signaling>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("endpoints", &self.endpoints.len())
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when datagrams were handled (messages or status changes may be waiting).
+    activity: std::sync::Condvar,
+    /// Buffers for threads that read the sockets themselves while waiting.
+    spin_inbox: Mutex<Inbox>,
+    /// Values the layers above share per `Sockets` (the Messages interface fake UDP ports
+    /// share, while any lives), held weakly and by type, so this layer knows none of them.
+    extensions: Mutex<Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
+    /// The relay network, once one is set.
+    relay_net: Mutex<Option<Arc<RelayNetwork>>>,
+}
+
+/// Transport paths by their stand-in addresses, for the driver's sends (apart from the
+/// state, so that sending takes no lock the API holds).
+type PathTable = Arc<RwLock<HashMap<SocketAddr, Arc<dyn Path>>>>;
+
+/// The ISteamNetworkingSockets analog: listen sockets, connections, messages, poll groups.
+///
+/// Cheap to clone (clones share one instance) and safe to use from many threads at once. No
+/// call blocks on network IO: a service thread does the sending, receiving and timers, and
+/// status changes are queued for [`run_callbacks`](Self::run_callbacks) or read as a stream
+/// with [`status_events`](Self::status_events).
+#[derive(Debug, Clone)]
+pub struct Sockets {
+    shared: Arc<Shared>,
+    service: Arc<Service>,
+}
+
+impl Sockets {
+    /// A `Sockets` with a fresh random identity key.
+    pub fn new() -> std::io::Result<Self> {
+        Self::with_config(SocketsConfig::default())
+    }
+
+    /// A `Sockets` with the given identity and trust.
+    pub fn with_config(cfg: SocketsConfig) -> std::io::Result<Self> {
+        let key = cfg.key.unwrap_or_else(|| KeyPair::generate(&mut OsRng));
+        let credentials = Credentials {
+            identity: cfg.identity,
+            key: Some(key),
+            cert: cfg.cert,
+            trusted: cfg.trusted,
+            app_id: cfg.app_id,
+        };
+        let service = Arc::new(Service::start()?);
+        let state = State {
+            endpoints: FxHashMap::default(),
+            conns: FxHashMap::default(),
+            by_proto: FxHashMap::default(),
+            listens: HashMap::new(),
+            groups: HashMap::new(),
+            interface: ConfigStore::default(),
+            callbacks: VecDeque::new(),
+            client_endpoints: HashMap::new(),
+            subscribers: Vec::new(),
+            next_handle: 1,
+            credentials,
+            p2p_endpoint: None,
+            signaling: None,
+            p2p_bind: cfg.p2p_bind,
+            p2p_transport: None,
+            paths: HashMap::new(),
+            path_tx: None,
+            paths_made: 0,
+            path_table: PathTable::default(),
+            runtime: service.handle().clone(),
+            fake_ip_provider: None,
+            fake_ip: None,
+            fake_ip_pending: false,
+            fake_ip_identities: HashMap::new(),
+            fake_remotes: HashMap::new(),
+            conn_signaling: HashMap::new(),
+            undecided: HashMap::new(),
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                activity: std::sync::Condvar::new(),
+                spin_inbox: Mutex::new(Inbox::new(4)),
+                extensions: Mutex::new(Vec::new()),
+                relay_net: Mutex::new(None),
+            }),
+            service,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.shared.state)
+    }
+
+    // ----- listen / connect ------------------------------------------------------------------
+
+    /// Listens for connections on `local` (port required; an unspecified IPv6 address listens
+    /// dual-stack). `options` apply before any packet is handled.
+    pub fn create_listen_socket_ip(
+        &self,
+        local: SocketAddr,
+        options: &[(ConfigValue, ConfigData)],
+    ) -> Result<ListenSocketHandle, Error> {
+        let store = options_store(options, ConfigScope::ListenSocket)?;
+        let io = self.bind(local)?;
+        let mut st = self.state();
+        let incoming = st.connection_config(&[&store]);
+        let handle = ListenSocketHandle(st.fresh_handle());
+        let credentials = st.credentials.clone();
+        let ep = st.add_endpoint(
+            EndpointConfig {
+                credentials,
+                listen: true,
+                incoming,
+                ..EndpointConfig::default()
+            },
+            io.local_addr().map_err(io_err)?,
+            Some(handle),
+        );
+        st.listens.insert(
+            handle,
+            ListenEntry {
+                ep,
+                config: store,
+                vport: None,
+            },
+        );
+        drop(st);
+        self.spawn_driver(ep, io);
+        Ok(handle)
+    }
+
+    /// The live `T` the layers above share on this `Sockets`, or a new one from `make`
+    /// (kept weakly: it lives as long as its users hold it).
+    pub(crate) fn shared_extension<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> Result<Arc<T>, Error>,
+    ) -> Result<Arc<T>, Error> {
+        let mut slots = lock(&self.shared.extensions);
+        slots.retain(|w| w.strong_count() > 0);
+        if let Some(t) = slots
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find_map(|a| a.downcast::<T>().ok())
+        {
+            return Ok(t);
+        }
+        let t = make()?;
+        let erased: Arc<dyn std::any::Any + Send + Sync> = t.clone();
+        slots.push(Arc::downgrade(&erased));
+        Ok(t)
+    }
+
+    /// Connects to a listen socket at `addr`. The connection starts in Connecting;
+    /// `options` apply before the first packet is sent. A fake IP (see
+    /// [`begin_async_request_fake_ip`](Self::begin_async_request_fake_ip)) stands for the
+    /// identity holding it: the connection is P2P, to that identity's
+    /// [`create_listen_socket_p2p_fake_ip`](Self::create_listen_socket_p2p_fake_ip) at that
+    /// port. While the identity is not known yet this fails with `InvalidState` and asks the
+    /// signaling server; try again shortly.
+    pub fn connect_by_ip_address(
+        &self,
+        addr: SocketAddr,
+        options: &[(ConfigValue, ConfigData)],
+    ) -> Result<ConnectionHandle, Error> {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(Error::InvalidParam(format!("cannot connect to {addr}")));
+        }
+        if let SocketAddr::V4(v4) = addr {
+            if get_ipv4_fake_ip_type(*v4.ip()) != FakeIpType::NotFake {
+                // A fake IP stands for an identity: a P2P connection, found by the
+                // identity. Unknown yet: the lookup has been asked for; try again.
+                return self.connect_fake_ip(v4, options);
+            }
+        }
+        let store = options_store(options, ConfigScope::Connection)?;
+        // All outgoing connections of one address family share one socket.
+        let v6 = addr.is_ipv6();
+        let existing = self.state().client_endpoints.get(&v6).copied();
+        let ep = match existing {
+            Some(ep) => ep,
+            None => {
+                let bind: SocketAddr = match addr.ip() {
+                    IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                    IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+                };
+                let io = self.bind(bind)?;
+                let mut st = self.state();
+                let credentials = st.credentials.clone();
+                let ep = st.add_endpoint(
+                    EndpointConfig {
+                        credentials,
+                        ..EndpointConfig::default()
+                    },
+                    io.local_addr().map_err(io_err)?,
+                    None,
+                );
+                st.client_endpoints.insert(v6, ep);
+                drop(st);
+                self.spawn_driver(ep, io);
+                ep
+            }
+        };
+        let mut st = self.state();
+        let cfg = st.connection_config(&[&store]);
+        let e = st.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
+        let id = e.endpoint.connect(Instant::now(), addr, cfg);
+        e.nudge.notify_one();
+        let h = st.add_connection(ep, id, None, store);
+        st.pump(ep);
+        Ok(h)
+    }
+
+    fn bind(&self, addr: SocketAddr) -> Result<Io, Error> {
+        let _guard = self.service.handle().enter();
+        Io::bind_udp(addr).map_err(|e| Error::InvalidParam(format!("cannot bind {addr}: {e}")))
+    }
+
+    fn spawn_driver(&self, ep: EpId, io: Io) {
+        self.spawn_driver_with(ep, io, None);
+    }
+
+    fn spawn_driver_with(&self, ep: EpId, io: Io, side: Option<crate::runtime::SideInput>) {
+        let io = Arc::new(io);
+        let mut st = self.state();
+        let paths = st.path_table.clone();
+        let nudge = match st.endpoints.get_mut(&ep) {
+            Some(e) => {
+                e.io = Some(io.clone());
+                e.nudge.clone()
+            }
+            None => return,
+        };
+        drop(st);
+        let owner = EpDriver {
+            shared: self.shared.clone(),
+            ep,
+            paths,
+        };
+        self.service.handle().spawn(drive(owner, io, nudge, side));
+    }
+
+    /// Accepts a connection waiting in Connecting.
+    pub fn accept_connection(&self, h: ConnectionHandle) -> Result<(), Error> {
+        let mut st = self.state();
+        let (ep, id) = st.locate(h)?;
+        let e = st.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
+        if let Some(c) = e.endpoint.connection(id) {
+            if c.p2p().is_some() && c.state() != ConnectionState::Connecting {
+                // Accepted already (symmetric connect does it implicitly).
+                return Err(Error::DuplicateRequest);
+            }
+            if c.side() == crate::proto::Side::Client {
+                return Err(Error::InvalidParam(
+                    "only incoming connections are accepted".into(),
+                ));
+            }
+        }
+        let r = e.endpoint.accept(Instant::now(), id);
+        e.nudge.notify_one();
+        st.pump(ep);
+        r
+    }
+
+    /// Closes a connection and releases its handle. `reason` is an application code
+    /// (1000..=2999; 0 means 1000); with `linger`, queued reliable data is delivered first.
+    pub fn close_connection(
+        &self,
+        h: ConnectionHandle,
+        reason: u32,
+        debug: &str,
+        linger: bool,
+    ) -> bool {
+        let mut st = self.state();
+        let Some(entry) = st.conns.remove(&h) else {
+            return false;
+        };
+        st.forget(h, &entry);
+        st.fake_remotes.remove(&h);
+        // Keep the connection's signaling until its close has been signaled.
+        let reason = match reason {
+            0 => EndReason::APP_GENERIC,
+            r if EndReason(r).is_application() => EndReason(r),
+            _ => EndReason::APP_EXCEPTION_GENERIC,
+        };
+        if let Some(u) = st.undecided.get_mut(&h) {
+            // A refused P2P request: the rendezvous answers with this reason once the
+            // application has decided; until then the driver must not see the connection
+            // end (it would tell the peer a reason of its own).
+            u.refusal = Some((reason, debug.to_string()));
+            return true;
+        }
+        if let Some(e) = st.endpoints.get_mut(&entry.ep) {
+            if let Some(c) = e.endpoint.connection_mut(entry.id) {
+                c.close(Instant::now(), reason, debug, linger);
+            }
+            e.nudge.notify_one();
+        }
+        st.pump(entry.ep);
+        true
+    }
+
+    /// Stops listening; connections accepted through it are closed at once.
+    pub fn close_listen_socket(&self, h: ListenSocketHandle) -> bool {
+        let mut st = self.state();
+        let Some(l) = st.listens.remove(&h) else {
+            return false;
+        };
+        // Stop taking hellos first, so no connection appears after the list below is made.
+        // (The P2P endpoint is shared: it stays.)
+        if let (None, Some(e)) = (l.vport, st.endpoints.get_mut(&l.ep)) {
+            e.endpoint.set_listen(false);
+            e.closing = true;
+        }
+        let accepted: Vec<ConnectionHandle> = st
+            .conns
+            .iter()
+            .filter(|(_, c)| c.listen == Some(h))
+            .map(|(h, _)| *h)
+            .collect();
+        drop(st);
+        for c in accepted {
+            self.close_connection(c, 0, "listen socket closed", false);
+        }
+        if let Some(e) = self.state().endpoints.get(&l.ep) {
+            e.nudge.notify_one();
+        }
+        true
+    }
+
+    /// The address a listen socket is bound to (with the real port when 0 was asked for).
+    pub fn get_listen_socket_address(&self, h: ListenSocketHandle) -> Result<SocketAddr, Error> {
+        let st = self.state();
+        let l = st
+            .listens
+            .get(&h)
+            .ok_or_else(|| bad_handle("listen socket", h.0))?;
+        Ok(st.endpoints[&l.ep].local_addr)
+    }
+}
+
+fn io_err(e: std::io::Error) -> Error {
+    Error::InvalidParam(format!("socket error: {e}"))
+}
+
+fn bad_handle(what: &str, h: u32) -> Error {
+    Error::InvalidParam(format!("no {what} with handle {h}"))
+}
+
+fn options_store(
+    options: &[(ConfigValue, ConfigData)],
+    scope: ConfigScope,
+) -> Result<ConfigStore, Error> {
+    let mut store = ConfigStore::default();
+    for (v, d) in options {
+        config::check_scope(*v, scope)
+            .and_then(|()| store.set(*v, Some(d.clone())))
+            .map_err(|e| Error::InvalidParam(e.to_string()))?;
+    }
+    Ok(store)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An integer config value as it applies to a new connection with options `store`.
+fn resolve_int(st: &State, store: &ConfigStore, value: ConfigValue) -> i32 {
+    let global = lock(&GLOBAL);
+    resolve(value, &[store, &st.interface, &global])
+        .0
+        .as_i32()
+        .unwrap_or(0)
+}
+
+/// Where peers can reach a P2P socket bound to `local`: the address itself; or, bound to
+/// every interface, each interface's address of its family (loopback last, as it only
+/// reaches peers on this host).
+fn p2p_candidates(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| ip.is_ipv4() == local.is_ipv4() && !ip.is_loopback())
+        .map(|ip| SocketAddr::new(ip, local.port()))
+        .collect();
+    out.truncate(crate::proto::rendezvous::MAX_CANDIDATES - 1);
+    let loopback: IpAddr = if local.is_ipv4() {
+        Ipv4Addr::LOCALHOST.into()
+    } else {
+        Ipv6Addr::LOCALHOST.into()
+    };
+    out.push(SocketAddr::new(loopback, local.port()));
+    out
+}
+
+/// Who holds each process-local fake IP.
+static LOCAL_FAKE_OWNERS: LazyLock<Mutex<HashMap<Ipv4Addr, Identity>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Process-local fake IPs handed out so far (169.254.0.1 up).
+static LOCAL_FAKE_IPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A fake IP local to this process, with `num_ports` ports.
+fn allocate_local_fake_ip(num_ports: usize) -> Result<(Ipv4Addr, Vec<u16>), String> {
+    let n = LOCAL_FAKE_IPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if n > 254 {
+        return Err("no local fake IPs left in this process (254 at most)".into());
+    }
+    let ip = Ipv4Addr::new(169, 254, 0, n as u8);
+    let ports = (0..num_ports as u16).map(|i| 1024 + i).collect();
+    Ok((ip, ports))
+}

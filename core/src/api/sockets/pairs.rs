@@ -1,0 +1,157 @@
+//! Socket pairs (two connected connections in one process) and waiting for activity.
+
+use super::*;
+
+impl Sockets {
+    // ----- socket pairs ------------------------------------------------------------------
+
+    /// Two connections joined to each other, for tests and in-process use. With
+    /// `use_network_loopback` they talk over real loopback UDP (encrypted, subject to the
+    /// fake network conditions); otherwise over in-process buffers. Each side takes the given
+    /// identity (or "localhost"). Returns once both are connected: the handshake is local, so
+    /// this takes well under a millisecond (unless fake network conditions are in force; it
+    /// then waits up to `TimeoutInitial`).
+    pub fn create_socket_pair(
+        &self,
+        use_network_loopback: bool,
+        identity1: Option<Identity>,
+        identity2: Option<Identity>,
+    ) -> Result<(ConnectionHandle, ConnectionHandle), Error> {
+        let (io1, io2) = if use_network_loopback {
+            let lo: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+            (self.bind(lo)?, self.bind(lo)?)
+        } else {
+            let n = OsRng.next_u32() as u16 | 1;
+            Io::pipe_pair(
+                (Ipv4Addr::new(127, 0, 0, 1), n).into(),
+                (Ipv4Addr::new(127, 0, 0, 2), n).into(),
+            )
+        };
+        let addr1 = io1.local_addr().map_err(io_err)?;
+        let addr2 = io2.local_addr().map_err(io_err)?;
+        let mut st = self.state();
+        let mut cfg = st.connection_config(&[]);
+        cfg.allow_without_auth = 2;
+        let creds = |id: Option<Identity>, key: &Credentials| Credentials {
+            identity: Some(id.unwrap_or_else(Identity::localhost)),
+            key: key.key.clone(),
+            ..Credentials::default()
+        };
+        let c1 = creds(identity1, &st.credentials);
+        let c2 = creds(identity2, &st.credentials);
+        // Side 2 listens and accepts on its own; side 1 connects to it.
+        let ep2 = st.add_endpoint(
+            EndpointConfig {
+                credentials: c2,
+                listen: true,
+                incoming: cfg.clone(),
+                ..EndpointConfig::default()
+            },
+            addr2,
+            None,
+        );
+        let ep1 = st.add_endpoint(
+            EndpointConfig {
+                credentials: c1,
+                ..EndpointConfig::default()
+            },
+            addr1,
+            None,
+        );
+        for ep in [ep1, ep2] {
+            let e = st.endpoints.get_mut(&ep).expect("just added");
+            e.loopback_buffers = !use_network_loopback;
+        }
+        // Side 1 lives as long as its connection; side 2 from when it has accepted one.
+        st.endpoints.get_mut(&ep1).expect("just added").closing = true;
+        st.endpoints.get_mut(&ep2).expect("just added").auto_accept = true;
+        let timeout_initial = cfg.timeout_initial;
+        let id1 = st
+            .endpoints
+            .get_mut(&ep1)
+            .expect("just added")
+            .endpoint
+            .connect(Instant::now(), addr2, cfg);
+        let h1 = st.add_connection(ep1, id1, None, ConfigStore::default());
+        st.pump(ep1);
+        drop(st);
+        self.spawn_driver(ep1, io1);
+        self.spawn_driver(ep2, io2);
+        // Wait for the local handshake: quick, unless fake loss and lag are in force; then up
+        // to the usual time allowed for connecting.
+        let deadline = Instant::now() + timeout_initial;
+        loop {
+            {
+                let st = self.state();
+                let h2 = st.conns.iter().find(|(_, c)| c.ep == ep2).map(|(h, _)| *h);
+                let connected = |h: ConnectionHandle| {
+                    st.info(h)
+                        .is_ok_and(|i| i.state == ConnectionState::Connected)
+                };
+                if let Some(h2) = h2 {
+                    if connected(h1) && connected(h2) {
+                        return Ok((h1, h2));
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::InvalidState);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Blocks the calling thread until datagrams arrive for this instance (so messages or
+    /// status changes may be waiting) or `timeout` passes. For threads that would otherwise
+    /// poll in a loop; tokio code can use [`status_events`](Self::status_events) instead.
+    pub fn wait_for_activity(&self, timeout: Duration) {
+        let st = self.state();
+        let _ = self.shared.activity.wait_timeout(st, timeout);
+    }
+
+    /// Like [`wait_for_activity`](Self::wait_for_activity), but first reads the sockets on
+    /// this thread for up to `spin` (busy, burning this core): a reply on a fast path often
+    /// arrives within microseconds, and handling it here saves a thread wake-up (about half
+    /// of a loopback round trip). For latency-critical loops with little traffic, such as a
+    /// game client's network thread; a busy server should use `wait_for_activity`.
+    pub fn wait_for_activity_spinning(&self, timeout: Duration, spin: Duration) {
+        let faking = !FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean();
+        // Fake receive loss and lag live in the service thread's path: no shortcut then.
+        let inbox = if faking {
+            None
+        } else {
+            self.shared.spin_inbox.try_lock().ok()
+        };
+        if let Some(mut inbox) = inbox {
+            let ios: Vec<(EpId, Arc<Io>)> = self
+                .state()
+                .endpoints
+                .iter()
+                .filter_map(|(ep, e)| e.io.clone().map(|io| (*ep, io)))
+                .collect();
+            let spin_until = Instant::now() + spin.min(timeout);
+            loop {
+                for (ep, io) in &ios {
+                    if io.try_recv_batch(&mut inbox) {
+                        EpDriver {
+                            shared: self.shared.clone(),
+                            ep: *ep,
+                            paths: PathTable::default(),
+                        }
+                        .on_datagrams(Instant::now(), &inbox);
+                        // The service thread sends what these call for and re-arms timers.
+                        if let Some(e) = self.state().endpoints.get(ep) {
+                            e.nudge.notify_one();
+                        }
+                        return;
+                    }
+                }
+                if Instant::now() >= spin_until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.wait_for_activity(timeout);
+    }
+}
