@@ -249,7 +249,7 @@ impl State {
         }
         let mut remote = c.remote_addr();
         let mut route = RouteKind::None;
-        let on_path = self.p2p_endpoint == Some(entry.ep) && self.paths.contains_key(&entry.id);
+        let on_path = self.p2p.endpoint == Some(entry.ep) && self.p2p.paths.contains_key(&entry.id);
         if is_path_addr(&remote) || on_path {
             // A transport's path: its own route, not the stand-in address.
             let r = self.route_info(entry.id);
@@ -305,7 +305,8 @@ impl State {
 
     /// The route of a P2P connection's transport path.
     pub(super) fn route_info(&self, id: ConnId) -> RouteInfo {
-        self.paths
+        self.p2p
+            .paths
             .get(&id)
             .map(|p| p.path.route())
             .unwrap_or_default()
@@ -315,7 +316,7 @@ impl State {
     /// the paths said (signals, readiness, failure), paths to start, signals from the peers'
     /// paths; and closes the paths of connections that are gone.
     pub(super) fn service_paths(&mut self, ep: EpId) {
-        if self.p2p_endpoint != Some(ep) || !self.endpoints.contains_key(&ep) {
+        if self.p2p.endpoint != Some(ep) || !self.endpoints.contains_key(&ep) {
             return;
         }
         let now = Instant::now();
@@ -333,7 +334,7 @@ impl State {
         let Some(e) = self.endpoints.get_mut(&ep) else {
             return;
         };
-        for (id, p) in &self.paths {
+        for (id, p) in &self.p2p.paths {
             let notes: Vec<PathNote> = lock(&p.notes).drain(..).collect();
             for n in notes {
                 match n {
@@ -348,20 +349,25 @@ impl State {
             }
         }
         while let Some((id, signal)) = e.endpoint.poll_path_signal() {
-            if let Some(p) = self.paths.get(&id) {
+            if let Some(p) = self.p2p.paths.get(&id) {
                 p.path.handle_signal(&signal);
             }
         }
         let gone: Vec<ConnId> = self
+            .p2p
             .paths
             .keys()
             .filter(|id| e.endpoint.connection(**id).is_none())
             .copied()
             .collect();
         if !gone.is_empty() {
-            let mut table = self.path_table.write().unwrap_or_else(|e| e.into_inner());
+            let mut table = self
+                .p2p
+                .path_table
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             for id in gone {
-                if let Some(p) = self.paths.remove(&id) {
+                if let Some(p) = self.p2p.paths.remove(&id) {
                     table.remove(&p.addr);
                     p.path.close();
                 }
@@ -371,8 +377,8 @@ impl State {
 
     /// Starts the transport path of P2P connection `id` on endpoint `ep`.
     pub(super) fn start_path(&mut self, ep: EpId, id: ConnId) -> Result<(), &'static str> {
-        let transport = self.p2p_transport.clone().ok_or("no transport set")?;
-        let tx = self.path_tx.clone().ok_or("no path input")?;
+        let transport = self.p2p.transport.clone().ok_or("no transport set")?;
+        let tx = self.p2p.path_tx.clone().ok_or("no path input")?;
         let h = self.by_proto.get(&(ep, id)).ok_or("handle released")?;
         let entry = self.conns.get(h).ok_or("handle released")?;
         let e = self.endpoints.get(&ep).ok_or("endpoint gone")?;
@@ -401,7 +407,7 @@ impl State {
                 int(ConfigValue::P2pTransportIceEnable),
             )
         };
-        let addr = path_addr(self.paths_made.wrapping_add(1));
+        let addr = path_addr(self.p2p.paths_made.wrapping_add(1));
         let notes = Arc::new(Mutex::new(VecDeque::new()));
         let sink = PathSink::new(addr, tx, notes.clone(), e.nudge.clone());
         let params = PathParams {
@@ -413,12 +419,13 @@ impl State {
             runtime: self.runtime.clone(),
         };
         let path = transport.start_path(params, sink);
-        self.paths_made = self.paths_made.wrapping_add(1);
-        self.path_table
+        self.p2p.paths_made = self.p2p.paths_made.wrapping_add(1);
+        self.p2p
+            .path_table
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(addr, path.clone());
-        if let Some(old) = self.paths.insert(id, PathEntry { path, addr, notes }) {
+        if let Some(old) = self.p2p.paths.insert(id, PathEntry { path, addr, notes }) {
             old.path.close();
         }
         Ok(())
@@ -475,7 +482,7 @@ impl State {
                 }
                 None => continue, // closed by the application: no more reports
             };
-            if let Some(waiting) = self.undecided.get_mut(&handle) {
+            if let Some(waiting) = self.p2p.undecided.get_mut(&handle) {
                 waiting.deferred.push(old);
                 continue;
             }
@@ -583,7 +590,11 @@ impl Driven for EpDriver {
         let signals: Vec<(Arc<dyn Signaling>, Identity, Vec<u8>)> = signals
             .into_iter()
             .filter_map(|(id, peer, bytes)| {
-                let via = st.conn_signaling.get(&id).or(st.signaling.as_ref())?;
+                let via = st
+                    .p2p
+                    .conn_signaling
+                    .get(&id)
+                    .or(st.p2p.signaling.as_ref())?;
                 Some((via.clone(), peer, bytes))
             })
             .collect();

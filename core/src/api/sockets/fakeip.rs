@@ -2,12 +2,26 @@
 
 use super::*;
 
+/// What a `Sockets` knows of FakeIP.
+#[derive(Default)]
+pub(super) struct FakeIpState {
+    /// Where global fake IPs come from (the signaling client).
+    pub(super) provider: Option<Arc<dyn FakeIpProvider>>,
+    /// Our fake IP and ports, once allocated; whether a request is under way.
+    pub(super) ip: Option<(Ipv4Addr, Vec<u16>)>,
+    pub(super) pending: bool,
+    /// Fake IPs known to stand for identities.
+    pub(super) identities: HashMap<Ipv4Addr, Identity>,
+    /// Connections made to a fake IP and port, with that address.
+    pub(super) remotes: HashMap<ConnectionHandle, SocketAddrV4>,
+}
+
 impl Sockets {
     // ----- FakeIP ------------------------------------------------------------------------
 
     /// Sets where global fake IPs come from (the signaling client does this).
     pub fn set_fake_ip_provider(&self, provider: Arc<dyn FakeIpProvider>) {
-        self.state().fake_ip_provider = Some(provider);
+        self.state().fake.provider = Some(provider);
     }
 
     /// Starts allocating a fake IP with `num_ports` ports (1 to 4) for this identity: global
@@ -20,11 +34,11 @@ impl Sockets {
             return false;
         }
         let mut st = self.state();
-        if st.fake_ip_pending {
+        if st.fake.pending {
             return false;
         }
-        st.fake_ip_pending = true;
-        if let Some(p) = st.fake_ip_provider.clone() {
+        st.fake.pending = true;
+        if let Some(p) = st.fake.provider.clone() {
             drop(st);
             p.request_fake_ip(num_ports);
             return true;
@@ -37,7 +51,7 @@ impl Sockets {
 
     /// Our fake IP and its ports, once allocated.
     pub fn get_fake_ip(&self) -> Option<(Ipv4Addr, Vec<u16>)> {
-        self.state().fake_ip.clone()
+        self.state().fake.ip.clone()
     }
 
     /// The identity a fake IP stands for, when known: ours, one the signaling server told us
@@ -45,16 +59,16 @@ impl Sockets {
     /// does not know; ask again later).
     pub fn get_real_identity_for_fake_ip(&self, ip: Ipv4Addr) -> Option<Identity> {
         let st = self.state();
-        if st.fake_ip.as_ref().is_some_and(|(own, _)| *own == ip) {
+        if st.fake.ip.as_ref().is_some_and(|(own, _)| *own == ip) {
             return Some(st.credentials.identity());
         }
-        if let Some(id) = st.fake_ip_identities.get(&ip) {
+        if let Some(id) = st.fake.identities.get(&ip) {
             return Some(id.clone());
         }
         if get_ipv4_fake_ip_type(ip) == FakeIpType::LocalIpv4 {
             return lock(&LOCAL_FAKE_OWNERS).get(&ip).cloned();
         }
-        if let Some(p) = st.fake_ip_provider.clone() {
+        if let Some(p) = st.fake.provider.clone() {
             if get_ipv4_fake_ip_type(ip) == FakeIpType::GlobalIpv4 {
                 drop(st);
                 p.resolve_fake_ip(ip);
@@ -94,10 +108,11 @@ impl Sockets {
     pub(crate) fn fake_ip_of(&self, identity: &Identity) -> Option<Ipv4Addr> {
         let st = self.state();
         if &st.credentials.identity() == identity {
-            return st.fake_ip.as_ref().map(|(ip, _)| *ip);
+            return st.fake.ip.as_ref().map(|(ip, _)| *ip);
         }
         let known = st
-            .fake_ip_identities
+            .fake
+            .identities
             .iter()
             .find(|(_, id)| *id == identity)
             .map(|(ip, _)| *ip);
@@ -117,7 +132,7 @@ impl Sockets {
     pub fn get_remote_fake_ip_for_connection(&self, h: ConnectionHandle) -> Option<SocketAddrV4> {
         let peer = {
             let st = self.state();
-            if let Some(a) = st.fake_remotes.get(&h) {
+            if let Some(a) = st.fake.remotes.get(&h) {
                 return Some(*a);
             }
             let entry = st.conns.get(&h)?;
@@ -138,18 +153,18 @@ impl Sockets {
             .get_real_identity_for_fake_ip(*addr.ip())
             .ok_or(Error::InvalidState)?;
         let h = self.connect_p2p(&identity, addr.port(), options)?;
-        self.state().fake_remotes.insert(h, addr);
+        self.state().fake.remotes.insert(h, addr);
         Ok(h)
     }
 
     /// Completes a fake-IP request (the provider calls this with the server's answer).
     pub fn complete_fake_ip_request(&self, result: Result<(Ipv4Addr, Vec<u16>), String>) {
         let mut st = self.state();
-        st.fake_ip_pending = false;
+        st.fake.pending = false;
         let identity = st.credentials.identity();
         let event = match result {
             Ok((ip, ports)) => {
-                st.fake_ip = Some((ip, ports.clone()));
+                st.fake.ip = Some((ip, ports.clone()));
                 if get_ipv4_fake_ip_type(ip) == FakeIpType::LocalIpv4 {
                     // Other `Sockets` of this process may look it up.
                     lock(&LOCAL_FAKE_OWNERS).insert(ip, identity.clone());
@@ -176,13 +191,13 @@ impl Sockets {
         let mut st = self.state();
         match identity {
             Some(id) => {
-                if st.fake_ip_identities.len() >= 4096 {
-                    st.fake_ip_identities.clear();
+                if st.fake.identities.len() >= 4096 {
+                    st.fake.identities.clear();
                 }
-                st.fake_ip_identities.insert(ip, id);
+                st.fake.identities.insert(ip, id);
             }
             None => {
-                st.fake_ip_identities.remove(&ip);
+                st.fake.identities.remove(&ip);
             }
         }
     }

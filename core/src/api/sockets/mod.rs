@@ -200,39 +200,12 @@ struct State {
     subscribers: Vec<mpsc::UnboundedSender<ConnectionStatusChanged>>,
     next_handle: u32,
     credentials: Credentials,
-    /// The endpoint P2P connections use (created when first needed).
-    p2p_endpoint: Option<EpId>,
-    /// The signaling `connect_p2p` uses.
-    signaling: Option<Arc<dyn Signaling>>,
-    /// Where the P2P socket binds (`None`: every interface).
-    p2p_bind: Option<SocketAddr>,
-    /// The transport P2P connections find their paths with (`None`: direct UDP).
-    p2p_transport: Option<Arc<dyn Transport>>,
-    /// Paths of P2P connections, by their id on the P2P endpoint.
-    paths: HashMap<ConnId, PathEntry>,
-    /// Where received path datagrams go (to the P2P endpoint's driver).
-    path_tx: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
-    /// Paths numbered so far (for their stand-in addresses).
-    paths_made: u32,
-    /// The paths again, by stand-in address, for the driver.
-    path_table: PathTable,
     /// The service runtime, where transports run their tasks.
     runtime: tokio::runtime::Handle,
-    /// Where global fake IPs come from (the signaling client).
-    fake_ip_provider: Option<Arc<dyn FakeIpProvider>>,
-    /// Our fake IP and ports, once allocated; whether a request is under way.
-    fake_ip: Option<(Ipv4Addr, Vec<u16>)>,
-    fake_ip_pending: bool,
-    /// Fake IPs known to stand for identities.
-    fake_ip_identities: HashMap<Ipv4Addr, Identity>,
-    /// Connections made to a fake IP and port, with that address.
-    fake_remotes: HashMap<ConnectionHandle, SocketAddrV4>,
-    /// P2P connect requests the application is deciding on: their status changes wait here,
-    /// reported once accepted, dropped if not.
-    undecided: HashMap<ConnectionHandle, Undecided>,
-    /// Signaling for particular P2P connections (custom signaling, or accepted requests), by
-    /// their id on the P2P endpoint (it outlives the handle: a close is signaled after).
-    conn_signaling: HashMap<ConnId, Arc<dyn Signaling>>,
+    /// FakeIP: the provider, our fake IP, the addresses known to stand for identities.
+    fake: fakeip::FakeIpState,
+    /// P2P: signaling, the transport, the P2P endpoint, its paths and undecided requests.
+    p2p: p2p::P2pState,
 }
 
 impl std::fmt::Debug for State {
@@ -303,22 +276,12 @@ impl Sockets {
             subscribers: Vec::new(),
             next_handle: 1,
             credentials,
-            p2p_endpoint: None,
-            signaling: None,
-            p2p_bind: cfg.p2p_bind,
-            p2p_transport: None,
-            paths: HashMap::new(),
-            path_tx: None,
-            paths_made: 0,
-            path_table: PathTable::default(),
+            p2p: p2p::P2pState {
+                bind: cfg.p2p_bind,
+                ..p2p::P2pState::default()
+            },
             runtime: service.handle().clone(),
-            fake_ip_provider: None,
-            fake_ip: None,
-            fake_ip_pending: false,
-            fake_ip_identities: HashMap::new(),
-            fake_remotes: HashMap::new(),
-            conn_signaling: HashMap::new(),
-            undecided: HashMap::new(),
+            fake: fakeip::FakeIpState::default(),
         };
         Ok(Self {
             shared: Arc::new(Shared {
@@ -467,7 +430,7 @@ impl Sockets {
     fn spawn_driver_with(&self, ep: EpId, io: Io, side: Option<crate::runtime::SideInput>) {
         let io = Arc::new(io);
         let mut st = self.state();
-        let paths = st.path_table.clone();
+        let paths = st.p2p.path_table.clone();
         let nudge = match st.endpoints.get_mut(&ep) {
             Some(e) => {
                 e.io = Some(io.clone());
@@ -520,14 +483,14 @@ impl Sockets {
             return false;
         };
         st.forget(h, &entry);
-        st.fake_remotes.remove(&h);
+        st.fake.remotes.remove(&h);
         // Keep the connection's signaling until its close has been signaled.
         let reason = match reason {
             0 => EndReason::APP_GENERIC,
             r if EndReason(r).is_application() => EndReason(r),
             _ => EndReason::APP_EXCEPTION_GENERIC,
         };
-        if let Some(u) = st.undecided.get_mut(&h) {
+        if let Some(u) = st.p2p.undecided.get_mut(&h) {
             // A refused P2P request: the rendezvous answers with this reason once the
             // application has decided; until then the driver must not see the connection
             // end (it would tell the peer a reason of its own).

@@ -2,6 +2,33 @@
 
 use super::*;
 
+/// What a `Sockets` keeps for P2P.
+#[derive(Default)]
+pub(super) struct P2pState {
+    /// The endpoint P2P connections use (created when first needed).
+    pub(super) endpoint: Option<EpId>,
+    /// The signaling `connect_p2p` uses.
+    pub(super) signaling: Option<Arc<dyn Signaling>>,
+    /// Where the P2P socket binds (`None`: every interface).
+    pub(super) bind: Option<SocketAddr>,
+    /// The transport P2P connections find their paths with (`None`: direct UDP).
+    pub(super) transport: Option<Arc<dyn Transport>>,
+    /// Paths of P2P connections, by their id on the P2P endpoint.
+    pub(super) paths: HashMap<ConnId, PathEntry>,
+    /// Where received path datagrams go (to the P2P endpoint's driver).
+    pub(super) path_tx: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
+    /// Paths numbered so far (for their stand-in addresses).
+    pub(super) paths_made: u32,
+    /// The paths again, by stand-in address, for the driver.
+    pub(super) path_table: PathTable,
+    /// P2P connect requests the application is deciding on: their status changes wait here,
+    /// reported once accepted, dropped if not.
+    pub(super) undecided: HashMap<ConnectionHandle, Undecided>,
+    /// Signaling for particular P2P connections (custom signaling, or accepted requests), by
+    /// their id on the P2P endpoint (it outlives the handle: a close is signaled after).
+    pub(super) conn_signaling: HashMap<ConnId, Arc<dyn Signaling>>,
+}
+
 impl Sockets {
     // ----- P2P -----------------------------------------------------------------------------
 
@@ -9,7 +36,7 @@ impl Sockets {
     /// through (the seeds' `CreateConnectionSignaling` callback). Signals from peers come back
     /// through [`received_p2p_custom_signal`](Self::received_p2p_custom_signal).
     pub fn set_signaling(&self, signaling: Arc<dyn Signaling>) {
-        self.state().signaling = Some(signaling);
+        self.state().p2p.signaling = Some(signaling);
     }
 
     /// Sets the transport P2P connections find their paths with (ICE: see the
@@ -22,8 +49,8 @@ impl Sockets {
     pub fn set_p2p_transport(&self, transport: Arc<dyn Transport>) {
         let mut st = self.state();
         let id = transport.wire_id();
-        st.p2p_transport = Some(transport);
-        if let Some(e) = st.p2p_endpoint.and_then(|ep| st.endpoints.get_mut(&ep)) {
+        st.p2p.transport = Some(transport);
+        if let Some(e) = st.p2p.endpoint.and_then(|ep| st.endpoints.get_mut(&ep)) {
             e.endpoint.set_p2p_transport(id);
         }
     }
@@ -67,6 +94,7 @@ impl Sockets {
     ) -> Result<ConnectionHandle, Error> {
         let signaling = self
             .state()
+            .p2p
             .signaling
             .clone()
             .ok_or_else(|| Error::InvalidParam("no signaling set (set_signaling)".into()))?;
@@ -124,7 +152,7 @@ impl Sockets {
         );
         e.nudge.notify_one();
         let h = st.add_connection(ep, id, None, store);
-        st.conn_signaling.insert(id, signaling);
+        st.p2p.conn_signaling.insert(id, signaling);
         st.pump(ep);
         Ok(h)
     }
@@ -219,14 +247,14 @@ impl Sockets {
             .accept_p2p_request(now, request.clone(), vport, cfg);
         let h = st.add_connection(ep, id, listen, store);
         // Nobody hears of it until the application has decided.
-        st.undecided.insert(h, Undecided::default());
+        st.p2p.undecided.insert(h, Undecided::default());
         drop(st);
         let answer = ctx.on_connect_request(h, &peer, vport);
         let mut st = self.state();
-        let Undecided { deferred, refusal } = st.undecided.remove(&h).unwrap_or_default();
+        let Undecided { deferred, refusal } = st.p2p.undecided.remove(&h).unwrap_or_default();
         match answer {
             Some(signaling) if st.conns.contains_key(&h) => {
-                st.conn_signaling.insert(id, signaling);
+                st.p2p.conn_signaling.insert(id, signaling);
                 for old in deferred {
                     st.report(h, old);
                 }
@@ -251,17 +279,18 @@ impl Sockets {
 
     /// The endpoint (and socket) P2P connections use, created when first needed.
     pub(super) fn p2p_endpoint(&self) -> Result<EpId, Error> {
-        if let Some(ep) = self.state().p2p_endpoint {
+        if let Some(ep) = self.state().p2p.endpoint {
             return Ok(ep);
         }
         let bind = self
             .state()
-            .p2p_bind
+            .p2p
+            .bind
             .unwrap_or((Ipv4Addr::UNSPECIFIED, 0).into());
         let io = self.bind(bind)?;
         let local = io.local_addr().map_err(io_err)?;
         let mut st = self.state();
-        if let Some(ep) = st.p2p_endpoint {
+        if let Some(ep) = st.p2p.endpoint {
             return Ok(ep); // another thread made it meanwhile
         }
         let credentials = st.credentials.clone();
@@ -275,16 +304,17 @@ impl Sockets {
         );
         let candidates = p2p_candidates(local);
         let wire_id = st
-            .p2p_transport
+            .p2p
+            .transport
             .as_ref()
             .map_or(transport::DIRECT, |t| t.wire_id());
         if let Some(e) = st.endpoints.get_mut(&ep) {
             e.endpoint.set_p2p_candidates(candidates);
             e.endpoint.set_p2p_transport(wire_id);
         }
-        st.p2p_endpoint = Some(ep);
+        st.p2p.endpoint = Some(ep);
         let (tx, rx) = mpsc::channel(transport::PATH_INBOX);
-        st.path_tx = Some(tx);
+        st.p2p.path_tx = Some(tx);
         drop(st);
         self.spawn_driver_with(ep, io, Some(rx));
         Ok(ep)

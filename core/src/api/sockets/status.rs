@@ -80,7 +80,7 @@ impl Sockets {
         let s = c.stats();
         let p = c.path_status(Instant::now());
         let mut route = String::new();
-        if st.p2p_endpoint == Some(ep) && st.paths.contains_key(&id) {
+        if st.p2p.endpoint == Some(ep) && st.p2p.paths.contains_key(&id) {
             let r = st.route_info(id);
             route = format!("\nroute: {:?}", r.kind);
             if let Some(a) = r.remote {
