@@ -339,36 +339,10 @@ fn stun_answers_at_most_twice_the_request_and_holds_a_flooding_source_to_its_rat
         req.len()
     );
     assert!(factor <= 2.0, "{factor}x");
-    // A flood from one source: a burst of twice the rate, then the rate. Answers are read
-    // as they come (a full receive buffer would drop them and hide the server's limit).
-    std::thread::sleep(Duration::from_millis(2500)); // the bucket refills
-    socket.set_nonblocking(true).unwrap();
-    let mut answered = 0u32;
-    // The server answers a request before its answer arrives here: the last answer's
-    // arrival bounds the time in which the source earned tokens.
-    let mut drain = |socket: &std::net::UdpSocket, answered: &mut u32, last: &mut Instant| {
-        while socket.recv_from(&mut buf).is_ok() {
-            *answered += 1;
-            *last = Instant::now();
-        }
-    };
-    let started = Instant::now();
-    let mut last_answer = started;
-    for i in 1..=2000 {
-        socket.send_to(&binding_request(i), stun).unwrap();
-        drain(&socket, &mut answered, &mut last_answer);
-        // About a second in all: the server reads them all (none lost to its buffer).
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    let flood_took = started.elapsed();
-    let end = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < end {
-        drain(&socket, &mut answered, &mut last_answer);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let allowed = 2.0 * f64::from(punchline_signaling::stun::RATE_PER_SOURCE)
-        + f64::from(punchline_signaling::stun::RATE_PER_SOURCE)
-            * (last_answer - started).as_secs_f64();
+    // A flood from one source: a burst of twice the rate, then the rate.
+    let f = common::flood_one_source(&socket, stun, 2000, binding_request);
+    let (answered, flood_took) = (f.answered, f.took);
+    let allowed = f.allowed(punchline_signaling::stun::RATE_PER_SOURCE);
     eprintln!("STUN: 2000 requests from one source in {flood_took:?}: {answered} answered");
     assert!(answered >= 150, "{answered} answered: the burst is served");
     assert!(

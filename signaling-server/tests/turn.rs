@@ -427,32 +427,9 @@ fn turn_challenges_cost_little_and_a_flooding_source_is_held_to_its_rate() {
         assert_eq!(n, 60);
         assert!(factor <= most, "{factor}x");
     }
-    std::thread::sleep(Duration::from_millis(2500)); // the bucket refills
-    socket.set_nonblocking(true).unwrap();
-    let mut answered = 0u32;
-    // The server answers a request before its answer arrives here: the last answer's
-    // arrival bounds the time in which the source earned tokens.
-    let mut drain = |socket: &UdpSocket, answered: &mut u32, last: &mut Instant| {
-        while socket.recv_from(&mut buf).is_ok() {
-            *answered += 1;
-            *last = Instant::now();
-        }
-    };
-    let started = Instant::now();
-    let mut last_answer = started;
-    for i in 1..=2000 {
-        socket.send_to(&bare_allocate(i, false), turn).unwrap();
-        drain(&socket, &mut answered, &mut last_answer);
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    let flood_took = started.elapsed();
-    let end = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < end {
-        drain(&socket, &mut answered, &mut last_answer);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let rate = f64::from(RATE_PER_SOURCE);
-    let allowed = 2.0 * rate + rate * (last_answer - started).as_secs_f64();
+    let f = common::flood_one_source(&socket, turn, 2000, |i| bare_allocate(i, false));
+    let (answered, flood_took) = (f.answered, f.took);
+    let allowed = f.allowed(RATE_PER_SOURCE);
     eprintln!(
         "TURN: 2000 unauthenticated requests from one source in {flood_took:?}: {answered} answered"
     );

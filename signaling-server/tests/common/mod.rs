@@ -265,3 +265,64 @@ pub fn connect_pair(a: &Sockets, b: &Sockets) -> (ConnectionHandle, ConnectionHa
     });
     (c, accepted[0])
 }
+
+/// What a flood of requests from one source got.
+pub struct Flood {
+    /// Requests sent.
+    pub sent: u32,
+    /// Answers received.
+    pub answered: u32,
+    /// How long the sending took.
+    pub took: Duration,
+    /// From the first request to the last answer's arrival: the server answered every
+    /// request within it, so it bounds the time in which the source earned tokens.
+    pub answering: Duration,
+}
+
+impl Flood {
+    /// The most answers a source held to `rate` a second (bursts of twice that) may get.
+    pub fn allowed(&self, rate: u32) -> f64 {
+        let rate = f64::from(rate);
+        2.0 * rate + rate * self.answering.as_secs_f64()
+    }
+}
+
+/// Sends `request(1..=n)` from `socket` to `to`, about a second in all (so the server reads
+/// them all, none lost to its buffer), reading answers as they come (a full receive buffer
+/// would drop them and hide the server's limit), after the source's bucket has refilled.
+pub fn flood_one_source(
+    socket: &std::net::UdpSocket,
+    to: SocketAddr,
+    n: u32,
+    request: impl Fn(u32) -> Vec<u8>,
+) -> Flood {
+    std::thread::sleep(Duration::from_millis(2500)); // the bucket refills
+    socket.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut answered = 0u32;
+    let started = Instant::now();
+    let mut last_answer = started;
+    let mut drain = |answered: &mut u32, last: &mut Instant| {
+        while socket.recv_from(&mut buf).is_ok() {
+            *answered += 1;
+            *last = Instant::now();
+        }
+    };
+    for i in 1..=n {
+        socket.send_to(&request(i), to).unwrap();
+        drain(&mut answered, &mut last_answer);
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let took = started.elapsed();
+    let end = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < end {
+        drain(&mut answered, &mut last_answer);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Flood {
+        sent: n,
+        answered,
+        took,
+        answering: last_answer - started,
+    }
+}
