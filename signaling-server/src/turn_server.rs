@@ -833,7 +833,7 @@ async fn relay_loop(shared: std::sync::Weak<Shared>, relay: Arc<Sock>, client: S
                         .with_attribute(XorPeerAddress::from(peer))
                         .with_attribute(Data::new(&buf[HEADROOM..HEADROOM + n]))
                         .build();
-                    match encode(&msg) {
+                    match encode_within(&msg, n + HEADROOM) {
                         Some(b) => Frame::Owned(b),
                         None => continue,
                     }
@@ -1597,7 +1597,13 @@ fn channel_bind(
 }
 
 fn encode(msg: &StunMessage) -> Option<Vec<u8>> {
-    let mut out = vec![0u8; MAX_RELAYED + HEADROOM];
+    encode_within(msg, MAX_RELAYED + HEADROOM)
+}
+
+/// Encodes `msg` into a buffer of `room` bytes (a Data indication needs its payload and
+/// `HEADROOM`, not the largest datagram's worth, on the per-datagram path).
+fn encode_within(msg: &StunMessage, room: usize) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; room];
     let n = MessageEncoderBuilder::default()
         .build()
         .encode(&mut out, msg)
