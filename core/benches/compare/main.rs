@@ -2,7 +2,7 @@
 //! ceiling, all in one run. Prints a table, then one JSON object as the last line.
 //!
 //! `cargo bench -p punchline --bench compare` (full) or `-- --quick` (under two minutes);
-//! `-- --only bulk,small,pingpong,handshakes,memory,loss` runs some parts (`loss0`: the relay
+//! `-- --only bulk,small,threads,pingpong,handshakes,memory,loss` runs some parts (`loss0`: the relay
 //! with no loss), and `BENCH_DETAIL=1`
 //! prints the detailed connection status after each impaired transfer.
 
@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 const MIB: u64 = 1024 * 1024;
 const BULK_MSG: usize = 256 * 1024;
 const DATAGRAM: usize = 1300;
-/// How long latency-critical loops read the socket themselves before sleeping.
-const SPIN: Duration = Duration::from_micros(50);
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -65,6 +63,20 @@ fn main() {
         num("small_vs_quinn", pl / qn);
     }
 
+    if run("threads") {
+        eprintln!("threads: {small_count} reliable 64-byte messages, 4 threads vs 1");
+        let one = small_count as f64 / punchline_small_conns(1, small_count).as_secs_f64();
+        let four = small_count as f64 / punchline_small_conns(4, small_count / 4).as_secs_f64();
+        rows.push((
+            "small msgs/s, 4 threads on 4 connections".into(),
+            format!("{four:.0}"),
+            "-".into(),
+            format!("1 thread: {one:.0}"),
+        ));
+        num("small_threads_msgs_s", four);
+        num("small_threads_vs_single", four / one);
+    }
+
     if run("pingpong") {
         eprintln!("ping-pong: {rounds} round trips of 64 bytes");
         let pl = percentiles(punchline_pingpong(rounds, 64));
@@ -74,6 +86,7 @@ fn main() {
         rows.push(row("ping-pong p99 us", pl.1, qn.1, Some(udp.1)));
         num("pingpong_p50_us", pl.0);
         num("pingpong_p99_us", pl.1);
+        num("pingpong_p99_over_p50", pl.1 / pl.0);
         num("pingpong_vs_udp", pl.0 / udp.0);
         num("pingpong_vs_quinn", pl.0 / qn.0);
     }
@@ -312,6 +325,68 @@ fn punchline_small(count: usize, size: usize) -> Duration {
     end - start
 }
 
+/// `conns` connections between one client and one server `Sockets`, one sender thread on
+/// each sending `per_conn` reliable 64-byte messages, one thread receiving them all through a
+/// poll group. Returns the time until the last message arrived.
+fn punchline_small_conns(conns: usize, per_conn: usize) -> Duration {
+    let server = Sockets::new().expect("sockets");
+    let client = Sockets::new().expect("sockets");
+    big_buffers(&server);
+    big_buffers(&client);
+    let mut events = server.status_events();
+    let listen = server
+        .create_listen_socket_ip("127.0.0.1:0".parse().expect("addr"), &[])
+        .expect("listen");
+    let addr = server.get_listen_socket_address(listen).expect("addr");
+    let group = server.create_poll_group();
+    let mut handles = Vec::new();
+    for _ in 0..conns {
+        let c = client.connect_by_ip_address(addr, &[]).expect("connect");
+        let s = accept_one(&server, &mut events);
+        server
+            .set_connection_poll_group(s, group)
+            .expect("poll group");
+        handles.push((c, s));
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while !handles
+        .iter()
+        .all(|&(c, s)| connected(&client, c) && connected(&server, s))
+    {
+        assert!(Instant::now() < end, "handshakes did not finish");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let payload = Bytes::from(vec![0x5A; 64]);
+    let start = Instant::now();
+    let senders: Vec<_> = handles
+        .iter()
+        .map(|&(c, _)| {
+            let (client, payload) = (client.clone(), payload.clone());
+            std::thread::spawn(move || {
+                for _ in 0..per_conn {
+                    send_blocking(&client, c, payload.clone(), SendFlags::RELIABLE);
+                }
+            })
+        })
+        .collect();
+    let total = (conns * per_conn) as u64;
+    let mut got = 0u64;
+    while got < total {
+        let msgs = server
+            .receive_messages_on_poll_group(group, 4096)
+            .expect("receive");
+        if msgs.is_empty() {
+            server.wait_for_activity(Duration::from_millis(10));
+        }
+        got += msgs.len() as u64;
+    }
+    let end = Instant::now();
+    for s in senders {
+        s.join().expect("sender");
+    }
+    end - start
+}
+
 fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
     let p = pair(None, 0);
     let (server, s) = (p.server.clone(), p.s);
@@ -323,7 +398,7 @@ fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
                 .receive_messages_on_connection(s, 64)
                 .expect("receive");
             if got.is_empty() {
-                server.wait_for_activity_spinning(Duration::from_millis(10), SPIN);
+                server.wait_for_activity(Duration::from_millis(10));
             }
             for m in got {
                 let _ =
@@ -350,8 +425,7 @@ fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
             {
                 break;
             }
-            p.client
-                .wait_for_activity_spinning(Duration::from_millis(10), SPIN);
+            p.client.wait_for_activity(Duration::from_millis(10));
         }
         if i >= 100 {
             out.push(t.elapsed());

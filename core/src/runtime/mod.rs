@@ -177,6 +177,15 @@ impl Io {
         }
     }
 
+    /// The socket's descriptor, for threads that wait on it with `poll` (none for a pipe).
+    pub fn poll_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match self {
+            Io::Udp { socket, .. } => Some(socket.as_fd()),
+            Io::Pipe { .. } => None,
+        }
+    }
+
     /// Sends one datagram at once from the calling thread, without waiting; fails with
     /// `WouldBlock` when the socket buffer is full.
     pub fn try_send_now(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
@@ -267,11 +276,21 @@ impl Io {
     }
 
     /// Waits for datagrams and reads as many as are ready into `inbox` (at least one).
-    async fn recv_batch(&self, inbox: &mut Inbox) -> io::Result<()> {
+    /// While `deferred()` says another thread is waiting on the socket to read it itself, a
+    /// datagram is left to that thread.
+    async fn recv_batch(&self, inbox: &mut Inbox, deferred: impl Fn() -> bool) -> io::Result<()> {
         inbox.items.clear();
         match self {
             Io::Udp { socket, state } => loop {
                 socket.readable().await?;
+                if deferred() {
+                    // Forget this readiness (the next datagram brings another); the waiting
+                    // thread sees the socket readable and reads it.
+                    let _ = socket.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                    continue;
+                }
                 let mut metas = [quinn_udp::RecvMeta::default(); INBOX_SLOTS];
                 let mut iovs: Vec<IoSliceMut<'_>> =
                     inbox.slots.iter_mut().map(|s| IoSliceMut::new(s)).collect();
@@ -413,6 +432,15 @@ pub trait Driven: Send + Sync + 'static {
     fn fake(&self) -> FakeConditions {
         FakeConditions::default()
     }
+    /// True while another thread waits on the socket and will read what arrives itself.
+    fn reads_deferred(&self) -> bool {
+        false
+    }
+    /// True when a waiting thread left datagrams in the socket for the driver to read
+    /// (asked once: the request is taken).
+    fn read_requested(&self) -> bool {
+        false
+    }
     /// Sends a datagram some other way than the socket (a transport's path), if `to` says
     /// so; true when it was taken (sent or dropped).
     fn divert(&self, _to: SocketAddr, _data: &[u8]) -> bool {
@@ -455,6 +483,7 @@ pub async fn drive<D: Driven>(
         Conditioner::new(Impairment::NONE, OsRng.next_u64());
     let mut delayed = Inbox::new(1);
     let max_segments = io.max_segments();
+    let mut read_more = false;
     loop {
         let fake = owner.fake();
         if fake.send != *fake_out.impairment() {
@@ -462,6 +491,18 @@ pub async fn drive<D: Driven>(
         }
         if fake.recv != *fake_in.impairment() {
             fake_in.set(fake.recv);
+        }
+        if read_more || owner.read_requested() {
+            // Left behind by a waiting thread, with no readiness to tell of them.
+            let mut batches = 0;
+            while batches < INBOX_SLOTS && io.try_recv_batch(&mut inbox) {
+                receive(&owner, &mut inbox, &mut fake_in, &mut delayed);
+                batches += 1;
+            }
+            read_more = batches == INBOX_SLOTS;
+            if read_more {
+                nudge.notify_one(); // more yet: again after this turn
+            }
         }
         let now = Instant::now();
         feed_due(&owner, &mut fake_in, &mut delayed, now);
@@ -544,7 +585,7 @@ pub async fn drive<D: Driven>(
                 }
                 receive(&owner, &mut inbox, &mut fake_in, &mut delayed);
             }
-            r = io.recv_batch(&mut inbox) => match r {
+            r = io.recv_batch(&mut inbox, || owner.reads_deferred()) => match r {
                 Ok(()) => receive(&owner, &mut inbox, &mut fake_in, &mut delayed),
                 // ICMP errors from earlier sends surface here on Linux; they are not fatal.
                 Err(e) => tracing::trace!(error = %e, "recv error"),

@@ -531,6 +531,37 @@ impl State {
     }
 }
 
+impl Shared {
+    /// Feeds datagrams received on endpoint `ep`'s socket (on the service thread or a
+    /// waiting one) and wakes the threads waiting for activity.
+    ///
+    /// On a waiting thread (`waiter`), what the datagrams call for is sent from that thread
+    /// too, and the driver is woken only when a timer now falls before its planned wake-up.
+    pub(super) fn handle_datagrams(&self, ep: EpId, now: Instant, inbox: &Inbox, waiter: bool) {
+        let mut st = lock(&self.state);
+        if let Some(e) = st.endpoints.get_mut(&ep) {
+            for (from, data) in inbox.iter() {
+                e.endpoint.handle_datagram(now, from, data);
+            }
+        }
+        st.pump(ep);
+        if let Some(e) = st.endpoints.get_mut(&ep).filter(|_| waiter) {
+            if !e.send_now(now) {
+                e.nudge.notify_one();
+            }
+        }
+        drop(st);
+        self.activity.notify();
+    }
+}
+
+impl Drop for EpDriver {
+    fn drop(&mut self) {
+        // The endpoint is gone: waiting threads no longer read its socket.
+        self.shared.activity.unwatch(self.ep);
+    }
+}
+
 /// Drives one endpoint from the service thread.
 pub(super) struct EpDriver {
     pub(super) shared: Arc<Shared>,
@@ -554,20 +585,20 @@ impl Driven for EpDriver {
         true
     }
 
+    fn reads_deferred(&self) -> bool {
+        self.shared.activity.reads_deferred()
+    }
+
+    fn read_requested(&self) -> bool {
+        self.shared.activity.take_read_request(self.ep)
+    }
+
     fn fake(&self) -> FakeConditions {
         *FAKE.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn on_datagrams(&self, now: Instant, inbox: &Inbox) {
-        let mut st = lock(&self.shared.state);
-        if let Some(e) = st.endpoints.get_mut(&self.ep) {
-            for (from, data) in inbox.iter() {
-                e.endpoint.handle_datagram(now, from, data);
-            }
-        }
-        st.pump(self.ep);
-        drop(st);
-        self.shared.activity.notify_all();
+        self.shared.handle_datagrams(self.ep, now, inbox, false);
     }
 
     fn poll(&self, now: Instant, out: &mut Outbox) -> Wake {

@@ -37,6 +37,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Notify};
 
+mod activity;
 mod config_values;
 mod driver;
 use driver::EpDriver;
@@ -220,10 +221,9 @@ impl std::fmt::Debug for State {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when datagrams were handled (messages or status changes may be waiting).
-    activity: std::sync::Condvar,
-    /// Buffers for threads that read the sockets themselves while waiting.
-    spin_inbox: Mutex<Inbox>,
+    /// Wakes threads waiting for activity (datagrams handled: messages or status changes
+    /// may be waiting).
+    activity: activity::Activity,
     /// Values the layers above share per `Sockets` (the Messages interface fake UDP ports
     /// share, while any lives), held weakly and by type, so this layer knows none of them.
     extensions: Mutex<Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
@@ -286,8 +286,7 @@ impl Sockets {
         Ok(Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
-                activity: std::sync::Condvar::new(),
-                spin_inbox: Mutex::new(Inbox::new(4)),
+                activity: activity::Activity::new()?,
                 extensions: Mutex::new(Vec::new()),
                 relay_net: Mutex::new(None),
             }),
@@ -439,6 +438,7 @@ impl Sockets {
             None => return,
         };
         drop(st);
+        self.shared.activity.watch(ep, &io, &nudge);
         let owner = EpDriver {
             shared: self.shared.clone(),
             ep,

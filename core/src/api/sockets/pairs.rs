@@ -101,57 +101,34 @@ impl Sockets {
         }
     }
 
-    /// Blocks the calling thread until datagrams arrive for this instance (so messages or
-    /// status changes may be waiting) or `timeout` passes. For threads that would otherwise
-    /// poll in a loop; tokio code can use [`status_events`](Self::status_events) instead.
+    /// Blocks the calling thread until there has been activity on this instance since the
+    /// thread's previous wait (datagrams handled, so messages or status changes may be
+    /// waiting; or a callback queued), or until `timeout` passes. May return early. For
+    /// threads that would otherwise poll in a loop; tokio code can use
+    /// [`status_events`](Self::status_events) instead.
+    ///
+    /// While it waits, the thread sleeps on the sockets themselves: a datagram that arrives
+    /// wakes it and is handled on this thread, which saves a thread hand-off on every reply
+    /// (unless fake network conditions are in force: those apply in the service thread).
     pub fn wait_for_activity(&self, timeout: Duration) {
-        let st = self.state();
-        let _ = self.shared.activity.wait_timeout(st, timeout);
+        let read = FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean();
+        self.shared.activity.wait(&self.shared, timeout, read);
     }
 
     /// Like [`wait_for_activity`](Self::wait_for_activity), but first reads the sockets on
-    /// this thread for up to `spin` (busy, burning this core): a reply on a fast path often
-    /// arrives within microseconds, and handling it here saves a thread wake-up (about half
-    /// of a loopback round trip). For latency-critical loops with little traffic, such as a
-    /// game client's network thread; a busy server should use `wait_for_activity`.
+    /// this thread for up to `spin` (busy, burning this core). Rarely worth it now that the
+    /// plain wait sleeps on the sockets; kept for loops that measured a gain.
     pub fn wait_for_activity_spinning(&self, timeout: Duration, spin: Duration) {
-        let faking = !FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean();
-        // Fake receive loss and lag live in the service thread's path: no shortcut then.
-        let inbox = if faking {
-            None
-        } else {
-            self.shared.spin_inbox.try_lock().ok()
-        };
-        if let Some(mut inbox) = inbox {
-            let ios: Vec<(EpId, Arc<Io>)> = self
-                .state()
-                .endpoints
-                .iter()
-                .filter_map(|(ep, e)| e.io.clone().map(|io| (*ep, io)))
-                .collect();
+        let read = FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean();
+        if read {
             let spin_until = Instant::now() + spin.min(timeout);
-            loop {
-                for (ep, io) in &ios {
-                    if io.try_recv_batch(&mut inbox) {
-                        EpDriver {
-                            shared: self.shared.clone(),
-                            ep: *ep,
-                            paths: PathTable::default(),
-                        }
-                        .on_datagrams(Instant::now(), &inbox);
-                        // The service thread sends what these call for and re-arms timers.
-                        if let Some(e) = self.state().endpoints.get(ep) {
-                            e.nudge.notify_one();
-                        }
-                        return;
-                    }
-                }
-                if Instant::now() >= spin_until {
-                    break;
+            while Instant::now() < spin_until {
+                if self.shared.activity.read_sockets(&self.shared) {
+                    return;
                 }
                 std::hint::spin_loop();
             }
         }
-        self.wait_for_activity(timeout);
+        self.shared.activity.wait(&self.shared, timeout, read);
     }
 }

@@ -20,7 +20,7 @@ impl Sockets {
                         Box::new(status),
                         ConfigValue::CallbackRelayNetworkStatusChanged,
                     );
-                    shared.activity.notify_all();
+                    shared.activity.notify();
                 }
             }),
         );
