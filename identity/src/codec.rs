@@ -1,7 +1,7 @@
-//! The binary decoding error shared by every wire format in this crate, and a small bounds-checked
-//! reader used by the decoders.
+//! The binary decoding error and the bounds-checked reader shared by every punchline wire
+//! format: identities and certificates here, packets, frames and signals in `punchline`.
 
-/// Why a binary identity or certificate could not be decoded.
+/// Why binary input (an identity, a certificate, a packet, a frame) could not be decoded.
 ///
 /// Offsets and lengths are counted in bytes from the start of the input given to the decoder.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +25,16 @@ pub enum DecodeError {
         /// The largest length allowed.
         max: usize,
     },
+    /// A count or value is larger than the format allows.
+    #[error("{what} is {value}, more than the maximum {max}")]
+    TooLarge {
+        /// The field.
+        what: &'static str,
+        /// The value found.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A fixed-size body has the wrong length.
     #[error("{what} has length {len}, expected {expected}")]
     BadLength {
@@ -38,6 +48,14 @@ pub enum DecodeError {
     /// An identity type tag that this crate cannot decode.
     #[error("unknown identity type tag {0}")]
     UnknownTag(u8),
+    /// An unknown packet, frame or signal type.
+    #[error("unknown {what} type 0x{tag:02x}")]
+    UnknownType {
+        /// Packet, frame or signal.
+        what: &'static str,
+        /// The type byte.
+        tag: u8,
+    },
     /// A format version that this crate does not understand.
     #[error("unsupported format version {0}")]
     UnsupportedVersion(u8),
@@ -52,28 +70,40 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
-/// A cursor over a byte slice whose every read is bounds-checked.
+/// A cursor over a byte slice whose every read is bounds-checked; a failed read consumes
+/// nothing.
 ///
 /// Errors report positions relative to the start of the whole slice, so nested decoders sharing
 /// one reader report consistent offsets.
-pub(crate) struct Reader<'a> {
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
     input: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
     /// Starts reading at the beginning of `input`.
-    pub(crate) fn new(input: &'a [u8]) -> Self {
+    pub fn new(input: &'a [u8]) -> Self {
         Reader { input, pos: 0 }
     }
 
     /// How many bytes have been consumed so far.
-    pub(crate) fn position(&self) -> usize {
+    pub fn position(&self) -> usize {
         self.pos
     }
 
+    /// How many bytes are left.
+    pub fn remaining(&self) -> usize {
+        self.input.len() - self.pos
+    }
+
+    /// The unread rest.
+    pub fn rest(&self) -> &'a [u8] {
+        &self.input[self.pos..]
+    }
+
     /// Consumes the next `n` bytes.
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.saturating_add(n);
         match self.input.get(self.pos..end) {
             Some(bytes) => {
@@ -88,30 +118,78 @@ impl<'a> Reader<'a> {
     }
 
     /// Consumes the next `N` bytes as an array.
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
+        out.copy_from_slice(self.bytes(N)?);
         Ok(out)
     }
 
     /// Consumes one byte.
-    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])
     }
 
     /// Consumes a big-endian `u16`.
-    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
     /// Consumes a big-endian `u32`.
-    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
     /// Consumes a big-endian `u64`.
-    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// Consumes a QUIC variable-length integer (1, 2, 4 or 8 bytes; up to 2^62 - 1).
+    pub fn varint(&mut self) -> Result<u64, DecodeError> {
+        let start = self.pos;
+        let first = self.u8()?;
+        let len = 1usize << (first >> 6);
+        let mut v = u64::from(first & 0x3f);
+        match self.bytes(len - 1) {
+            Ok(rest) => {
+                for b in rest {
+                    v = (v << 8) | u64::from(*b);
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                self.pos = start;
+                Err(e)
+            }
+        }
+    }
+
+    /// Consumes a varint that must not exceed `max`; `what` names it in the error.
+    pub fn varint_max(&mut self, what: &'static str, max: u64) -> Result<u64, DecodeError> {
+        let value = self.varint()?;
+        if value > max {
+            return Err(DecodeError::TooLarge { what, value, max });
+        }
+        Ok(value)
+    }
+
+    /// Consumes at most `max` bytes preceded by a one-byte length; `what` names them in errors.
+    pub fn short_bytes(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
+        let len = self.u8()? as usize;
+        if len > max {
+            return Err(DecodeError::TooLarge {
+                what,
+                value: len as u64,
+                max: max as u64,
+            });
+        }
+        self.bytes(len)
+    }
+
+    /// Consumes a UTF-8 string of at most `max` bytes preceded by a one-byte length.
+    pub fn short_string(&mut self, max: usize) -> Result<String, DecodeError> {
+        String::from_utf8(self.short_bytes("string length", max)?.to_vec())
+            .map_err(|_| DecodeError::InvalidUtf8)
     }
 }
 
@@ -145,7 +223,7 @@ mod tests {
         // A failed read consumes nothing.
         assert_eq!(r.position(), 2);
         assert_eq!(
-            r.take(usize::MAX),
+            r.bytes(usize::MAX),
             Err(DecodeError::Truncated {
                 needed: usize::MAX,
                 available: 3

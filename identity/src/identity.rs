@@ -335,7 +335,7 @@ impl Identity {
                 max: Self::MAX_BODY_LEN,
             });
         }
-        let body = reader.take(len)?;
+        let body = reader.bytes(len)?;
         match identity_type {
             IdentityType::Invalid => {
                 expect_len("invalid identity body", body, 0)?;

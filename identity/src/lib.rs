@@ -50,7 +50,7 @@
 #![warn(missing_docs)]
 
 mod cert;
-mod codec;
+pub mod codec;
 mod identity;
 mod keyfile;
 mod keys;
