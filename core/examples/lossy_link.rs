@@ -7,7 +7,7 @@ use punchline::identity::KeyPair;
 use punchline::proto::{
     ConnectionConfig, ConnectionState, Credentials, EndReason, EndpointConfig, SendFlags,
 };
-use punchline::sim::{Link, Sim};
+use punchline::sim::{Impairment, Sim, DEFAULT_LINK};
 use std::time::Duration;
 
 fn main() {
@@ -16,13 +16,15 @@ fn main() {
         ..EndpointConfig::default()
     };
     let mut sim = Sim::pair(2026, key(1), key(2));
-    sim.link = Link {
-        loss: 0.10,
-        delay: Duration::from_millis(25),
-        jitter: Duration::from_millis(5),
-        reorder: 0.02,
-        duplicate: 0.05,
-        ..Link::default()
+    sim.link = Impairment {
+        loss_pct: 10.0,
+        lag: Duration::from_millis(25),
+        jitter_pct: 100.0,
+        jitter_avg: Duration::from_micros(2500),
+        jitter_max: Duration::from_millis(5),
+        reorder_pct: 2.0,
+        dup_pct: 5.0,
+        ..DEFAULT_LINK
     };
     let start = sim.now;
     let client = sim.connect(0, 1, ConnectionConfig::default());

@@ -1,54 +1,31 @@
 //! A deterministic virtual-time network for protocol tests (outside `proto`, which never
-//! reads a clock; this harness reads it once, to have an `Instant` to start from): endpoints exchange datagrams
-//! through a link with seeded loss, delay, jitter, reordering, duplication and an MTU cap,
-//! and time jumps straight to the next event. Stepping is bounded, so a livelock fails the
-//! test instead of hanging it.
+//! reads a clock; this harness reads it once, to have an `Instant` to start from).
+//! Endpoints exchange datagrams through a link with seeded loss, delay, jitter, reordering,
+//! duplication and an MTU cap; each direction between two addresses is a [`Conditioner`]
+//! of its own, the model the driver's fake network conditions use. Time jumps straight to
+//! the next event. Stepping is bounded, so a livelock fails the test instead of hanging it.
 
+use crate::netcond::Conditioner;
+pub use crate::netcond::Impairment;
 use crate::proto::{
     ConnId, ConnectionConfig, ConnectionState, Endpoint, EndpointConfig, Event, Side,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// What the link does to every datagram.
-#[derive(Debug, Clone)]
-pub struct Link {
-    /// Probability a datagram is lost.
-    pub loss: f64,
-    /// One-way delay.
-    pub delay: Duration,
-    /// Extra random delay, uniform in `0..jitter`.
-    pub jitter: Duration,
-    /// Probability a datagram is held back by `reorder_delay` (so later ones overtake it).
-    pub reorder: f64,
-    /// How long a reordered datagram is held back.
-    pub reorder_delay: Duration,
-    /// Probability a datagram is delivered twice.
-    pub duplicate: f64,
-    /// The second copy of a duplicated datagram comes up to this much later (uniform).
-    pub duplicate_delay: Duration,
-    /// Datagrams larger than this are dropped.
-    pub mtu: usize,
-}
+/// The link a new [`Sim`] starts with: 10 ms each way and nothing else; a reordered
+/// datagram (once `reorder_pct` is set) is held back 15 ms.
+pub const DEFAULT_LINK: Impairment = Impairment {
+    lag: Duration::from_millis(10),
+    reorder_time: Duration::from_millis(15),
+    ..Impairment::NONE
+};
 
-impl Default for Link {
-    fn default() -> Self {
-        Self {
-            loss: 0.0,
-            delay: Duration::from_millis(10),
-            jitter: Duration::ZERO,
-            reorder: 0.0,
-            reorder_delay: Duration::from_millis(15),
-            duplicate: 0.0,
-            duplicate_delay: Duration::ZERO,
-            mtu: 1500,
-        }
-    }
-}
+/// The largest datagram a new [`Sim`] carries.
+pub const DEFAULT_MTU: usize = 1500;
 
 /// A datagram on the wire, offered to [`Sim::filter`] before the link sees it.
 #[derive(Debug, Clone)]
@@ -83,8 +60,11 @@ pub struct Sim {
     pub now: Instant,
     /// The endpoints.
     pub nodes: Vec<Node>,
-    /// The link every datagram crosses.
-    pub link: Link,
+    /// What the link does to every datagram, in each direction; a change applies to the
+    /// datagrams sent after it.
+    pub link: Impairment,
+    /// Datagrams larger than this are dropped.
+    pub mtu: usize,
     /// Sees (and may change or drop) every datagram before the link.
     pub filter: Option<Filter>,
     /// Datagrams sent to addresses with no node: (to, bytes).
@@ -92,9 +72,8 @@ pub struct Sim {
     /// Datagrams handed to the link so far.
     pub datagrams: u64,
     rng: ChaCha8Rng,
-    wire: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    wire_data: std::collections::HashMap<u64, Packet>,
-    seq: u64,
+    /// One conditioner per direction (sender, receiver), made on first use.
+    wire: BTreeMap<(SocketAddr, SocketAddr), Conditioner<Packet>>,
     steps: u64,
     /// Most steps before the simulation declares a livelock.
     pub max_steps: u64,
@@ -118,14 +97,13 @@ impl Sim {
         Self {
             now: Instant::now(),
             nodes: Vec::new(),
-            link: Link::default(),
+            link: DEFAULT_LINK,
+            mtu: DEFAULT_MTU,
             filter: None,
             unrouted: Vec::new(),
             datagrams: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
-            wire: BinaryHeap::new(),
-            wire_data: std::collections::HashMap::new(),
-            seq: 0,
+            wire: BTreeMap::new(),
             steps: 0,
             max_steps: 5_000_000,
         }
@@ -165,24 +143,7 @@ impl Sim {
 
     /// Puts a datagram on the wire from `from` to `to` (bypassing the filter, not the link).
     pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
-        let at = self.now + self.link.delay;
-        self.enqueue(at, Packet { from, to, data });
-    }
-
-    fn enqueue(&mut self, at: Instant, p: Packet) {
-        let to = self.nodes.iter().position(|n| n.addr == p.to);
-        match to {
-            Some(i) => {
-                self.seq += 1;
-                self.wire.push(Reverse((at, self.seq, i)));
-                self.wire_data.insert(self.seq, p);
-            }
-            None => self.unrouted.push((p.to, p.data.len())),
-        }
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < p
+        self.onto_link(Packet { from, to, data });
     }
 
     fn send_through_link(&mut self, mut p: Packet) {
@@ -192,29 +153,26 @@ impl Sim {
                 return;
             }
         }
-        if p.data.len() > self.link.mtu || self.chance(self.link.loss) {
+        if p.data.len() <= self.mtu {
+            self.onto_link(p);
+        }
+    }
+
+    fn onto_link(&mut self, p: Packet) {
+        if !self.nodes.iter().any(|n| n.addr == p.to) {
+            self.unrouted.push((p.to, p.data.len()));
             return;
         }
-        let copies = if self.chance(self.link.duplicate) {
-            2
-        } else {
-            1
-        };
-        for copy in 0..copies {
-            let mut at = self.now + self.link.delay;
-            if copy == 1 && !self.link.duplicate_delay.is_zero() {
-                let d = self.rng.next_u64() % self.link.duplicate_delay.as_micros().max(1) as u64;
-                at += Duration::from_micros(d);
-            }
-            if !self.link.jitter.is_zero() {
-                let j = self.rng.next_u64() % self.link.jitter.as_micros().max(1) as u64;
-                at += Duration::from_micros(j);
-            }
-            if self.chance(self.link.reorder) {
-                at += self.link.reorder_delay;
-            }
-            self.enqueue(at, p.clone());
+        let (link, now, len) = (self.link, self.now, p.data.len());
+        let rng = &mut self.rng;
+        let wire = self
+            .wire
+            .entry((p.from, p.to))
+            .or_insert_with(|| Conditioner::new(link, rng.next_u64()));
+        if *wire.impairment() != link {
+            wire.set(link);
         }
+        wire.push(now, p, len);
     }
 
     fn flush_transmits(&mut self) {
@@ -275,7 +233,7 @@ impl Sim {
             self.max_steps
         );
         self.flush_transmits();
-        let next_wire = self.wire.peek().map(|Reverse((t, _, _))| *t);
+        let next_wire = self.wire.values().filter_map(Conditioner::next_due).min();
         let next_timer = self
             .nodes
             .iter()
@@ -285,14 +243,12 @@ impl Sim {
             return false;
         };
         self.now = self.now.max(next);
-        while let Some(Reverse((t, seq, i))) = self.wire.peek().copied() {
-            if t > self.now {
-                break;
-            }
-            self.wire.pop();
-            if let Some(p) = self.wire_data.remove(&seq) {
-                let now = self.now;
-                self.nodes[i].endpoint.handle_datagram(now, p.from, &p.data);
+        let now = self.now;
+        for wire in self.wire.values_mut() {
+            while let Some(p) = wire.pop_due(now) {
+                if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == p.to) {
+                    n.endpoint.handle_datagram(now, p.from, &p.data);
+                }
             }
         }
         for n in &mut self.nodes {

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use punchline::proto::{ConnId, ConnectionConfig, ConnectionState, EndReason, Error, SendFlags};
-use punchline::sim::Link;
+use punchline::sim::{Impairment, DEFAULT_LINK};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::HashMap;
@@ -26,15 +26,17 @@ fn sizes(seed: u64, n: usize) -> Vec<usize> {
     v
 }
 
-fn reliable_transfer(seed: u64, loss: f64) {
+fn reliable_transfer(seed: u64, loss_pct: f32) {
     let (mut sim, c, s) = connected(seed);
-    sim.link = Link {
-        loss,
-        delay: Duration::from_millis(15),
-        jitter: Duration::from_millis(5),
-        reorder: 0.05,
-        duplicate: 0.10,
-        ..Link::default()
+    sim.link = Impairment {
+        loss_pct,
+        lag: Duration::from_millis(15),
+        jitter_pct: 100.0,
+        jitter_avg: Duration::from_micros(2500),
+        jitter_max: Duration::from_millis(5),
+        reorder_pct: 5.0,
+        dup_pct: 10.0,
+        ..DEFAULT_LINK
     };
     let sizes = sizes(seed, 1000);
     let t0 = sim.now;
@@ -76,11 +78,11 @@ fn reliable_transfer(seed: u64, loss: f64) {
     });
     assert!(
         ok,
-        "only {got} of {} messages arrived at {loss} loss",
+        "only {got} of {} messages arrived at {loss_pct}% loss",
         sizes.len()
     );
     eprintln!(
-        "loss {loss}: {} datagrams, virtual {:?}, total {} bytes, {:?}",
+        "loss {loss_pct}%: {} datagrams, virtual {:?}, total {} bytes, {:?}",
         sim.datagrams,
         sim.now - t0,
         sizes.iter().sum::<usize>(),
@@ -112,23 +114,25 @@ fn reliable_messages_arrive_once_in_order_intact_without_loss() {
 
 #[test]
 fn reliable_messages_arrive_once_in_order_intact_at_5_percent_loss() {
-    reliable_transfer(12, 0.05);
+    reliable_transfer(12, 5.0);
 }
 
 #[test]
 fn reliable_messages_arrive_once_in_order_intact_at_20_percent_loss() {
-    reliable_transfer(13, 0.20);
+    reliable_transfer(13, 20.0);
 }
 
 #[test]
 fn unreliable_messages_are_whole_intact_and_never_duplicated() {
     let (mut sim, c, s) = connected(21);
-    sim.link = Link {
-        loss: 0.10,
-        reorder: 0.1,
-        duplicate: 0.10,
-        jitter: Duration::from_millis(5),
-        ..Link::default()
+    sim.link = Impairment {
+        loss_pct: 10.0,
+        reorder_pct: 10.0,
+        dup_pct: 10.0,
+        jitter_pct: 100.0,
+        jitter_avg: Duration::from_micros(2500),
+        jitter_max: Duration::from_millis(5),
+        ..DEFAULT_LINK
     };
     let mut sent: HashMap<u64, bytes::Bytes> = HashMap::new();
     for i in 0..400u64 {
@@ -240,7 +244,7 @@ fn a_vanished_peer_ends_in_a_local_timeout() {
 #[test]
 fn close_with_linger_delivers_every_queued_reliable_message_first() {
     let (mut sim, c, s) = connected(51);
-    sim.link.loss = 0.1;
+    sim.link.loss_pct = 10.0;
     let n = 200u64;
     for i in 0..n {
         send(&mut sim, 0, c, payload(i, 2000), SendFlags::RELIABLE).unwrap();
@@ -384,7 +388,7 @@ fn small_messages_are_coalesced_by_nagle() {
     )
     .unwrap();
     assert!(sim.run_until(Duration::from_secs(1), |s| !drain(s, 1, s_id(s)).is_empty()));
-    assert_eq!(sim.now - t0, sim.link.delay);
+    assert_eq!(sim.now - t0, sim.link.lag);
 }
 
 fn s_id(sim: &punchline::sim::Sim) -> punchline::proto::ConnId {
@@ -400,7 +404,7 @@ fn mtu_is_respected() {
     let mut server = keyed(2);
     server.incoming.mtu_packet_size = 1280;
     let (mut sim, c, s) = connected_with(91, keyed(1), server, conn);
-    sim.link.mtu = 1280;
+    sim.mtu = 1280;
     for i in 0..20u64 {
         send(&mut sim, 0, c, payload(i, 10_000), SendFlags::RELIABLE).unwrap();
     }
@@ -428,8 +432,8 @@ fn a_forgotten_connection_gets_a_no_connection_reply() {
 fn the_same_seed_gives_the_same_run() {
     let run = || {
         let (mut sim, c, s) = connected(111);
-        sim.link.loss = 0.1;
-        sim.link.duplicate = 0.1;
+        sim.link.loss_pct = 10.0;
+        sim.link.dup_pct = 10.0;
         for i in 0..100u64 {
             send(&mut sim, 0, c, payload(i, 3000), SendFlags::RELIABLE).unwrap();
         }
@@ -566,9 +570,9 @@ fn send_rate_max_clamps_the_pace_and_congestion_control_goes_faster_without_it()
 }
 
 /// The congestion window after moving `bytes` over the sim link with `loss`.
-fn window_after_transfer(seed: u64, loss: f64, bytes: usize) -> u64 {
+fn window_after_transfer(seed: u64, loss_pct: f32, bytes: usize) -> u64 {
     let (mut sim, c, s) = connected(seed);
-    sim.link.loss = loss;
+    sim.link.loss_pct = loss_pct;
     transfer(&mut sim, c, s, bytes);
     let now = sim.now;
     sim.nodes[0]
@@ -582,7 +586,7 @@ fn window_after_transfer(seed: u64, loss: f64, bytes: usize) -> u64 {
 #[test]
 fn congestion_control_opens_on_a_clean_path_and_backs_off_under_loss() {
     let clean = window_after_transfer(151, 0.0, 4 * 1024 * 1024);
-    let lossy = window_after_transfer(151, 0.05, 1024 * 1024);
+    let lossy = window_after_transfer(151, 5.0, 1024 * 1024);
     // Ten packets to start; a clean path lets it grow far beyond that.
     assert!(clean > 200_000, "clean-path window {clean}");
     assert!(lossy * 4 < clean, "lossy window {lossy} vs clean {clean}");
@@ -597,13 +601,15 @@ fn keys_move_on_many_times_under_loss_and_reordering_and_nothing_is_lost_or_repe
         ..ConnectionConfig::default()
     };
     let (mut sim, c, s) = connected_with(171, keyed(1), keyed(2), conn);
-    sim.link = Link {
-        loss: 0.05,
-        delay: Duration::from_millis(15),
-        jitter: Duration::from_millis(5),
-        reorder: 0.1,
-        duplicate: 0.05,
-        ..Link::default()
+    sim.link = Impairment {
+        loss_pct: 5.0,
+        lag: Duration::from_millis(15),
+        jitter_pct: 100.0,
+        jitter_avg: Duration::from_micros(2500),
+        jitter_max: Duration::from_millis(5),
+        reorder_pct: 10.0,
+        dup_pct: 5.0,
+        ..DEFAULT_LINK
     };
     const N: usize = 1500;
     let size = |i: usize| 100 + (i * 37) % 1400;

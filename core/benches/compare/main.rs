@@ -504,7 +504,7 @@ fn handshake_round_trips() -> (f64, f64) {
         ..EndpointConfig::default()
     };
     let mut sim = Sim::pair(1, key(1), key(2));
-    let rtt = sim.link.delay * 2;
+    let rtt = sim.link.lag * 2;
     let connect = |sim: &mut Sim| {
         let start = sim.now;
         let c = sim.connect(0, 1, ConnectionConfig::default());
