@@ -11,6 +11,7 @@ pub mod debug;
 pub mod netcond;
 pub mod proto;
 pub mod runtime;
+#[cfg(feature = "test-support")]
 pub mod sim;
 pub mod transport;
 

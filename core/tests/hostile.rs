@@ -13,7 +13,7 @@ mod common;
 use bytes::Bytes;
 use common::{connected, drain, keyed, payload, rss_bytes, send};
 use punchline::api::config::{ConfigData, ConfigValue};
-use punchline::proto::codec::{decode_frames, AckRange, Frame, Segment};
+use punchline::proto::internals::{decode_frames, AckRange, Frame, Segment};
 use punchline::proto::{ConnectionConfig, ConnectionState, Endpoint, SendFlags};
 use punchline::sim::Sim;
 use punchline::{ConnectionHandle, Error, Sockets};

@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use punchline::proto::codec::{decode_frames, Frame};
-use punchline::proto::recv::Reassembly;
+use punchline::proto::internals::{decode_frames, Frame};
+use punchline::proto::internals::Reassembly;
 use std::time::{Duration, Instant};
 
 const BUDGET: usize = 256 * 1024;

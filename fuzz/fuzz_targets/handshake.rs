@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use punchline::proto::packet::{ClientHello, Control, ServerHello};
+use punchline::proto::internals::{ClientHello, Control, ServerHello};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = ClientHello::decode(data) {

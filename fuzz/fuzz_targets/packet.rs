@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use punchline::proto::codec::decode_frames;
-use punchline::proto::packet::ShortHeader;
+use punchline::proto::internals::decode_frames;
+use punchline::proto::internals::ShortHeader;
 
 fuzz_target!(|data: &[u8]| {
     let _ = ShortHeader::decode(data);

@@ -78,6 +78,7 @@ pub struct Segment {
 }
 
 impl Segment {
+    #[cfg(test)]
     /// Bytes this segment takes in a packet.
     pub fn encoded_len(&self) -> usize {
         Self::header_len(

@@ -3,25 +3,38 @@
 //!
 //! Nothing here performs IO, reads a clock or draws OS randomness: time is passed in as an
 //! `Instant`, and randomness comes from a seed. This makes every behaviour reproducible in
-//! virtual time ([`crate::sim`]).
+//! virtual time (`punchline::sim`, with the `test-support` feature).
+//!
+//! The submodules are private to the crate; what a user of the protocol names is re-exported here. The
+//! rendezvous messages, which the signaling server and the ICE layer speak too, are the one
+//! public submodule.
 
-pub mod auth;
-pub mod codec;
-pub mod config;
-pub mod connection;
-pub mod crypto;
-pub mod endpoint;
-pub mod packet;
-pub mod ranges;
-pub mod recovery;
-pub mod recv;
+pub(crate) mod auth;
+pub(crate) mod codec;
+pub(crate) mod config;
+pub(crate) mod connection;
+pub(crate) mod crypto;
+pub(crate) mod endpoint;
+pub(crate) mod packet;
+pub(crate) mod ranges;
+pub(crate) mod recovery;
+pub(crate) mod recv;
 pub mod rendezvous;
-pub mod send;
-pub mod types;
+pub(crate) mod send;
+pub(crate) mod types;
+
+/// Decoders and buffers inside the protocol, for fuzzing and hostile-input tests. Only with
+/// the `test-support` feature; no promise of stability.
+#[cfg(feature = "test-support")]
+pub mod internals {
+    pub use super::codec::{decode_frames, AckRange, Frame, Segment};
+    pub use super::packet::{ClientHello, Control, ServerHello, ShortHeader};
+    pub use super::recv::Reassembly;
+}
 
 pub use config::{ConnectionConfig, Credentials, EndpointConfig};
-pub use connection::{Connection, Event, PathStatus, Side, Stats, MAX_SEND_MESSAGE_SIZE};
-pub use endpoint::{ConnId, Endpoint, EndpointStats, Transmit};
+pub use connection::{Connection, Event, P2pInfo, PathStatus, Side, Stats, MAX_SEND_MESSAGE_SIZE};
+pub use endpoint::{ConnId, Endpoint, EndpointStats, P2pRequest, SignalOutcome, Transmit};
 pub use recv::Received;
 pub use types::{ConnectionInfoFlags, ConnectionState, EndReason, SendFlags};
 

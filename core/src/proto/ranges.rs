@@ -63,11 +63,13 @@ impl RangeSet {
             .is_some_and(|(_, &e)| e >= r.end)
     }
 
+    #[cfg(test)]
     /// True when `v` is in the set.
     pub fn contains(&self, v: u64) -> bool {
         self.contains_range(v..v + 1)
     }
 
+    #[cfg(test)]
     /// The smallest value, if any.
     pub fn min(&self) -> Option<u64> {
         self.map.keys().next().copied()
@@ -83,6 +85,7 @@ impl RangeSet {
         self.map.pop_first().map(|(s, e)| s..e)
     }
 
+    #[cfg(test)]
     /// Removes every value below `v`.
     pub fn remove_below(&mut self, v: u64) {
         while let Some((&s, &e)) = self.map.iter().next() {
@@ -102,6 +105,7 @@ impl RangeSet {
         self.map.iter().rev().map(|(&s, &e)| s..e)
     }
 
+    #[cfg(test)]
     /// The ranges, lowest first.
     pub fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
         self.map.iter().map(|(&s, &e)| s..e)

@@ -33,11 +33,6 @@ impl RttEstimator {
         }
     }
 
-    /// True after the first sample.
-    pub fn has_sample(&self) -> bool {
-        self.has_sample
-    }
-
     /// Adds a sample; `ack_delay` is what the peer reported.
     pub fn update(&mut self, sample: Duration, ack_delay: Duration) {
         self.latest = sample;

@@ -105,6 +105,7 @@ impl SendQueue {
         }
     }
 
+    #[cfg(test)]
     /// Queues a message on lane 0 and returns its message number.
     pub fn push(&mut self, now: Instant, payload: Bytes, reliable: bool) -> u64 {
         self.push_on_lane(now, payload, reliable, 0)
