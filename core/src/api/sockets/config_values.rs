@@ -24,14 +24,19 @@ impl Sockets {
             }
             ConfigTarget::Interface => st.interface.set(value, data)?,
             ConfigTarget::ListenSocket(h) => {
-                st.listens
+                st.reg
+                    .listens
                     .get_mut(&h)
                     .ok_or(ConfigError::BadScopeObject)?
                     .config
                     .set(value, data)?;
             }
             ConfigTarget::Connection(h) => {
-                let c = st.conns.get_mut(&h).ok_or(ConfigError::BadScopeObject)?;
+                let c = st
+                    .reg
+                    .conns
+                    .get_mut(&h)
+                    .ok_or(ConfigError::BadScopeObject)?;
                 c.config.set(value, data)?;
                 if value == ConfigValue::ConnectionUserData {
                     if let Some(d) = c.config.get(value).and_then(ConfigData::as_i64) {
@@ -57,13 +62,13 @@ impl Sockets {
             ConfigTarget::Global => vec![&global],
             ConfigTarget::Interface => vec![&st.interface, &global],
             ConfigTarget::ListenSocket(h) => {
-                let l = st.listens.get(&h).ok_or(ConfigError::BadScopeObject)?;
+                let l = st.reg.listens.get(&h).ok_or(ConfigError::BadScopeObject)?;
                 vec![&l.config, &st.interface, &global]
             }
             ConfigTarget::Connection(h) => {
-                let c = st.conns.get(&h).ok_or(ConfigError::BadScopeObject)?;
+                let c = st.reg.conns.get(&h).ok_or(ConfigError::BadScopeObject)?;
                 let mut v = vec![&c.config];
-                if let Some(l) = c.listen.and_then(|l| st.listens.get(&l)) {
+                if let Some(l) = c.listen.and_then(|l| st.reg.listens.get(&l)) {
                     v.push(&l.config);
                 }
                 v.push(&st.interface);
@@ -73,7 +78,7 @@ impl Sockets {
         };
         if let ConfigTarget::Connection(h) = target {
             if value == ConfigValue::ConnectionUserData {
-                let c = &st.conns[&h];
+                let c = &st.reg.conns[&h];
                 return Ok((ConfigData::Int64(c.user_data), GetResult::Ok));
             }
         }

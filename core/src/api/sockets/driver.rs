@@ -37,41 +37,6 @@ impl EpState {
 }
 
 impl State {
-    pub(super) fn fresh_handle(&mut self) -> u32 {
-        let h = self.next_handle;
-        self.next_handle = self.next_handle.wrapping_add(1).max(1);
-        h
-    }
-
-    pub(super) fn add_endpoint(
-        &mut self,
-        config: EndpointConfig,
-        local_addr: SocketAddr,
-        listen: Option<ListenSocketHandle>,
-    ) -> EpId {
-        let id = self.fresh_handle();
-        // 256 bits: the seed makes the ephemeral key-exchange secrets and the cookie key.
-        let mut seed = [0u8; 32];
-        OsRng.fill_bytes(&mut seed);
-        let endpoint = Endpoint::with_seed(config, seed, Instant::now(), unix_now());
-        self.endpoints.insert(
-            id,
-            EpState {
-                endpoint,
-                nudge: Arc::new(Notify::new()),
-                local_addr,
-                listen,
-                loopback_buffers: false,
-                auto_accept: false,
-                closing: false,
-                io: None,
-                next_wake: None,
-                scratch: Vec::new(),
-            },
-        );
-        id
-    }
-
     pub(super) fn add_connection(
         &mut self,
         ep: EpId,
@@ -79,12 +44,12 @@ impl State {
         listen: Option<ListenSocketHandle>,
         config: ConfigStore,
     ) -> ConnectionHandle {
-        let h = ConnectionHandle(self.fresh_handle());
+        let h = ConnectionHandle(self.reg.fresh_handle());
         let user_data = self
             .conn_value(&config, listen, ConfigValue::ConnectionUserData)
             .as_i64()
             .unwrap_or(-1);
-        self.conns.insert(
+        self.reg.insert_connection(
             h,
             ConnEntry {
                 ep,
@@ -97,18 +62,7 @@ impl State {
                 sample: RateSample::default(),
             },
         );
-        self.by_proto.insert((ep, id), h);
         h
-    }
-
-    /// Drops a released handle from the lookup tables.
-    pub(super) fn forget(&mut self, h: ConnectionHandle, entry: &ConnEntry) {
-        self.by_proto.remove(&(entry.ep, entry.id));
-        if let Some(g) = entry.poll_group {
-            if let Some(m) = self.groups.get_mut(&g) {
-                m.retain(|x| *x != h);
-            }
-        }
     }
 
     /// The protocol settings for a connection whose own values are `own` (most specific
@@ -126,21 +80,23 @@ impl State {
     /// Re-resolves settings of every live connection and listen socket after a change.
     pub(super) fn reapply_config(&mut self) {
         let listen_cfgs: Vec<(EpId, ConnectionConfig)> = self
+            .reg
             .listens
             .values()
             .map(|l| (l.ep, self.connection_config(&[&l.config])))
             .collect();
         for (ep, cfg) in listen_cfgs {
-            if let Some(e) = self.endpoints.get_mut(&ep) {
+            if let Some(e) = self.reg.endpoints.get_mut(&ep) {
                 e.endpoint.set_incoming(cfg);
             }
         }
         let conn_cfgs: Vec<(EpId, ConnId, ConnectionConfig)> = self
+            .reg
             .conns
             .values()
             .map(|c| {
                 let mut own = vec![&c.config];
-                if let Some(l) = c.listen.and_then(|l| self.listens.get(&l)) {
+                if let Some(l) = c.listen.and_then(|l| self.reg.listens.get(&l)) {
                     own.push(&l.config);
                 }
                 (c.ep, c.id, self.connection_config(&own))
@@ -148,6 +104,7 @@ impl State {
             .collect();
         for (ep, id, cfg) in conn_cfgs {
             if let Some(c) = self
+                .reg
                 .endpoints
                 .get_mut(&ep)
                 .and_then(|e| e.endpoint.connection_mut(id))
@@ -158,17 +115,9 @@ impl State {
                 c.set_config(cfg);
             }
         }
-        for e in self.endpoints.values() {
+        for e in self.reg.endpoints.values() {
             e.nudge.notify_one();
         }
-    }
-
-    pub(super) fn locate(&self, h: ConnectionHandle) -> Result<(EpId, ConnId), Error> {
-        let c = self
-            .conns
-            .get(&h)
-            .ok_or_else(|| bad_handle("connection", h.0))?;
-        Ok((c.ep, c.id))
     }
 
     pub(super) fn send(
@@ -178,8 +127,8 @@ impl State {
         flags: SendFlags,
         lane: u16,
     ) -> Result<u64, Error> {
-        let (ep, id) = self.locate(h)?;
-        let e = self.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
+        let (ep, id) = self.reg.locate(h)?;
+        let e = self.reg.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
         let c = e.endpoint.connection_mut(id).ok_or(Error::NoConnection)?;
         let now = Instant::now();
         let len = data.len();
@@ -200,8 +149,9 @@ impl State {
     }
 
     pub(super) fn peek_time(&self, h: ConnectionHandle) -> Option<Instant> {
-        let (ep, id) = self.locate(h).ok()?;
-        self.endpoints
+        let (ep, id) = self.reg.locate(h).ok()?;
+        self.reg
+            .endpoints
             .get(&ep)?
             .endpoint
             .connection(id)?
@@ -210,9 +160,9 @@ impl State {
     }
 
     pub(super) fn take_message(&mut self, h: ConnectionHandle) -> Option<Message> {
-        let entry = self.conns.get(&h)?;
+        let entry = self.reg.conns.get(&h)?;
         let (ep, id, user_data) = (entry.ep, entry.id, entry.user_data);
-        let e = self.endpoints.get_mut(&ep)?;
+        let e = self.reg.endpoints.get_mut(&ep)?;
         let c = e.endpoint.connection_mut(id)?;
         let m = c.receive()?;
         // Reading frees receive buffer: the peer may be waiting to send more.
@@ -238,10 +188,15 @@ impl State {
 
     pub(super) fn info(&self, h: ConnectionHandle) -> Result<ConnectionInfo, Error> {
         let entry = self
+            .reg
             .conns
             .get(&h)
             .ok_or_else(|| bad_handle("connection", h.0))?;
-        let e = self.endpoints.get(&entry.ep).ok_or(Error::NoConnection)?;
+        let e = self
+            .reg
+            .endpoints
+            .get(&entry.ep)
+            .ok_or(Error::NoConnection)?;
         let c = e.endpoint.connection(entry.id).ok_or(Error::NoConnection)?;
         let mut flags = c.info_flags();
         if e.loopback_buffers {
@@ -316,11 +271,11 @@ impl State {
     /// the paths said (signals, readiness, failure), paths to start, signals from the peers'
     /// paths; and closes the paths of connections that are gone.
     pub(super) fn service_paths(&mut self, ep: EpId) {
-        if self.p2p.endpoint != Some(ep) || !self.endpoints.contains_key(&ep) {
+        if self.p2p.endpoint != Some(ep) || !self.reg.endpoints.contains_key(&ep) {
             return;
         }
         let now = Instant::now();
-        let Some(e) = self.endpoints.get_mut(&ep) else {
+        let Some(e) = self.reg.endpoints.get_mut(&ep) else {
             return;
         };
         // Paths start first, so what a path says as it starts (a failure at once, say) is
@@ -331,7 +286,7 @@ impl State {
                 tracing::debug!(conn = id.0, why, "no transport path started");
             }
         }
-        let Some(e) = self.endpoints.get_mut(&ep) else {
+        let Some(e) = self.reg.endpoints.get_mut(&ep) else {
             return;
         };
         for (id, p) in &self.p2p.paths {
@@ -379,9 +334,9 @@ impl State {
     pub(super) fn start_path(&mut self, ep: EpId, id: ConnId) -> Result<(), &'static str> {
         let transport = self.p2p.transport.clone().ok_or("no transport set")?;
         let tx = self.p2p.path_tx.clone().ok_or("no path input")?;
-        let h = self.by_proto.get(&(ep, id)).ok_or("handle released")?;
-        let entry = self.conns.get(h).ok_or("handle released")?;
-        let e = self.endpoints.get(&ep).ok_or("endpoint gone")?;
+        let h = self.reg.by_proto.get(&(ep, id)).ok_or("handle released")?;
+        let entry = self.reg.conns.get(h).ok_or("handle released")?;
+        let e = self.reg.endpoints.get(&ep).ok_or("endpoint gone")?;
         let c = e.endpoint.connection(id).ok_or("connection gone")?;
         let p2p = c.p2p().ok_or("not a P2P connection")?;
         let text = |v| {
@@ -441,7 +396,7 @@ impl State {
     ) -> ConfigData {
         let global = lock(&GLOBAL);
         let mut chain = vec![config];
-        if let Some(l) = listen.and_then(|l| self.listens.get(&l)) {
+        if let Some(l) = listen.and_then(|l| self.reg.listens.get(&l)) {
             chain.push(&l.config);
         }
         chain.push(&self.interface);
@@ -454,14 +409,15 @@ impl State {
         self.service_paths(ep);
         // Events that handling one event causes (an automatic accept) queue behind it.
         while let Some((id, Event::StateChanged { old, new })) = self
+            .reg
             .endpoints
             .get_mut(&ep)
             .and_then(|e| e.endpoint.poll_event())
         {
-            let handle = match self.by_proto.get(&(ep, id)) {
+            let handle = match self.reg.by_proto.get(&(ep, id)) {
                 Some(h) => *h,
                 None if old == ConnectionState::None && new == ConnectionState::Connecting => {
-                    let Some(e) = self.endpoints.get(&ep) else {
+                    let Some(e) = self.reg.endpoints.get(&ep) else {
                         continue;
                     };
                     if e.endpoint.connection(id).is_none() {
@@ -469,7 +425,7 @@ impl State {
                     }
                     if e.auto_accept {
                         self.add_connection(ep, id, None, ConfigStore::default());
-                        if let Some(e) = self.endpoints.get_mut(&ep) {
+                        if let Some(e) = self.reg.endpoints.get_mut(&ep) {
                             let _ = e.endpoint.accept(Instant::now(), id);
                             e.endpoint.set_listen(false);
                             e.closing = true;
@@ -520,7 +476,7 @@ impl State {
 
     /// The status-change callback in effect for a connection.
     pub(super) fn status_callback(&self, h: ConnectionHandle) -> Option<CallbackFn> {
-        let c = self.conns.get(&h)?;
+        let c = self.reg.conns.get(&h)?;
         self.conn_value(
             &c.config,
             c.listen,
@@ -539,13 +495,13 @@ impl Shared {
     /// too, and the driver is woken only when a timer now falls before its planned wake-up.
     pub(super) fn handle_datagrams(&self, ep: EpId, now: Instant, inbox: &Inbox, waiter: bool) {
         let mut st = lock(&self.state);
-        if let Some(e) = st.endpoints.get_mut(&ep) {
+        if let Some(e) = st.reg.endpoints.get_mut(&ep) {
             for (from, data) in inbox.iter() {
                 e.endpoint.handle_datagram(now, from, data);
             }
         }
         st.pump(ep);
-        if let Some(e) = st.endpoints.get_mut(&ep).filter(|_| waiter) {
+        if let Some(e) = st.reg.endpoints.get_mut(&ep).filter(|_| waiter) {
             if !e.send_now(now) {
                 e.nudge.notify_one();
             }
@@ -605,7 +561,7 @@ impl Driven for EpDriver {
         let mut st = lock(&self.shared.state);
         // What paths said (a route found, say) may have packets to send now.
         st.service_paths(self.ep);
-        let Some(e) = st.endpoints.get_mut(&self.ep) else {
+        let Some(e) = st.reg.endpoints.get_mut(&self.ep) else {
             return Wake::Stop;
         };
         e.endpoint.handle_timeout(now);
@@ -637,7 +593,7 @@ impl Driven for EpDriver {
             }
             st = lock(&self.shared.state);
         }
-        let Some(e) = st.endpoints.get_mut(&self.ep) else {
+        let Some(e) = st.reg.endpoints.get_mut(&self.ep) else {
             return Wake::Stop;
         };
         let done = e.closing && e.endpoint.connection_ids().next().is_none();
@@ -645,7 +601,7 @@ impl Driven for EpDriver {
         e.next_wake = wake;
         st.pump(self.ep);
         if done && out.is_empty() {
-            st.endpoints.remove(&self.ep);
+            st.reg.endpoints.remove(&self.ep);
             return Wake::Stop;
         }
         wake.map_or(Wake::Idle, Wake::At)

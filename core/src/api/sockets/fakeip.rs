@@ -135,8 +135,8 @@ impl Sockets {
             if let Some(a) = st.fake.remotes.get(&h) {
                 return Some(*a);
             }
-            let entry = st.conns.get(&h)?;
-            let e = st.endpoints.get(&entry.ep)?;
+            let entry = st.reg.conns.get(&h)?;
+            let e = st.reg.endpoints.get(&entry.ep)?;
             e.endpoint.connection(entry.id)?.p2p()?.peer.clone()
         };
         self.fake_ip_of(&peer).map(|ip| SocketAddrV4::new(ip, 0))

@@ -39,8 +39,8 @@ impl Sockets {
         weights: &[u16],
     ) -> Result<(), Error> {
         let mut st = self.state();
-        let (ep, id) = st.locate(h)?;
-        let e = st.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
+        let (ep, id) = st.reg.locate(h)?;
+        let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
         e.endpoint
             .connection_mut(id)
             .ok_or(Error::NoConnection)?
@@ -50,8 +50,8 @@ impl Sockets {
     /// Sends everything queued on a connection without waiting for Nagle.
     pub fn flush_messages_on_connection(&self, h: ConnectionHandle) -> Result<(), Error> {
         let mut st = self.state();
-        let (ep, id) = st.locate(h)?;
-        let e = st.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
+        let (ep, id) = st.reg.locate(h)?;
+        let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
         let r = e
             .endpoint
             .connection_mut(id)
@@ -68,7 +68,7 @@ impl Sockets {
         max: usize,
     ) -> Result<Vec<Message>, Error> {
         let mut st = self.state();
-        st.locate(h)?;
+        st.reg.locate(h)?;
         let mut out = Vec::new();
         while out.len() < max {
             match st.take_message(h) {
@@ -84,19 +84,19 @@ impl Sockets {
     /// A new, empty poll group.
     pub fn create_poll_group(&self) -> PollGroupHandle {
         let mut st = self.state();
-        let g = PollGroupHandle(st.fresh_handle());
-        st.groups.insert(g, Vec::new());
+        let g = PollGroupHandle(st.reg.fresh_handle());
+        st.reg.groups.insert(g, Vec::new());
         g
     }
 
     /// Destroys a poll group; its connections stay open, in no group.
     pub fn destroy_poll_group(&self, g: PollGroupHandle) -> bool {
         let mut st = self.state();
-        let Some(members) = st.groups.remove(&g) else {
+        let Some(members) = st.reg.groups.remove(&g) else {
             return false;
         };
         for h in members {
-            if let Some(c) = st.conns.get_mut(&h) {
+            if let Some(c) = st.reg.conns.get_mut(&h) {
                 c.poll_group = None;
             }
         }
@@ -110,24 +110,25 @@ impl Sockets {
         g: PollGroupHandle,
     ) -> Result<(), Error> {
         let mut st = self.state();
-        if g != PollGroupHandle::INVALID && !st.groups.contains_key(&g) {
+        if g != PollGroupHandle::INVALID && !st.reg.groups.contains_key(&g) {
             return Err(bad_handle("poll group", g.0));
         }
         let old = st
+            .reg
             .conns
             .get(&h)
             .ok_or_else(|| bad_handle("connection", h.0))?
             .poll_group;
         if let Some(old) = old {
-            if let Some(m) = st.groups.get_mut(&old) {
+            if let Some(m) = st.reg.groups.get_mut(&old) {
                 m.retain(|x| *x != h);
             }
         }
         let new = (g != PollGroupHandle::INVALID).then_some(g);
         if let Some(g) = new {
-            st.groups.get_mut(&g).expect("checked").push(h);
+            st.reg.groups.get_mut(&g).expect("checked").push(h);
         }
-        st.conns.get_mut(&h).expect("checked").poll_group = new;
+        st.reg.conns.get_mut(&h).expect("checked").poll_group = new;
         Ok(())
     }
 
@@ -139,6 +140,7 @@ impl Sockets {
     ) -> Result<Vec<Message>, Error> {
         let mut st = self.state();
         let members = st
+            .reg
             .groups
             .get(&g)
             .ok_or_else(|| bad_handle("poll group", g.0))?

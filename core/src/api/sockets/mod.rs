@@ -45,6 +45,7 @@ mod fakeip;
 mod messaging;
 mod p2p;
 mod pairs;
+mod registry;
 mod relay_net;
 mod status;
 
@@ -188,18 +189,12 @@ struct PathEntry {
 }
 
 struct State {
-    endpoints: FxHashMap<EpId, EpState>,
-    conns: FxHashMap<ConnectionHandle, ConnEntry>,
-    by_proto: FxHashMap<(EpId, ConnId), ConnectionHandle>,
-    listens: HashMap<ListenSocketHandle, ListenEntry>,
-    groups: HashMap<PollGroupHandle, Vec<ConnectionHandle>>,
+    /// Endpoints, connections, listen sockets, poll groups and their handles.
+    reg: registry::Registry,
     interface: ConfigStore,
     /// Events for `run_callbacks`: a status change or a FakeIP result, and its callback.
     callbacks: VecDeque<(Box<dyn std::any::Any + Send>, CallbackFn)>,
-    /// The shared endpoint for outgoing connections, per address family (true: IPv6).
-    client_endpoints: HashMap<bool, EpId>,
     subscribers: Vec<mpsc::UnboundedSender<ConnectionStatusChanged>>,
-    next_handle: u32,
     credentials: Credentials,
     /// The service runtime, where transports run their tasks.
     runtime: tokio::runtime::Handle,
@@ -212,8 +207,8 @@ struct State {
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
-            .field("endpoints", &self.endpoints.len())
-            .field("connections", &self.conns.len())
+            .field("endpoints", &self.reg.endpoints.len())
+            .field("connections", &self.reg.conns.len())
             .finish()
     }
 }
@@ -265,16 +260,10 @@ impl Sockets {
         };
         let service = Arc::new(Service::start()?);
         let state = State {
-            endpoints: FxHashMap::default(),
-            conns: FxHashMap::default(),
-            by_proto: FxHashMap::default(),
-            listens: HashMap::new(),
-            groups: HashMap::new(),
+            reg: registry::Registry::new(),
             interface: ConfigStore::default(),
             callbacks: VecDeque::new(),
-            client_endpoints: HashMap::new(),
             subscribers: Vec::new(),
-            next_handle: 1,
             credentials,
             p2p: p2p::P2pState {
                 bind: cfg.p2p_bind,
@@ -311,9 +300,9 @@ impl Sockets {
         let io = self.bind(local)?;
         let mut st = self.state();
         let incoming = st.connection_config(&[&store]);
-        let handle = ListenSocketHandle(st.fresh_handle());
+        let handle = ListenSocketHandle(st.reg.fresh_handle());
         let credentials = st.credentials.clone();
-        let ep = st.add_endpoint(
+        let ep = st.reg.add_endpoint(
             EndpointConfig {
                 credentials,
                 listen: true,
@@ -323,7 +312,7 @@ impl Sockets {
             io.local_addr().map_err(io_err)?,
             Some(handle),
         );
-        st.listens.insert(
+        st.reg.listens.insert(
             handle,
             ListenEntry {
                 ep,
@@ -382,7 +371,7 @@ impl Sockets {
         let store = options_store(options, ConfigScope::Connection)?;
         // All outgoing connections of one address family share one socket.
         let v6 = addr.is_ipv6();
-        let existing = self.state().client_endpoints.get(&v6).copied();
+        let existing = self.state().reg.client_endpoints.get(&v6).copied();
         let ep = match existing {
             Some(ep) => ep,
             None => {
@@ -393,7 +382,7 @@ impl Sockets {
                 let io = self.bind(bind)?;
                 let mut st = self.state();
                 let credentials = st.credentials.clone();
-                let ep = st.add_endpoint(
+                let ep = st.reg.add_endpoint(
                     EndpointConfig {
                         credentials,
                         ..EndpointConfig::default()
@@ -401,7 +390,7 @@ impl Sockets {
                     io.local_addr().map_err(io_err)?,
                     None,
                 );
-                st.client_endpoints.insert(v6, ep);
+                st.reg.client_endpoints.insert(v6, ep);
                 drop(st);
                 self.spawn_driver(ep, io);
                 ep
@@ -409,7 +398,7 @@ impl Sockets {
         };
         let mut st = self.state();
         let cfg = st.connection_config(&[&store]);
-        let e = st.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
+        let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
         let id = e.endpoint.connect(Instant::now(), addr, cfg);
         e.nudge.notify_one();
         let h = st.add_connection(ep, id, None, store);
@@ -430,7 +419,7 @@ impl Sockets {
         let io = Arc::new(io);
         let mut st = self.state();
         let paths = st.p2p.path_table.clone();
-        let nudge = match st.endpoints.get_mut(&ep) {
+        let nudge = match st.reg.endpoints.get_mut(&ep) {
             Some(e) => {
                 e.io = Some(io.clone());
                 e.nudge.clone()
@@ -450,8 +439,8 @@ impl Sockets {
     /// Accepts a connection waiting in Connecting.
     pub fn accept_connection(&self, h: ConnectionHandle) -> Result<(), Error> {
         let mut st = self.state();
-        let (ep, id) = st.locate(h)?;
-        let e = st.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
+        let (ep, id) = st.reg.locate(h)?;
+        let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
         if let Some(c) = e.endpoint.connection(id) {
             if c.p2p().is_some() && c.state() != ConnectionState::Connecting {
                 // Accepted already (symmetric connect does it implicitly).
@@ -479,10 +468,9 @@ impl Sockets {
         linger: bool,
     ) -> bool {
         let mut st = self.state();
-        let Some(entry) = st.conns.remove(&h) else {
+        let Some(entry) = st.reg.remove_connection(h) else {
             return false;
         };
-        st.forget(h, &entry);
         st.fake.remotes.remove(&h);
         // Keep the connection's signaling until its close has been signaled.
         let reason = match reason {
@@ -497,7 +485,7 @@ impl Sockets {
             u.refusal = Some((reason, debug.to_string()));
             return true;
         }
-        if let Some(e) = st.endpoints.get_mut(&entry.ep) {
+        if let Some(e) = st.reg.endpoints.get_mut(&entry.ep) {
             if let Some(c) = e.endpoint.connection_mut(entry.id) {
                 c.close(Instant::now(), reason, debug, linger);
             }
@@ -510,16 +498,17 @@ impl Sockets {
     /// Stops listening; connections accepted through it are closed at once.
     pub fn close_listen_socket(&self, h: ListenSocketHandle) -> bool {
         let mut st = self.state();
-        let Some(l) = st.listens.remove(&h) else {
+        let Some(l) = st.reg.listens.remove(&h) else {
             return false;
         };
         // Stop taking hellos first, so no connection appears after the list below is made.
         // (The P2P endpoint is shared: it stays.)
-        if let (None, Some(e)) = (l.vport, st.endpoints.get_mut(&l.ep)) {
+        if let (None, Some(e)) = (l.vport, st.reg.endpoints.get_mut(&l.ep)) {
             e.endpoint.set_listen(false);
             e.closing = true;
         }
         let accepted: Vec<ConnectionHandle> = st
+            .reg
             .conns
             .iter()
             .filter(|(_, c)| c.listen == Some(h))
@@ -529,7 +518,7 @@ impl Sockets {
         for c in accepted {
             self.close_connection(c, 0, "listen socket closed", false);
         }
-        if let Some(e) = self.state().endpoints.get(&l.ep) {
+        if let Some(e) = self.state().reg.endpoints.get(&l.ep) {
             e.nudge.notify_one();
         }
         true
@@ -539,10 +528,11 @@ impl Sockets {
     pub fn get_listen_socket_address(&self, h: ListenSocketHandle) -> Result<SocketAddr, Error> {
         let st = self.state();
         let l = st
+            .reg
             .listens
             .get(&h)
             .ok_or_else(|| bad_handle("listen socket", h.0))?;
-        Ok(st.endpoints[&l.ep].local_addr)
+        Ok(st.reg.endpoints[&l.ep].local_addr)
     }
 }
 

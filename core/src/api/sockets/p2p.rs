@@ -50,7 +50,7 @@ impl Sockets {
         let mut st = self.state();
         let id = transport.wire_id();
         st.p2p.transport = Some(transport);
-        if let Some(e) = st.p2p.endpoint.and_then(|ep| st.endpoints.get_mut(&ep)) {
+        if let Some(e) = st.p2p.endpoint.and_then(|ep| st.reg.endpoints.get_mut(&ep)) {
             e.endpoint.set_p2p_transport(id);
         }
     }
@@ -64,13 +64,13 @@ impl Sockets {
         let store = options_store(options, ConfigScope::ListenSocket)?;
         let ep = self.p2p_endpoint()?;
         let mut st = self.state();
-        if st.listens.values().any(|l| l.vport == Some(vport)) {
+        if st.reg.listens.values().any(|l| l.vport == Some(vport)) {
             return Err(Error::InvalidParam(format!(
                 "virtual port {vport} is already listened on"
             )));
         }
-        let handle = ListenSocketHandle(st.fresh_handle());
-        st.listens.insert(
+        let handle = ListenSocketHandle(st.reg.fresh_handle());
+        st.reg.listens.insert(
             handle,
             ListenEntry {
                 ep,
@@ -123,8 +123,8 @@ impl Sockets {
         };
         if symmetric {
             // A matching incoming connection already waiting is accepted instead.
-            let waiting = st.conns.iter().find_map(|(h, c)| {
-                let conn = st.endpoints.get(&c.ep)?.endpoint.connection(c.id)?;
+            let waiting = st.reg.conns.iter().find_map(|(h, c)| {
+                let conn = st.reg.endpoints.get(&c.ep)?.endpoint.connection(c.id)?;
                 let p = conn.p2p()?;
                 (c.ep == ep
                     && p.symmetric
@@ -141,7 +141,7 @@ impl Sockets {
             }
         }
         let cfg = st.connection_config(&[&store]);
-        let e = st.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
+        let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
         let id = e.endpoint.connect_p2p(
             Instant::now(),
             peer.clone(),
@@ -194,7 +194,7 @@ impl Sockets {
         // decides how its connection ends, whatever the peer says now (its close counts only
         // while this side still had a way forward).
         st.service_paths(ep);
-        let Some(e) = st.endpoints.get_mut(&ep) else {
+        let Some(e) = st.reg.endpoints.get_mut(&ep) else {
             return false;
         };
         let outcome = match e.endpoint.handle_signal_from(now, signal, sender) {
@@ -230,18 +230,19 @@ impl Sockets {
         };
         // The connection exists while the application decides (it may close it to refuse).
         let listen = st
+            .reg
             .listens
             .iter()
             .find(|(_, l)| l.vport == Some(request.to_vport))
             .map(|(h, _)| *h);
         let store = ConfigStore::default();
-        let cfg = match listen.and_then(|l| st.listens.get(&l)) {
+        let cfg = match listen.and_then(|l| st.reg.listens.get(&l)) {
             Some(l) => st.connection_config(&[&l.config]),
             None => st.connection_config(&[]),
         };
         let peer = request.from.clone();
         let vport = request.to_vport;
-        let e = st.endpoints.get_mut(&ep).expect("checked above");
+        let e = st.reg.endpoints.get_mut(&ep).expect("checked above");
         let id = e
             .endpoint
             .accept_p2p_request(now, request.clone(), vport, cfg);
@@ -253,7 +254,7 @@ impl Sockets {
         let mut st = self.state();
         let Undecided { deferred, refusal } = st.p2p.undecided.remove(&h).unwrap_or_default();
         match answer {
-            Some(signaling) if st.conns.contains_key(&h) => {
+            Some(signaling) if st.reg.conns.contains_key(&h) => {
                 st.p2p.conn_signaling.insert(id, signaling);
                 for old in deferred {
                     st.report(h, old);
@@ -261,10 +262,8 @@ impl Sockets {
                 st.pump(ep);
             }
             _ => {
-                if let Some(entry) = st.conns.remove(&h) {
-                    st.forget(h, &entry);
-                }
-                if let Some(e) = st.endpoints.get_mut(&ep) {
+                st.reg.remove_connection(h);
+                if let Some(e) = st.reg.endpoints.get_mut(&ep) {
                     e.endpoint.forget_p2p_request(id);
                     if let Some((reason, debug)) = refusal {
                         let signal = e.endpoint.reject_p2p_request(&request, reason, &debug);
@@ -294,7 +293,7 @@ impl Sockets {
             return Ok(ep); // another thread made it meanwhile
         }
         let credentials = st.credentials.clone();
-        let ep = st.add_endpoint(
+        let ep = st.reg.add_endpoint(
             EndpointConfig {
                 credentials,
                 ..EndpointConfig::default()
@@ -308,7 +307,7 @@ impl Sockets {
             .transport
             .as_ref()
             .map_or(transport::DIRECT, |t| t.wire_id());
-        if let Some(e) = st.endpoints.get_mut(&ep) {
+        if let Some(e) = st.reg.endpoints.get_mut(&ep) {
             e.endpoint.set_p2p_candidates(candidates);
             e.endpoint.set_p2p_transport(wire_id);
         }

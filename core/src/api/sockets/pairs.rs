@@ -40,7 +40,7 @@ impl Sockets {
         let c1 = creds(identity1, &st.credentials);
         let c2 = creds(identity2, &st.credentials);
         // Side 2 listens and accepts on its own; side 1 connects to it.
-        let ep2 = st.add_endpoint(
+        let ep2 = st.reg.add_endpoint(
             EndpointConfig {
                 credentials: c2,
                 listen: true,
@@ -50,7 +50,7 @@ impl Sockets {
             addr2,
             None,
         );
-        let ep1 = st.add_endpoint(
+        let ep1 = st.reg.add_endpoint(
             EndpointConfig {
                 credentials: c1,
                 ..EndpointConfig::default()
@@ -59,14 +59,19 @@ impl Sockets {
             None,
         );
         for ep in [ep1, ep2] {
-            let e = st.endpoints.get_mut(&ep).expect("just added");
+            let e = st.reg.endpoints.get_mut(&ep).expect("just added");
             e.loopback_buffers = !use_network_loopback;
         }
         // Side 1 lives as long as its connection; side 2 from when it has accepted one.
-        st.endpoints.get_mut(&ep1).expect("just added").closing = true;
-        st.endpoints.get_mut(&ep2).expect("just added").auto_accept = true;
+        st.reg.endpoints.get_mut(&ep1).expect("just added").closing = true;
+        st.reg
+            .endpoints
+            .get_mut(&ep2)
+            .expect("just added")
+            .auto_accept = true;
         let timeout_initial = cfg.timeout_initial;
         let id1 = st
+            .reg
             .endpoints
             .get_mut(&ep1)
             .expect("just added")
@@ -83,7 +88,12 @@ impl Sockets {
         loop {
             {
                 let st = self.state();
-                let h2 = st.conns.iter().find(|(_, c)| c.ep == ep2).map(|(h, _)| *h);
+                let h2 = st
+                    .reg
+                    .conns
+                    .iter()
+                    .find(|(_, c)| c.ep == ep2)
+                    .map(|(h, _)| *h);
                 let connected = |h: ConnectionHandle| {
                     st.info(h)
                         .is_ok_and(|i| i.state == ConnectionState::Connected)

@@ -19,16 +19,16 @@ impl Sockets {
     /// Real-time status: ping, quality, rates, queues.
     pub fn get_quick_connection_status(&self, h: ConnectionHandle) -> Result<QuickStatus, Error> {
         let mut st = self.state();
-        let (ep, id) = st.locate(h)?;
+        let (ep, id) = st.reg.locate(h)?;
         let now = Instant::now();
-        let c = st.endpoints[&ep]
+        let c = st.reg.endpoints[&ep]
             .endpoint
             .connection(id)
             .ok_or(Error::NoConnection)?;
         let path = c.path_status(now);
         let stats = c.stats().clone();
         let state = c.state();
-        let entry = st.conns.get_mut(&h).expect("located");
+        let entry = st.reg.conns.get_mut(&h).expect("located");
         let s = &mut entry.sample;
         let (since, elapsed) = match s.at {
             Some(at) => (
@@ -72,8 +72,8 @@ impl Sockets {
         let info = self.get_connection_info(h)?;
         let q = self.get_quick_connection_status(h)?;
         let st = self.state();
-        let (ep, id) = st.locate(h)?;
-        let c = st.endpoints[&ep]
+        let (ep, id) = st.reg.locate(h)?;
+        let c = st.reg.endpoints[&ep]
             .endpoint
             .connection(id)
             .ok_or(Error::NoConnection)?;
@@ -144,7 +144,7 @@ impl Sockets {
 
     /// Sets a connection's user data (returned in messages and info).
     pub fn set_connection_user_data(&self, h: ConnectionHandle, data: i64) -> bool {
-        match self.state().conns.get_mut(&h) {
+        match self.state().reg.conns.get_mut(&h) {
             Some(c) => {
                 c.user_data = data;
                 true
@@ -155,12 +155,12 @@ impl Sockets {
 
     /// A connection's user data, or -1 for an invalid handle.
     pub fn get_connection_user_data(&self, h: ConnectionHandle) -> i64 {
-        self.state().conns.get(&h).map_or(-1, |c| c.user_data)
+        self.state().reg.conns.get(&h).map_or(-1, |c| c.user_data)
     }
 
     /// Names a connection (for descriptions and logs).
     pub fn set_connection_name(&self, h: ConnectionHandle, name: &str) -> bool {
-        match self.state().conns.get_mut(&h) {
+        match self.state().reg.conns.get_mut(&h) {
             Some(c) => {
                 c.name = name.chars().take(64).collect();
                 true
@@ -171,7 +171,7 @@ impl Sockets {
 
     /// A connection's name.
     pub fn get_connection_name(&self, h: ConnectionHandle) -> Option<String> {
-        self.state().conns.get(&h).map(|c| c.name.clone())
+        self.state().reg.conns.get(&h).map(|c| c.name.clone())
     }
 
     /// This instance's identity.

@@ -1,0 +1,90 @@
+//! The registry: every endpoint and connection of a `Sockets`, the handles the application
+//! holds for them, listen sockets and poll groups. It owns the lookup tables and keeps them
+//! consistent (a connection is in `conns` and `by_proto` together, and in its poll group's
+//! member list while it has one); the facade and the driver glue go through it.
+
+use super::*;
+
+#[derive(Default)]
+pub(super) struct Registry {
+    pub(super) endpoints: FxHashMap<EpId, EpState>,
+    pub(super) conns: FxHashMap<ConnectionHandle, ConnEntry>,
+    pub(super) by_proto: FxHashMap<(EpId, ConnId), ConnectionHandle>,
+    pub(super) listens: HashMap<ListenSocketHandle, ListenEntry>,
+    pub(super) groups: HashMap<PollGroupHandle, Vec<ConnectionHandle>>,
+    /// The shared endpoint for outgoing connections, per address family (true: IPv6).
+    pub(super) client_endpoints: HashMap<bool, EpId>,
+    /// The next handle number: endpoints, connections, listen sockets and poll groups share
+    /// one sequence, so no two live handles of any kind are equal. Never 0.
+    next_handle: u32,
+}
+
+impl Registry {
+    pub(super) fn new() -> Self {
+        Self {
+            next_handle: 1,
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn fresh_handle(&mut self) -> u32 {
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        h
+    }
+
+    pub(super) fn add_endpoint(
+        &mut self,
+        config: EndpointConfig,
+        local_addr: SocketAddr,
+        listen: Option<ListenSocketHandle>,
+    ) -> EpId {
+        let id = self.fresh_handle();
+        // 256 bits: the seed makes the ephemeral key-exchange secrets and the cookie key.
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let endpoint = Endpoint::with_seed(config, seed, Instant::now(), unix_now());
+        self.endpoints.insert(
+            id,
+            EpState {
+                endpoint,
+                nudge: Arc::new(Notify::new()),
+                local_addr,
+                listen,
+                loopback_buffers: false,
+                auto_accept: false,
+                closing: false,
+                io: None,
+                next_wake: None,
+                scratch: Vec::new(),
+            },
+        );
+        id
+    }
+
+    /// Takes a released connection out of every table; its entry, if it was there.
+    pub(super) fn remove_connection(&mut self, h: ConnectionHandle) -> Option<ConnEntry> {
+        let entry = self.conns.remove(&h)?;
+        self.by_proto.remove(&(entry.ep, entry.id));
+        if let Some(g) = entry.poll_group {
+            if let Some(m) = self.groups.get_mut(&g) {
+                m.retain(|x| *x != h);
+            }
+        }
+        Some(entry)
+    }
+
+    pub(super) fn locate(&self, h: ConnectionHandle) -> Result<(EpId, ConnId), Error> {
+        let c = self
+            .conns
+            .get(&h)
+            .ok_or_else(|| bad_handle("connection", h.0))?;
+        Ok((c.ep, c.id))
+    }
+
+    /// Files a new connection under handle `h` and its endpoint's id.
+    pub(super) fn insert_connection(&mut self, h: ConnectionHandle, entry: ConnEntry) {
+        self.by_proto.insert((entry.ep, entry.id), h);
+        self.conns.insert(h, entry);
+    }
+}
