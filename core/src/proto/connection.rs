@@ -1129,12 +1129,15 @@ impl Connection {
         }
     }
 
-    /// A data packet addressed to this connection.
-    pub(crate) fn handle_packet(&mut self, now: Instant, from: SocketAddr, mut datagram: BytesMut) {
-        let Ok(header) = ShortHeader::decode(&datagram) else {
-            self.stats.malformed += 1;
-            return;
-        };
+    /// A data packet addressed to this connection, with its header as the endpoint decoded
+    /// it from `datagram`'s first bytes (decoded once, on the endpoint's dispatch).
+    pub(crate) fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        header: ShortHeader,
+        mut datagram: BytesMut,
+    ) {
         if self.keys.is_none() {
             return; // no keys yet: nothing the peer could have sent us
         }

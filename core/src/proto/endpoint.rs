@@ -811,7 +811,7 @@ impl Endpoint {
                                     BytesMut::with_capacity(RX_ARENA.max(datagram.len()));
                             }
                             self.rx_arena.extend_from_slice(datagram);
-                            c.handle_packet(now, from, self.rx_arena.split());
+                            c.handle_packet(now, from, h, self.rx_arena.split());
                             if c.wants_address_token() {
                                 let expiry = now.saturating_duration_since(self.start).as_millis()
                                     as u64
