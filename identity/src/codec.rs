@@ -144,52 +144,60 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
+    /// Runs a read made of several reads; when it fails, the reader is back where it was.
+    fn atomic<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<T, DecodeError> {
+        let start = self.pos;
+        let r = read(self);
+        if r.is_err() {
+            self.pos = start;
+        }
+        r
+    }
+
     /// Consumes a QUIC variable-length integer (1, 2, 4 or 8 bytes; up to 2^62 - 1).
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
-        let start = self.pos;
-        let first = self.u8()?;
-        let len = 1usize << (first >> 6);
-        let mut v = u64::from(first & 0x3f);
-        match self.bytes(len - 1) {
-            Ok(rest) => {
-                for b in rest {
-                    v = (v << 8) | u64::from(*b);
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                self.pos = start;
-                Err(e)
-            }
-        }
+        self.atomic(|r| {
+            let first = r.u8()?;
+            let len = 1usize << (first >> 6);
+            let v = r
+                .bytes(len - 1)?
+                .iter()
+                .fold(u64::from(first & 0x3f), |v, b| (v << 8) | u64::from(*b));
+            Ok(v)
+        })
     }
 
     /// Consumes a varint that must not exceed `max`; `what` names it in the error.
     pub fn varint_max(&mut self, what: &'static str, max: u64) -> Result<u64, DecodeError> {
-        let value = self.varint()?;
-        if value > max {
-            return Err(DecodeError::TooLarge { what, value, max });
-        }
-        Ok(value)
+        self.atomic(|r| {
+            let value = r.varint()?;
+            if value > max {
+                return Err(DecodeError::TooLarge { what, value, max });
+            }
+            Ok(value)
+        })
     }
 
     /// Consumes at most `max` bytes preceded by a one-byte length; `what` names them in errors.
     pub fn short_bytes(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
-        let len = self.u8()? as usize;
-        if len > max {
-            return Err(DecodeError::TooLarge {
-                what,
-                value: len as u64,
-                max: max as u64,
-            });
-        }
-        self.bytes(len)
+        self.atomic(|r| {
+            let len = r.u8()? as usize;
+            if len > max {
+                return Err(DecodeError::TooLong { what, len, max });
+            }
+            r.bytes(len)
+        })
     }
 
     /// Consumes a UTF-8 string of at most `max` bytes preceded by a one-byte length.
     pub fn short_string(&mut self, max: usize) -> Result<String, DecodeError> {
-        String::from_utf8(self.short_bytes("string length", max)?.to_vec())
-            .map_err(|_| DecodeError::InvalidUtf8)
+        self.atomic(|r| {
+            String::from_utf8(r.short_bytes("string", max)?.to_vec())
+                .map_err(|_| DecodeError::InvalidUtf8)
+        })
     }
 }
 
@@ -229,5 +237,40 @@ mod tests {
                 available: 3
             })
         );
+    }
+
+    #[test]
+    fn a_failed_composite_read_consumes_nothing() {
+        // A length byte of 5 over 2 bytes, a length over the limit, a cut varint.
+        for (bytes, max) in [(&[5u8, 1, 2][..], 10), (&[5, 1, 2, 3, 4, 5][..], 4)] {
+            let mut r = Reader::new(bytes);
+            assert!(r.short_bytes("name", max).is_err());
+            assert_eq!(r.position(), 0);
+            assert!(r.short_string(max).is_err());
+            assert_eq!(r.position(), 0);
+        }
+        let mut r = Reader::new(&[5, 1, 2, 3, 4, 5]);
+        assert_eq!(
+            r.short_bytes("name", 4),
+            Err(DecodeError::TooLong {
+                what: "name",
+                len: 5,
+                max: 4
+            })
+        );
+        let mut r = Reader::new(&[0x80, 0, 1]);
+        assert!(r.varint().is_err());
+        assert_eq!(r.position(), 0);
+        let mut r = Reader::new(&[0x40, 0xff]);
+        assert_eq!(
+            r.varint_max("count", 10),
+            Err(DecodeError::TooLarge {
+                what: "count",
+                value: 255,
+                max: 10
+            })
+        );
+        assert_eq!(r.position(), 0);
+        assert_eq!(r.varint(), Ok(255));
     }
 }

@@ -217,10 +217,10 @@ impl Message {
             KIND_TRANSPORT => {
                 let n = usize::from(r.u16()?);
                 if n > MAX_TRANSPORT_MESSAGE {
-                    return Err(DecodeError::TooLarge {
+                    return Err(DecodeError::TooLong {
                         what: "transport signal",
-                        value: n as u64,
-                        max: MAX_TRANSPORT_MESSAGE as u64,
+                        len: n,
+                        max: MAX_TRANSPORT_MESSAGE,
                     });
                 }
                 Body::Transport {

@@ -91,16 +91,7 @@ impl Sockets {
 
     /// Destroys a poll group; its connections stay open, in no group.
     pub fn destroy_poll_group(&self, g: PollGroupHandle) -> bool {
-        let mut st = self.state();
-        let Some(members) = st.reg.groups.remove(&g) else {
-            return false;
-        };
-        for h in members {
-            if let Some(c) = st.reg.conns.get_mut(&h) {
-                c.poll_group = None;
-            }
-        }
-        true
+        self.state().reg.remove_poll_group(g)
     }
 
     /// Puts a connection in a poll group (or in none, with [`PollGroupHandle::INVALID`]).
@@ -109,27 +100,7 @@ impl Sockets {
         h: ConnectionHandle,
         g: PollGroupHandle,
     ) -> Result<(), Error> {
-        let mut st = self.state();
-        if g != PollGroupHandle::INVALID && !st.reg.groups.contains_key(&g) {
-            return Err(bad_handle("poll group", g.0));
-        }
-        let old = st
-            .reg
-            .conns
-            .get(&h)
-            .ok_or_else(|| bad_handle("connection", h.0))?
-            .poll_group;
-        if let Some(old) = old {
-            if let Some(m) = st.reg.groups.get_mut(&old) {
-                m.retain(|x| *x != h);
-            }
-        }
-        let new = (g != PollGroupHandle::INVALID).then_some(g);
-        if let Some(g) = new {
-            st.reg.groups.get_mut(&g).expect("checked").push(h);
-        }
-        st.reg.conns.get_mut(&h).expect("checked").poll_group = new;
-        Ok(())
+        self.state().reg.set_poll_group(h, g)
     }
 
     /// Takes up to `max` messages from the connections of a poll group, in arrival order.

@@ -87,4 +87,41 @@ impl Registry {
         self.by_proto.insert((entry.ep, entry.id), h);
         self.conns.insert(h, entry);
     }
+
+    /// Moves connection `h` into poll group `g` (out of any, for `INVALID`).
+    pub(super) fn set_poll_group(
+        &mut self,
+        h: ConnectionHandle,
+        g: PollGroupHandle,
+    ) -> Result<(), Error> {
+        let new = (g != PollGroupHandle::INVALID).then_some(g);
+        if new.is_some_and(|g| !self.groups.contains_key(&g)) {
+            return Err(bad_handle("poll group", g.0));
+        }
+        let c = self
+            .conns
+            .get_mut(&h)
+            .ok_or_else(|| bad_handle("connection", h.0))?;
+        let old = std::mem::replace(&mut c.poll_group, new);
+        if let Some(m) = old.and_then(|old| self.groups.get_mut(&old)) {
+            m.retain(|x| *x != h);
+        }
+        if let Some(m) = new.and_then(|g| self.groups.get_mut(&g)) {
+            m.push(h);
+        }
+        Ok(())
+    }
+
+    /// Destroys poll group `g`; its connections stay, in no group. False if there was none.
+    pub(super) fn remove_poll_group(&mut self, g: PollGroupHandle) -> bool {
+        let Some(members) = self.groups.remove(&g) else {
+            return false;
+        };
+        for h in members {
+            if let Some(c) = self.conns.get_mut(&h) {
+                c.poll_group = None;
+            }
+        }
+        true
+    }
 }
