@@ -39,6 +39,8 @@ fn main() {
         sim.now - start,
         c.peer_identity().expect("verified")
     );
+    // The connection stays locked while `c` lives.
+    drop(c);
 
     let lines = [
         "hello from the client",
@@ -46,7 +48,7 @@ fn main() {
         "reliable messages still arrive in order",
     ];
     let now = sim.now;
-    let conn = sim.nodes[0].endpoint.connection_mut(client).expect("live");
+    let mut conn = sim.nodes[0].endpoint.connection_mut(client).expect("live");
     for line in lines {
         conn.send_message(now, Bytes::from(line), SendFlags::RELIABLE)
             .expect("queued");
@@ -54,10 +56,11 @@ fn main() {
     let big = Bytes::from(vec![42u8; 300_000]);
     conn.send_message(now, big.clone(), SendFlags::RELIABLE)
         .expect("queued");
+    drop(conn);
 
     let mut got = Vec::new();
     sim.run_until(Duration::from_secs(60), |s| {
-        let conn = s.nodes[1].endpoint.connection_mut(server).expect("live");
+        let mut conn = s.nodes[1].endpoint.connection_mut(server).expect("live");
         while let Some(m) = conn.receive() {
             got.push(m);
         }
@@ -94,6 +97,7 @@ fn main() {
         st.packets_received,
         st.replays_dropped
     );
+    drop(s);
     let st = sim.nodes[0]
         .endpoint
         .connection(client)

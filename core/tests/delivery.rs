@@ -274,6 +274,7 @@ fn close_with_linger_delivers_every_queued_reliable_message_first() {
     let server = sim.nodes[1].endpoint.connection(s).unwrap();
     assert_eq!(server.end_reason(), EndReason::APP_GENERIC);
     assert_eq!(server.end_debug(), "bye");
+    drop(server);
     // The closing side finishes: FinWait ends once the peer acknowledges, and it is forgotten.
     assert!(sim.run_until(Duration::from_secs(10), |s| s.state(0, c)
         == ConnectionState::None));
@@ -295,6 +296,7 @@ fn close_without_linger_is_seen_by_the_peer() {
         (conn.end_reason(), conn.end_debug()),
         (EndReason(2001), "kicked")
     );
+    drop(conn);
     assert_eq!(
         send(&mut sim, 0, c, payload(0, 1), SendFlags::RELIABLE),
         Err(Error::NoConnection)
@@ -465,6 +467,7 @@ fn a_full_receive_buffer_drops_packets_and_loses_nothing_reliable() {
         conn.pending_received()
     );
     assert!(conn.stats().recv_buffer_drops > 0);
+    drop(conn);
     // Once it reads, every message arrives, in order.
     let mut got = Vec::new();
     assert!(sim.run_until(Duration::from_secs(60), |sim| {
@@ -575,12 +578,13 @@ fn window_after_transfer(seed: u64, loss_pct: f32, bytes: usize) -> u64 {
     sim.link.loss_pct = loss_pct;
     transfer(&mut sim, c, s, bytes);
     let now = sim.now;
-    sim.nodes[0]
+    let window = sim.nodes[0]
         .endpoint
         .connection(c)
         .unwrap()
         .path_status(now)
-        .congestion_window
+        .congestion_window;
+    window
 }
 
 #[test]

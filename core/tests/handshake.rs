@@ -77,6 +77,7 @@ fn failing(
         conn.end_reason(),
         conn.end_debug().to_string(),
     );
+    drop(conn);
     (out.0, out.1, out.2, sim)
 }
 

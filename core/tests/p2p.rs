@@ -205,6 +205,7 @@ fn peers_connect_by_identity_through_the_rendezvous_and_talk() {
     let client = net.sim.nodes[0].endpoint.connection(c).unwrap();
     assert_eq!(client.peer_identity(), Some(&b));
     assert_eq!(client.remote_addr(), net.sim.nodes[1].addr);
+    drop(client);
     // Messages both ways, reliable and unreliable.
     for i in 0..20u64 {
         send(&mut net.sim, 0, c, payload(i, 300), SendFlags::RELIABLE).unwrap();

@@ -6,6 +6,7 @@ use super::auth;
 use super::codec::DecodeError;
 use super::config::{ConnectionConfig, EndpointConfig};
 use super::connection::{Connection, Event, Incoming, P2pInfo};
+use super::conns::{ConnId, ConnRef, Conns};
 use super::crypto::{CookieKey, COOKIE_LEN};
 use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, PROTOCOL_VERSION};
 use super::rendezvous::{Body, Message, Session, DIRECT};
@@ -19,12 +20,9 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A connection's handle: its local connection id, unique within the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u32);
 
 /// A datagram to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +68,7 @@ pub struct Endpoint {
     config: Arc<EndpointConfig>,
     credentials: Arc<super::config::Credentials>,
     rng: ChaCha20Rng,
-    connections: FxHashMap<u32, Connection>,
+    connections: Conns,
     by_hello: HashMap<(SocketAddr, u32), u32>,
     /// Outgoing connections by (server address, server's id for it), once the server
     /// answered: where a "no connection" reply is routed without a scan.
@@ -169,7 +167,7 @@ impl Endpoint {
             config: Arc::new(config),
             credentials,
             rng,
-            connections: FxHashMap::default(),
+            connections: Conns::default(),
             by_hello: HashMap::new(),
             by_server: HashMap::new(),
             tokens: HashMap::new(),
@@ -204,7 +202,7 @@ impl Endpoint {
 
     /// Records connection `id`'s next deadline.
     fn reschedule(&mut self, id: u32) {
-        match self.connections.get(&id).and_then(Connection::poll_timeout) {
+        match self.connections.get(&id).and_then(|c| c.poll_timeout()) {
             Some(t) => {
                 if self.scheduled.insert(id, t) != Some(t) {
                     self.timers.push(Reverse((t, id)));
@@ -283,17 +281,18 @@ impl Endpoint {
     /// Accepts a connection that is waiting in Connecting (server side).
     pub fn accept(&mut self, now: Instant, id: ConnId) -> Result<(), Error> {
         let secret = self.secret();
-        let c = self
+        let mut c = self
             .connections
             .get_mut(&id.0)
             .ok_or_else(|| Error::InvalidParam(format!("no connection {}", id.0)))?;
         let r = c.accept(now, secret);
-        if r.is_ok() && c.awaits_hello() {
-            // A P2P connect request accepted: tell the peer where to send its hello.
-            if let Some(p) = c.p2p() {
-                let (session, transport) = (p.session, p.transport);
-                self.accept_session(now, id.0, session, transport);
-            }
+        // A P2P connect request accepted: tell the peer where to send its hello.
+        let session = (r.is_ok() && c.awaits_hello())
+            .then(|| c.p2p().map(|p| (p.session, p.transport)))
+            .flatten();
+        drop(c);
+        if let Some((session, transport)) = session {
+            self.accept_session(now, id.0, session, transport);
         }
         self.drain_events(id.0);
         self.touch(id.0);
@@ -318,7 +317,7 @@ impl Endpoint {
     fn accept_session(&mut self, now: Instant, id: u32, session: u64, transport: u8) {
         match self.transport_mismatch(transport) {
             Some(why) => {
-                if let Some(c) = self.connections.get_mut(&id) {
+                if let Some(mut c) = self.connections.get_mut(&id) {
                     c.path_failed(EndReason::MISC_P2P_RENDEZVOUS, &why);
                 }
             }
@@ -376,8 +375,7 @@ impl Endpoint {
         let Some(session) = self
             .connections
             .get(&id.0)
-            .and_then(|c| c.p2p())
-            .map(|p| p.session)
+            .and_then(|c| c.p2p().map(|p| p.session))
         else {
             return false;
         };
@@ -392,7 +390,7 @@ impl Endpoint {
     /// The path of connection `id` has a route, known inside the endpoint as `addr`: a
     /// client sends its hello there.
     pub fn path_ready(&mut self, id: ConnId, addr: SocketAddr) {
-        if let Some(c) = self.connections.get_mut(&id.0) {
+        if let Some(mut c) = self.connections.get_mut(&id.0) {
             tracing::debug!(conn = id.0, %addr, state = ?c.state(), "path ready");
             c.set_route(addr);
         }
@@ -402,7 +400,7 @@ impl Endpoint {
 
     /// The path of connection `id` failed: the connection ends with `reason`.
     pub fn path_failed(&mut self, id: ConnId, reason: EndReason, debug: &str) {
-        if let Some(c) = self.connections.get_mut(&id.0) {
+        if let Some(mut c) = self.connections.get_mut(&id.0) {
             c.path_failed(reason, debug);
         }
         self.drain_events(id.0);
@@ -509,7 +507,7 @@ impl Endpoint {
                             && p.remote_vport == from_vport
                     })
                     .filter(|_| c.awaits_route())
-                    .map(|p| (*id, p.session))
+                    .map(|p| (id, p.session))
             });
             if let Some((id, own_session)) = own {
                 if identity_order(&local, &m.from) == std::cmp::Ordering::Less {
@@ -521,7 +519,7 @@ impl Endpoint {
                 let _ = s.handle(m);
                 self.sessions.insert(session, (id, s));
                 let transport = self.chosen_transport(transport);
-                if let Some(c) = self.connections.get_mut(&id) {
+                if let Some(mut c) = self.connections.get_mut(&id) {
                     c.merge_into_peer_session(session, transport);
                 }
                 self.accept_session(now, id, session, transport);
@@ -577,7 +575,7 @@ impl Endpoint {
 
     fn on_session_body(&mut self, id: u32, body: Body) {
         let ipv4 = self.p2p_ipv4();
-        let Some(c) = self.connections.get_mut(&id) else {
+        let Some(mut c) = self.connections.get_mut(&id) else {
             return;
         };
         match body {
@@ -707,7 +705,7 @@ impl Endpoint {
         let mut out = None;
         for (sid, (id, s)) in &mut self.sessions {
             let c = self.connections.get(id);
-            let state = c.map_or(ConnectionState::Dead, Connection::state);
+            let state = c.as_ref().map_or(ConnectionState::Dead, |c| c.state());
             let ended = !matches!(
                 state,
                 ConnectionState::Connecting
@@ -719,6 +717,7 @@ impl Endpoint {
                 self.closing_sessions.insert(*sid, now);
                 if state != ConnectionState::ClosedByPeer {
                     let (reason, debug) = c
+                        .as_ref()
                         .map_or((EndReason::APP_GENERIC.0, String::new()), |c| {
                             (c.end_reason().0, c.end_debug().to_string())
                         });
@@ -737,8 +736,10 @@ impl Endpoint {
             // A transport's path may need the session again (an ICE restart): it lasts as
             // long as the connection.
             let direct = c
-                .and_then(Connection::p2p)
+                .as_ref()
+                .and_then(|c| c.p2p())
                 .is_none_or(|p| p.transport == DIRECT);
+            drop(c);
             let connected = state == ConnectionState::Connected && direct;
             if given_up || (s.all_acked() && (ended || connected)) {
                 done.push(*sid);
@@ -759,19 +760,28 @@ impl Endpoint {
             .min()
     }
 
-    /// The connection with this handle.
-    pub fn connection(&self, id: ConnId) -> Option<&Connection> {
+    /// The connection with this handle, locked for reading.
+    pub fn connection(&self, id: ConnId) -> Option<impl Deref<Target = Connection> + '_> {
         self.connections.get(&id.0)
     }
 
-    /// The connection with this handle, for commands. Afterwards drain `poll_transmit` (the
-    /// connection is marked as possibly having something to send) and `poll_event` (commands
-    /// such as `close` queue state changes).
-    pub fn connection_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+    /// The connection with this handle, locked for commands. Afterwards drain
+    /// `poll_transmit` (the connection is marked as possibly having something to send) and
+    /// `poll_event` (commands such as `close` queue state changes).
+    pub fn connection_mut(
+        &mut self,
+        id: ConnId,
+    ) -> Option<impl DerefMut<Target = Connection> + '_> {
         if self.connections.contains_key(&id.0) {
             self.touch(id.0);
         }
         self.connections.get_mut(&id.0)
+    }
+
+    /// The connection with this handle, held apart from the endpoint: for commands from
+    /// threads that should not wait for the endpoint (see [`ConnRef`]).
+    pub fn share(&self, id: ConnId) -> Option<ConnRef> {
+        self.connections.share(id.0)
     }
 
     /// Handles of every live connection.
@@ -779,18 +789,31 @@ impl Endpoint {
         self.connections.keys().map(|k| ConnId(*k))
     }
 
-    /// Forgets a connection at once (its handle becomes invalid).
-    pub fn remove(&mut self, id: ConnId) -> Option<Connection> {
-        let c = self.connections.remove(&id.0)?;
-        let key = (c.remote_addr(), c.remote_id());
-        if c.side() == super::Side::Server {
+    /// Forgets a connection at once (its handle becomes invalid). False if there was none.
+    pub fn remove(&mut self, id: ConnId) -> bool {
+        let Some((key, side)) = self
+            .connections
+            .get(&id.0)
+            .map(|c| ((c.remote_addr(), c.remote_id()), c.side()))
+        else {
+            return false;
+        };
+        self.connections.remove(&id.0);
+        if side == super::Side::Server {
             self.by_hello.remove(&key);
         } else if self.by_server.get(&key) == Some(&id.0) {
             self.by_server.remove(&key);
         }
         self.scheduled.remove(&id.0);
         self.connecting.remove(&id.0);
-        Some(c)
+        true
+    }
+
+    /// Notes the connections commanded through a [`ConnRef`] since the last look.
+    fn pick_up_touched(&mut self) {
+        for id in self.connections.take_touched() {
+            self.touch(id);
+        }
     }
 
     /// Takes in one datagram from `from`.
@@ -802,8 +825,12 @@ impl Endpoint {
         match kind {
             packet::DATA | packet::DATA_PHASE1 | packet::DATA_PLAIN => {
                 match ShortHeader::decode(datagram) {
-                    Ok(h) => match self.connections.get_mut(&h.dst_id) {
-                        Some(c) => {
+                    Ok(h) => {
+                        let Some(mut c) = self.connections.get_mut(&h.dst_id) else {
+                            self.reply_no_connection(now, from, h.dst_id, datagram.len());
+                            return;
+                        };
+                        {
                             // Copy into the receive arena: one allocation per ~50 packets, and
                             // the packet is decrypted where it lies.
                             if self.rx_arena.capacity() - self.rx_arena.len() < datagram.len() {
@@ -830,11 +857,11 @@ impl Endpoint {
                                 }
                                 self.tokens.insert(from, t);
                             }
-                            self.drain_events(h.dst_id);
-                            self.touch(h.dst_id);
                         }
-                        None => self.reply_no_connection(now, from, h.dst_id, datagram.len()),
-                    },
+                        drop(c);
+                        self.drain_events(h.dst_id);
+                        self.touch(h.dst_id);
+                    }
                     Err(_) => self.stats.malformed += 1,
                 }
             }
@@ -845,13 +872,13 @@ impl Endpoint {
                 Ok(h) => {
                     let unix = self.unix(now);
                     let id = h.client_id;
-                    if let Some(c) = self.connections.get_mut(&id) {
+                    if let Some(mut c) = self.connections.get_mut(&id) {
                         c.handle_server_hello(now, from, datagram, h, unix);
                         if c.state() == ConnectionState::Connected {
                             self.by_server.insert((c.remote_addr(), c.remote_id()), id);
                         }
-                        self.touch(id);
                     }
+                    self.touch(id);
                     self.drain_events(id);
                 }
                 Err(_) => self.stats.malformed += 1,
@@ -859,21 +886,21 @@ impl Endpoint {
             packet::RETRY | packet::REJECT | packet::NO_CONNECTION => {
                 match Control::decode(datagram) {
                     Ok(Control::Retry { client_id, cookie }) => {
-                        if let Some(c) = self.connections.get_mut(&client_id) {
+                        if let Some(mut c) = self.connections.get_mut(&client_id) {
                             c.handle_retry(from, cookie);
-                            self.touch(client_id);
                         }
+                        self.touch(client_id);
                     }
                     Ok(Control::Reject {
                         client_id,
                         reason,
                         debug,
                     }) => {
-                        if let Some(c) = self.connections.get_mut(&client_id) {
+                        if let Some(mut c) = self.connections.get_mut(&client_id) {
                             c.handle_reject(from, reason, debug);
-                            self.drain_events(client_id);
-                            self.touch(client_id);
                         }
+                        self.drain_events(client_id);
+                        self.touch(client_id);
                     }
                     Ok(Control::NoConnection { conn_id }) => {
                         let key = (from, conn_id);
@@ -883,7 +910,7 @@ impl Endpoint {
                             .or(self.by_server.get(&key))
                             .copied();
                         if let Some(id) = id {
-                            if let Some(c) = self.connections.get_mut(&id) {
+                            if let Some(mut c) = self.connections.get_mut(&id) {
                                 c.handle_no_connection(now, from);
                             }
                             self.drain_events(id);
@@ -936,8 +963,12 @@ impl Endpoint {
             }
         };
         if let Some(&id) = self.by_hello.get(&(from, hello.client_id)) {
-            if let Some(c) = self.connections.get_mut(&id) {
-                c.handle_repeated_client_hello(datagram);
+            let known = self
+                .connections
+                .get_mut(&id)
+                .map(|mut c| c.handle_repeated_client_hello(datagram))
+                .is_some();
+            if known {
                 self.touch(id);
                 return;
             }
@@ -1011,7 +1042,7 @@ impl Endpoint {
                 peer,
                 unencrypted,
             };
-            if let Some(c) = self.connections.get_mut(&id) {
+            if let Some(mut c) = self.connections.get_mut(&id) {
                 let _ = c.adopt_hello(now, from, incoming, secret);
             }
             self.by_hello.insert((from, client_id), id);
@@ -1072,7 +1103,7 @@ impl Endpoint {
     }
 
     fn drain_events(&mut self, id: u32) {
-        if let Some(c) = self.connections.get_mut(&id) {
+        if let Some(mut c) = self.connections.get_mut(&id) {
             while let Some(e) = c.poll_event() {
                 let Event::StateChanged { new, .. } = e;
                 if new == ConnectionState::Connecting {
@@ -1087,6 +1118,7 @@ impl Endpoint {
 
     /// Processes the timers that expired by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.pick_up_touched();
         while let Some(&Reverse((t, id))) = self.timers.peek() {
             if t > now {
                 break;
@@ -1096,7 +1128,7 @@ impl Endpoint {
                 continue; // superseded by a later deadline
             }
             self.scheduled.remove(&id);
-            if let Some(c) = self.connections.get_mut(&id) {
+            if let Some(mut c) = self.connections.get_mut(&id) {
                 c.handle_timeout(now);
             }
             self.drain_events(id);
@@ -1116,6 +1148,7 @@ impl Endpoint {
 
     /// Appends the next datagram to `buf`; it is the last `len` bytes of `buf`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.pick_up_touched();
         if let Some((to, bytes)) = self.replies.pop_front() {
             buf.extend_from_slice(&bytes);
             return Some(Transmit {
@@ -1125,7 +1158,7 @@ impl Endpoint {
         }
         let start = buf.len();
         while let Some(&id) = self.dirty.front() {
-            let Some(c) = self.connections.get_mut(&id) else {
+            let Some(mut c) = self.connections.get_mut(&id) else {
                 self.dirty.pop_front();
                 self.dirty_set.remove(&id);
                 continue;
@@ -1135,9 +1168,11 @@ impl Endpoint {
                     destination: c.remote_addr(),
                     len: buf.len() - start,
                 };
+                drop(c);
                 self.drain_events(id);
                 return Some(t);
             }
+            drop(c);
             self.dirty.pop_front();
             self.dirty_set.remove(&id);
             self.drain_events(id);
@@ -1157,7 +1192,7 @@ impl Endpoint {
     }
 }
 
-fn c_is_dead(c: Option<&Connection>) -> bool {
+fn c_is_dead(c: Option<impl Deref<Target = Connection>>) -> bool {
     c.is_some_and(|c| c.state() == ConnectionState::Dead)
 }
 

@@ -13,6 +13,7 @@ pub(crate) mod auth;
 pub(crate) mod codec;
 pub(crate) mod config;
 pub(crate) mod connection;
+pub(crate) mod conns;
 pub(crate) mod crypto;
 pub(crate) mod endpoint;
 pub(crate) mod packet;
@@ -34,7 +35,8 @@ pub mod internals {
 
 pub use config::{ConnectionConfig, Credentials, EndpointConfig};
 pub use connection::{Connection, Event, P2pInfo, PathStatus, Side, Stats, MAX_SEND_MESSAGE_SIZE};
-pub use endpoint::{ConnId, Endpoint, EndpointStats, P2pRequest, SignalOutcome, Transmit};
+pub use conns::{ConnGuard, ConnId, ConnRef};
+pub use endpoint::{Endpoint, EndpointStats, P2pRequest, SignalOutcome, Transmit};
 pub use recv::Received;
 pub use types::{ConnectionInfoFlags, ConnectionState, EndReason, SendFlags};
 

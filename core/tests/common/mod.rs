@@ -64,7 +64,7 @@ pub fn payload(i: u64, len: usize) -> Bytes {
 /// Drains every message waiting on `conn` at `node`.
 pub fn drain(sim: &mut Sim, node: usize, conn: ConnId) -> Vec<Received> {
     let mut out = Vec::new();
-    if let Some(c) = sim.nodes[node].endpoint.connection_mut(conn) {
+    if let Some(mut c) = sim.nodes[node].endpoint.connection_mut(conn) {
         while let Some(m) = c.receive() {
             out.push(m);
         }

@@ -40,7 +40,7 @@ impl Sockets {
                 c.config.set(value, data)?;
                 if value == ConfigValue::ConnectionUserData {
                     if let Some(d) = c.config.get(value).and_then(ConfigData::as_i64) {
-                        c.user_data = d;
+                        c.hot.set_user_data(d);
                     }
                 }
             }
@@ -79,7 +79,7 @@ impl Sockets {
         if let ConfigTarget::Connection(h) = target {
             if value == ConfigValue::ConnectionUserData {
                 let c = &st.reg.conns[&h];
-                return Ok((ConfigData::Int64(c.user_data), GetResult::Ok));
+                return Ok((ConfigData::Int64(c.hot.user_data()), GetResult::Ok));
             }
         }
         Ok(resolve(value, &chain))

@@ -3,36 +3,21 @@
 use super::*;
 
 impl EpState {
-    /// Sends what is ready on the calling thread instead of waking the service thread (the
-    /// latency of a hand-off saved). Returns false when the service thread must do it: fake
-    /// network conditions in force, no socket yet, or the socket buffer full.
-    pub(super) fn send_now(&mut self, now: Instant) -> bool {
-        let Some(io) = self.io.clone() else {
-            return false;
-        };
-        if !FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean() {
-            return false;
+    /// Collects what is ready to send into `batch`, for the calling thread to send once the
+    /// lock is released, instead of waking the service thread (the latency of a hand-off
+    /// saved). Returns the endpoint's next deadline, or `Err(())` when the service thread
+    /// must do it: fake network conditions in force, or no socket yet.
+    pub(super) fn collect_now(
+        &mut self,
+        now: Instant,
+        batch: &mut link::Batch,
+    ) -> Result<Option<Instant>, ()> {
+        if !self.link.sends_direct() {
+            return Err(());
         }
-        let mut sent_all = true;
-        loop {
-            self.scratch.clear();
-            let Some(t) = self.endpoint.poll_transmit(now, &mut self.scratch) else {
-                break;
-            };
-            // A datagram the socket will not take now is lost like one dropped on the way;
-            // the protocol recovers it.
-            sent_all &= io.try_send_now(&self.scratch, t.destination).is_ok();
-        }
-        // Wake the service thread only if a timer now falls before its planned wake-up.
-        let wake_needed = match (self.endpoint.poll_timeout(), self.next_wake) {
-            (Some(t), Some(planned)) => t < planned,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if wake_needed || !sent_all {
-            self.nudge.notify_one();
-        }
-        true
+        let endpoint = &mut self.endpoint;
+        batch.fill(|buf| endpoint.poll_transmit(now, buf).map(|t| t.destination));
+        Ok(self.endpoint.poll_timeout())
     }
 }
 
@@ -44,17 +29,24 @@ impl State {
         listen: Option<ListenSocketHandle>,
         config: ConfigStore,
     ) -> ConnectionHandle {
-        let h = ConnectionHandle(self.reg.fresh_handle());
         let user_data = self
             .conn_value(&config, listen, ConfigValue::ConnectionUserData)
             .as_i64()
             .unwrap_or(-1);
+        let e = &self.reg.endpoints[&ep];
+        let conn = e.endpoint.share(id).expect("a live connection");
+        let hot = Arc::new(link::HotConn {
+            conn,
+            link: e.link.clone(),
+            user_data: std::sync::atomic::AtomicI64::new(user_data),
+        });
+        let h = ConnectionHandle(self.reg.fresh_handle());
         self.reg.insert_connection(
             h,
             ConnEntry {
                 ep,
                 id,
-                user_data,
+                hot,
                 name: String::new(),
                 poll_group: None,
                 listen,
@@ -103,7 +95,7 @@ impl State {
             })
             .collect();
         for (ep, id, cfg) in conn_cfgs {
-            if let Some(c) = self
+            if let Some(mut c) = self
                 .reg
                 .endpoints
                 .get_mut(&ep)
@@ -116,74 +108,8 @@ impl State {
             }
         }
         for e in self.reg.endpoints.values() {
-            e.nudge.notify_one();
+            e.link.nudge.notify_one();
         }
-    }
-
-    pub(super) fn send(
-        &mut self,
-        h: ConnectionHandle,
-        data: Bytes,
-        flags: SendFlags,
-        lane: u16,
-    ) -> Result<u64, Error> {
-        let (ep, id) = self.reg.locate(h)?;
-        let e = self.reg.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
-        let c = e.endpoint.connection_mut(id).ok_or(Error::NoConnection)?;
-        let now = Instant::now();
-        let len = data.len();
-        let n = c.send_message_on_lane(now, data, flags, lane)?;
-        crate::debug::emit(DebugOutputType::Debug, Some(Subsystem::Message), || {
-            format!(
-                "#{}: message {n} queued on lane {lane}, {len} bytes, {flags:?}",
-                h.0
-            )
-        });
-        let urgent =
-            flags.contains(SendFlags::NO_NAGLE) || flags.contains(SendFlags::USE_CURRENT_THREAD);
-        if urgent && e.send_now(now) {
-            return Ok(n);
-        }
-        e.nudge.notify_one();
-        Ok(n)
-    }
-
-    pub(super) fn peek_time(&self, h: ConnectionHandle) -> Option<Instant> {
-        let (ep, id) = self.reg.locate(h).ok()?;
-        self.reg
-            .endpoints
-            .get(&ep)?
-            .endpoint
-            .connection(id)?
-            .peek_received()
-            .map(|m| m.received_at)
-    }
-
-    pub(super) fn take_message(&mut self, h: ConnectionHandle) -> Option<Message> {
-        let entry = self.reg.conns.get(&h)?;
-        let (ep, id, user_data) = (entry.ep, entry.id, entry.user_data);
-        let e = self.reg.endpoints.get_mut(&ep)?;
-        let c = e.endpoint.connection_mut(id)?;
-        let m = c.receive()?;
-        // Reading frees receive buffer: the peer may be waiting to send more.
-        e.nudge.notify_one();
-        Some(Message {
-            payload: m.payload,
-            connection: h,
-            message_number: m.msg_num,
-            flags: if m.reliable {
-                SendFlags::RELIABLE
-            } else {
-                SendFlags::UNRELIABLE
-            },
-            channel: 0,
-            user_data,
-            peer_identity: c
-                .peer_identity()
-                .cloned()
-                .unwrap_or_else(|| Identity::ip(c.remote_addr())),
-            received_at: m.received_at,
-        })
     }
 
     pub(super) fn info(&self, h: ConnectionHandle) -> Result<ConnectionInfo, Error> {
@@ -229,7 +155,7 @@ impl State {
                 .or(c.p2p().map(|p| &p.peer))
                 .cloned()
                 .unwrap_or_else(|| Identity::ip(remote)),
-            user_data: entry.user_data,
+            user_data: entry.hot.user_data(),
             listen_socket: entry.listen,
             address_remote: remote,
             state: c.state(),
@@ -364,7 +290,7 @@ impl State {
         };
         let addr = path_addr(self.p2p.paths_made.wrapping_add(1));
         let notes = Arc::new(Mutex::new(VecDeque::new()));
-        let sink = PathSink::new(addr, tx, notes.clone(), e.nudge.clone());
+        let sink = PathSink::new(addr, tx, notes.clone(), e.link.nudge.clone());
         let params = PathParams {
             local: self.credentials.identity(),
             peer: p2p.peer.clone(),
@@ -429,7 +355,7 @@ impl State {
                             let _ = e.endpoint.accept(Instant::now(), id);
                             e.endpoint.set_listen(false);
                             e.closing = true;
-                            e.nudge.notify_one();
+                            e.link.nudge.notify_one();
                         }
                         continue;
                     }
@@ -494,19 +420,30 @@ impl Shared {
     /// On a waiting thread (`waiter`), what the datagrams call for is sent from that thread
     /// too, and the driver is woken only when a timer now falls before its planned wake-up.
     pub(super) fn handle_datagrams(&self, ep: EpId, now: Instant, inbox: &Inbox, waiter: bool) {
-        let mut st = lock(&self.state);
-        if let Some(e) = st.reg.endpoints.get_mut(&ep) {
-            for (from, data) in inbox.iter() {
-                e.endpoint.handle_datagram(now, from, data);
+        link::with_batch(|batch| {
+            let mut st = lock(&self.state);
+            if let Some(e) = st.reg.endpoints.get_mut(&ep) {
+                for (from, data) in inbox.iter() {
+                    e.endpoint.handle_datagram(now, from, data);
+                }
             }
-        }
-        st.pump(ep);
-        if let Some(e) = st.reg.endpoints.get_mut(&ep).filter(|_| waiter) {
-            if !e.send_now(now) {
-                e.nudge.notify_one();
+            st.pump(ep);
+            let reply = st
+                .reg
+                .endpoints
+                .get_mut(&ep)
+                .filter(|_| waiter)
+                .map(|e| (e.link.clone(), e.collect_now(now, batch)));
+            drop(st);
+            match reply {
+                Some((link, Ok(deadline))) => {
+                    let sent_all = link.send(batch);
+                    link.wake_if_needed(deadline, sent_all);
+                }
+                Some((link, Err(()))) => link.nudge.notify_one(),
+                None => {}
             }
-        }
-        drop(st);
+        });
         self.activity.notify();
     }
 }
@@ -598,7 +535,7 @@ impl Driven for EpDriver {
         };
         let done = e.closing && e.endpoint.connection_ids().next().is_none();
         let wake = e.endpoint.poll_timeout();
-        e.next_wake = wake;
+        *lock(&e.link.next_wake) = wake;
         st.pump(self.ep);
         if done && out.is_empty() {
             st.reg.endpoints.remove(&self.ep);

@@ -137,7 +137,8 @@ impl Sockets {
             }
             let entry = st.reg.conns.get(&h)?;
             let e = st.reg.endpoints.get(&entry.ep)?;
-            e.endpoint.connection(entry.id)?.p2p()?.peer.clone()
+            let peer = e.endpoint.connection(entry.id)?.p2p()?.peer.clone();
+            peer
         };
         self.fake_ip_of(&peer).map(|ip| SocketAddrV4::new(ip, 0))
     }

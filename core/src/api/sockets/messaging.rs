@@ -3,6 +3,17 @@
 use super::*;
 
 impl Sockets {
+    /// Connection `h` for the data path (no state lock taken).
+    fn hot(&self, h: ConnectionHandle) -> Result<Arc<link::HotConn>, Error> {
+        self.shared
+            .hot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&h)
+            .cloned()
+            .ok_or_else(|| bad_handle("connection", h.0))
+    }
+
     // ----- messages ----------------------------------------------------------------------
 
     /// Sends a message; returns its message number.
@@ -12,17 +23,27 @@ impl Sockets {
         data: impl Into<Bytes>,
         flags: SendFlags,
     ) -> Result<u64, Error> {
-        let mut st = self.state();
-        st.send(h, data.into(), flags, 0)
+        self.hot(h)?.send(h, data.into(), flags, 0)
     }
 
-    /// Sends a batch; payloads are shared, not copied. One result per message.
+    /// Sends a batch; payloads are shared, not copied. One result per message. A run of
+    /// messages to one connection is queued in one go: its lanes' priorities and weights
+    /// decide what goes first, not the order within the run.
     pub fn send_messages(&self, messages: Vec<OutMessage>) -> Vec<Result<u64, Error>> {
-        let mut st = self.state();
-        messages
-            .into_iter()
-            .map(|m| st.send(m.connection, m.payload, m.flags, m.lane))
-            .collect()
+        let mut out = Vec::with_capacity(messages.len());
+        let mut rest = messages.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let h = first.connection;
+            let mut run = vec![(first.payload, first.flags, first.lane)];
+            while let Some(m) = rest.next_if(|m| m.connection == h) {
+                run.push((m.payload, m.flags, m.lane));
+            }
+            match self.hot(h) {
+                Ok(hot) => hot.send_all(h, run, &mut out),
+                Err(_) => out.extend(run.iter().map(|_| Err(bad_handle("connection", h.0)))),
+            }
+        }
+        out
     }
 
     /// Sets up a connection's outgoing lanes (the reference API's
@@ -38,26 +59,20 @@ impl Sockets {
         priorities: &[i32],
         weights: &[u16],
     ) -> Result<(), Error> {
-        let mut st = self.state();
-        let (ep, id) = st.reg.locate(h)?;
-        let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
-        e.endpoint
-            .connection_mut(id)
+        let hot = self.hot(h)?;
+        let r = hot
+            .conn
+            .lock()
             .ok_or(Error::NoConnection)?
-            .configure_lanes(priorities, weights)
+            .configure_lanes(priorities, weights);
+        r
     }
 
     /// Sends everything queued on a connection without waiting for Nagle.
     pub fn flush_messages_on_connection(&self, h: ConnectionHandle) -> Result<(), Error> {
-        let mut st = self.state();
-        let (ep, id) = st.reg.locate(h)?;
-        let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
-        let r = e
-            .endpoint
-            .connection_mut(id)
-            .ok_or(Error::NoConnection)?
-            .flush();
-        e.nudge.notify_one();
+        let hot = self.hot(h)?;
+        let r = hot.conn.lock().ok_or(Error::NoConnection)?.flush();
+        hot.link.nudge.notify_one();
         r
     }
 
@@ -67,15 +82,8 @@ impl Sockets {
         h: ConnectionHandle,
         max: usize,
     ) -> Result<Vec<Message>, Error> {
-        let mut st = self.state();
-        st.reg.locate(h)?;
         let mut out = Vec::new();
-        while out.len() < max {
-            match st.take_message(h) {
-                Some(m) => out.push(m),
-                None => break,
-            }
-        }
+        self.hot(h)?.receive(h, max, &mut out);
         Ok(out)
     }
 
@@ -109,23 +117,26 @@ impl Sockets {
         g: PollGroupHandle,
         max: usize,
     ) -> Result<Vec<Message>, Error> {
-        let mut st = self.state();
-        let members = st
-            .reg
-            .groups
-            .get(&g)
-            .ok_or_else(|| bad_handle("poll group", g.0))?
-            .clone();
+        let members: Vec<(ConnectionHandle, Arc<link::HotConn>)> = {
+            let st = self.state();
+            st.reg
+                .groups
+                .get(&g)
+                .ok_or_else(|| bad_handle("poll group", g.0))?
+                .iter()
+                .filter_map(|h| Some((*h, st.reg.conns.get(h)?.hot.clone())))
+                .collect()
+        };
         let mut out = Vec::new();
         while out.len() < max {
             // The member whose next message arrived first.
             let next = members
                 .iter()
-                .filter_map(|h| st.peek_time(*h).map(|t| (t, *h)))
-                .min();
-            match next.and_then(|(_, h)| st.take_message(h)) {
-                Some(m) => out.push(m),
-                None => break,
+                .filter_map(|(h, c)| c.peek_time().map(|t| (t, *h, c)))
+                .min_by_key(|(t, h, _)| (*t, *h));
+            match next {
+                Some((_, h, c)) if c.receive(h, 1, &mut out) == 1 => {}
+                _ => break,
             }
         }
         Ok(out)

@@ -42,6 +42,7 @@ mod config_values;
 mod driver;
 use driver::EpDriver;
 mod fakeip;
+mod link;
 mod messaging;
 mod p2p;
 mod pairs;
@@ -127,19 +128,14 @@ type EpId = u32;
 #[derive(Debug)]
 struct EpState {
     endpoint: Endpoint,
-    nudge: Arc<Notify>,
+    /// What other threads need to send on the endpoint and wake its driver.
+    link: Arc<link::EpLink>,
     local_addr: SocketAddr,
     listen: Option<ListenSocketHandle>,
     loopback_buffers: bool,
     auto_accept: bool,
     /// Stop the driver once no connection is left.
     closing: bool,
-    /// The socket, shared with the driver, for sends made on the caller's thread.
-    io: Option<Arc<Io>>,
-    /// When the driver last planned to wake.
-    next_wake: Option<Instant>,
-    /// Reused buffer for sends on the caller's thread.
-    scratch: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -155,7 +151,8 @@ struct RateSample {
 struct ConnEntry {
     ep: EpId,
     id: ConnId,
-    user_data: i64,
+    /// The data path's view of it (its cell, its endpoint's link, its user data).
+    hot: Arc<link::HotConn>,
     name: String,
     poll_group: Option<PollGroupHandle>,
     listen: Option<ListenSocketHandle>,
@@ -216,6 +213,8 @@ impl std::fmt::Debug for State {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// The connections by handle, for sends and reads that bypass `state`.
+    hot: link::HotTable,
     /// Wakes threads waiting for activity (datagrams handled: messages or status changes
     /// may be waiting).
     activity: activity::Activity,
@@ -259,14 +258,16 @@ impl Sockets {
             app_id: cfg.app_id,
         };
         let service = Arc::new(Service::start()?);
+        let paths = PathTable::default();
         let state = State {
-            reg: registry::Registry::new(),
+            reg: registry::Registry::new(paths.clone()),
             interface: ConfigStore::default(),
             callbacks: VecDeque::new(),
             subscribers: Vec::new(),
             credentials,
             p2p: p2p::P2pState {
                 bind: cfg.p2p_bind,
+                path_table: paths,
                 ..p2p::P2pState::default()
             },
             runtime: service.handle().clone(),
@@ -274,6 +275,7 @@ impl Sockets {
         };
         Ok(Self {
             shared: Arc::new(Shared {
+                hot: state.reg.hot.clone(),
                 state: Mutex::new(state),
                 activity: activity::Activity::new()?,
                 extensions: Mutex::new(Vec::new()),
@@ -400,7 +402,7 @@ impl Sockets {
         let cfg = st.connection_config(&[&store]);
         let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
         let id = e.endpoint.connect(Instant::now(), addr, cfg);
-        e.nudge.notify_one();
+        e.link.nudge.notify_one();
         let h = st.add_connection(ep, id, None, store);
         st.pump(ep);
         Ok(h)
@@ -421,8 +423,8 @@ impl Sockets {
         let paths = st.p2p.path_table.clone();
         let nudge = match st.reg.endpoints.get_mut(&ep) {
             Some(e) => {
-                e.io = Some(io.clone());
-                e.nudge.clone()
+                let _ = e.link.io.set(io.clone());
+                e.link.nudge.clone()
             }
             None => return,
         };
@@ -453,7 +455,7 @@ impl Sockets {
             }
         }
         let r = e.endpoint.accept(Instant::now(), id);
-        e.nudge.notify_one();
+        e.link.nudge.notify_one();
         st.pump(ep);
         r
     }
@@ -486,10 +488,10 @@ impl Sockets {
             return true;
         }
         if let Some(e) = st.reg.endpoints.get_mut(&entry.ep) {
-            if let Some(c) = e.endpoint.connection_mut(entry.id) {
+            if let Some(mut c) = e.endpoint.connection_mut(entry.id) {
                 c.close(Instant::now(), reason, debug, linger);
             }
-            e.nudge.notify_one();
+            e.link.nudge.notify_one();
         }
         st.pump(entry.ep);
         true
@@ -519,7 +521,7 @@ impl Sockets {
             self.close_connection(c, 0, "listen socket closed", false);
         }
         if let Some(e) = self.state().reg.endpoints.get(&l.ep) {
-            e.nudge.notify_one();
+            e.link.nudge.notify_one();
         }
         true
     }

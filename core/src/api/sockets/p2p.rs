@@ -150,7 +150,7 @@ impl Sockets {
             symmetric,
             cfg,
         );
-        e.nudge.notify_one();
+        e.link.nudge.notify_one();
         let h = st.add_connection(ep, id, None, store);
         st.p2p.conn_signaling.insert(id, signaling);
         st.pump(ep);
@@ -219,7 +219,7 @@ impl Sockets {
             Some(Subsystem::P2pRendezvous),
             || format!("rendezvous signal of {} bytes: {outcome:?}", signal.len()),
         );
-        e.nudge.notify_one();
+        e.link.nudge.notify_one();
         let request = match outcome {
             SignalOutcome::Handled => {
                 st.pump(ep);

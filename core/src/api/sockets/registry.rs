@@ -5,7 +5,6 @@
 
 use super::*;
 
-#[derive(Default)]
 pub(super) struct Registry {
     pub(super) endpoints: FxHashMap<EpId, EpState>,
     pub(super) conns: FxHashMap<ConnectionHandle, ConnEntry>,
@@ -14,16 +13,27 @@ pub(super) struct Registry {
     pub(super) groups: HashMap<PollGroupHandle, Vec<ConnectionHandle>>,
     /// The shared endpoint for outgoing connections, per address family (true: IPv6).
     pub(super) client_endpoints: HashMap<bool, EpId>,
+    /// Live connections by handle for the data path: kept with `conns`.
+    pub(super) hot: link::HotTable,
+    /// The P2P transport paths, for endpoints' links.
+    paths: PathTable,
     /// The next handle number: endpoints, connections, listen sockets and poll groups share
     /// one sequence, so no two live handles of any kind are equal. Never 0.
     next_handle: u32,
 }
 
 impl Registry {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(paths: PathTable) -> Self {
         Self {
+            endpoints: FxHashMap::default(),
+            conns: FxHashMap::default(),
+            by_proto: FxHashMap::default(),
+            listens: HashMap::new(),
+            groups: HashMap::new(),
+            client_endpoints: HashMap::new(),
+            hot: link::HotTable::default(),
+            paths,
             next_handle: 1,
-            ..Self::default()
         }
     }
 
@@ -48,15 +58,12 @@ impl Registry {
             id,
             EpState {
                 endpoint,
-                nudge: Arc::new(Notify::new()),
+                link: Arc::new(link::EpLink::new(self.paths.clone())),
                 local_addr,
                 listen,
                 loopback_buffers: false,
                 auto_accept: false,
                 closing: false,
-                io: None,
-                next_wake: None,
-                scratch: Vec::new(),
             },
         );
         id
@@ -66,6 +73,10 @@ impl Registry {
     pub(super) fn remove_connection(&mut self, h: ConnectionHandle) -> Option<ConnEntry> {
         let entry = self.conns.remove(&h)?;
         self.by_proto.remove(&(entry.ep, entry.id));
+        self.hot
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&h);
         if let Some(g) = entry.poll_group {
             if let Some(m) = self.groups.get_mut(&g) {
                 m.retain(|x| *x != h);
@@ -85,6 +96,10 @@ impl Registry {
     /// Files a new connection under handle `h` and its endpoint's id.
     pub(super) fn insert_connection(&mut self, h: ConnectionHandle, entry: ConnEntry) {
         self.by_proto.insert((entry.ep, entry.id), h);
+        self.hot
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(h, entry.hot.clone());
         self.conns.insert(h, entry);
     }
 

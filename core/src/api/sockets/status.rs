@@ -21,13 +21,13 @@ impl Sockets {
         let mut st = self.state();
         let (ep, id) = st.reg.locate(h)?;
         let now = Instant::now();
-        let c = st.reg.endpoints[&ep]
-            .endpoint
-            .connection(id)
-            .ok_or(Error::NoConnection)?;
-        let path = c.path_status(now);
-        let stats = c.stats().clone();
-        let state = c.state();
+        let (path, stats, state) = {
+            let c = st.reg.endpoints[&ep]
+                .endpoint
+                .connection(id)
+                .ok_or(Error::NoConnection)?;
+            (c.path_status(now), c.stats().clone(), c.state())
+        };
         let entry = st.reg.conns.get_mut(&h).expect("located");
         let s = &mut entry.sample;
         let (since, elapsed) = match s.at {
@@ -146,7 +146,7 @@ impl Sockets {
     pub fn set_connection_user_data(&self, h: ConnectionHandle, data: i64) -> bool {
         match self.state().reg.conns.get_mut(&h) {
             Some(c) => {
-                c.user_data = data;
+                c.hot.set_user_data(data);
                 true
             }
             None => false,
@@ -155,7 +155,11 @@ impl Sockets {
 
     /// A connection's user data, or -1 for an invalid handle.
     pub fn get_connection_user_data(&self, h: ConnectionHandle) -> i64 {
-        self.state().reg.conns.get(&h).map_or(-1, |c| c.user_data)
+        self.state()
+            .reg
+            .conns
+            .get(&h)
+            .map_or(-1, |c| c.hot.user_data())
     }
 
     /// Names a connection (for descriptions and logs).

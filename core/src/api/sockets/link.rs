@@ -1,0 +1,264 @@
+//! The data path that bypasses the `Sockets` state lock: what a thread needs to send on one
+//! connection (its cell, its endpoint's socket and driver) and to read from it.
+//!
+//! Each connection's proto state sits in a cell of its own ([`ConnRef`]); a send or a read
+//! on a connection locks that cell and nothing else, so threads working on different
+//! connections do not wait for each other, nor for the service thread's work on other
+//! connections. No lock is held while a datagram goes to the socket: datagrams are first
+//! collected into a [`Batch`], then sent.
+
+use super::*;
+use crate::proto::ConnRef;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::OnceLock;
+
+/// What threads other than the driver need of an endpoint.
+#[derive(Debug)]
+pub(super) struct EpLink {
+    /// Wakes the endpoint's driver.
+    pub(super) nudge: Arc<Notify>,
+    /// The socket, shared with the driver, for sends made on the caller's thread (set once
+    /// the driver starts).
+    pub(super) io: OnceLock<Arc<Io>>,
+    /// When the driver last planned to wake.
+    pub(super) next_wake: Mutex<Option<Instant>>,
+    /// Transport paths by stand-in address (P2P connections send through them).
+    pub(super) paths: PathTable,
+}
+
+impl EpLink {
+    pub(super) fn new(paths: PathTable) -> Self {
+        Self {
+            nudge: Arc::new(Notify::new()),
+            io: OnceLock::new(),
+            next_wake: Mutex::new(None),
+            paths,
+        }
+    }
+
+    /// True when datagrams may go out from the calling thread: a socket is there and no
+    /// fake network conditions apply (those run on the service thread).
+    pub(super) fn sends_direct(&self) -> bool {
+        self.io.get().is_some() && FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean()
+    }
+
+    /// Sends a batch from the calling thread (no lock held). False when a datagram did not
+    /// go (the socket buffer was full): it is lost like one dropped on the way, and the
+    /// protocol recovers it.
+    pub(super) fn send(&self, batch: &Batch) -> bool {
+        let Some(io) = self.io.get() else {
+            return batch.is_empty();
+        };
+        let mut sent_all = true;
+        for (to, data) in batch.iter() {
+            if is_path_addr(&to) {
+                let path = self
+                    .paths
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&to)
+                    .cloned();
+                if let Some(p) = path {
+                    p.send(data);
+                }
+            } else {
+                sent_all &= io.try_send_now(data, to).is_ok();
+            }
+        }
+        sent_all
+    }
+
+    /// Wakes the driver when `deadline` (a connection's or the endpoint's next timer) falls
+    /// before the driver's planned wake-up, or when a send failed.
+    pub(super) fn wake_if_needed(&self, deadline: Option<Instant>, sent_all: bool) {
+        let planned = *lock(&self.next_wake);
+        let needed = match (deadline, planned) {
+            (Some(t), Some(planned)) => t < planned,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if needed || !sent_all {
+            self.nudge.notify_one();
+        }
+    }
+}
+
+/// Datagrams collected under a lock, to send once it is released.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    bytes: Vec<u8>,
+    items: Vec<(SocketAddr, usize)>,
+}
+
+impl Batch {
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Appends datagrams while `next` writes one at the end of the buffer and says where
+    /// it goes (its length is what it appended).
+    pub(super) fn fill(&mut self, mut next: impl FnMut(&mut Vec<u8>) -> Option<SocketAddr>) {
+        loop {
+            let start = self.bytes.len();
+            let Some(to) = next(&mut self.bytes) else {
+                self.bytes.truncate(start);
+                return;
+            };
+            self.items.push((to, self.bytes.len() - start));
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        let mut at = 0;
+        self.items.iter().map(move |&(to, len)| {
+            let d = &self.bytes[at..at + len];
+            at += len;
+            (to, d)
+        })
+    }
+}
+
+thread_local! {
+    /// The calling thread's batch (reused: no allocation per send).
+    static BATCH: RefCell<Batch> = RefCell::new(Batch::default());
+}
+
+/// Runs `f` with this thread's empty batch.
+pub(super) fn with_batch<R>(f: impl FnOnce(&mut Batch) -> R) -> R {
+    BATCH.with(|b| match b.try_borrow_mut() {
+        Ok(mut b) => {
+            b.clear();
+            f(&mut b)
+        }
+        // Re-entered (a callback inside a send): a batch of its own.
+        Err(_) => f(&mut Batch::default()),
+    })
+}
+
+/// A connection as the data path holds it.
+#[derive(Debug)]
+pub(super) struct HotConn {
+    pub(super) conn: ConnRef,
+    pub(super) link: Arc<EpLink>,
+    /// The application's value for the connection (`ConnectionUserData`).
+    pub(super) user_data: AtomicI64,
+}
+
+/// Connections by handle, for the data path (read-mostly: written as connections come and
+/// go).
+pub(super) type HotTable = Arc<RwLock<FxHashMap<ConnectionHandle, Arc<HotConn>>>>;
+
+impl HotConn {
+    pub(super) fn user_data(&self) -> i64 {
+        self.user_data.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_user_data(&self, v: i64) {
+        self.user_data.store(v, Ordering::Relaxed);
+    }
+
+    /// Queues a message and, for an urgent one, sends what is ready from this thread.
+    pub(super) fn send(
+        &self,
+        h: ConnectionHandle,
+        data: Bytes,
+        flags: SendFlags,
+        lane: u16,
+    ) -> Result<u64, Error> {
+        let mut out = Vec::with_capacity(1);
+        self.send_all(h, std::iter::once((data, flags, lane)), &mut out);
+        out.pop().unwrap_or(Err(Error::NoConnection))
+    }
+
+    /// Queues messages under one lock of the connection (so the scheduler sees them all
+    /// before any goes), one result each into `out`; when any is urgent, sends what is
+    /// ready from this thread.
+    pub(super) fn send_all(
+        &self,
+        h: ConnectionHandle,
+        msgs: impl IntoIterator<Item = (Bytes, SendFlags, u16)>,
+        out: &mut Vec<Result<u64, Error>>,
+    ) {
+        let now = Instant::now();
+        let Some(mut c) = self.conn.lock() else {
+            out.extend(msgs.into_iter().map(|_| Err(Error::NoConnection)));
+            return;
+        };
+        let mut urgent = false;
+        for (data, flags, lane) in msgs {
+            let len = data.len();
+            let r = c.send_message_on_lane(now, data, flags, lane);
+            if let Ok(n) = r {
+                urgent |= flags.contains(SendFlags::NO_NAGLE)
+                    || flags.contains(SendFlags::USE_CURRENT_THREAD);
+                crate::debug::emit(DebugOutputType::Debug, Some(Subsystem::Message), || {
+                    format!(
+                        "#{}: message {n} queued on lane {lane}, {len} bytes, {flags:?}",
+                        h.0
+                    )
+                });
+            }
+            out.push(r);
+        }
+        if urgent && self.link.sends_direct() {
+            with_batch(|batch| {
+                batch.fill(|buf| c.poll_transmit(now, buf).then(|| c.remote_addr()));
+                let deadline = c.poll_timeout();
+                drop(c);
+                let sent_all = self.link.send(batch);
+                self.link.wake_if_needed(deadline, sent_all);
+            });
+        } else {
+            drop(c);
+            self.link.nudge.notify_one();
+        }
+    }
+
+    /// When the next message waiting on the connection arrived.
+    pub(super) fn peek_time(&self) -> Option<Instant> {
+        self.conn.read()?.peek_received().map(|m| m.received_at)
+    }
+
+    /// Takes up to `max` received messages into `out`; how many were taken.
+    pub(super) fn receive(&self, h: ConnectionHandle, max: usize, out: &mut Vec<Message>) -> usize {
+        let Some(mut c) = self.conn.lock() else {
+            return 0;
+        };
+        let mut taken = 0;
+        while taken < max {
+            let Some(m) = c.receive() else {
+                break;
+            };
+            taken += 1;
+            out.push(Message {
+                payload: m.payload,
+                connection: h,
+                message_number: m.msg_num,
+                flags: if m.reliable {
+                    SendFlags::RELIABLE
+                } else {
+                    SendFlags::UNRELIABLE
+                },
+                channel: 0,
+                user_data: self.user_data(),
+                peer_identity: c
+                    .peer_identity()
+                    .cloned()
+                    .unwrap_or_else(|| Identity::ip(c.remote_addr())),
+                received_at: m.received_at,
+            });
+        }
+        drop(c);
+        if taken > 0 {
+            // Reading frees receive buffer: the peer may be waiting to send more.
+            self.link.nudge.notify_one();
+        }
+        taken
+    }
+}
