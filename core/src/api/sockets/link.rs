@@ -227,13 +227,30 @@ impl HotConn {
 
     /// Takes up to `max` received messages into `out`; how many were taken.
     pub(super) fn receive(&self, h: ConnectionHandle, max: usize, out: &mut Vec<Message>) -> usize {
-        let Some(mut c) = self.conn.lock() else {
-            return 0;
-        };
+        let before = out.len();
+        self.receive_until(h, max, None, out);
+        out.len() - before
+    }
+
+    /// Takes received messages into `out` while fewer than `max` are taken and the next one
+    /// arrived no later than `until` (any time with `None`), under one lock. Returns when the
+    /// next message left arrived, if one is left.
+    pub(super) fn receive_until(
+        &self,
+        h: ConnectionHandle,
+        max: usize,
+        until: Option<Instant>,
+        out: &mut Vec<Message>,
+    ) -> Option<Instant> {
+        let mut c = self.conn.lock()?;
         let mut taken = 0;
-        while taken < max {
+        let next = loop {
+            let next = c.peek_received().map(|m| m.received_at);
+            if taken == max || next.is_none() || until.is_some_and(|u| next > Some(u)) {
+                break next;
+            }
             let Some(m) = c.receive() else {
-                break;
+                break None;
             };
             taken += 1;
             out.push(Message {
@@ -253,12 +270,12 @@ impl HotConn {
                     .unwrap_or_else(|| Identity::ip(c.remote_addr())),
                 received_at: m.received_at,
             });
-        }
+        };
         drop(c);
         if taken > 0 {
             // Reading frees receive buffer: the peer may be waiting to send more.
             self.link.nudge.notify_one();
         }
-        taken
+        next
     }
 }

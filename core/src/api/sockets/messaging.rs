@@ -128,15 +128,35 @@ impl Sockets {
                 .collect()
         };
         let mut out = Vec::new();
-        while out.len() < max {
-            // The member whose next message arrived first.
-            let next = members
+        // A merge by arrival time: each round looks at every member once, then takes from
+        // the one whose next message came first everything that came before the others'
+        // next ones (and before the look, so later arrivals wait for the next round).
+        loop {
+            let looked = Instant::now();
+            let mut heads: Vec<(Option<Instant>, ConnectionHandle, &link::HotConn)> = members
                 .iter()
-                .filter_map(|(h, c)| c.peek_time().map(|t| (t, *h, c)))
-                .min_by_key(|(t, h, _)| (*t, *h));
-            match next {
-                Some((_, h, c)) if c.receive(h, 1, &mut out) == 1 => {}
-                _ => break,
+                .map(|(h, c)| (c.peek_time(), *h, &**c))
+                .collect();
+            let mut took_any = false;
+            while out.len() < max {
+                let Some(first) = (0..heads.len())
+                    .filter(|&i| heads[i].0.is_some_and(|t| t <= looked))
+                    .min_by_key(|&i| (heads[i].0, heads[i].1))
+                else {
+                    break;
+                };
+                let others = (0..heads.len())
+                    .filter(|&i| i != first)
+                    .filter_map(|i| heads[i].0)
+                    .min();
+                let until = others.map_or(looked, |t| t.min(looked));
+                let (_, h, c) = heads[first];
+                let before = out.len();
+                heads[first].0 = c.receive_until(h, max - out.len(), Some(until), &mut out);
+                took_any |= out.len() > before;
+            }
+            if out.len() >= max || !took_any {
+                break;
             }
         }
         Ok(out)
