@@ -1186,6 +1186,12 @@ impl Endpoint {
         None
     }
 
+    /// True when the layer above has something to take: an event, a transport path to
+    /// start, or a signal for one.
+    pub fn has_news(&self) -> bool {
+        !self.events.is_empty() || !self.path_starts.is_empty() || !self.path_signals.is_empty()
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<(ConnId, Event)> {
         self.events.pop_front()

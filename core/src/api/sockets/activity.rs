@@ -15,9 +15,9 @@ use std::cell::RefCell;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 
-/// A socket a waiting thread may read: its endpoint, the socket, and the nudge that wakes the
-/// endpoint's driver.
-type Watched = (EpId, Arc<Io>, Arc<Notify>);
+/// A socket a waiting thread may read: its endpoint (by id and as the data path holds it) and
+/// the socket.
+type Watched = (EpId, Arc<Io>, Arc<link::EpLink>);
 
 /// Most batches a waiting thread reads from one socket before it hands the rest to the driver.
 const MAX_BATCHES: usize = 16;
@@ -84,9 +84,9 @@ impl Activity {
     }
 
     /// Lets waiting threads read endpoint `ep`'s socket (a UDP one) themselves.
-    pub(super) fn watch(&self, ep: EpId, io: &Arc<Io>, nudge: &Arc<Notify>) {
+    pub(super) fn watch(&self, ep: EpId, io: &Arc<Io>, link: &Arc<link::EpLink>) {
         if io.poll_fd().is_some() {
-            lock(&self.sockets).push((ep, io.clone(), nudge.clone()));
+            lock(&self.sockets).push((ep, io.clone(), link.clone()));
         }
     }
 
@@ -180,11 +180,17 @@ impl Activity {
 
     /// Reads and handles what waits on endpoint `ep`'s socket, on this thread. True when
     /// there was something (the service thread may have read it first).
-    pub(super) fn read_socket(&self, shared: &Shared, ep: EpId, io: &Io) -> bool {
+    pub(super) fn read_socket(
+        &self,
+        shared: &Shared,
+        ep: EpId,
+        io: &Io,
+        link: &link::EpLink,
+    ) -> bool {
         let mut inbox = lock(&self.inboxes).pop().unwrap_or_else(|| Inbox::new(4));
         let got = io.try_recv_batch(&mut inbox);
         if got {
-            shared.handle_datagrams(ep, Instant::now(), &inbox, true);
+            shared.handle_datagrams(ep, link, Instant::now(), &inbox, true);
         }
         lock(&self.inboxes).push(inbox);
         got
@@ -192,9 +198,9 @@ impl Activity {
 
     /// Reads what waits on a watched socket, up to [`MAX_BATCHES`] batches; the driver is
     /// asked to read the rest. True when there was something.
-    fn drain_socket(&self, shared: &Shared, (ep, io, nudge): &Watched) -> bool {
+    fn drain_socket(&self, shared: &Shared, (ep, io, link): &Watched) -> bool {
         let mut batches = 0;
-        while batches < MAX_BATCHES && self.read_socket(shared, *ep, io) {
+        while batches < MAX_BATCHES && self.read_socket(shared, *ep, io, link) {
             batches += 1;
         }
         if batches == MAX_BATCHES {
@@ -204,7 +210,7 @@ impl Activity {
             }
             self.any_requests.store(true, SeqCst);
             drop(requests);
-            nudge.notify_one();
+            link.nudge.notify_one();
         }
         batches > 0
     }

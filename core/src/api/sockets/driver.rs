@@ -1,25 +1,7 @@
 //! The glue the runtime drives: an endpoint's state, the per-turn work on `State`, and the driver of one endpoint.
 
 use super::*;
-
-impl EpState {
-    /// Collects what is ready to send into `batch`, for the calling thread to send once the
-    /// lock is released, instead of waking the service thread (the latency of a hand-off
-    /// saved). Returns the endpoint's next deadline, or `Err(())` when the service thread
-    /// must do it: fake network conditions in force, or no socket yet.
-    pub(super) fn collect_now(
-        &mut self,
-        now: Instant,
-        batch: &mut link::Batch,
-    ) -> Result<Option<Instant>, ()> {
-        if !self.link.sends_direct() {
-            return Err(());
-        }
-        let endpoint = &mut self.endpoint;
-        batch.fill(|buf| endpoint.poll_transmit(now, buf).map(|t| t.destination));
-        Ok(self.endpoint.poll_timeout())
-    }
-}
+use std::sync::atomic::Ordering;
 
 impl State {
     pub(super) fn add_connection(
@@ -34,7 +16,7 @@ impl State {
             .as_i64()
             .unwrap_or(-1);
         let e = &self.reg.endpoints[&ep];
-        let conn = e.endpoint.share(id).expect("a live connection");
+        let conn = e.ep().share(id).expect("a live connection");
         let hot = Arc::new(link::HotConn {
             conn,
             link: e.link.clone(),
@@ -79,7 +61,7 @@ impl State {
             .collect();
         for (ep, cfg) in listen_cfgs {
             if let Some(e) = self.reg.endpoints.get_mut(&ep) {
-                e.endpoint.set_incoming(cfg);
+                e.ep().set_incoming(cfg);
             }
         }
         let conn_cfgs: Vec<(EpId, ConnId, ConnectionConfig)> = self
@@ -94,17 +76,14 @@ impl State {
                 (c.ep, c.id, self.connection_config(&own))
             })
             .collect();
-        for (ep, id, cfg) in conn_cfgs {
-            if let Some(mut c) = self
-                .reg
-                .endpoints
-                .get_mut(&ep)
-                .and_then(|e| e.endpoint.connection_mut(id))
-            {
-                let mut cfg = cfg;
-                cfg.expected_peer = c.config().expected_peer.clone();
-                cfg.allow_without_auth = cfg.allow_without_auth.max(c.config().allow_without_auth);
-                c.set_config(cfg);
+        for (ep, id, mut cfg) in conn_cfgs {
+            if let Some(e) = self.reg.endpoints.get(&ep) {
+                e.with_conn_mut(id, |c| {
+                    cfg.expected_peer = c.config().expected_peer.clone();
+                    cfg.allow_without_auth =
+                        cfg.allow_without_auth.max(c.config().allow_without_auth);
+                    c.set_config(cfg);
+                });
             }
         }
         for e in self.reg.endpoints.values() {
@@ -123,7 +102,7 @@ impl State {
             .endpoints
             .get(&entry.ep)
             .ok_or(Error::NoConnection)?;
-        let c = e.endpoint.connection(entry.id).ok_or(Error::NoConnection)?;
+        let c = entry.hot.conn.read().ok_or(Error::NoConnection)?;
         let mut flags = c.info_flags();
         if e.loopback_buffers {
             flags |= ConnectionInfoFlags::LOOPBACK_BUFFERS | ConnectionInfoFlags::FAST;
@@ -206,7 +185,7 @@ impl State {
         };
         // Paths start first, so what a path says as it starts (a failure at once, say) is
         // heard in this same call, before any signal the caller hands on next.
-        let starts: Vec<ConnId> = std::iter::from_fn(|| e.endpoint.poll_path_start()).collect();
+        let starts: Vec<ConnId> = std::iter::from_fn(|| e.ep().poll_path_start()).collect();
         for id in starts {
             if let Err(why) = self.start_path(ep, id) {
                 tracing::debug!(conn = id.0, why, "no transport path started");
@@ -220,16 +199,16 @@ impl State {
             for n in notes {
                 match n {
                     PathNote::Signal(data) => {
-                        if !e.endpoint.send_path_signal(now, *id, data) {
+                        if !e.ep().send_path_signal(now, *id, data) {
                             tracing::debug!(conn = id.0, "path signal not sent");
                         }
                     }
-                    PathNote::Ready => e.endpoint.path_ready(*id, p.addr),
-                    PathNote::Failed(reason, debug) => e.endpoint.path_failed(*id, reason, &debug),
+                    PathNote::Ready => e.ep().path_ready(*id, p.addr),
+                    PathNote::Failed(reason, debug) => e.ep().path_failed(*id, reason, &debug),
                 }
             }
         }
-        while let Some((id, signal)) = e.endpoint.poll_path_signal() {
+        while let Some((id, signal)) = e.ep().poll_path_signal() {
             if let Some(p) = self.p2p.paths.get(&id) {
                 p.path.handle_signal(&signal);
             }
@@ -238,7 +217,7 @@ impl State {
             .p2p
             .paths
             .keys()
-            .filter(|id| e.endpoint.connection(**id).is_none())
+            .filter(|id| e.ep().connection(**id).is_none())
             .copied()
             .collect();
         if !gone.is_empty() {
@@ -263,7 +242,7 @@ impl State {
         let h = self.reg.by_proto.get(&(ep, id)).ok_or("handle released")?;
         let entry = self.reg.conns.get(h).ok_or("handle released")?;
         let e = self.reg.endpoints.get(&ep).ok_or("endpoint gone")?;
-        let c = e.endpoint.connection(id).ok_or("connection gone")?;
+        let c = entry.hot.conn.read().ok_or("connection gone")?;
         let p2p = c.p2p().ok_or("not a P2P connection")?;
         let text = |v| {
             self.conn_value(&entry.config, entry.listen, v)
@@ -338,7 +317,7 @@ impl State {
             .reg
             .endpoints
             .get_mut(&ep)
-            .and_then(|e| e.endpoint.poll_event())
+            .and_then(|e| e.ep().poll_event())
         {
             let handle = match self.reg.by_proto.get(&(ep, id)) {
                 Some(h) => *h,
@@ -346,15 +325,17 @@ impl State {
                     let Some(e) = self.reg.endpoints.get(&ep) else {
                         continue;
                     };
-                    if e.endpoint.connection(id).is_none() {
+                    if !e.has_conn(id) {
                         continue; // removed already (an ignored P2P request)
                     }
                     if e.auto_accept {
                         self.add_connection(ep, id, None, ConfigStore::default());
                         if let Some(e) = self.reg.endpoints.get_mut(&ep) {
-                            let _ = e.endpoint.accept(Instant::now(), id);
-                            e.endpoint.set_listen(false);
-                            e.closing = true;
+                            let mut endpoint = e.ep();
+                            let _ = endpoint.accept(Instant::now(), id);
+                            endpoint.set_listen(false);
+                            drop(endpoint);
+                            e.close_when_empty();
                             e.link.nudge.notify_one();
                         }
                         continue;
@@ -415,33 +396,38 @@ impl State {
 
 impl Shared {
     /// Feeds datagrams received on endpoint `ep`'s socket (on the service thread or a
-    /// waiting one) and wakes the threads waiting for activity.
+    /// waiting one) and wakes the threads waiting for activity. Only the endpoint is locked
+    /// while they are decrypted and handled; the state lock is taken after, and only when
+    /// the endpoint has news for the layer above (status changes, paths to start).
     ///
     /// On a waiting thread (`waiter`), what the datagrams call for is sent from that thread
     /// too, and the driver is woken only when a timer now falls before its planned wake-up.
-    pub(super) fn handle_datagrams(&self, ep: EpId, now: Instant, inbox: &Inbox, waiter: bool) {
+    pub(super) fn handle_datagrams(
+        &self,
+        ep: EpId,
+        link: &link::EpLink,
+        now: Instant,
+        inbox: &Inbox,
+        waiter: bool,
+    ) {
         link::with_batch(|batch| {
-            let mut st = lock(&self.state);
-            if let Some(e) = st.reg.endpoints.get_mut(&ep) {
-                for (from, data) in inbox.iter() {
-                    e.endpoint.handle_datagram(now, from, data);
-                }
+            let mut e = link.endpoint();
+            for (from, data) in inbox.iter() {
+                e.handle_datagram(now, from, data);
             }
-            st.pump(ep);
-            let reply = st
-                .reg
-                .endpoints
-                .get_mut(&ep)
-                .filter(|_| waiter)
-                .map(|e| (e.link.clone(), e.collect_now(now, batch)));
-            drop(st);
+            let news = e.has_news();
+            let reply = waiter.then(|| link.collect_now(&mut e, now, batch));
+            drop(e);
             match reply {
-                Some((link, Ok(deadline))) => {
+                Some(Ok(deadline)) => {
                     let sent_all = link.send(batch);
                     link.wake_if_needed(deadline, sent_all);
                 }
-                Some((link, Err(()))) => link.nudge.notify_one(),
+                Some(Err(())) => link.nudge.notify_one(),
                 None => {}
+            }
+            if news || link.p2p.load(Ordering::Acquire) {
+                lock(&self.state).pump(ep);
             }
         });
         self.activity.notify();
@@ -459,7 +445,7 @@ impl Drop for EpDriver {
 pub(super) struct EpDriver {
     pub(super) shared: Arc<Shared>,
     pub(super) ep: EpId,
-    pub(super) paths: PathTable,
+    pub(super) link: Arc<link::EpLink>,
 }
 
 impl Driven for EpDriver {
@@ -468,6 +454,7 @@ impl Driven for EpDriver {
             return false;
         }
         if let Some(p) = self
+            .link
             .paths
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -491,55 +478,55 @@ impl Driven for EpDriver {
     }
 
     fn on_datagrams(&self, now: Instant, inbox: &Inbox) {
-        self.shared.handle_datagrams(self.ep, now, inbox, false);
+        self.shared
+            .handle_datagrams(self.ep, &self.link, now, inbox, false);
     }
 
     fn poll(&self, now: Instant, out: &mut Outbox) -> Wake {
-        let mut st = lock(&self.shared.state);
-        // What paths said (a route found, say) may have packets to send now.
-        st.service_paths(self.ep);
-        let Some(e) = st.reg.endpoints.get_mut(&self.ep) else {
-            return Wake::Stop;
-        };
-        e.endpoint.handle_timeout(now);
-        out.fill(|buf| {
-            e.endpoint
-                .poll_transmit(now, buf)
-                .map(|t| (t.destination, t.len))
-        });
+        let p2p = self.link.p2p.load(Ordering::Acquire);
+        if p2p {
+            // What paths said (a route found, say) may have packets to send now.
+            lock(&self.shared.state).service_paths(self.ep);
+        }
+        let mut e = self.link.endpoint();
+        e.handle_timeout(now);
+        out.fill(|buf| e.poll_transmit(now, buf).map(|t| (t.destination, t.len)));
         let mut signals = Vec::new();
-        while let Some(s) = e.endpoint.poll_signal(now) {
+        while let Some(s) = e.poll_signal(now) {
             signals.push(s);
         }
-        let signals: Vec<(Arc<dyn Signaling>, Identity, Vec<u8>)> = signals
-            .into_iter()
-            .filter_map(|(id, peer, bytes)| {
-                let via = st
-                    .p2p
-                    .conn_signaling
-                    .get(&id)
-                    .or(st.p2p.signaling.as_ref())?;
-                Some((via.clone(), peer, bytes))
-            })
-            .collect();
+        let wake = e.poll_timeout();
+        *lock(&self.link.next_wake) = wake;
+        let news = e.has_news();
+        let empty = e.connection_ids().next().is_none();
+        drop(e);
         if !signals.is_empty() {
+            let st = lock(&self.shared.state);
+            let signals: Vec<(Arc<dyn Signaling>, Identity, Vec<u8>)> = signals
+                .into_iter()
+                .filter_map(|(id, peer, bytes)| {
+                    let via = st
+                        .p2p
+                        .conn_signaling
+                        .get(&id)
+                        .or(st.p2p.signaling.as_ref())?;
+                    Some((via.clone(), peer, bytes))
+                })
+                .collect();
             // Sent without the lock held: the signaling may call back into `Sockets`.
             drop(st);
             for (via, peer, bytes) in &signals {
                 via.send_signal(peer, bytes);
             }
-            st = lock(&self.shared.state);
         }
-        let Some(e) = st.reg.endpoints.get_mut(&self.ep) else {
-            return Wake::Stop;
-        };
-        let done = e.closing && e.endpoint.connection_ids().next().is_none();
-        let wake = e.endpoint.poll_timeout();
-        *lock(&e.link.next_wake) = wake;
-        st.pump(self.ep);
-        if done && out.is_empty() {
-            st.reg.endpoints.remove(&self.ep);
-            return Wake::Stop;
+        let done = empty && self.link.closing.load(Ordering::Acquire);
+        if news || p2p || done {
+            let mut st = lock(&self.shared.state);
+            st.pump(self.ep);
+            if done && out.is_empty() {
+                st.reg.endpoints.remove(&self.ep);
+                return Wake::Stop;
+            }
         }
         wake.map_or(Wake::Idle, Wake::At)
     }

@@ -137,7 +137,7 @@ impl Sockets {
             }
             let entry = st.reg.conns.get(&h)?;
             let e = st.reg.endpoints.get(&entry.ep)?;
-            let peer = e.endpoint.connection(entry.id)?.p2p()?.peer.clone();
+            let peer = e.ep().connection(entry.id)?.p2p()?.peer.clone();
             peer
         };
         self.fake_ip_of(&peer).map(|ip| SocketAddrV4::new(ip, 0))

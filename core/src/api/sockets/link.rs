@@ -13,9 +13,17 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 
-/// What threads other than the driver need of an endpoint.
+/// An endpoint as its driver and the data path hold it: its protocol state under a lock of
+/// its own (taken after the `Sockets` state lock, never before it), its socket and what
+/// wakes its driver.
 #[derive(Debug)]
 pub(super) struct EpLink {
+    /// The protocol endpoint.
+    endpoint: Mutex<Endpoint>,
+    /// The P2P endpoint: its driver services the transport paths every turn.
+    pub(super) p2p: std::sync::atomic::AtomicBool,
+    /// Stop the driver once no connection is left.
+    pub(super) closing: std::sync::atomic::AtomicBool,
     /// Wakes the endpoint's driver.
     pub(super) nudge: Arc<Notify>,
     /// The socket, shared with the driver, for sends made on the caller's thread (set once
@@ -28,13 +36,39 @@ pub(super) struct EpLink {
 }
 
 impl EpLink {
-    pub(super) fn new(paths: PathTable) -> Self {
+    pub(super) fn new(endpoint: Endpoint, paths: PathTable) -> Self {
         Self {
+            endpoint: Mutex::new(endpoint),
+            p2p: Default::default(),
+            closing: Default::default(),
             nudge: Arc::new(Notify::new()),
             io: OnceLock::new(),
             next_wake: Mutex::new(None),
             paths,
         }
+    }
+
+    /// Locks the protocol endpoint. The `Sockets` state lock, if the caller takes it, must
+    /// be taken first.
+    pub(super) fn endpoint(&self) -> MutexGuard<'_, Endpoint> {
+        lock(&self.endpoint)
+    }
+
+    /// Collects what is ready to send into `batch`, for the calling thread to send once the
+    /// locks are released, instead of waking the service thread (the latency of a hand-off
+    /// saved). Returns the endpoint's next deadline, or `Err(())` when the service thread
+    /// must do it: fake network conditions in force, or no socket yet.
+    pub(super) fn collect_now(
+        &self,
+        endpoint: &mut Endpoint,
+        now: Instant,
+        batch: &mut Batch,
+    ) -> Result<Option<Instant>, ()> {
+        if !self.sends_direct() {
+            return Err(());
+        }
+        batch.fill(|buf| endpoint.poll_transmit(now, buf).map(|t| t.destination));
+        Ok(endpoint.poll_timeout())
     }
 
     /// True when datagrams may go out from the calling thread: a socket is there and no

@@ -127,15 +127,42 @@ type EpId = u32;
 
 #[derive(Debug)]
 struct EpState {
-    endpoint: Endpoint,
     /// What other threads need to send on the endpoint and wake its driver.
     link: Arc<link::EpLink>,
     local_addr: SocketAddr,
     listen: Option<ListenSocketHandle>,
     loopback_buffers: bool,
     auto_accept: bool,
-    /// Stop the driver once no connection is left.
-    closing: bool,
+}
+
+impl EpState {
+    /// Locks the protocol endpoint (with the state lock held: that order always).
+    fn ep(&self) -> MutexGuard<'_, Endpoint> {
+        self.link.endpoint()
+    }
+
+    /// Runs `f` on connection `id` with the endpoint locked; `None` if there is none.
+    fn with_conn_mut<R>(
+        &self,
+        id: ConnId,
+        f: impl FnOnce(&mut crate::proto::Connection) -> R,
+    ) -> Option<R> {
+        let mut e = self.ep();
+        let mut c = e.connection_mut(id)?;
+        Some(f(&mut c))
+    }
+
+    /// Whether the endpoint still has connection `id`.
+    fn has_conn(&self, id: ConnId) -> bool {
+        self.ep().connection(id).is_some()
+    }
+
+    /// Stops the driver once no connection is left.
+    fn close_when_empty(&self) {
+        self.link
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -401,7 +428,7 @@ impl Sockets {
         let mut st = self.state();
         let cfg = st.connection_config(&[&store]);
         let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
-        let id = e.endpoint.connect(Instant::now(), addr, cfg);
+        let id = e.ep().connect(Instant::now(), addr, cfg);
         e.link.nudge.notify_one();
         let h = st.add_connection(ep, id, None, store);
         st.pump(ep);
@@ -419,21 +446,18 @@ impl Sockets {
 
     fn spawn_driver_with(&self, ep: EpId, io: Io, side: Option<crate::runtime::SideInput>) {
         let io = Arc::new(io);
-        let mut st = self.state();
-        let paths = st.p2p.path_table.clone();
-        let nudge = match st.reg.endpoints.get_mut(&ep) {
-            Some(e) => {
-                let _ = e.link.io.set(io.clone());
-                e.link.nudge.clone()
-            }
-            None => return,
+        let st = self.state();
+        let Some(link) = st.reg.endpoints.get(&ep).map(|e| e.link.clone()) else {
+            return;
         };
         drop(st);
-        self.shared.activity.watch(ep, &io, &nudge);
+        let _ = link.io.set(io.clone());
+        self.shared.activity.watch(ep, &io, &link);
+        let nudge = link.nudge.clone();
         let owner = EpDriver {
             shared: self.shared.clone(),
             ep,
-            paths,
+            link,
         };
         self.service.handle().spawn(drive(owner, io, nudge, side));
     }
@@ -443,7 +467,7 @@ impl Sockets {
         let mut st = self.state();
         let (ep, id) = st.reg.locate(h)?;
         let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::NoConnection)?;
-        if let Some(c) = e.endpoint.connection(id) {
+        if let Some(c) = e.ep().connection(id) {
             if c.p2p().is_some() && c.state() != ConnectionState::Connecting {
                 // Accepted already (symmetric connect does it implicitly).
                 return Err(Error::DuplicateRequest);
@@ -454,7 +478,7 @@ impl Sockets {
                 ));
             }
         }
-        let r = e.endpoint.accept(Instant::now(), id);
+        let r = e.ep().accept(Instant::now(), id);
         e.link.nudge.notify_one();
         st.pump(ep);
         r
@@ -488,7 +512,7 @@ impl Sockets {
             return true;
         }
         if let Some(e) = st.reg.endpoints.get_mut(&entry.ep) {
-            if let Some(mut c) = e.endpoint.connection_mut(entry.id) {
+            if let Some(mut c) = e.ep().connection_mut(entry.id) {
                 c.close(Instant::now(), reason, debug, linger);
             }
             e.link.nudge.notify_one();
@@ -506,8 +530,8 @@ impl Sockets {
         // Stop taking hellos first, so no connection appears after the list below is made.
         // (The P2P endpoint is shared: it stays.)
         if let (None, Some(e)) = (l.vport, st.reg.endpoints.get_mut(&l.ep)) {
-            e.endpoint.set_listen(false);
-            e.closing = true;
+            e.ep().set_listen(false);
+            e.close_when_empty();
         }
         let accepted: Vec<ConnectionHandle> = st
             .reg

@@ -51,7 +51,7 @@ impl Sockets {
         let id = transport.wire_id();
         st.p2p.transport = Some(transport);
         if let Some(e) = st.p2p.endpoint.and_then(|ep| st.reg.endpoints.get_mut(&ep)) {
-            e.endpoint.set_p2p_transport(id);
+            e.ep().set_p2p_transport(id);
         }
     }
 
@@ -124,7 +124,7 @@ impl Sockets {
         if symmetric {
             // A matching incoming connection already waiting is accepted instead.
             let waiting = st.reg.conns.iter().find_map(|(h, c)| {
-                let conn = st.reg.endpoints.get(&c.ep)?.endpoint.connection(c.id)?;
+                let conn = c.hot.conn.read()?;
                 let p = conn.p2p()?;
                 (c.ep == ep
                     && p.symmetric
@@ -142,7 +142,7 @@ impl Sockets {
         }
         let cfg = st.connection_config(&[&store]);
         let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
-        let id = e.endpoint.connect_p2p(
+        let id = e.ep().connect_p2p(
             Instant::now(),
             peer.clone(),
             local_vport,
@@ -197,7 +197,7 @@ impl Sockets {
         let Some(e) = st.reg.endpoints.get_mut(&ep) else {
             return false;
         };
-        let outcome = match e.endpoint.handle_signal_from(now, signal, sender) {
+        let outcome = match e.ep().handle_signal_from(now, signal, sender) {
             Ok(o) => o,
             Err(err) => {
                 tracing::debug!(error = %err, "malformed rendezvous signal");
@@ -243,9 +243,7 @@ impl Sockets {
         let peer = request.from.clone();
         let vport = request.to_vport;
         let e = st.reg.endpoints.get_mut(&ep).expect("checked above");
-        let id = e
-            .endpoint
-            .accept_p2p_request(now, request.clone(), vport, cfg);
+        let id = e.ep().accept_p2p_request(now, request.clone(), vport, cfg);
         let h = st.add_connection(ep, id, listen, store);
         // Nobody hears of it until the application has decided.
         st.p2p.undecided.insert(h, Undecided::default());
@@ -264,9 +262,9 @@ impl Sockets {
             _ => {
                 st.reg.remove_connection(h);
                 if let Some(e) = st.reg.endpoints.get_mut(&ep) {
-                    e.endpoint.forget_p2p_request(id);
+                    e.ep().forget_p2p_request(id);
                     if let Some((reason, debug)) = refusal {
-                        let signal = e.endpoint.reject_p2p_request(&request, reason, &debug);
+                        let signal = e.ep().reject_p2p_request(&request, reason, &debug);
                         drop(st);
                         ctx.send_rejection_signal(&peer, &signal);
                     }
@@ -308,8 +306,11 @@ impl Sockets {
             .as_ref()
             .map_or(transport::DIRECT, |t| t.wire_id());
         if let Some(e) = st.reg.endpoints.get_mut(&ep) {
-            e.endpoint.set_p2p_candidates(candidates);
-            e.endpoint.set_p2p_transport(wire_id);
+            let mut endpoint = e.ep();
+            endpoint.set_p2p_candidates(candidates);
+            endpoint.set_p2p_transport(wire_id);
+            drop(endpoint);
+            e.link.p2p.store(true, std::sync::atomic::Ordering::Release);
         }
         st.p2p.endpoint = Some(ep);
         let (tx, rx) = mpsc::channel(transport::PATH_INBOX);

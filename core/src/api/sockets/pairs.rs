@@ -63,7 +63,11 @@ impl Sockets {
             e.loopback_buffers = !use_network_loopback;
         }
         // Side 1 lives as long as its connection; side 2 from when it has accepted one.
-        st.reg.endpoints.get_mut(&ep1).expect("just added").closing = true;
+        st.reg
+            .endpoints
+            .get_mut(&ep1)
+            .expect("just added")
+            .close_when_empty();
         st.reg
             .endpoints
             .get_mut(&ep2)
@@ -75,7 +79,7 @@ impl Sockets {
             .endpoints
             .get_mut(&ep1)
             .expect("just added")
-            .endpoint
+            .ep()
             .connect(Instant::now(), addr2, cfg);
         let h1 = st.add_connection(ep1, id1, None, ConfigStore::default());
         st.pump(ep1);

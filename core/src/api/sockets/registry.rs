@@ -57,13 +57,11 @@ impl Registry {
         self.endpoints.insert(
             id,
             EpState {
-                endpoint,
-                link: Arc::new(link::EpLink::new(self.paths.clone())),
+                link: Arc::new(link::EpLink::new(endpoint, self.paths.clone())),
                 local_addr,
                 listen,
                 loopback_buffers: false,
                 auto_accept: false,
-                closing: false,
             },
         );
         id

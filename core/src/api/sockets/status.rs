@@ -19,12 +19,13 @@ impl Sockets {
     /// Real-time status: ping, quality, rates, queues.
     pub fn get_quick_connection_status(&self, h: ConnectionHandle) -> Result<QuickStatus, Error> {
         let mut st = self.state();
-        let (ep, id) = st.reg.locate(h)?;
+        st.reg.locate(h)?;
         let now = Instant::now();
         let (path, stats, state) = {
-            let c = st.reg.endpoints[&ep]
-                .endpoint
-                .connection(id)
+            let c = st.reg.conns[&h]
+                .hot
+                .conn
+                .read()
                 .ok_or(Error::NoConnection)?;
             (c.path_status(now), c.stats().clone(), c.state())
         };
@@ -73,10 +74,8 @@ impl Sockets {
         let q = self.get_quick_connection_status(h)?;
         let st = self.state();
         let (ep, id) = st.reg.locate(h)?;
-        let c = st.reg.endpoints[&ep]
-            .endpoint
-            .connection(id)
-            .ok_or(Error::NoConnection)?;
+        let entry = st.reg.conns.get(&h).ok_or(Error::NoConnection)?;
+        let c = entry.hot.conn.read().ok_or(Error::NoConnection)?;
         let s = c.stats();
         let p = c.path_status(Instant::now());
         let mut route = String::new();
