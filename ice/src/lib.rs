@@ -53,6 +53,13 @@ const DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(2);
 /// How much longer before it has failed (and, connected, ICE restarts). While checking,
 /// the two together bound how long a punch may take.
 const FAILED_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long checks run before a relayed pair may be nominated (webrtc-ice's default is 2 s).
+/// The agent never trades a nominated pair for a better one, so nominating the relay early
+/// loses the direct path for good: on links that lose 10% of packets each way, checks of the
+/// direct pair (four lossy crossings each) often fail for two seconds, and the relay won about
+/// half the namespace runs. Costs a connection that only the relay can carry up to two more
+/// seconds.
+const RELAY_ACCEPTANCE_WAIT: Duration = Duration::from_secs(4);
 /// How long a TURN server may take to answer the allocation that tells why gathering found
 /// no relayed candidate. Well inside the peer's `DISCONNECTED_TIMEOUT + FAILED_TIMEOUT`, so
 /// our reason reaches the peer before it gives up on its own.
@@ -229,6 +236,46 @@ fn is_private(ip: IpAddr) -> bool {
     }
 }
 
+/// The networks of this host's interfaces, as (address, mask); `None` when they cannot be
+/// read.
+fn local_networks() -> Option<Vec<(IpAddr, IpAddr)>> {
+    let ifaces = webrtc_util::ifaces::ifaces().ok()?;
+    Some(
+        ifaces
+            .into_iter()
+            .filter_map(|i| Some((i.addr?.ip(), i.mask?.ip())))
+            .collect(),
+    )
+}
+
+/// Whether `a` and `b` are on the network of mask `mask`.
+fn same_network(a: IpAddr, b: IpAddr, mask: IpAddr) -> bool {
+    match (a, b, mask) {
+        (IpAddr::V4(a), IpAddr::V4(b), IpAddr::V4(m)) => {
+            let m = u32::from(m);
+            u32::from(a) & m == u32::from(b) & m
+        }
+        (IpAddr::V6(a), IpAddr::V6(b), IpAddr::V6(m)) => {
+            let m = u128::from(m);
+            u128::from(a) & m == u128::from(b) & m
+        }
+        _ => false,
+    }
+}
+
+/// Whether a peer's host candidate at `ip` is worth checking: a public address, or a private
+/// one on a network of this host (`networks`; all are kept when those are unknown). A private
+/// address elsewhere is the peer's own LAN, which no packet of ours reaches; checking it is
+/// wasted, and worse, from a relayed candidate the TURN server refuses the permission while
+/// the agent's checks, made one after another, wait for each refusal (seconds once the
+/// refusals meet loss).
+fn host_reachable(ip: IpAddr, networks: Option<&[(IpAddr, IpAddr)]>) -> bool {
+    match networks {
+        Some(nets) if is_private(ip) => nets.iter().any(|&(a, m)| same_network(a, ip, m)),
+        _ => true,
+    }
+}
+
 /// Parses a STUN or TURN server from the config list (`stun:host:port`, `turn:host:port`, or
 /// a bare `host:port`).
 fn server_url(s: &str, scheme: &str) -> Result<Url, String> {
@@ -297,6 +344,7 @@ fn agent_config(config: &PathConfig, filter: Option<IpFilter>) -> Result<AgentCo
         ip_filter: Arc::new(Some(Box::new(ip_filter))),
         disconnected_timeout: Some(DISCONNECTED_TIMEOUT),
         failed_timeout: Some(FAILED_TIMEOUT),
+        relay_acceptance_min_wait: Some(RELAY_ACCEPTANCE_WAIT),
         ..AgentConfig::default()
     })
 }
@@ -323,6 +371,8 @@ struct Run {
     /// The peer's credentials and candidates for this generation.
     remote_creds: Option<(String, String)>,
     remote_count: usize,
+    /// This host's networks, which a peer's private host candidates must be on.
+    networks: Option<Vec<(IpAddr, IpAddr)>>,
     started: bool,
     connected_once: bool,
     /// Signals waiting to go in one message, and when they go.
@@ -368,6 +418,7 @@ async fn run(
         local_done: false,
         remote_creds: None,
         remote_count: 0,
+        networks: local_networks(),
         started: false,
         connected_once: false,
         bundle: Vec::new(),
@@ -578,6 +629,17 @@ impl Run {
                     return None;
                 }
                 match unmarshal_candidate(&candidate) {
+                    Ok(c)
+                        if c.candidate_type() == CandidateType::Host
+                            && c.address()
+                                .parse::<IpAddr>()
+                                .is_ok_and(|ip| !host_reachable(ip, self.networks.as_deref())) =>
+                    {
+                        tracing::debug!(
+                            candidate,
+                            "peer's private host candidate is off our networks: not checked"
+                        );
+                    }
                     Ok(c) => {
                         let c: Arc<dyn Candidate + Send + Sync> = Arc::new(c);
                         if self.agent.add_remote_candidate(&c).is_ok() {
@@ -781,4 +843,38 @@ async fn probe_turn(url: &str, user: &str, pass: &str) -> Result<(), String> {
     };
     let _ = client.close().await;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn private_host_candidates_count_only_on_our_networks() {
+        let nets = [
+            (ip("127.0.0.1"), ip("255.0.0.0")),
+            (ip("10.1.0.2"), ip("255.255.255.0")),
+            (ip("fe80::1"), ip("ffff:ffff:ffff:ffff::")),
+        ];
+        let ok = |s| host_reachable(ip(s), Some(&nets));
+        // On one of our networks.
+        assert!(ok("10.1.0.77"));
+        assert!(ok("127.0.0.9"));
+        assert!(ok("fe80::abcd"));
+        // Someone else's LAN.
+        assert!(!ok("10.2.0.77"));
+        assert!(!ok("192.168.1.5"));
+        assert!(!ok("fd00::5"));
+        // Public addresses are always checked; so is everything when our networks are
+        // unknown.
+        assert!(ok("203.0.113.9"));
+        assert!(ok("2001:db8::1"));
+        assert!(host_reachable(ip("10.2.0.77"), None));
+        // Families do not mix.
+        assert!(!same_network(ip("10.1.0.2"), ip("::1"), ip("255.0.0.0")));
+    }
 }

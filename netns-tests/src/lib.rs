@@ -355,9 +355,21 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let err = child.stderr.take().expect("piped");
         let keep = stderr.clone();
+        // With PUNCHLINE_NETNS_LOG_DIR set, every stderr line is kept in a file there too
+        // (with PUNCHLINE_NETNS_LOG for the peers' log filter, a run's whole story).
+        let mut file = std::env::var_os("PUNCHLINE_NETNS_LOG_DIR").and_then(|dir| {
+            let file: String = name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            std::fs::File::create(std::path::Path::new(&dir).join(format!("{file}.log"))).ok()
+        });
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
                 let mut k = keep.lock().unwrap_or_else(|e| e.into_inner());
                 if k.len() == 100 {
                     k.pop_front();

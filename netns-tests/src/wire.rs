@@ -3,14 +3,15 @@
 //!
 //! `netns-host wire --a NAME --b NAME --delay-ms D --loss P --seed S` creates two TAP
 //! devices in its namespace, prints `ready`, and copies Ethernet frames between them: each
-//! frame, in each direction, is dropped with probability `P` (a seeded generator, so a run's
-//! loss pattern repeats) or delivered `D` ms later, in order. The harness moves one device
+//! frame, in each direction, is dropped with probability `P` or delivered `D` ms later, in
+//! order: each direction is a [`Conditioner`], the impairment model of the fake network and
+//! the simulator too, seeded so that a run's loss pattern repeats. The harness moves one device
 //! into the router's namespace and bridges the other into the internet, so the link is a
 //! real interface on both ends. A direction holds at most [`QUEUE`] frames (more are
 //! dropped, as a router's queue would).
 
-use std::sync::mpsc;
-use std::sync::Arc;
+use punchline::netcond::{Conditioner, Impairment};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tun_tap::{Iface, Mode};
 
@@ -52,26 +53,10 @@ fn options(args: Vec<std::ffi::OsString>) -> Result<Options, String> {
     Ok(o)
 }
 
-/// xorshift64*: a small seeded generator for the loss pattern.
-///
-/// Not yet `punchline::netcond::Conditioner`: with its generator the loss pattern changes,
-/// and `lossy_slow_internet_links_still_carry_everything_reliable` then picks the TURN
-/// route in about 3 of 11 runs. The cause is in the ICE agent: each check from the relay
-/// candidate to the peer's private host address makes the TURN client wait, holding up the
-/// whole check round, for a CreatePermission our server refuses (403, private peer) and
-/// that the client does not remember; a lost request or answer stalls the round for its
-/// retransmission timeouts, so the direct pair is not proven before the relay pair may be
-/// nominated. Move this over once that stall is gone.
-struct Rng(u64);
-
-impl Rng {
-    fn chance(&mut self, p: f64) -> bool {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        p > 0.0 && ((x >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
+/// One direction of the link: the frames on the way, and what wakes its sender.
+struct Direction {
+    held: Mutex<Conditioner<Vec<u8>>>,
+    arrived: Condvar,
 }
 
 /// Runs the wire until killed; returns an exit code only when it cannot start.
@@ -95,14 +80,22 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
             return 1;
         }
     };
+    let impairment = Impairment {
+        loss_pct: (o.loss * 100.0) as f32,
+        lag: o.delay,
+        ..Impairment::NONE
+    };
     let seeds = [o.seed, o.seed ^ 0x9E37_79B9_7F4A_7C15];
     let directions = [(a.clone(), b.clone()), (b, a)];
     let mut threads = Vec::new();
     for ((from, to), seed) in directions.into_iter().zip(seeds) {
-        let (delay, loss) = (o.delay, o.loss);
-        threads.push(std::thread::spawn(move || {
-            forward(&from, to, delay, loss, Rng(seed | 1))
-        }));
+        let dir = Arc::new(Direction {
+            held: Mutex::new(Conditioner::new(impairment, seed)),
+            arrived: Condvar::new(),
+        });
+        let out = dir.clone();
+        std::thread::spawn(move || deliver(&out, &to));
+        threads.push(std::thread::spawn(move || receive(&from, &dir)));
     }
     println!("ready");
     for t in threads {
@@ -111,24 +104,49 @@ pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
     1
 }
 
-/// Copies frames from `from` to `to` with the delay and loss, until `from` fails.
-fn forward(from: &Iface, to: Arc<Iface>, delay: Duration, loss: f64, mut rng: Rng) {
-    let (tx, rx) = mpsc::sync_channel::<(Instant, Vec<u8>)>(QUEUE);
-    std::thread::spawn(move || {
-        for (due, frame) in rx {
-            let wait = due.saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
-            }
-            let _ = to.send(&frame);
-        }
-    });
+fn lock(d: &Direction) -> MutexGuard<'_, Conditioner<Vec<u8>>> {
+    d.held.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Puts the frames from `from` on the way, until `from` fails.
+fn receive(from: &Iface, dir: &Direction) {
     let mut buf = vec![0u8; 65_536];
     while let Ok(n) = from.recv(&mut buf) {
-        if rng.chance(loss) {
+        let mut held = lock(dir);
+        // A full queue drops the frame, as a router's would.
+        if held.len() < QUEUE {
+            held.push(Instant::now(), buf[..n].to_vec(), n);
+        }
+        drop(held);
+        dir.arrived.notify_one();
+    }
+}
+
+/// Hands frames to `to` as they fall due.
+fn deliver(dir: &Direction, to: &Iface) {
+    let mut due = Vec::new();
+    let mut held = lock(dir);
+    loop {
+        let now = Instant::now();
+        while let Some(frame) = held.pop_due(now) {
+            due.push(frame);
+        }
+        if !due.is_empty() {
+            drop(held);
+            for frame in due.drain(..) {
+                let _ = to.send(&frame);
+            }
+            held = lock(dir);
             continue;
         }
-        // A full queue drops the frame.
-        let _ = tx.try_send((Instant::now() + delay, buf[..n].to_vec()));
+        // Asleep until the next frame is due or one arrives.
+        let wait = held
+            .next_due()
+            .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+        held = dir
+            .arrived
+            .wait_timeout(held, wait)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
