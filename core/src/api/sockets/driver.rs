@@ -10,13 +10,14 @@ impl State {
         id: ConnId,
         listen: Option<ListenSocketHandle>,
         config: ConfigStore,
-    ) -> ConnectionHandle {
+    ) -> Option<ConnectionHandle> {
+        // Gone already if a waiting thread forgot it (dead, nothing left to send) meanwhile.
+        let conn = self.reg.endpoints.get(&ep)?.ep().share(id)?;
         let user_data = self
             .conn_value(&config, listen, ConfigValue::ConnectionUserData)
             .as_i64()
             .unwrap_or(-1);
-        let e = &self.reg.endpoints[&ep];
-        let conn = e.ep().share(id).expect("a live connection");
+        let e = self.reg.endpoints.get(&ep)?;
         let hot = Arc::new(link::HotConn {
             conn,
             link: e.link.clone(),
@@ -36,7 +37,7 @@ impl State {
                 sample: RateSample::default(),
             },
         );
-        h
+        Some(h)
     }
 
     /// The protocol settings for a connection whose own values are `own` (most specific
@@ -325,11 +326,13 @@ impl State {
                     let Some(e) = self.reg.endpoints.get(&ep) else {
                         continue;
                     };
-                    if !e.has_conn(id) {
-                        continue; // removed already (an ignored P2P request)
-                    }
                     if e.auto_accept {
-                        self.add_connection(ep, id, None, ConfigStore::default());
+                        if self
+                            .add_connection(ep, id, None, ConfigStore::default())
+                            .is_none()
+                        {
+                            continue; // removed already
+                        }
                         if let Some(e) = self.reg.endpoints.get_mut(&ep) {
                             let mut endpoint = e.ep();
                             let _ = endpoint.accept(Instant::now(), id);
@@ -341,7 +344,10 @@ impl State {
                         continue;
                     }
                     let listen = e.listen;
-                    self.add_connection(ep, id, listen, ConfigStore::default())
+                    match self.add_connection(ep, id, listen, ConfigStore::default()) {
+                        Some(h) => h,
+                        None => continue, // removed already (an ignored P2P request)
+                    }
                 }
                 None => continue, // closed by the application: no more reports
             };
@@ -415,8 +421,8 @@ impl Shared {
             for (from, data) in inbox.iter() {
                 e.handle_datagram(now, from, data);
             }
-            let news = e.has_news();
             let reply = waiter.then(|| link.collect_now(&mut e, now, batch));
+            let news = e.has_news();
             drop(e);
             match reply {
                 Some(Ok(deadline)) => {
@@ -483,7 +489,13 @@ impl Driven for EpDriver {
     }
 
     fn poll(&self, now: Instant, out: &mut Outbox) -> Wake {
+        // While this turn runs the driver plans no wake-up: a thread that moves a
+        // connection's deadline meanwhile (after the touched list was read below) nudges it,
+        // and the nudge runs another turn.
+        *lock(&self.link.next_wake) = None;
         let p2p = self.link.p2p.load(Ordering::Acquire);
+        // Read before the endpoint is found empty: set after, it finds a connection there.
+        let closing = self.link.closing.load(Ordering::Acquire);
         if p2p {
             // What paths said (a route found, say) may have packets to send now.
             lock(&self.shared.state).service_paths(self.ep);
@@ -519,10 +531,13 @@ impl Driven for EpDriver {
                 via.send_signal(peer, bytes);
             }
         }
-        let done = empty && self.link.closing.load(Ordering::Acquire);
+        let done = empty && closing;
         if news || p2p || done {
             let mut st = lock(&self.shared.state);
             st.pump(self.ep);
+            // Still empty now that the state is locked (a waiting thread may have let a
+            // connection in since).
+            let done = done && self.link.endpoint().connection_ids().next().is_none();
             if done && out.is_empty() {
                 st.reg.endpoints.remove(&self.ep);
                 return Wake::Stop;

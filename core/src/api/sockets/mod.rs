@@ -1,5 +1,11 @@
 //! [`Sockets`]: connections by IP address over UDP (or in-process buffers), driven by a
 //! service thread, usable from any thread and from tokio code.
+//!
+//! Locks, always taken in this order: the `State` (registry, config, P2P, callbacks), one
+//! endpoint (`link::EpLink`), one connection (its cell in the endpoint). Sending, receiving
+//! and lane calls lock only their connection (`link::HotConn`); a datagram or timer
+//! locks only its endpoint (and the connections it touches), and the `State` only when the
+//! endpoint has news for it. No lock is held while a datagram goes to the socket.
 
 use super::config::{
     self, apply_to_connection, resolve, CallbackFn, ConfigData, ConfigError, ConfigScope,
@@ -150,11 +156,6 @@ impl EpState {
         let mut e = self.ep();
         let mut c = e.connection_mut(id)?;
         Some(f(&mut c))
-    }
-
-    /// Whether the endpoint still has connection `id`.
-    fn has_conn(&self, id: ConnId) -> bool {
-        self.ep().connection(id).is_some()
     }
 
     /// Stops the driver once no connection is left.
@@ -430,7 +431,9 @@ impl Sockets {
         let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
         let id = e.ep().connect(Instant::now(), addr, cfg);
         e.link.nudge.notify_one();
-        let h = st.add_connection(ep, id, None, store);
+        let h = st
+            .add_connection(ep, id, None, store)
+            .ok_or(Error::NoConnection)?;
         st.pump(ep);
         Ok(h)
     }
@@ -532,6 +535,9 @@ impl Sockets {
         if let (None, Some(e)) = (l.vport, st.reg.endpoints.get_mut(&l.ep)) {
             e.ep().set_listen(false);
             e.close_when_empty();
+            // Hellos a waiting thread let in before, not yet heard of here, are filed now,
+            // so the list below has them.
+            st.pump(l.ep);
         }
         let accepted: Vec<ConnectionHandle> = st
             .reg

@@ -151,7 +151,9 @@ impl Sockets {
             cfg,
         );
         e.link.nudge.notify_one();
-        let h = st.add_connection(ep, id, None, store);
+        let h = st
+            .add_connection(ep, id, None, store)
+            .ok_or(Error::NoConnection)?;
         st.p2p.conn_signaling.insert(id, signaling);
         st.pump(ep);
         Ok(h)
@@ -244,7 +246,9 @@ impl Sockets {
         let vport = request.to_vport;
         let e = st.reg.endpoints.get_mut(&ep).expect("checked above");
         let id = e.ep().accept_p2p_request(now, request.clone(), vport, cfg);
-        let h = st.add_connection(ep, id, listen, store);
+        let Some(h) = st.add_connection(ep, id, listen, store) else {
+            return false;
+        };
         // Nobody hears of it until the application has decided.
         st.p2p.undecided.insert(h, Undecided::default());
         drop(st);

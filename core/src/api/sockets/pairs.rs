@@ -81,7 +81,9 @@ impl Sockets {
             .expect("just added")
             .ep()
             .connect(Instant::now(), addr2, cfg);
-        let h1 = st.add_connection(ep1, id1, None, ConfigStore::default());
+        let h1 = st
+            .add_connection(ep1, id1, None, ConfigStore::default())
+            .ok_or(Error::NoConnection)?;
         st.pump(ep1);
         drop(st);
         self.spawn_driver(ep1, io1);
