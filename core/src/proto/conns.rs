@@ -160,14 +160,16 @@ impl Conns {
         })
     }
 
-    /// The connections touched through a [`ConnRef`] since the last call.
-    pub(crate) fn take_touched(&mut self) -> Vec<u32> {
-        let ids = std::mem::take(&mut *lock(&self.touched));
-        for id in &ids {
+    /// Puts into `ids` (emptied first) the connections touched through a [`ConnRef`] since
+    /// the last call. The buffers are swapped, not replaced: neither side allocates once
+    /// both have grown.
+    pub(crate) fn take_touched(&mut self, ids: &mut Vec<u32>) {
+        ids.clear();
+        std::mem::swap(ids, &mut *lock(&self.touched));
+        for id in ids.iter() {
             if let Some(c) = self.map.get(id) {
                 c.queued.store(false, Ordering::Release);
             }
         }
-        ids
     }
 }

@@ -69,6 +69,8 @@ pub struct Endpoint {
     credentials: Arc<super::config::Credentials>,
     rng: ChaCha20Rng,
     connections: Conns,
+    /// Scratch for the ids `pick_up_touched` takes (kept for its capacity).
+    touched: Vec<u32>,
     by_hello: HashMap<(SocketAddr, u32), u32>,
     /// Outgoing connections by (server address, server's id for it), once the server
     /// answered: where a "no connection" reply is routed without a scan.
@@ -168,6 +170,7 @@ impl Endpoint {
             credentials,
             rng,
             connections: Conns::default(),
+            touched: Vec::new(),
             by_hello: HashMap::new(),
             by_server: HashMap::new(),
             tokens: HashMap::new(),
@@ -811,9 +814,12 @@ impl Endpoint {
 
     /// Notes the connections commanded through a [`ConnRef`] since the last look.
     fn pick_up_touched(&mut self) {
-        for id in self.connections.take_touched() {
+        let mut ids = std::mem::take(&mut self.touched);
+        self.connections.take_touched(&mut ids);
+        for &id in &ids {
             self.touch(id);
         }
+        self.touched = ids;
     }
 
     /// Takes in one datagram from `from`.

@@ -205,23 +205,23 @@ impl HotConn {
         flags: SendFlags,
         lane: u16,
     ) -> Result<u64, Error> {
-        let mut out = Vec::with_capacity(1);
-        self.send_all(h, std::iter::once((data, flags, lane)), &mut out);
-        out.pop().unwrap_or(Err(Error::NoConnection))
+        let mut out = Err(Error::NoConnection);
+        self.send_all(h, std::iter::once((data, flags, lane)), |r| out = r);
+        out
     }
 
     /// Queues messages under one lock of the connection (so the scheduler sees them all
-    /// before any goes), one result each into `out`; when any is urgent, sends what is
+    /// before any goes), one result each to `out`, in order; when any is urgent, sends what is
     /// ready from this thread.
     pub(super) fn send_all(
         &self,
         h: ConnectionHandle,
         msgs: impl IntoIterator<Item = (Bytes, SendFlags, u16)>,
-        out: &mut Vec<Result<u64, Error>>,
+        mut out: impl FnMut(Result<u64, Error>),
     ) {
         let now = Instant::now();
         let Some(mut c) = self.conn.lock() else {
-            out.extend(msgs.into_iter().map(|_| Err(Error::NoConnection)));
+            msgs.into_iter().for_each(|_| out(Err(Error::NoConnection)));
             return;
         };
         let mut urgent = false;
@@ -238,7 +238,7 @@ impl HotConn {
                     )
                 });
             }
-            out.push(r);
+            out(r);
         }
         if urgent && self.link.sends_direct() {
             with_batch(|batch| {

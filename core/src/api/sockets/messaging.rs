@@ -39,7 +39,7 @@ impl Sockets {
                 run.push((m.payload, m.flags, m.lane));
             }
             match self.hot(h) {
-                Ok(hot) => hot.send_all(h, run, &mut out),
+                Ok(hot) => hot.send_all(h, run, |r| out.push(r)),
                 Err(_) => out.extend(run.iter().map(|_| Err(bad_handle("connection", h.0)))),
             }
         }
