@@ -17,7 +17,7 @@ pub mod transport;
 
 pub use api::{
     ConnectionHandle, ConnectionInfo, ConnectionStatusChanged, ListenSocketHandle, Message,
-    PollGroupHandle, QuickStatus, Sockets, SocketsConfig,
+    PollGroupHandle, QuickStatus, Sockets, SocketsConfig, VirtualWorld,
 };
 pub use proto::{ConnectionState, EndReason, Error, SendFlags};
 

@@ -150,7 +150,7 @@ impl Messages {
             self.sockets.accept_connection(session.conn)?;
             session.accepted = true;
         }
-        session.last_active = Instant::now();
+        session.last_active = self.sockets.now();
         session.channels.insert(channel);
         let mut payload = Vec::with_capacity(4 + data.len());
         payload.extend_from_slice(&channel.to_be_bytes());
@@ -187,7 +187,7 @@ impl Messages {
             return false;
         }
         s.accepted = true;
-        s.last_active = Instant::now();
+        s.last_active = self.sockets.now();
         true
     }
 
@@ -246,7 +246,7 @@ impl Messages {
                 conn,
                 accepted: ours,
                 broken: false,
-                last_active: Instant::now(),
+                last_active: self.sockets.now(),
                 channels: BTreeSet::new(),
             },
         );
@@ -330,7 +330,7 @@ impl Messages {
                 }
                 let channel =
                     u32::from_be_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]);
-                s.last_active = Instant::now();
+                s.last_active = self.sockets.now();
                 s.channels.insert(channel);
                 m.payload = Bytes::slice(&m.payload, 4..);
                 m.channel = channel as i32;
@@ -340,7 +340,7 @@ impl Messages {
                 }
             }
         }
-        let now = Instant::now();
+        let now = self.sockets.now();
         let idle: Vec<Identity> = inner
             .sessions
             .iter()

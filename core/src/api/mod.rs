@@ -15,7 +15,7 @@ pub mod utils;
 pub use crate::proto::{ConnectionInfoFlags, ConnectionState, EndReason, Error, SendFlags};
 pub use messages::{Messages, MessagesEvent};
 pub use p2p::{Signaling, SignalingRecvContext};
-pub use sockets::Sockets;
+pub use sockets::{Sockets, VirtualWorld};
 pub use types::{
     Availability, ConfigTarget, ConnectionHandle, ConnectionInfo, ConnectionStatusChanged,
     ListenSocketHandle, Message, OutMessage, PollGroupHandle, QuickStatus, SocketsConfig,

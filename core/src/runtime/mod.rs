@@ -4,14 +4,112 @@
 //! Each endpoint has one task: flush transmits -> wait for a datagram, the endpoint's next
 //! timeout, or a nudge from an API call -> feed the endpoint -> repeat. The endpoint itself
 //! lives in the shared state behind one mutex, which is never held across an `.await`.
+//!
+//! [`Runtime`] is the seam under the API: the clock, the tasks and the UDP sockets, either
+//! real (a service thread of its own and the kernel's sockets) or virtual
+//! ([`VirtualRuntime`]: virtual time and an in-memory network, run by waiting threads).
 
 use crate::netcond::{Conditioner, Impairment};
-use rand_core::{OsRng, RngCore};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
+
+mod memory;
+mod virtual_time;
+pub use memory::{MemoryNet, MemorySocket};
+pub use virtual_time::{SeedSequence, VirtualRuntime};
+
+/// A datagram with its peer's address.
+pub type Datagram = (SocketAddr, Vec<u8>);
+
+/// Where a `Sockets` gets its time, its tasks and its sockets.
+#[derive(Debug, Clone)]
+pub enum Runtime {
+    /// Real time, a service thread of its own, the kernel's UDP sockets.
+    Service(Arc<Service>),
+    /// A virtual world's time and network, shared with everything else in it.
+    Virtual(Arc<VirtualRuntime>),
+}
+
+impl Runtime {
+    /// The runtime's handle, for spawning tasks.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        match self {
+            Runtime::Service(s) => s.handle(),
+            Runtime::Virtual(v) => v.handle(),
+        }
+    }
+
+    /// Its clock, to read the time without owning the runtime.
+    pub fn clock(&self) -> Clock {
+        match self {
+            Runtime::Service(_) => Clock::Real,
+            Runtime::Virtual(v) => Clock::Virtual(v.handle().clone()),
+        }
+    }
+
+    /// Binds a UDP socket (on the world's network, for a virtual runtime).
+    pub fn bind_udp(&self, addr: SocketAddr) -> io::Result<Io> {
+        match self {
+            Runtime::Service(s) => {
+                let _in = s.handle().enter();
+                Io::bind_udp(addr)
+            }
+            Runtime::Virtual(v) => v.bind(addr),
+        }
+    }
+
+    /// Waits until `ready` holds or `deadline` passes; returns the last `ready`. A real
+    /// runtime checks every `poll` and sleeps between; a virtual one runs its world until
+    /// then, checking again at each `wake`.
+    pub fn wait_until(
+        &self,
+        deadline: Instant,
+        wake: &Notify,
+        poll: std::time::Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> bool {
+        match self {
+            Runtime::Service(_) => loop {
+                if ready() {
+                    return true;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return false;
+                }
+                std::thread::sleep(poll.min(deadline - now));
+            },
+            Runtime::Virtual(v) => v.run_until(deadline, wake, ready),
+        }
+    }
+}
+
+/// A runtime's clock, held apart from the runtime (reading it keeps nothing alive).
+#[derive(Debug, Clone)]
+pub enum Clock {
+    /// The system's monotonic clock.
+    Real,
+    /// A virtual runtime's clock.
+    Virtual(tokio::runtime::Handle),
+}
+
+impl Clock {
+    /// The time now.
+    pub fn now(&self) -> Instant {
+        match self {
+            Clock::Real => Instant::now(),
+            Clock::Virtual(h) => virtual_time::virtual_now(h),
+        }
+    }
+}
+
+/// The time on the clock of the runtime the calling task runs on.
+fn task_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// Simulated network trouble applied at the socket (the global `FakePacket*` and
 /// `FakeRateLimit*` config values), for testing an application on a clean network. Each
@@ -38,7 +136,7 @@ impl FakeConditions {
 }
 
 /// A datagram held by fake conditions: the peer's address and the bytes.
-type HeldDatagram = (SocketAddr, Vec<u8>);
+type HeldDatagram = Datagram;
 
 /// The service thread and its runtime.
 #[derive(Debug)]
@@ -113,15 +211,9 @@ pub enum Io {
         /// Its offload capabilities and state.
         state: quinn_udp::UdpSocketState,
     },
-    /// In-process buffers (a socket pair without the network).
-    Pipe {
-        /// This end's made-up address.
-        local: SocketAddr,
-        /// Datagrams to the other end.
-        tx: mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>,
-        /// Datagrams from the other end.
-        rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>>,
-    },
+    /// A socket on an in-memory network: a socket pair without the kernel, or a virtual
+    /// world's socket.
+    Memory(MemorySocket),
 }
 
 impl Io {
@@ -151,29 +243,17 @@ impl Io {
         })
     }
 
-    /// Two ends of an in-process pipe with made-up loopback addresses.
-    pub fn pipe_pair(a: SocketAddr, b: SocketAddr) -> (Io, Io) {
-        let (tx_ab, rx_ab) = mpsc::unbounded_channel();
-        let (tx_ba, rx_ba) = mpsc::unbounded_channel();
-        (
-            Io::Pipe {
-                local: a,
-                tx: tx_ab,
-                rx: tokio::sync::Mutex::new(rx_ba),
-            },
-            Io::Pipe {
-                local: b,
-                tx: tx_ba,
-                rx: tokio::sync::Mutex::new(rx_ab),
-            },
-        )
+    /// Two sockets at made-up addresses (which must differ) on a network of their own.
+    pub fn pipe_pair(a: SocketAddr, b: SocketAddr) -> io::Result<(Io, Io)> {
+        let net = MemoryNet::new();
+        Ok((Io::Memory(net.bind(a)?), Io::Memory(net.bind(b)?)))
     }
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Io::Udp { socket, .. } => socket.local_addr(),
-            Io::Pipe { local, .. } => Ok(*local),
+            Io::Memory(m) => Ok(m.local_addr()),
         }
     }
 
@@ -182,7 +262,7 @@ impl Io {
         use std::os::fd::AsFd;
         match self {
             Io::Udp { socket, .. } => Some(socket.as_fd()),
-            Io::Pipe { .. } => None,
+            Io::Memory(_) => None,
         }
     }
 
@@ -199,9 +279,10 @@ impl Io {
                 };
                 socket.try_send_to(data, to).map(|_| ())
             }
-            Io::Pipe { local, tx, .. } => tx
-                .send((*local, data.to_vec()))
-                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "pipe peer gone")),
+            Io::Memory(m) => {
+                m.send(to, data);
+                Ok(())
+            }
         }
     }
 
@@ -209,7 +290,7 @@ impl Io {
     fn max_segments(&self) -> usize {
         match self {
             Io::Udp { state, .. } => state.max_gso_segments().clamp(1, 64),
-            Io::Pipe { .. } => 1,
+            Io::Memory(_) => 1,
         }
     }
 
@@ -246,10 +327,9 @@ impl Io {
                     }
                 }
             }
-            Io::Pipe { local, tx, .. } => {
+            Io::Memory(m) => {
                 for chunk in contents.chunks(segment.max(1)) {
-                    tx.send((*local, chunk.to_vec()))
-                        .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "pipe peer gone"))?;
+                    m.send(to, chunk);
                 }
                 Ok(())
             }
@@ -307,8 +387,8 @@ impl Io {
                     Err(e) => return Err(e),
                 }
             },
-            Io::Pipe { rx, .. } => {
-                let mut rx = rx.lock().await;
+            Io::Memory(m) => {
+                let mut rx = m.rx.lock().await;
                 let Some(first) = rx.recv().await else {
                     return std::future::pending().await;
                 };
@@ -381,11 +461,7 @@ impl Inbox {
     }
 
     /// Copies `first` and then what `next` yields, while slots are free.
-    fn fill(
-        &mut self,
-        first: (SocketAddr, Vec<u8>),
-        mut next: impl FnMut() -> Option<(SocketAddr, Vec<u8>)>,
-    ) {
+    fn fill(&mut self, first: Datagram, mut next: impl FnMut() -> Option<Datagram>) {
         self.items.clear();
         let mut item = Some(first);
         let mut slot = 0;
@@ -450,7 +526,7 @@ pub trait Driven: Send + Sync + 'static {
 
 /// Datagrams from elsewhere than the socket (transport paths), with their stand-in
 /// sender addresses.
-pub type SideInput = mpsc::Receiver<(SocketAddr, Vec<u8>)>;
+pub type SideInput = mpsc::Receiver<Datagram>;
 
 /// When a driver task should run next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,12 +540,13 @@ pub enum Wake {
 }
 
 /// Runs one endpoint until its owner says it is gone; datagrams come from `io` and, if
-/// given, `side`.
+/// given, `side`. The fake network conditions draw their randomness from `seed`.
 pub async fn drive<D: Driven>(
     owner: D,
     io: Arc<Io>,
     nudge: Arc<Notify>,
     mut side: Option<SideInput>,
+    seed: u64,
 ) {
     let mut inbox = Inbox::new(if matches!(*io, Io::Udp { .. }) {
         INBOX_SLOTS
@@ -477,10 +554,9 @@ pub async fn drive<D: Driven>(
         64
     });
     let mut out = Outbox::default();
-    let mut fake_out: Conditioner<HeldDatagram> =
-        Conditioner::new(Impairment::NONE, OsRng.next_u64());
+    let mut fake_out: Conditioner<HeldDatagram> = Conditioner::new(Impairment::NONE, seed);
     let mut fake_in: Conditioner<HeldDatagram> =
-        Conditioner::new(Impairment::NONE, OsRng.next_u64());
+        Conditioner::new(Impairment::NONE, seed.rotate_left(32) ^ 0x5bd1_e995);
     let mut delayed = Inbox::new(1);
     let max_segments = io.max_segments();
     let mut read_more = false;
@@ -496,7 +572,7 @@ pub async fn drive<D: Driven>(
             // Left behind by a waiting thread, with no readiness to tell of them.
             let mut batches = 0;
             while batches < INBOX_SLOTS && io.try_recv_batch(&mut inbox) {
-                receive(&owner, &mut inbox, &mut fake_in, &mut delayed);
+                receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
                 batches += 1;
             }
             read_more = batches == INBOX_SLOTS;
@@ -504,7 +580,7 @@ pub async fn drive<D: Driven>(
                 nudge.notify_one(); // more yet: again after this turn
             }
         }
-        let now = Instant::now();
+        let now = task_now();
         feed_due(&owner, &mut fake_in, &mut delayed, now);
         out.clear();
         let deadline = match owner.poll(now, &mut out) {
@@ -555,7 +631,7 @@ pub async fn drive<D: Driven>(
             }
             i = end;
         }
-        while let Some((to, data)) = fake_out.pop_due(Instant::now()) {
+        while let Some((to, data)) = fake_out.pop_due(task_now()) {
             if owner.divert(to, &data) {
                 continue;
             }
@@ -573,7 +649,10 @@ pub async fn drive<D: Driven>(
                 None => std::future::pending().await,
             }
         };
+        // Biased: the order of the branches is fixed, so a virtual world runs the same way
+        // every time (each turn handles timers and sends whatever branch woke it).
         tokio::select! {
+            biased;
             Some(first) = async {
                 match side.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -583,10 +662,10 @@ pub async fn drive<D: Driven>(
                 if let Some(rx) = side.as_mut() {
                     inbox.fill(first, || rx.try_recv().ok());
                 }
-                receive(&owner, &mut inbox, &mut fake_in, &mut delayed);
+                receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
             }
             r = io.recv_batch(&mut inbox, || owner.reads_deferred()) => match r {
-                Ok(()) => receive(&owner, &mut inbox, &mut fake_in, &mut delayed),
+                Ok(()) => receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed),
                 // ICMP errors from earlier sends surface here on Linux; they are not fatal.
                 Err(e) => tracing::trace!(error = %e, "recv error"),
             },
@@ -600,11 +679,11 @@ pub async fn drive<D: Driven>(
 /// force.
 fn receive<D: Driven>(
     owner: &D,
+    now: Instant,
     inbox: &mut Inbox,
     fake_in: &mut Conditioner<HeldDatagram>,
     delayed: &mut Inbox,
 ) {
-    let now = Instant::now();
     if crate::debug::tracing_packets() {
         for (from, data) in inbox.iter() {
             crate::debug::trace_packet(false, from, data);

@@ -138,3 +138,47 @@ pub fn udp_pair(
     }
     (client, c, server, s)
 }
+
+/// A client connected to a server over `world`'s network, each in its own `Sockets`;
+/// `options` apply to the client's connection.
+#[allow(dead_code)]
+pub fn virtual_pair(
+    world: &punchline::VirtualWorld,
+    options: &[(
+        punchline::api::config::ConfigValue,
+        punchline::api::config::ConfigData,
+    )],
+) -> (
+    punchline::Sockets,
+    punchline::ConnectionHandle,
+    punchline::Sockets,
+    punchline::ConnectionHandle,
+) {
+    let server = world.sockets().unwrap();
+    let mut events = server.status_events();
+    let listen = server
+        .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
+        .unwrap();
+    let addr = server.get_listen_socket_address(listen).unwrap();
+    let client = world.sockets().unwrap();
+    let c = client.connect_by_ip_address(addr, options).unwrap();
+    let end = world.now() + Duration::from_secs(30);
+    let mut s = None;
+    let connected = world.run_until(end, || {
+        while let Some(e) = events.try_recv() {
+            if e.info.state == ConnectionState::Connecting && s.is_none() {
+                server.accept_connection(e.connection).unwrap();
+                s = Some(e.connection);
+            }
+        }
+        let up = |sockets: &punchline::Sockets, h| {
+            sockets.get_connection_info(h).unwrap().state == ConnectionState::Connected
+        };
+        s.is_some_and(|s| up(&client, c) && up(&server, s))
+    });
+    assert!(
+        connected,
+        "the pair did not connect in 30 s of virtual time"
+    );
+    (client, c, server, s.expect("accepted"))
+}

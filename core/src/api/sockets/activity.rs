@@ -45,6 +45,8 @@ pub(super) struct Activity {
     /// is not woken again by those datagrams.
     read_requests: Mutex<Vec<EpId>>,
     any_requests: std::sync::atomic::AtomicBool,
+    /// A virtual world's wake-up for the thread running it (notified with every activity).
+    world_wake: Option<Arc<Notify>>,
 }
 
 thread_local! {
@@ -56,7 +58,7 @@ thread_local! {
 const SEEN_MAX: usize = 8;
 
 impl Activity {
-    pub(super) fn new() -> std::io::Result<Self> {
+    pub(super) fn new(world_wake: Option<Arc<Notify>>) -> std::io::Result<Self> {
         let (wake_rx, wake_tx) = UnixDatagram::pair()?;
         wake_rx.set_nonblocking(true)?;
         wake_tx.set_nonblocking(true)?;
@@ -70,6 +72,7 @@ impl Activity {
             inboxes: Mutex::new(Vec::new()),
             read_requests: Mutex::new(Vec::new()),
             any_requests: std::sync::atomic::AtomicBool::new(false),
+            world_wake,
         })
     }
 
@@ -80,6 +83,9 @@ impl Activity {
         if self.waiters.load(SeqCst) > 0 {
             // Full means a wake-up is pending already.
             let _ = self.wake_tx.send(&[1]);
+        }
+        if let Some(w) = &self.world_wake {
+            w.notify_waiters();
         }
     }
 
@@ -100,12 +106,39 @@ impl Activity {
     }
 
     /// Blocks until there has been activity since this thread's last wait ended, or until
-    /// `timeout`. With `read_sockets`, datagrams that arrive are handled on this thread.
-    pub(super) fn wait(&self, shared: &Shared, timeout: Duration, read_sockets: bool) {
-        let deadline = Instant::now() + timeout;
+    /// `timeout`. With `read_sockets`, datagrams that arrive are handled on this thread. In a
+    /// virtual world (`rt` virtual) the thread runs the world meanwhile.
+    pub(super) fn wait(
+        &self,
+        shared: &Shared,
+        rt: &Runtime,
+        timeout: Duration,
+        read_sockets: bool,
+    ) {
+        let deadline = shared.world.clock.now() + timeout;
         let key = self.key();
         let seen = SEEN.with_borrow(|s| s.iter().find(|(k, _)| *k == key).map(|(_, n)| *n));
         let seen = seen.unwrap_or_else(|| self.epoch.load(SeqCst));
+        match (rt, &self.world_wake) {
+            (Runtime::Virtual(_), Some(wake)) => {
+                rt.wait_until(deadline, wake, timeout, || self.epoch.load(SeqCst) != seen);
+            }
+            _ => self.wait_real(shared, seen, deadline, read_sockets),
+        }
+        let now = self.epoch.load(SeqCst);
+        SEEN.with_borrow_mut(|s| match s.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = now,
+            None => {
+                if s.len() == SEEN_MAX {
+                    s.remove(0);
+                }
+                s.push((key, now));
+            }
+        });
+    }
+
+    /// [`wait`](Self::wait) in real time: until the count moves from `seen`.
+    fn wait_real(&self, shared: &Shared, seen: u64, deadline: Instant, read_sockets: bool) {
         loop {
             let now = Instant::now();
             if self.epoch.load(SeqCst) != seen || now >= deadline {
@@ -142,16 +175,6 @@ impl Activity {
                 break;
             }
         }
-        let now = self.epoch.load(SeqCst);
-        SEEN.with_borrow_mut(|s| match s.iter_mut().find(|(k, _)| *k == key) {
-            Some(entry) => entry.1 = now,
-            None => {
-                if s.len() == SEEN_MAX {
-                    s.remove(0);
-                }
-                s.push((key, now));
-            }
-        });
     }
 
     /// True while a thread waits on the sockets (it reads what arrives).
@@ -190,7 +213,7 @@ impl Activity {
         let mut inbox = lock(&self.inboxes).pop().unwrap_or_else(|| Inbox::new(4));
         let got = io.try_recv_batch(&mut inbox);
         if got {
-            shared.handle_datagrams(ep, link, Instant::now(), &inbox, true);
+            shared.handle_datagrams(ep, link, shared.world.clock.now(), &inbox, true);
         }
         lock(&self.inboxes).push(inbox);
         got

@@ -16,12 +16,7 @@ impl Sockets {
         config::check_scope(value, target.scope())?;
         let mut st = self.state();
         match target {
-            ConfigTarget::Global => {
-                let mut global = lock(&GLOBAL);
-                global.set(value, data)?;
-                update_fake_conditions(&global);
-                crate::api::utils::apply_debug_config(&global);
-            }
+            ConfigTarget::Global => st.world.set_config(value, data)?,
             ConfigTarget::Interface => st.interface.set(value, data)?,
             ConfigTarget::ListenSocket(h) => {
                 st.reg
@@ -57,7 +52,7 @@ impl Sockets {
         target: ConfigTarget,
     ) -> Result<(ConfigData, GetResult), ConfigError> {
         let st = self.state();
-        let global = lock(&GLOBAL);
+        let global = lock(&st.world.config);
         let chain: Vec<&ConfigStore> = match target {
             ConfigTarget::Global => vec![&global],
             ConfigTarget::Interface => vec![&st.interface, &global],

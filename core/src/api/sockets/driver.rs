@@ -43,7 +43,7 @@ impl State {
     /// The protocol settings for a connection whose own values are `own` (most specific
     /// first), above which the interface and global values apply.
     pub(super) fn connection_config(&self, own: &[&ConfigStore]) -> ConnectionConfig {
-        let global = lock(&GLOBAL);
+        let global = lock(&self.world.config);
         let mut chain: Vec<&ConfigStore> = own.to_vec();
         chain.push(&self.interface);
         chain.push(&global);
@@ -153,7 +153,7 @@ impl State {
         event: Box<dyn std::any::Any + Send>,
         value: ConfigValue,
     ) {
-        let global = lock(&GLOBAL);
+        let global = lock(&self.world.config);
         let cb = resolve(value, &[&self.interface, &global])
             .0
             .as_callback()
@@ -180,7 +180,7 @@ impl State {
         if self.p2p.endpoint != Some(ep) || !self.reg.endpoints.contains_key(&ep) {
             return;
         }
-        let now = Instant::now();
+        let now = self.world.clock.now();
         let Some(e) = self.reg.endpoints.get_mut(&ep) else {
             return;
         };
@@ -300,7 +300,7 @@ impl State {
         listen: Option<ListenSocketHandle>,
         value: ConfigValue,
     ) -> ConfigData {
-        let global = lock(&GLOBAL);
+        let global = lock(&self.world.config);
         let mut chain = vec![config];
         if let Some(l) = listen.and_then(|l| self.reg.listens.get(&l)) {
             chain.push(&l.config);
@@ -335,7 +335,7 @@ impl State {
                         }
                         if let Some(e) = self.reg.endpoints.get_mut(&ep) {
                             let mut endpoint = e.ep();
-                            let _ = endpoint.accept(Instant::now(), id);
+                            let _ = endpoint.accept(self.world.clock.now(), id);
                             endpoint.set_listen(false);
                             drop(endpoint);
                             e.close_when_empty();
@@ -480,7 +480,7 @@ impl Driven for EpDriver {
     }
 
     fn fake(&self) -> FakeConditions {
-        *FAKE.read().unwrap_or_else(|e| e.into_inner())
+        self.shared.world.fake()
     }
 
     fn on_datagrams(&self, now: Instant, inbox: &Inbox) {

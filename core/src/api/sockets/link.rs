@@ -33,10 +33,12 @@ pub(super) struct EpLink {
     pub(super) next_wake: Mutex<Option<Instant>>,
     /// Transport paths by stand-in address (P2P connections send through them).
     pub(super) paths: PathTable,
+    /// The world of its `Sockets` (the clock, the fake network conditions).
+    pub(super) world: Arc<World>,
 }
 
 impl EpLink {
-    pub(super) fn new(endpoint: Endpoint, paths: PathTable) -> Self {
+    pub(super) fn new(endpoint: Endpoint, paths: PathTable, world: Arc<World>) -> Self {
         Self {
             endpoint: Mutex::new(endpoint),
             p2p: Default::default(),
@@ -45,6 +47,7 @@ impl EpLink {
             io: OnceLock::new(),
             next_wake: Mutex::new(None),
             paths,
+            world,
         }
     }
 
@@ -74,7 +77,7 @@ impl EpLink {
     /// True when datagrams may go out from the calling thread: a socket is there and no
     /// fake network conditions apply (those run on the service thread).
     pub(super) fn sends_direct(&self) -> bool {
-        self.io.get().is_some() && FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean()
+        self.io.get().is_some() && self.world.fake().is_clean()
     }
 
     /// Sends a batch from the calling thread (no lock held). False when a datagram did not
@@ -219,7 +222,7 @@ impl HotConn {
         msgs: impl IntoIterator<Item = (Bytes, SendFlags, u16)>,
         mut out: impl FnMut(Result<u64, Error>),
     ) {
-        let now = Instant::now();
+        let now = self.link.world.clock.now();
         let Some(mut c) = self.conn.lock() else {
             msgs.into_iter().for_each(|_| out(Err(Error::NoConnection)));
             return;

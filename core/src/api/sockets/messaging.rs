@@ -132,7 +132,7 @@ impl Sockets {
         // the one whose next message came first everything that came before the others'
         // next ones (and before the look, so later arrivals wait for the next round).
         loop {
-            let looked = Instant::now();
+            let looked = self.now();
             let mut heads: Vec<(Option<Instant>, ConnectionHandle, &link::HotConn)> = members
                 .iter()
                 .map(|(h, c)| (c.peek_time(), *h, &**c))

@@ -28,7 +28,10 @@ use crate::proto::{
     ConnId, ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason,
     Endpoint, EndpointConfig, Error, Event, SendFlags,
 };
-use crate::runtime::{drive, Driven, FakeConditions, Inbox, Io, Outbox, Service, Wake};
+use crate::runtime::{
+    drive, Clock, Driven, FakeConditions, Inbox, Io, Outbox, Runtime, SeedSequence, Service,
+    VirtualRuntime, Wake,
+};
 use crate::transport::{
     self, is_path_addr, path_addr, Path, PathConfig, PathNote, PathParams, PathSink, RouteInfo,
     RouteKind, Transport,
@@ -55,14 +58,12 @@ mod pairs;
 mod registry;
 mod relay_net;
 mod status;
+mod world;
+pub use world::VirtualWorld;
+use world::World;
 
-/// Config values set at global scope: shared by every [`Sockets`] in the process.
-static GLOBAL: LazyLock<Mutex<ConfigStore>> = LazyLock::new(|| Mutex::new(ConfigStore::default()));
-
-/// The fake network conditions from the global config values, read by every driver.
-static FAKE: RwLock<FakeConditions> = RwLock::new(FakeConditions::NONE);
-
-fn update_fake_conditions(global: &ConfigStore) {
+/// The fake network conditions the global config values in `global` ask for.
+fn fake_conditions(global: &ConfigStore) -> FakeConditions {
     let chain = [global];
     let pct = |v| resolve(v, &chain).0.as_f32().unwrap_or(0.0);
     let int = |v| resolve(v, &chain).0.as_i32().unwrap_or(0).max(0) as u64;
@@ -121,7 +122,7 @@ fn update_fake_conditions(global: &ConfigStore) {
             *d = Impairment::NONE;
         }
     }
-    *FAKE.write().unwrap_or_else(|e| e.into_inner()) = fake;
+    fake
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -221,6 +222,8 @@ struct State {
     callbacks: VecDeque<(Box<dyn std::any::Any + Send>, CallbackFn)>,
     subscribers: Vec<mpsc::UnboundedSender<ConnectionStatusChanged>>,
     credentials: Credentials,
+    /// The world this `Sockets` is in: its clock, global config values, randomness.
+    world: Arc<World>,
     /// The service runtime, where transports run their tasks.
     runtime: tokio::runtime::Handle,
     /// FakeIP: the provider, our fake IP, the addresses known to stand for identities.
@@ -241,6 +244,8 @@ impl std::fmt::Debug for State {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// The world this `Sockets` is in (as `State` has it, without taking its lock).
+    world: Arc<World>,
     /// The connections by handle, for sends and reads that bypass `state`.
     hot: link::HotTable,
     /// Wakes threads waiting for activity (datagrams handled: messages or status changes
@@ -263,10 +268,14 @@ type PathTable = Arc<RwLock<HashMap<SocketAddr, Arc<dyn Path>>>>;
 /// call blocks on network IO: a service thread does the sending, receiving and timers, and
 /// status changes are queued for [`run_callbacks`](Self::run_callbacks) or read as a stream
 /// with [`status_events`](Self::status_events).
+///
+/// A `Sockets` made by a [`VirtualWorld`] runs in virtual time instead, on the world's
+/// in-memory network.
 #[derive(Debug, Clone)]
 pub struct Sockets {
     shared: Arc<Shared>,
-    service: Arc<Service>,
+    /// Its clock, tasks and sockets (owned here: the drivers hold `shared`, not this).
+    rt: Runtime,
 }
 
 impl Sockets {
@@ -277,7 +286,15 @@ impl Sockets {
 
     /// A `Sockets` with the given identity and trust.
     pub fn with_config(cfg: SocketsConfig) -> std::io::Result<Self> {
-        let key = cfg.key.unwrap_or_else(|| KeyPair::generate(&mut OsRng));
+        let rt = Runtime::Service(Arc::new(Service::start()?));
+        Self::in_world(cfg, rt, World::process())
+    }
+
+    /// A `Sockets` on runtime `rt`, in `world`.
+    fn in_world(cfg: SocketsConfig, rt: Runtime, world: Arc<World>) -> std::io::Result<Self> {
+        let key = cfg
+            .key
+            .unwrap_or_else(|| KeyPair::generate(&mut world.rng()));
         let credentials = Credentials {
             identity: cfg.identity,
             key: Some(key),
@@ -285,10 +302,9 @@ impl Sockets {
             trusted: cfg.trusted,
             app_id: cfg.app_id,
         };
-        let service = Arc::new(Service::start()?);
         let paths = PathTable::default();
         let state = State {
-            reg: registry::Registry::new(paths.clone()),
+            reg: registry::Registry::new(paths.clone(), world.clone()),
             interface: ConfigStore::default(),
             callbacks: VecDeque::new(),
             subscribers: Vec::new(),
@@ -298,23 +314,31 @@ impl Sockets {
                 path_table: paths,
                 ..p2p::P2pState::default()
             },
-            runtime: service.handle().clone(),
+            runtime: rt.handle().clone(),
+            world: world.clone(),
             fake: fakeip::FakeIpState::default(),
         };
         Ok(Self {
             shared: Arc::new(Shared {
                 hot: state.reg.hot.clone(),
                 state: Mutex::new(state),
-                activity: activity::Activity::new()?,
+                activity: activity::Activity::new(world.wake.clone())?,
+                world,
                 extensions: Mutex::new(Vec::new()),
                 relay_net: Mutex::new(None),
             }),
-            service,
+            rt,
         })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.shared.state)
+    }
+
+    /// The time now on this instance's clock: the system's, or its virtual world's. The
+    /// times it reports (a message's `received_at`, say) are on this clock.
+    pub fn now(&self) -> Instant {
+        self.shared.world.clock.now()
     }
 
     // ----- listen / connect ------------------------------------------------------------------
@@ -429,7 +453,7 @@ impl Sockets {
         let mut st = self.state();
         let cfg = st.connection_config(&[&store]);
         let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
-        let id = e.ep().connect(Instant::now(), addr, cfg);
+        let id = e.ep().connect(self.now(), addr, cfg);
         e.link.nudge.notify_one();
         let h = st
             .add_connection(ep, id, None, store)
@@ -439,8 +463,9 @@ impl Sockets {
     }
 
     fn bind(&self, addr: SocketAddr) -> Result<Io, Error> {
-        let _guard = self.service.handle().enter();
-        Io::bind_udp(addr).map_err(|e| Error::InvalidParam(format!("cannot bind {addr}: {e}")))
+        self.rt
+            .bind_udp(addr)
+            .map_err(|e| Error::InvalidParam(format!("cannot bind {addr}: {e}")))
     }
 
     fn spawn_driver(&self, ep: EpId, io: Io) {
@@ -462,7 +487,8 @@ impl Sockets {
             ep,
             link,
         };
-        self.service.handle().spawn(drive(owner, io, nudge, side));
+        let seed = self.shared.world.seed();
+        self.rt.handle().spawn(drive(owner, io, nudge, side, seed));
     }
 
     /// Accepts a connection waiting in Connecting.
@@ -481,7 +507,7 @@ impl Sockets {
                 ));
             }
         }
-        let r = e.ep().accept(Instant::now(), id);
+        let r = e.ep().accept(self.now(), id);
         e.link.nudge.notify_one();
         st.pump(ep);
         r
@@ -516,7 +542,7 @@ impl Sockets {
         }
         if let Some(e) = st.reg.endpoints.get_mut(&entry.ep) {
             if let Some(mut c) = e.ep().connection_mut(entry.id) {
-                c.close(Instant::now(), reason, debug, linger);
+                c.close(self.now(), reason, debug, linger);
             }
             e.link.nudge.notify_one();
         }
@@ -597,7 +623,7 @@ fn unix_now() -> u64 {
 
 /// An integer config value as it applies to a new connection with options `store`.
 fn resolve_int(st: &State, store: &ConfigStore, value: ConfigValue) -> i32 {
-    let global = lock(&GLOBAL);
+    let global = lock(&st.world.config);
     resolve(value, &[store, &st.interface, &global])
         .0
         .as_i32()

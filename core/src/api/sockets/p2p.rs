@@ -142,14 +142,9 @@ impl Sockets {
         }
         let cfg = st.connection_config(&[&store]);
         let e = st.reg.endpoints.get_mut(&ep).ok_or(Error::InvalidState)?;
-        let id = e.ep().connect_p2p(
-            Instant::now(),
-            peer.clone(),
-            local_vport,
-            vport,
-            symmetric,
-            cfg,
-        );
+        let id = e
+            .ep()
+            .connect_p2p(self.now(), peer.clone(), local_vport, vport, symmetric, cfg);
         e.link.nudge.notify_one();
         let h = st
             .add_connection(ep, id, None, store)
@@ -190,7 +185,7 @@ impl Sockets {
         let Ok(ep) = self.p2p_endpoint() else {
             return false;
         };
-        let now = Instant::now();
+        let now = self.now();
         let mut st = self.state();
         // What the paths said comes first: a path that failed before this signal arrived
         // decides how its connection ends, whatever the peer says now (its close counts only

@@ -21,11 +21,12 @@ impl Sockets {
             let lo: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
             (self.bind(lo)?, self.bind(lo)?)
         } else {
-            let n = OsRng.next_u32() as u16 | 1;
+            let n = self.shared.world.seed() as u16 | 1;
             Io::pipe_pair(
                 (Ipv4Addr::new(127, 0, 0, 1), n).into(),
                 (Ipv4Addr::new(127, 0, 0, 2), n).into(),
             )
+            .map_err(io_err)?
         };
         let addr1 = io1.local_addr().map_err(io_err)?;
         let addr2 = io2.local_addr().map_err(io_err)?;
@@ -80,7 +81,7 @@ impl Sockets {
             .get_mut(&ep1)
             .expect("just added")
             .ep()
-            .connect(Instant::now(), addr2, cfg);
+            .connect(self.now(), addr2, cfg);
         let h1 = st
             .add_connection(ep1, id1, None, ConfigStore::default())
             .ok_or(Error::NoConnection)?;
@@ -90,9 +91,12 @@ impl Sockets {
         self.spawn_driver(ep2, io2);
         // Wait for the local handshake: quick, unless fake loss and lag are in force; then up
         // to the usual time allowed for connecting.
-        let deadline = Instant::now() + timeout_initial;
-        loop {
-            {
+        let deadline = self.now() + timeout_initial;
+        let mut pair = None;
+        let wake = Notify::new();
+        let wake = self.shared.world.wake.as_deref().unwrap_or(&wake);
+        self.rt
+            .wait_until(deadline, wake, Duration::from_micros(200), || {
                 let st = self.state();
                 let h2 = st
                     .reg
@@ -104,17 +108,12 @@ impl Sockets {
                     st.info(h)
                         .is_ok_and(|i| i.state == ConnectionState::Connected)
                 };
-                if let Some(h2) = h2 {
-                    if connected(h1) && connected(h2) {
-                        return Ok((h1, h2));
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(Error::InvalidState);
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+                pair = h2
+                    .filter(|h2| connected(h1) && connected(*h2))
+                    .map(|h2| (h1, h2));
+                pair.is_some()
+            });
+        pair.ok_or(Error::InvalidState)
     }
 
     /// Blocks the calling thread until there has been activity on this instance since the
@@ -127,15 +126,17 @@ impl Sockets {
     /// wakes it and is handled on this thread, which saves a thread hand-off on every reply
     /// (unless fake network conditions are in force: those apply in the service thread).
     pub fn wait_for_activity(&self, timeout: Duration) {
-        let read = FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean();
-        self.shared.activity.wait(&self.shared, timeout, read);
+        let read = self.shared.world.fake().is_clean();
+        self.shared
+            .activity
+            .wait(&self.shared, &self.rt, timeout, read);
     }
 
     /// Like [`wait_for_activity`](Self::wait_for_activity), but first reads the sockets on
     /// this thread for up to `spin` (busy, burning this core). Rarely worth it now that the
     /// plain wait sleeps on the sockets; kept for loops that measured a gain.
     pub fn wait_for_activity_spinning(&self, timeout: Duration, spin: Duration) {
-        let read = FAKE.read().unwrap_or_else(|e| e.into_inner()).is_clean();
+        let read = self.shared.world.fake().is_clean();
         if read {
             let spin_until = Instant::now() + spin.min(timeout);
             while Instant::now() < spin_until {
@@ -145,6 +146,8 @@ impl Sockets {
                 std::hint::spin_loop();
             }
         }
-        self.shared.activity.wait(&self.shared, timeout, read);
+        self.shared
+            .activity
+            .wait(&self.shared, &self.rt, timeout, read);
     }
 }

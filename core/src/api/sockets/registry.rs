@@ -17,13 +17,15 @@ pub(super) struct Registry {
     pub(super) hot: link::HotTable,
     /// The P2P transport paths, for endpoints' links.
     paths: PathTable,
+    /// The world, for endpoints' links and seeds.
+    world: Arc<World>,
     /// The next handle number: endpoints, connections, listen sockets and poll groups share
     /// one sequence, so no two live handles of any kind are equal. Never 0.
     next_handle: u32,
 }
 
 impl Registry {
-    pub(super) fn new(paths: PathTable) -> Self {
+    pub(super) fn new(paths: PathTable, world: Arc<World>) -> Self {
         Self {
             endpoints: FxHashMap::default(),
             conns: FxHashMap::default(),
@@ -33,6 +35,7 @@ impl Registry {
             client_endpoints: HashMap::new(),
             hot: link::HotTable::default(),
             paths,
+            world,
             next_handle: 1,
         }
     }
@@ -52,12 +55,13 @@ impl Registry {
         let id = self.fresh_handle();
         // 256 bits: the seed makes the ephemeral key-exchange secrets and the cookie key.
         let mut seed = [0u8; 32];
-        OsRng.fill_bytes(&mut seed);
-        let endpoint = Endpoint::with_seed(config, seed, Instant::now(), unix_now());
+        self.world.rng().fill_bytes(&mut seed);
+        let endpoint = Endpoint::with_seed(config, seed, self.world.clock.now(), unix_now());
+        let link = link::EpLink::new(endpoint, self.paths.clone(), self.world.clone());
         self.endpoints.insert(
             id,
             EpState {
-                link: Arc::new(link::EpLink::new(endpoint, self.paths.clone())),
+                link: Arc::new(link),
                 local_addr,
                 listen,
                 loopback_buffers: false,

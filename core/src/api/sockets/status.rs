@@ -20,7 +20,7 @@ impl Sockets {
     pub fn get_quick_connection_status(&self, h: ConnectionHandle) -> Result<QuickStatus, Error> {
         let mut st = self.state();
         st.reg.locate(h)?;
-        let now = Instant::now();
+        let now = self.now();
         let (path, stats, state) = {
             let c = st.reg.conns[&h]
                 .hot
@@ -77,7 +77,7 @@ impl Sockets {
         let entry = st.reg.conns.get(&h).ok_or(Error::NoConnection)?;
         let c = entry.hot.conn.read().ok_or(Error::NoConnection)?;
         let s = c.stats();
-        let p = c.path_status(Instant::now());
+        let p = c.path_status(self.now());
         let mut route = String::new();
         if st.p2p.endpoint == Some(ep) && st.p2p.paths.contains_key(&id) {
             let r = st.route_info(id);
