@@ -1,57 +1,35 @@
 //! The fake network config values, end to end through the API, on both transports of a
-//! socket pair (real loopback UDP and in-process buffers). Its own test binary, because the
-//! values are process-wide; the tests here take turns.
+//! socket pair (UDP sockets, here on a virtual world's network, and in-process buffers).
+//! Each test is a virtual world of its own: its global values apply to it alone, so the
+//! tests run side by side, in virtual time (lag costs no waiting; the same seed, the same
+//! run).
 
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::api::ConfigTarget;
-use punchline::{ConnectionHandle, Message, SendFlags, Sockets};
-use std::sync::Mutex;
+use punchline::{ConnectionHandle, Message, SendFlags, Sockets, VirtualWorld};
 use std::time::{Duration, Instant};
 
-static TURN: Mutex<()> = Mutex::new(());
-
-/// Sets global fake values for as long as it lives (and takes this test's turn); every fake
-/// value goes back to its default on drop, also when a check fails.
+/// A world with global fake values set on it.
 struct Fake {
+    world: VirtualWorld,
     sockets: Sockets,
-    _turn: std::sync::MutexGuard<'static, ()>,
+    /// When the world began, for the send times messages carry.
+    start: Instant,
 }
-
-const ALL_FAKE: [ConfigValue; 20] = [
-    ConfigValue::FakePacketLossSend,
-    ConfigValue::FakePacketLossRecv,
-    ConfigValue::FakePacketLagSend,
-    ConfigValue::FakePacketLagRecv,
-    ConfigValue::FakePacketReorderSend,
-    ConfigValue::FakePacketReorderRecv,
-    ConfigValue::FakePacketReorderTime,
-    ConfigValue::FakePacketDupSend,
-    ConfigValue::FakePacketDupRecv,
-    ConfigValue::FakePacketDupTimeMax,
-    ConfigValue::FakePacketJitterSendAvg,
-    ConfigValue::FakePacketJitterSendMax,
-    ConfigValue::FakePacketJitterSendPct,
-    ConfigValue::FakePacketJitterRecvAvg,
-    ConfigValue::FakePacketJitterRecvMax,
-    ConfigValue::FakePacketJitterRecvPct,
-    ConfigValue::FakeRateLimitSendRate,
-    ConfigValue::FakeRateLimitSendBurst,
-    ConfigValue::FakeRateLimitRecvRate,
-    ConfigValue::FakeRateLimitRecvBurst,
-];
 
 impl Fake {
     fn set(values: &[(ConfigValue, ConfigData)]) -> Fake {
-        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-        let sockets = Sockets::new().unwrap();
+        let world = VirtualWorld::new(11).unwrap();
+        let sockets = world.sockets().unwrap();
         for (v, d) in values {
             sockets
                 .set_config_value(*v, ConfigTarget::Global, Some(d.clone()))
                 .unwrap();
         }
         Fake {
+            start: world.now(),
+            world,
             sockets,
-            _turn: turn,
         }
     }
 }
@@ -67,10 +45,43 @@ impl Fake {
     }
 }
 
-impl Drop for Fake {
-    fn drop(&mut self) {
-        for v in ALL_FAKE {
-            let _ = self.sockets.set_config_value(v, ConfigTarget::Global, None);
+impl Fake {
+    /// Message `i` of `len` bytes (at least 12), carrying its number and when it was sent.
+    fn numbered(&self, i: u32, len: usize) -> Vec<u8> {
+        let mut m = vec![(i % 251) as u8; len.max(12)];
+        m[..4].copy_from_slice(&i.to_be_bytes());
+        let t = (self.world.now() - self.start).as_nanos() as u64;
+        m[4..12].copy_from_slice(&t.to_be_bytes());
+        m
+    }
+
+    /// How long a message took from send to receipt.
+    fn delay(&self, m: &Message) -> Duration {
+        let sent = u64::from_be_bytes(m.payload[4..12].try_into().unwrap());
+        (m.received_at - self.start).saturating_sub(Duration::from_nanos(sent))
+    }
+
+    /// Receives on `h` until `n` messages came or `limit` of virtual time passed.
+    fn receive_n(&self, h: ConnectionHandle, n: usize, limit: Duration) -> Vec<Message> {
+        let mut got = Vec::new();
+        self.world.run_until(self.world.now() + limit, || {
+            got.extend(
+                self.sockets
+                    .receive_messages_on_connection(h, 1000)
+                    .unwrap(),
+            );
+            got.len() >= n
+        });
+        got
+    }
+
+    /// Sends `n` numbered messages of `len` bytes, 1 ms apart, each in its own packet.
+    fn send_spaced(&self, h: ConnectionHandle, n: u32, len: usize, flags: SendFlags) {
+        for i in 0..n {
+            self.sockets
+                .send_message_to_connection(h, self.numbered(i, len), flags)
+                .unwrap();
+            self.world.run_for(Duration::from_millis(1));
         }
     }
 }
@@ -78,38 +89,8 @@ impl Drop for Fake {
 /// Both kinds of socket pair: (over loopback UDP?, name).
 const TRANSPORTS: [(bool, &str); 2] = [(true, "loopback UDP"), (false, "in-process")];
 
-fn numbered(i: u32, len: usize) -> Vec<u8> {
-    let mut m = vec![(i % 251) as u8; len.max(12)];
-    m[..4].copy_from_slice(&i.to_be_bytes());
-    let sent = Instant::now();
-    // Nanoseconds since the first call, to measure each message's delay.
-    let t = sent.duration_since(*EPOCH).as_nanos() as u64;
-    m[4..12].copy_from_slice(&t.to_be_bytes());
-    m
-}
-
-static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-
 fn number(m: &Message) -> u32 {
     u32::from_be_bytes(m.payload[..4].try_into().unwrap())
-}
-
-/// How long the message took from send to receipt.
-fn delay(m: &Message) -> Duration {
-    let sent = u64::from_be_bytes(m.payload[4..12].try_into().unwrap());
-    m.received_at
-        .duration_since(*EPOCH)
-        .saturating_sub(Duration::from_nanos(sent))
-}
-
-fn receive_n(s: &Sockets, h: ConnectionHandle, n: usize, limit: Duration) -> Vec<Message> {
-    let mut got = Vec::new();
-    let end = Instant::now() + limit;
-    while got.len() < n && Instant::now() < end {
-        got.extend(s.receive_messages_on_connection(h, 1000).unwrap());
-        s.wait_for_activity(Duration::from_millis(5));
-    }
-    got
 }
 
 /// Reliable messages all arrive, once and in order.
@@ -124,15 +105,6 @@ fn assert_reliable_in_order(got: &[Message], n: usize, what: &str) {
 fn pair(s: &Sockets, net: bool, name: &str) -> (ConnectionHandle, ConnectionHandle) {
     s.create_socket_pair(net, None, None)
         .unwrap_or_else(|e| panic!("{name}: pair: {e}"))
-}
-
-/// Sends `n` numbered messages of `len` bytes, 1 ms apart, each in its own packet.
-fn send_spaced(s: &Sockets, h: ConnectionHandle, n: u32, len: usize, flags: SendFlags) {
-    for i in 0..n {
-        s.send_message_to_connection(h, numbered(i, len), flags)
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 fn inversions(got: &[Message]) -> usize {
@@ -155,10 +127,10 @@ fn lag_and_loss_apply(lag: ConfigValue, lag_ms: i32, loss: ConfigValue, loss_pct
             (loss, ConfigData::Float(loss_pct)),
         ]);
         for i in 0..n {
-            s.send_message_to_connection(a, numbered(i, 1000), SendFlags::RELIABLE)
+            s.send_message_to_connection(a, f.numbered(i, 1000), SendFlags::RELIABLE)
                 .unwrap();
         }
-        let got = receive_n(s, b, n as usize, Duration::from_secs(60));
+        let got = f.receive_n(b, n as usize, Duration::from_secs(60));
         assert_reliable_in_order(&got, n as usize, name);
         let q = s.get_quick_connection_status(a).unwrap();
         assert!(
@@ -208,18 +180,18 @@ fn duplicated_packets_never_duplicate_messages() {
     for (net, name) in TRANSPORTS {
         let (a, b) = pair(s, net, name);
         for i in 0..100 {
-            s.send_message_to_connection(a, numbered(i, 200), SendFlags::RELIABLE_NO_NAGLE)
+            s.send_message_to_connection(a, f.numbered(i, 200), SendFlags::RELIABLE_NO_NAGLE)
                 .unwrap();
             s.send_message_to_connection(
                 a,
-                numbered(1000 + i, 200),
+                f.numbered(1000 + i, 200),
                 SendFlags::UNRELIABLE_NO_NAGLE,
             )
             .unwrap();
         }
-        let got = receive_n(s, b, 200, Duration::from_secs(30));
+        let got = f.receive_n(b, 200, Duration::from_secs(30));
         // Give the late copies (up to 20 ms behind) time to arrive, and be dropped.
-        std::thread::sleep(Duration::from_millis(100));
+        f.world.run_for(Duration::from_millis(100));
         let mut all = got;
         all.extend(s.receive_messages_on_connection(b, 1000).unwrap());
         let mut numbers: Vec<u32> = all.iter().map(number).collect();
@@ -245,8 +217,8 @@ fn reorder_lets_later_packets_overtake_and_reliable_order_holds() {
     for (net, name) in TRANSPORTS {
         let (a, b) = pair(s, net, name);
         // Unreliable messages come out as their packets arrive: reordering shows.
-        send_spaced(s, a, 200, 100, SendFlags::UNRELIABLE_NO_NAGLE);
-        let got = receive_n(s, b, 200, Duration::from_secs(10));
+        f.send_spaced(a, 200, 100, SendFlags::UNRELIABLE_NO_NAGLE);
+        let got = f.receive_n(b, 200, Duration::from_secs(10));
         assert!(
             got.len() >= 190,
             "{name}: reorder never drops ({})",
@@ -254,8 +226,8 @@ fn reorder_lets_later_packets_overtake_and_reliable_order_holds() {
         );
         assert!(inversions(&got) > 5, "{name}: some packets overtaken");
         // Reliable ones are put back in order.
-        send_spaced(s, a, 200, 100, SendFlags::RELIABLE_NO_NAGLE);
-        let got = receive_n(s, b, 200, Duration::from_secs(30));
+        f.send_spaced(a, 200, 100, SendFlags::RELIABLE_NO_NAGLE);
+        let got = f.receive_n(b, 200, Duration::from_secs(30));
         assert_reliable_in_order(&got, 200, name);
     }
 }
@@ -271,16 +243,16 @@ fn jitter_delays_and_clumps_but_never_reorders() {
     let s = &f.sockets;
     for (net, name) in TRANSPORTS {
         let (a, b) = pair(s, net, name);
-        send_spaced(s, a, 200, 100, SendFlags::UNRELIABLE_NO_NAGLE);
-        let got = receive_n(s, b, 200, Duration::from_secs(10));
+        f.send_spaced(a, 200, 100, SendFlags::UNRELIABLE_NO_NAGLE);
+        let got = f.receive_n(b, 200, Duration::from_secs(10));
         assert_eq!(got.len(), 200, "{name}: jitter never drops");
         assert_eq!(inversions(&got), 0, "{name}: jitter alone never reorders");
         let delayed = got
             .iter()
-            .filter(|m| delay(m) > Duration::from_millis(3))
+            .filter(|m| f.delay(m) > Duration::from_millis(3))
             .count();
         assert!(delayed >= 20, "{name}: only {delayed} of 200 held back");
-        let worst = got.iter().map(delay).max().unwrap();
+        let worst = got.iter().map(|m| f.delay(m)).max().unwrap();
         assert!(
             worst < Duration::from_secs(1),
             "{name}: worst delay {worst:?}"
@@ -301,16 +273,16 @@ fn the_rate_limit_is_a_token_bucket() {
     for (net, name) in TRANSPORTS {
         let (a, b) = pair(s, net, name);
         let total = 300_000;
-        let start = Instant::now();
+        let start = f.world.now();
         for i in 0..(total / 1000) as u32 {
-            s.send_message_to_connection(a, numbered(i, 1000), SendFlags::RELIABLE)
+            s.send_message_to_connection(a, f.numbered(i, 1000), SendFlags::RELIABLE)
                 .unwrap();
         }
-        let got = receive_n(s, b, total / 1000, Duration::from_secs(60));
+        let got = f.receive_n(b, total / 1000, Duration::from_secs(60));
         assert_reliable_in_order(&got, total / 1000, name);
         // No more than the bucket allows can have passed: rate x time + burst. (A bound on
         // the limiter, not on our speed: a slow machine only makes it easier to meet.)
-        let elapsed = start.elapsed().as_secs_f64();
+        let elapsed = (f.world.now() - start).as_secs_f64();
         let allowed = f64::from(RATE) * elapsed + f64::from(BURST);
         assert!(
             (total as f64) <= allowed,

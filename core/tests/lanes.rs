@@ -1,30 +1,34 @@
-//! Lanes (`configure_connection_lanes`) over real loopback UDP under a send-rate cap: a
-//! lane of a lower priority number goes first, whatever the queue order; lanes of equal
-//! priority share by weight.
+//! Lanes (`configure_connection_lanes`) under a send-rate cap, in a virtual world: a lane of
+//! a lower priority number goes first, whatever the queue order; lanes of equal priority
+//! share by weight.
 
 mod common;
 
-use common::udp_pair;
+use common::virtual_pair;
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::api::OutMessage;
-use punchline::{ConnectionHandle, Error, SendFlags, Sockets};
-use std::time::{Duration, Instant};
+use punchline::{ConnectionHandle, Error, SendFlags, Sockets, VirtualWorld};
+use std::time::Duration;
 
 const PER_LANE: usize = 100;
 const SIZE: usize = 1000;
 
 /// A connected pair whose client sends at a capped rate, which keeps every lane backed up
 /// while the scheduler chooses.
-fn connected_pair() -> (Sockets, ConnectionHandle, Sockets, ConnectionHandle) {
-    udp_pair(&[
-        (ConfigValue::SendRateMin, ConfigData::Int32(100_000)),
-        (ConfigValue::SendRateMax, ConfigData::Int32(100_000)),
-    ])
+fn connected_pair(world: &VirtualWorld) -> (Sockets, ConnectionHandle, Sockets, ConnectionHandle) {
+    virtual_pair(
+        world,
+        &[
+            (ConfigValue::SendRateMin, ConfigData::Int32(100_000)),
+            (ConfigValue::SendRateMax, ConfigData::Int32(100_000)),
+        ],
+    )
 }
 
 #[test]
 fn priority_is_strict_and_equal_priorities_share_by_weight() {
-    let (client, c, server, s) = connected_pair();
+    let world = VirtualWorld::new(1).unwrap();
+    let (client, c, server, s) = connected_pair(&world);
     // Lane 0 first; lanes 1 and 2 share 3:1.
     client
         .configure_connection_lanes(c, &[0, 10, 10], &[1, 3, 1])
@@ -47,18 +51,13 @@ fn priority_is_strict_and_equal_priorities_share_by_weight() {
         r.unwrap();
     }
     let mut order = Vec::new();
-    let end = Instant::now() + Duration::from_secs(20);
-    while order.len() < 3 * PER_LANE {
+    let all = world.run_until(world.now() + Duration::from_secs(20), || {
         for m in server.receive_messages_on_connection(s, 64).unwrap() {
             order.push(m.payload[0]);
         }
-        assert!(
-            Instant::now() < end,
-            "only {} messages arrived",
-            order.len()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        order.len() >= 3 * PER_LANE
+    });
+    assert!(all, "only {} messages arrived", order.len());
     assert!(
         order[..PER_LANE].iter().all(|&l| l == 0),
         "lane 0 did not go first: {:?}",
@@ -77,7 +76,8 @@ fn priority_is_strict_and_equal_priorities_share_by_weight() {
 
 #[test]
 fn lanes_are_checked() {
-    let (client, c, _server, _s) = connected_pair();
+    let world = VirtualWorld::new(2).unwrap();
+    let (client, c, _server, _s) = connected_pair(&world);
     let lane = |lane| {
         client
             .send_messages(vec![OutMessage {

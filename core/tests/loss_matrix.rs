@@ -1,28 +1,28 @@
-//! The loss matrix: real loopback connections under the fake network conditions (the global
-//! `FakePacket*` and `FakeRateLimit*` config values), each condition with a bulk transfer
-//! and a game-like pattern at the same time.
+//! The loss matrix: connections under the fake network conditions (the global `FakePacket*`
+//! and `FakeRateLimit*` config values), each condition with a bulk transfer and a game-like
+//! pattern at the same time.
 //!
 //! Conditions are (send rate limit, loss, one-way lag, reorder), each also with 10%
-//! duplication. They are set on the sending side of every endpoint in the process, so each
-//! direction of each connection goes through them once. The values are process-wide, so the
-//! cases take turns (a lock); under nextest each runs in its own process anyway.
+//! duplication. They are set on the sending side of every endpoint of a virtual world, so
+//! each direction of each connection goes through them once. Each case is a world of its
+//! own (its own global values, its own clock), so they run side by side, in virtual time:
+//! each takes the processor time its traffic needs, and the same seed gives the same run.
 //!
 //! What must hold: every reliable message arrives exactly once, in order and intact;
 //! unreliable messages are never corrupted, partial or duplicated; the connections stay up;
 //! ping and quality in the status are plausible for the condition.
 
+mod common;
+
 use bytes::Bytes;
+use common::virtual_pair;
 use punchline::api::config::{ConfigData, ConfigValue};
-use punchline::api::{ConfigTarget, StatusEvents};
-use punchline::{ConnectionHandle, ConnectionState, Error, SendFlags, Sockets};
+use punchline::api::ConfigTarget;
+use punchline::{ConnectionHandle, ConnectionState, Error, SendFlags, Sockets, VirtualWorld};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// The fake conditions are global: one case at a time.
-static TURN: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, Clone, Copy)]
 struct Condition {
@@ -136,46 +136,12 @@ struct Pair {
     c: ConnectionHandle,
 }
 
-fn accept_one(server: &Sockets, events: &mut StatusEvents) -> ConnectionHandle {
-    let end = Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS as u64);
-    loop {
-        if let Some(ev) = events.try_recv() {
-            if ev.info.state == ConnectionState::Connecting && ev.info.listen_socket.is_some() {
-                server.accept_connection(ev.connection).unwrap();
-                return ev.connection;
-            }
-        }
-        assert!(Instant::now() < end, "no incoming connection");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 fn state(s: &Sockets, h: ConnectionHandle) -> ConnectionState {
     s.get_connection_info(h).unwrap().state
 }
 
-fn pair() -> Pair {
-    let server = Sockets::new().unwrap();
-    let client = Sockets::new().unwrap();
-    let mut events = server.status_events();
-    let listen = server
-        .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
-        .unwrap();
-    let addr = server.get_listen_socket_address(listen).unwrap();
-    let c = client.connect_by_ip_address(addr, &[]).unwrap();
-    let s = accept_one(&server, &mut events);
-    let end = Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS as u64 + 5_000);
-    while state(&client, c) != ConnectionState::Connected
-        || state(&server, s) != ConnectionState::Connected
-    {
-        assert!(
-            Instant::now() < end,
-            "handshake did not finish: client {:?}, server {:?}",
-            state(&client, c),
-            state(&server, s)
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+fn pair(world: &VirtualWorld) -> Pair {
+    let (client, c, server, s) = virtual_pair(world, &[]);
     Pair {
         server,
         client,
@@ -210,134 +176,178 @@ fn check(m: &[u8]) -> (u8, u32) {
     (m[0], n)
 }
 
-fn send(s: &Sockets, h: ConnectionHandle, m: Vec<u8>, flags: SendFlags, until: Instant) {
-    let m = Bytes::from(m);
-    loop {
-        match s.send_message_to_connection(h, m.clone(), flags) {
-            Ok(_) => return,
-            Err(Error::LimitExceeded) => {
-                assert!(Instant::now() < until, "send buffer never drained");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => panic!("send failed: {e}"),
-        }
-    }
-}
-
 const RELIABLE: u8 = b'R';
 const UNRELIABLE: u8 = b'U';
 
-/// Bulk: `total` bytes of 16 KiB reliable messages, all checked on arrival.
-fn bulk(p: &Pair, total: usize, deadline: Instant) {
+/// Bulk: `count` reliable messages of 16 KiB, queued as fast as the send buffer takes them,
+/// all checked on arrival.
+struct Bulk {
+    count: u32,
+    sent: u32,
+    received: u32,
+}
+
+impl Bulk {
     const SIZE: usize = 16 * 1024;
-    let count = total.div_ceil(SIZE) as u32;
-    let (client, c) = (p.client.clone(), p.c);
-    let sender = std::thread::spawn(move || {
-        for n in 0..count {
-            send(
-                &client,
-                c,
-                message(RELIABLE, n, SIZE),
-                SendFlags::RELIABLE,
-                deadline,
-            );
+
+    fn new(total: usize) -> Self {
+        Bulk {
+            count: total.div_ceil(Self::SIZE) as u32,
+            sent: 0,
+            received: 0,
         }
-    });
-    let mut next = 0;
-    while next < count {
-        assert!(
-            Instant::now() < deadline,
-            "bulk: {next} of {count} messages arrived in time"
-        );
+    }
+
+    fn done(&self) -> bool {
+        self.received == self.count
+    }
+
+    fn step(&mut self, p: &Pair) {
+        while self.sent < self.count {
+            let m = message(RELIABLE, self.sent, Self::SIZE);
+            match p
+                .client
+                .send_message_to_connection(p.c, m, SendFlags::RELIABLE)
+            {
+                Ok(_) => self.sent += 1,
+                Err(Error::LimitExceeded) => break,
+                Err(e) => panic!("bulk send failed: {e}"),
+            }
+        }
         for m in p.server.receive_messages_on_connection(p.s, 256).unwrap() {
             assert_eq!(
                 check(&m.payload),
-                (RELIABLE, next),
-                "out of order or repeated"
+                (RELIABLE, self.received),
+                "bulk: out of order or repeated"
             );
-            next += 1;
+            self.received += 1;
         }
-        p.server.wait_for_activity(Duration::from_millis(10));
     }
-    sender.join().unwrap();
 }
 
 /// Game-like: every 30 ms one reliable message of up to 4000 bytes and one unreliable of up
-/// to 2000, for `ticks` ticks. Returns how many unreliable messages arrived.
-fn game(p: &Pair, ticks: u32, seed: u64, deadline: Instant) -> usize {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let start = Instant::now();
-    let mut next_reliable = 0;
-    let mut unreliable_seen = HashSet::new();
-    let mut receive = |next_reliable: &mut u32| {
+/// to 2000, for `ticks` ticks.
+struct Game {
+    rng: ChaCha8Rng,
+    ticks: u32,
+    tick: u32,
+    next_tick: Instant,
+    next_reliable: u32,
+    /// Reliable messages refused for a full buffer, to send again.
+    waiting: Option<Vec<u8>>,
+    unreliable_seen: HashSet<u32>,
+}
+
+impl Game {
+    const TICK: Duration = Duration::from_millis(30);
+
+    fn new(ticks: u32, seed: u64, start: Instant) -> Self {
+        Game {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            ticks,
+            tick: 0,
+            next_tick: start,
+            next_reliable: 0,
+            waiting: None,
+            unreliable_seen: HashSet::new(),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.next_reliable == self.ticks
+    }
+
+    fn step(&mut self, p: &Pair, now: Instant) {
+        if let Some(m) = self.waiting.take() {
+            self.send_reliable(p, m);
+        }
+        if self.tick < self.ticks && now >= self.next_tick && self.waiting.is_none() {
+            let r = 1 + (self.rng.next_u32() % 4000) as usize;
+            let u = 1 + (self.rng.next_u32() % 2000) as usize;
+            self.send_reliable(p, message(RELIABLE, self.tick, r));
+            // Unreliable messages are never refused for lack of buffer; a full queue drops
+            // them.
+            let _ = p.client.send_message_to_connection(
+                p.c,
+                message(UNRELIABLE, self.tick, u),
+                SendFlags::UNRELIABLE,
+            );
+            self.tick += 1;
+            self.next_tick += Self::TICK;
+        }
+        self.receive(p);
+    }
+
+    fn send_reliable(&mut self, p: &Pair, m: Vec<u8>) {
+        match p
+            .client
+            .send_message_to_connection(p.c, Bytes::from(m.clone()), SendFlags::RELIABLE)
+        {
+            Ok(_) => {}
+            Err(Error::LimitExceeded) => self.waiting = Some(m),
+            Err(e) => panic!("game send failed: {e}"),
+        }
+    }
+
+    fn receive(&mut self, p: &Pair) {
         for m in p.server.receive_messages_on_connection(p.s, 256).unwrap() {
             match check(&m.payload) {
                 (RELIABLE, n) => {
-                    assert_eq!(n, *next_reliable, "reliable out of order or repeated");
-                    *next_reliable += 1;
+                    assert_eq!(n, self.next_reliable, "reliable out of order or repeated");
+                    self.next_reliable += 1;
                 }
                 (UNRELIABLE, n) => {
-                    assert!(n < ticks, "unreliable {n} was never sent");
-                    assert!(unreliable_seen.insert(n), "unreliable {n} duplicated");
+                    assert!(n < self.ticks, "unreliable {n} was never sent");
+                    assert!(self.unreliable_seen.insert(n), "unreliable {n} duplicated");
                 }
                 (k, _) => panic!("unknown kind {k}"),
             }
         }
-    };
-    for tick in 0..ticks {
-        let r = 1 + (rng.next_u32() % 4000) as usize;
-        let u = 1 + (rng.next_u32() % 2000) as usize;
-        send(
-            &p.client,
-            p.c,
-            message(RELIABLE, tick, r),
-            SendFlags::RELIABLE,
-            deadline,
-        );
-        // Unreliable messages are never refused for lack of buffer; a full queue drops them.
-        let _ = p.client.send_message_to_connection(
-            p.c,
-            message(UNRELIABLE, tick, u),
-            SendFlags::UNRELIABLE,
-        );
-        receive(&mut next_reliable);
-        let at = start + Duration::from_millis(30) * (tick + 1);
-        std::thread::sleep(at.saturating_duration_since(Instant::now()));
     }
-    while next_reliable < ticks {
-        assert!(
-            Instant::now() < deadline,
-            "game: {next_reliable} of {ticks} reliable messages arrived in time"
-        );
-        p.server.wait_for_activity(Duration::from_millis(10));
-        receive(&mut next_reliable);
-    }
-    // Stragglers (reordered or duplicated) that come after the last reliable one.
-    std::thread::sleep(Duration::from_millis(300));
-    receive(&mut next_reliable);
-    unreliable_seen.len()
 }
 
 fn run(c: Condition, seed: u64) {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let sockets = Sockets::new().unwrap();
+    let world = VirtualWorld::new(seed).unwrap();
+    let sockets = world.sockets().unwrap();
     // The handshakes go through the condition too.
     let _applied = Applied::new(&sockets, &c);
-    let bulk_pair = pair();
-    let game_pair = pair();
-    let deadline = Instant::now() + Duration::from_secs(45);
+    let bulk_pair = pair(&world);
+    let game_pair = pair(&world);
+    let deadline = world.now() + Duration::from_secs(45);
     let ticks = 100;
-    std::thread::scope(|s| {
-        let b = s.spawn(|| bulk(&bulk_pair, c.bulk, deadline));
-        let unreliable = game(&game_pair, ticks, seed, deadline);
-        b.join().unwrap();
-        // Unreliable ones may be lost, but not nearly all of them.
-        let floor = (ticks as f32 * (1.0 - c.loss_pct / 100.0) * 0.5) as usize;
+    let mut bulk = Bulk::new(c.bulk);
+    let mut game = Game::new(ticks, seed, world.now());
+    while !(bulk.done() && game.done()) {
         assert!(
-            unreliable >= floor,
-            "only {unreliable} of {ticks} unreliable messages arrived under {c:?}"
+            world.now() < deadline,
+            "in time: bulk {} of {} messages, game {} of {ticks} reliable ones",
+            bulk.received,
+            bulk.count,
+            game.next_reliable
         );
-    });
+        bulk.step(&bulk_pair);
+        game.step(&game_pair, world.now());
+        let now = world.now();
+        let next = game.next_tick.clamp(
+            now + Duration::from_millis(1),
+            now + Duration::from_millis(5),
+        );
+        world.run_until(next, || false);
+    }
+    // Stragglers (reordered or duplicated) that come after the last reliable one.
+    world.run_for(Duration::from_millis(300));
+    game.receive(&game_pair);
+    let unreliable = game.unreliable_seen.len();
+    // Unreliable ones may be lost, but not nearly all of them.
+    let floor = (ticks as f32 * (1.0 - c.loss_pct / 100.0) * 0.5) as usize;
+    assert!(
+        unreliable >= floor,
+        "only {unreliable} of {ticks} unreliable messages arrived under {c:?}"
+    );
+    eprintln!(
+        "{c:?}: done in {:?} of virtual time",
+        world.now() + Duration::from_secs(45) - deadline
+    );
     for (p, is_bulk) in [(&bulk_pair, true), (&game_pair, false)] {
         assert_eq!(state(&p.client, p.c), ConnectionState::Connected, "{c:?}");
         assert_eq!(state(&p.server, p.s), ConnectionState::Connected, "{c:?}");

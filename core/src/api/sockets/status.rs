@@ -41,7 +41,8 @@ impl Sockets {
         let rate = |now: u64, then: u64| (now.saturating_sub(then)) as f32 / elapsed;
         let status = QuickStatus {
             state,
-            ping_ms: path.rtt.as_millis() as i32,
+            // To the nearest millisecond: the smoothed RTT nears a steady one from below.
+            ping_ms: (path.rtt + Duration::from_micros(500)).as_millis() as i32,
             connection_quality_local: path.received_fraction,
             connection_quality_remote: path.delivered_fraction,
             out_packets_per_sec: rate(stats.packets_sent, since.packets_out),
