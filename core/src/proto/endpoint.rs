@@ -71,6 +71,8 @@ pub struct Endpoint {
     connections: Conns,
     /// Scratch for the ids `pick_up_touched` takes (kept for its capacity).
     touched: Vec<u32>,
+    /// A connection was removed since [`take_removed`](Self::take_removed) last looked.
+    removed: bool,
     by_hello: HashMap<(SocketAddr, u32), u32>,
     /// Outgoing connections by (server address, server's id for it), once the server
     /// answered: where a "no connection" reply is routed without a scan.
@@ -171,6 +173,7 @@ impl Endpoint {
             rng,
             connections: Conns::default(),
             touched: Vec::new(),
+            removed: false,
             by_hello: HashMap::new(),
             by_server: HashMap::new(),
             tokens: HashMap::new(),
@@ -802,6 +805,7 @@ impl Endpoint {
             return false;
         };
         self.connections.remove(&id.0);
+        self.removed = true;
         if side == super::Side::Server {
             self.by_hello.remove(&key);
         } else if self.by_server.get(&key) == Some(&id.0) {
@@ -1190,6 +1194,12 @@ impl Endpoint {
             }
         }
         None
+    }
+
+    /// Whether a connection was removed since the last call (for the layer above to let go
+    /// of what it kept for it).
+    pub fn take_removed(&mut self) -> bool {
+        std::mem::take(&mut self.removed)
     }
 
     /// True when the layer above has something to take: an event, a transport path to

@@ -15,6 +15,7 @@ use crate::proto::EndReason;
 use punchline_identity::Identity;
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
@@ -206,6 +207,8 @@ pub struct PathSink {
     addr: SocketAddr,
     datagrams: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     notes: Arc<Mutex<VecDeque<PathNote>>>,
+    /// Set when a note is queued, so the driver looks at the notes only then.
+    noted: Arc<AtomicBool>,
     nudge: Arc<Notify>,
     /// Set for one route of a [`Routes`] path: its notes go to the route selector.
     route: Option<RouteTag>,
@@ -223,12 +226,14 @@ impl PathSink {
         addr: SocketAddr,
         datagrams: mpsc::Sender<(SocketAddr, Vec<u8>)>,
         notes: Arc<Mutex<VecDeque<PathNote>>>,
+        noted: Arc<AtomicBool>,
         nudge: Arc<Notify>,
     ) -> Self {
         Self {
             addr,
             datagrams,
             notes,
+            noted,
             nudge,
             route: None,
         }
@@ -294,6 +299,7 @@ impl PathSink {
             q.push_back(n);
         }
         drop(q);
+        self.noted.store(true, Ordering::Release);
         self.nudge.notify_one();
     }
 }

@@ -270,7 +270,13 @@ impl State {
         };
         let addr = path_addr(self.p2p.paths_made.wrapping_add(1));
         let notes = Arc::new(Mutex::new(VecDeque::new()));
-        let sink = PathSink::new(addr, tx, notes.clone(), e.link.nudge.clone());
+        let sink = PathSink::new(
+            addr,
+            tx,
+            notes.clone(),
+            e.link.path_notes.clone(),
+            e.link.nudge.clone(),
+        );
         let params = PathParams {
             local: self.credentials.identity(),
             peer: p2p.peer.clone(),
@@ -422,7 +428,7 @@ impl Shared {
                 e.handle_datagram(now, from, data);
             }
             let reply = waiter.then(|| link.collect_now(&mut e, now, batch));
-            let news = e.has_news();
+            let news = link.has_news(&mut e);
             drop(e);
             match reply {
                 Some(Ok(deadline)) => {
@@ -432,7 +438,7 @@ impl Shared {
                 Some(Err(())) => link.nudge.notify_one(),
                 None => {}
             }
-            if news || link.p2p.load(Ordering::Acquire) {
+            if news {
                 lock(&self.state).pump(ep);
             }
         });
@@ -496,8 +502,10 @@ impl Driven for EpDriver {
         let p2p = self.link.p2p.load(Ordering::Acquire);
         // Read before the endpoint is found empty: set after, it finds a connection there.
         let closing = self.link.closing.load(Ordering::Acquire);
-        if p2p {
-            // What paths said (a route found, say) may have packets to send now.
+        // What paths said (a route found, say) may have packets to send now. Taken before
+        // the notes are read: one queued after is seen next turn.
+        let noted = p2p && self.link.path_notes.swap(false, Ordering::AcqRel);
+        if noted {
             lock(&self.shared.state).service_paths(self.ep);
         }
         let mut e = self.link.endpoint();
@@ -509,7 +517,7 @@ impl Driven for EpDriver {
         }
         let wake = e.poll_timeout();
         *lock(&self.link.next_wake) = wake;
-        let news = e.has_news();
+        let news = self.link.has_news(&mut e);
         let empty = e.connection_ids().next().is_none();
         drop(e);
         if !signals.is_empty() {
@@ -532,7 +540,7 @@ impl Driven for EpDriver {
             }
         }
         let done = empty && closing;
-        if news || p2p || done {
+        if news || done {
             let mut st = lock(&self.shared.state);
             st.pump(self.ep);
             // Still empty now that the state is locked (a waiting thread may have let a

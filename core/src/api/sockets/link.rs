@@ -20,8 +20,11 @@ use std::sync::OnceLock;
 pub(super) struct EpLink {
     /// The protocol endpoint.
     endpoint: Mutex<Endpoint>,
-    /// The P2P endpoint: its driver services the transport paths every turn.
+    /// The P2P endpoint: its driver services the transport paths when they say something
+    /// or a connection goes.
     pub(super) p2p: std::sync::atomic::AtomicBool,
+    /// Set by a transport path that queued a note (a signal, readiness, failure).
+    pub(super) path_notes: Arc<std::sync::atomic::AtomicBool>,
     /// Stop the driver once no connection is left.
     pub(super) closing: std::sync::atomic::AtomicBool,
     /// Wakes the endpoint's driver.
@@ -42,6 +45,7 @@ impl EpLink {
         Self {
             endpoint: Mutex::new(endpoint),
             p2p: Default::default(),
+            path_notes: Default::default(),
             closing: Default::default(),
             nudge: Arc::new(Notify::new()),
             io: OnceLock::new(),
@@ -49,6 +53,13 @@ impl EpLink {
             paths,
             world,
         }
+    }
+
+    /// Whether the layer above must look at `endpoint` (locked here): it has news, or, for
+    /// the P2P endpoint, a connection went (its path is to close).
+    pub(super) fn has_news(&self, endpoint: &mut Endpoint) -> bool {
+        let removed = self.p2p.load(Ordering::Acquire) && endpoint.take_removed();
+        endpoint.has_news() || removed
     }
 
     /// Locks the protocol endpoint. The `Sockets` state lock, if the caller takes it, must
