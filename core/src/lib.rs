@@ -15,9 +15,11 @@ pub mod runtime;
 pub mod sim;
 pub mod transport;
 
+#[cfg(feature = "virtual-time")]
+pub use api::VirtualWorld;
 pub use api::{
     ConnectionHandle, ConnectionInfo, ConnectionStatusChanged, ListenSocketHandle, Message,
-    PollGroupHandle, QuickStatus, Sockets, SocketsConfig, VirtualWorld,
+    PollGroupHandle, QuickStatus, Sockets, SocketsConfig,
 };
 pub use proto::{ConnectionState, EndReason, Error, SendFlags};
 

@@ -87,7 +87,7 @@ impl Fake {
 }
 
 /// Both kinds of socket pair: (over loopback UDP?, name).
-const TRANSPORTS: [(bool, &str); 2] = [(true, "loopback UDP"), (false, "in-process")];
+const TRANSPORTS: [(bool, &str); 2] = [(true, "UDP (the world's network)"), (false, "in-process")];
 
 fn number(m: &Message) -> u32 {
     u32::from_be_bytes(m.payload[..4].try_into().unwrap())

@@ -160,3 +160,25 @@ fn socket_pairs_work_in_a_world_over_both_transports() {
         assert_eq!(&got[0].payload[..], b"ping");
     }
 }
+
+#[test]
+fn a_dropped_sockets_stops_as_if_its_process_ended() {
+    let world = VirtualWorld::new(9).unwrap();
+    let (client, c, server, _s) = virtual_pair(&world, &[]);
+    let listen_addr = {
+        // The one listen socket the pair made: its address is free again once dropped.
+        let l = server
+            .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
+            .unwrap();
+        server.get_listen_socket_address(l).unwrap()
+    };
+    drop(server);
+    let ended = world.run_until(world.now() + Duration::from_secs(120), || {
+        client.get_connection_info(c).unwrap().state == ConnectionState::ProblemDetectedLocally
+    });
+    assert!(ended, "the client noticed its peer is gone");
+    let again = world.sockets().unwrap();
+    again
+        .create_listen_socket_ip(listen_addr, &[])
+        .expect("the address is free again");
+}

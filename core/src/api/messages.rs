@@ -20,6 +20,7 @@ use super::{ConnectionHandle, ListenSocketHandle, PollGroupHandle};
 use crate::proto::{ConnectionState, Error, SendFlags};
 use bytes::Bytes;
 use punchline_identity::Identity;
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -64,8 +65,9 @@ struct Inner {
     events: StatusEvents,
     listen: ListenSocketHandle,
     group: PollGroupHandle,
+    /// By the peer's identity (which peers choose: a hash map with random keys).
     sessions: HashMap<Identity, Session>,
-    by_conn: HashMap<ConnectionHandle, Identity>,
+    by_conn: FxHashMap<ConnectionHandle, Identity>,
     inbox: HashMap<u32, VecDeque<Message>>,
     out_events: VecDeque<MessagesEvent>,
     idle_timeout: Duration,
@@ -102,7 +104,7 @@ impl Messages {
                 listen,
                 group,
                 sessions: HashMap::new(),
-                by_conn: HashMap::new(),
+                by_conn: FxHashMap::default(),
                 inbox: HashMap::new(),
                 out_events: VecDeque::new(),
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -341,13 +343,16 @@ impl Messages {
             }
         }
         let now = self.sockets.now();
-        let idle: Vec<Identity> = inner
+        let mut idle: Vec<(ConnectionHandle, Identity)> = inner
             .sessions
             .iter()
             .filter(|(_, s)| !s.broken && now.duration_since(s.last_active) >= inner.idle_timeout)
-            .map(|(p, _)| p.clone())
+            .map(|(p, s)| (s.conn, p.clone()))
             .collect();
-        for peer in idle {
+        // In the order the sessions were made, whatever the map's (a virtual world's run
+        // is the same each time).
+        idle.sort_unstable_by_key(|(conn, _)| *conn);
+        for (_, peer) in idle {
             self.drop_session(inner, &peer);
         }
     }

@@ -15,7 +15,9 @@ pub mod utils;
 pub use crate::proto::{ConnectionInfoFlags, ConnectionState, EndReason, Error, SendFlags};
 pub use messages::{Messages, MessagesEvent};
 pub use p2p::{Signaling, SignalingRecvContext};
-pub use sockets::{Sockets, VirtualWorld};
+pub use sockets::Sockets;
+#[cfg(feature = "virtual-time")]
+pub use sockets::VirtualWorld;
 pub use types::{
     Availability, ConfigTarget, ConnectionHandle, ConnectionInfo, ConnectionStatusChanged,
     ListenSocketHandle, Message, OutMessage, PollGroupHandle, QuickStatus, SocketsConfig,

@@ -32,6 +32,14 @@ fn level_value(s: Subsystem) -> ConfigValue {
     }
 }
 
+/// True for a value [`apply_debug_config`] reads.
+pub(crate) fn is_debug_value(v: ConfigValue) -> bool {
+    v == ConfigValue::PacketTraceMaxBytes
+        || crate::debug::SUBSYSTEMS
+            .iter()
+            .any(|s| level_value(*s) == v)
+}
+
 /// Gives the debug output the per-subsystem levels and the packet trace of the global
 /// config values.
 pub(crate) fn apply_debug_config(global: &ConfigStore) {

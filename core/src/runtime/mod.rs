@@ -17,9 +17,11 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
 mod memory;
+#[cfg(feature = "virtual-time")]
 mod virtual_time;
 pub use memory::{MemoryNet, MemorySocket};
-pub use virtual_time::{SeedSequence, VirtualRuntime};
+#[cfg(feature = "virtual-time")]
+pub use virtual_time::VirtualRuntime;
 
 /// A datagram with its peer's address.
 pub type Datagram = (SocketAddr, Vec<u8>);
@@ -30,6 +32,7 @@ pub enum Runtime {
     /// Real time, a service thread of its own, the kernel's UDP sockets.
     Service(Arc<Service>),
     /// A virtual world's time and network, shared with everything else in it.
+    #[cfg(feature = "virtual-time")]
     Virtual(Arc<VirtualRuntime>),
 }
 
@@ -38,14 +41,21 @@ impl Runtime {
     pub fn handle(&self) -> &tokio::runtime::Handle {
         match self {
             Runtime::Service(s) => s.handle(),
+            #[cfg(feature = "virtual-time")]
             Runtime::Virtual(v) => v.handle(),
         }
+    }
+
+    /// True for a virtual runtime.
+    pub fn is_virtual(&self) -> bool {
+        !matches!(self, Runtime::Service(_))
     }
 
     /// Its clock, to read the time without owning the runtime.
     pub fn clock(&self) -> Clock {
         match self {
             Runtime::Service(_) => Clock::Real,
+            #[cfg(feature = "virtual-time")]
             Runtime::Virtual(v) => Clock::Virtual(v.handle().clone()),
         }
     }
@@ -57,6 +67,7 @@ impl Runtime {
                 let _in = s.handle().enter();
                 Io::bind_udp(addr)
             }
+            #[cfg(feature = "virtual-time")]
             Runtime::Virtual(v) => v.bind(addr),
         }
     }
@@ -67,7 +78,7 @@ impl Runtime {
     pub fn wait_until(
         &self,
         deadline: Instant,
-        wake: &Notify,
+        #[cfg_attr(not(feature = "virtual-time"), allow(unused_variables))] wake: &Notify,
         poll: std::time::Duration,
         mut ready: impl FnMut() -> bool,
     ) -> bool {
@@ -82,6 +93,7 @@ impl Runtime {
                 }
                 std::thread::sleep(poll.min(deadline - now));
             },
+            #[cfg(feature = "virtual-time")]
             Runtime::Virtual(v) => v.run_until(deadline, wake, ready),
         }
     }
@@ -93,6 +105,7 @@ pub enum Clock {
     /// The system's monotonic clock.
     Real,
     /// A virtual runtime's clock.
+    #[cfg(feature = "virtual-time")]
     Virtual(tokio::runtime::Handle),
 }
 
@@ -101,6 +114,7 @@ impl Clock {
     pub fn now(&self) -> Instant {
         match self {
             Clock::Real => Instant::now(),
+            #[cfg(feature = "virtual-time")]
             Clock::Virtual(h) => virtual_time::virtual_now(h),
         }
     }
@@ -560,6 +574,7 @@ pub async fn drive<D: Driven>(
     let mut delayed = Inbox::new(1);
     let max_segments = io.max_segments();
     let mut read_more = false;
+    let mut after_side = false;
     loop {
         let fake = owner.fake();
         if fake.send != *fake_out.impairment() {
@@ -579,7 +594,12 @@ pub async fn drive<D: Driven>(
             if read_more {
                 nudge.notify_one(); // more yet: again after this turn
             }
+        } else if after_side && !owner.reads_deferred() && io.try_recv_batch(&mut inbox) {
+            // The side input goes first in the (biased) select below: after it the socket
+            // gets a turn too, so that neither starves the other.
+            receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
         }
+        after_side = false;
         let now = task_now();
         feed_due(&owner, &mut fake_in, &mut delayed, now);
         out.clear();
@@ -663,6 +683,7 @@ pub async fn drive<D: Driven>(
                     inbox.fill(first, || rx.try_recv().ok());
                 }
                 receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
+                after_side = true;
             }
             r = io.recv_batch(&mut inbox, || owner.reads_deferred()) => match r {
                 Ok(()) => receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed),

@@ -11,7 +11,6 @@ use super::memory::MemoryNet;
 use super::Io;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -20,7 +19,8 @@ use tokio::sync::Notify;
 /// virtual world.
 #[derive(Debug)]
 pub struct VirtualRuntime {
-    rt: tokio::runtime::Runtime,
+    /// Always there until dropped.
+    rt: Option<tokio::runtime::Runtime>,
     net: Arc<MemoryNet>,
 }
 
@@ -32,19 +32,25 @@ impl VirtualRuntime {
             .start_paused(true)
             .build()?;
         Ok(Self {
-            rt,
+            rt: Some(rt),
             net: MemoryNet::new(),
         })
     }
 
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt
+            .as_ref()
+            .expect("the runtime lives as long as its owner")
+    }
+
     /// The runtime's handle, for spawning tasks (they run while a thread waits).
     pub fn handle(&self) -> &tokio::runtime::Handle {
-        self.rt.handle()
+        self.rt().handle()
     }
 
     /// The virtual time now.
     pub fn now(&self) -> Instant {
-        virtual_now(self.rt.handle())
+        virtual_now(self.handle())
     }
 
     /// Binds a socket on the world's network.
@@ -56,7 +62,8 @@ impl VirtualRuntime {
     /// each `wake`) or until virtual time reaches `deadline`; returns the last `ready`.
     /// Tasks and timers due meanwhile run here, in an order fixed by the calls before.
     ///
-    /// Panics when called from inside an async runtime: a virtual world is driven by plain
+    /// Panics when called from inside an async runtime (an async test, a task, or code the
+    /// world itself runs, such as a signaling callback): a virtual world is driven by plain
     /// threads.
     pub fn run_until(
         &self,
@@ -64,7 +71,12 @@ impl VirtualRuntime {
         wake: &Notify,
         mut ready: impl FnMut() -> bool,
     ) -> bool {
-        self.rt.block_on(async {
+        assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "a virtual world runs only on a plain thread: this call came from inside an async \
+             runtime (an async test or task, or a callback the world itself runs)"
+        );
+        self.rt().block_on(async {
             let end = tokio::time::Instant::from_std(deadline);
             loop {
                 let woken = wake.notified();
@@ -86,27 +98,13 @@ impl VirtualRuntime {
     }
 }
 
-/// Seeds drawn one after another from one seed (splitmix64): the same seed and the same
-/// order of calls give the same seeds.
-#[derive(Debug)]
-pub struct SeedSequence(AtomicU64);
-
-impl SeedSequence {
-    /// A sequence starting from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(AtomicU64::new(seed))
-    }
-
-    /// The next seed.
-    pub fn next(&self) -> u64 {
-        const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut z = self
-            .0
-            .fetch_add(GAMMA, Ordering::Relaxed)
-            .wrapping_add(GAMMA);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+impl Drop for VirtualRuntime {
+    fn drop(&mut self) {
+        // Without waiting for the tasks, so that dropping a world anywhere (inside async
+        // code too) is safe.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -146,11 +144,11 @@ mod tests {
         let (d, n) = (done.clone(), wake.clone());
         w.handle().spawn(async move {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            d.store(true, Ordering::SeqCst);
+            d.store(true, std::sync::atomic::Ordering::SeqCst);
             n.notify_waiters();
         });
         let ok = w.run_until(t0 + Duration::from_secs(10), &wake, || {
-            done.load(Ordering::SeqCst)
+            done.load(std::sync::atomic::Ordering::SeqCst)
         });
         assert!(ok);
         let took = w.now() - t0;
@@ -158,15 +156,11 @@ mod tests {
     }
 
     #[test]
-    fn seeds_follow_from_the_first_seed() {
-        let (a, b, c) = (
-            SeedSequence::new(7),
-            SeedSequence::new(7),
-            SeedSequence::new(8),
-        );
-        let (sa, sb, sc) = (a.next(), b.next(), c.next());
-        assert_eq!(sa, sb);
-        assert_ne!(sa, sc);
-        assert_ne!(a.next(), sa);
+    fn dropping_a_world_inside_async_code_is_safe() {
+        let w = VirtualRuntime::new().unwrap();
+        let outer = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        outer.block_on(async move { drop(w) });
     }
 }

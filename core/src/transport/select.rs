@@ -125,11 +125,11 @@ impl Transport for Routes {
         let _ = shared.paths.set(paths);
         let weak = Arc::downgrade(&shared);
         params.runtime.spawn(async move {
-            let mut wake = Instant::now();
+            let mut wake = runtime_now();
             loop {
                 tokio::time::sleep_until(wake.into()).await;
                 let Some(s) = weak.upgrade() else { return };
-                let now = Instant::now();
+                let now = runtime_now();
                 match s.think(now) {
                     Some(next) => {
                         wake = next.clamp(now + Duration::from_millis(5), now + MAX_SLEEP)
@@ -177,7 +177,7 @@ impl Shared {
 
     /// A route's path has a route.
     pub(crate) fn route_ready(&self, i: usize) {
-        let now = Instant::now();
+        let now = runtime_now();
         let mut st = self.state();
         st.selector.route_ready(i, now);
         st.failures.retain(|f| f.0 != i);
@@ -191,7 +191,7 @@ impl Shared {
 
     /// A route's path cannot be made (or was lost for good).
     pub(crate) fn route_failed(&self, i: usize, reason: EndReason, why: String) {
-        let now = Instant::now();
+        let now = runtime_now();
         let mut st = self.state();
         st.selector.route_failed(i);
         tracing::debug!(route = self.names.get(i).copied(), why = %why, "route failed");
@@ -245,7 +245,7 @@ impl Shared {
                 }
             }
             PONG => {
-                let now = Instant::now();
+                let now = runtime_now();
                 let mut st = self.state();
                 st.selector.pong(i, u64::from_be_bytes(nonce), now);
                 self.apply(&mut st, now);
@@ -588,6 +588,12 @@ impl Selector {
             _ => format!("{state}, ping unmeasured, penalty {} ms", r.penalty),
         }
     }
+}
+
+/// The time on the clock of the runtime the caller runs on (the system's outside one): the
+/// clock the probe loop's timers run on.
+fn runtime_now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl PathSink {

@@ -72,13 +72,15 @@ pub struct Peer {
 /// Everyone the hub delivers to, by identity.
 pub type Directory = Arc<Mutex<Vec<(Identity, Peer)>>>;
 
+/// A peer's way to the hub: its queue only (the hub holds the peers, so a peer holding the
+/// hub would keep both alive for ever).
 struct Route {
-    hub: Arc<Hub>,
+    tx: mpsc::Sender<(Identity, Vec<u8>)>,
 }
 
 impl Signaling for Route {
     fn send_signal(&self, peer: &Identity, signal: &[u8]) {
-        let _ = self.hub.tx.send((peer.clone(), signal.to_vec()));
+        let _ = self.tx.send((peer.clone(), signal.to_vec()));
     }
 }
 
@@ -97,7 +99,7 @@ impl SignalingRecvContext for Ctx {
     ) -> Option<Arc<dyn Signaling>> {
         match self.policy {
             Policy::Accept => Some(Arc::new(Route {
-                hub: self.hub.clone(),
+                tx: self.hub.tx.clone(),
             })),
             Policy::Refuse => {
                 self.sockets
@@ -198,7 +200,7 @@ fn peer_with(
         p2p_bind: Some("127.0.0.1:0".parse().unwrap()),
         ..SocketsConfig::default()
     });
-    s.set_signaling(Arc::new(Route { hub: hub.clone() }));
+    s.set_signaling(Arc::new(Route { tx: hub.tx.clone() }));
     peers.lock().unwrap().push((
         s.get_identity(),
         Peer {

@@ -162,7 +162,7 @@ pub fn virtual_pair(
     let addr = server.get_listen_socket_address(listen).unwrap();
     let client = world.sockets().unwrap();
     let c = client.connect_by_ip_address(addr, options).unwrap();
-    let end = world.now() + Duration::from_secs(30);
+    let end = world.now() + Duration::from_secs(60);
     let mut s = None;
     let connected = world.run_until(end, || {
         while let Some(e) = events.try_recv() {

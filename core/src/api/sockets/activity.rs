@@ -119,8 +119,8 @@ impl Activity {
         let key = self.key();
         let seen = SEEN.with_borrow(|s| s.iter().find(|(k, _)| *k == key).map(|(_, n)| *n));
         let seen = seen.unwrap_or_else(|| self.epoch.load(SeqCst));
-        match (rt, &self.world_wake) {
-            (Runtime::Virtual(_), Some(wake)) => {
+        match &self.world_wake {
+            Some(wake) if rt.is_virtual() => {
                 rt.wait_until(deadline, wake, timeout, || self.epoch.load(SeqCst) != seen);
             }
             _ => self.wait_real(shared, seen, deadline, read_sockets),

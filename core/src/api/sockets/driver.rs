@@ -495,6 +495,11 @@ impl Driven for EpDriver {
     }
 
     fn poll(&self, now: Instant, out: &mut Outbox) -> Wake {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            // The application let go of its `Sockets`: as if its process ended.
+            lock(&self.shared.state).reg.endpoints.remove(&self.ep);
+            return Wake::Stop;
+        }
         // While this turn runs the driver plans no wake-up: a thread that moves a
         // connection's deadline meanwhile (after the touched list was read below) nudges it,
         // and the nudge runs another turn.

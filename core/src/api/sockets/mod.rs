@@ -2,7 +2,8 @@
 //! service thread, usable from any thread and from tokio code.
 //!
 //! Locks, always taken in this order: the `State` (registry, config, P2P, callbacks), one
-//! endpoint (`link::EpLink`), one connection (its cell in the endpoint). Sending, receiving
+//! endpoint (`link::EpLink`), one connection (its cell in the endpoint), then leaf locks
+//! (the world's global values and fake conditions, a link's wake plan, the path table). Sending, receiving
 //! and lane calls lock only their connection (`link::HotConn`); a datagram or timer
 //! locks only its endpoint (and the connections it touches), and the `State` only when the
 //! endpoint has news for it. No lock is held while a datagram goes to the socket.
@@ -28,9 +29,10 @@ use crate::proto::{
     ConnId, ConnectionConfig, ConnectionInfoFlags, ConnectionState, Credentials, EndReason,
     Endpoint, EndpointConfig, Error, Event, SendFlags,
 };
+#[cfg(feature = "virtual-time")]
+use crate::runtime::VirtualRuntime;
 use crate::runtime::{
-    drive, Clock, Driven, FakeConditions, Inbox, Io, Outbox, Runtime, SeedSequence, Service,
-    VirtualRuntime, Wake,
+    drive, Clock, Driven, FakeConditions, Inbox, Io, Outbox, Runtime, Service, Wake,
 };
 use crate::transport::{
     self, is_path_addr, path_addr, Path, PathConfig, PathNote, PathParams, PathSink, RouteInfo,
@@ -59,6 +61,7 @@ mod registry;
 mod relay_net;
 mod status;
 mod world;
+#[cfg(feature = "virtual-time")]
 pub use world::VirtualWorld;
 use world::World;
 
@@ -256,6 +259,24 @@ struct Shared {
     extensions: Mutex<Vec<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
     /// The relay network, once one is set.
     relay_net: Mutex<Option<Arc<RelayNetwork>>>,
+    /// The application dropped its last `Sockets`: the drivers stop (their runtime may be a
+    /// virtual world's, which outlives it).
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// Held by every clone of one `Sockets`: the last one dropped stops its drivers.
+#[derive(Debug)]
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        for e in lock(&self.0.state).reg.endpoints.values() {
+            e.link.nudge.notify_one();
+        }
+    }
 }
 
 /// Transport paths by their stand-in addresses, for the driver's sends (apart from the
@@ -276,6 +297,7 @@ pub struct Sockets {
     shared: Arc<Shared>,
     /// Its clock, tasks and sockets (owned here: the drivers hold `shared`, not this).
     rt: Runtime,
+    _owner: Arc<Owner>,
 }
 
 impl Sockets {
@@ -318,15 +340,18 @@ impl Sockets {
             world: world.clone(),
             fake: fakeip::FakeIpState::default(),
         };
+        let shared = Arc::new(Shared {
+            hot: state.reg.hot.clone(),
+            state: Mutex::new(state),
+            activity: activity::Activity::new(world.wake.clone())?,
+            world,
+            extensions: Mutex::new(Vec::new()),
+            relay_net: Mutex::new(None),
+            stopped: Default::default(),
+        });
         Ok(Self {
-            shared: Arc::new(Shared {
-                hot: state.reg.hot.clone(),
-                state: Mutex::new(state),
-                activity: activity::Activity::new(world.wake.clone())?,
-                world,
-                extensions: Mutex::new(Vec::new()),
-                relay_net: Mutex::new(None),
-            }),
+            _owner: Arc::new(Owner(shared.clone())),
+            shared,
             rt,
         })
     }
@@ -632,10 +657,19 @@ fn resolve_int(st: &State, store: &ConfigStore, value: ConfigValue) -> i32 {
 
 /// Where peers can reach a P2P socket bound to `local`: the address itself; or, bound to
 /// every interface, each interface's address of its family (loopback last, as it only
-/// reaches peers on this host).
-fn p2p_candidates(local: SocketAddr) -> Vec<SocketAddr> {
+/// reaches peers on this host). In a virtual world (`virtual_net`), whose network is one
+/// host, the loopback address alone.
+fn p2p_candidates(local: SocketAddr, virtual_net: bool) -> Vec<SocketAddr> {
     if !local.ip().is_unspecified() {
         return vec![local];
+    }
+    if virtual_net {
+        let ip: IpAddr = if local.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        };
+        return vec![SocketAddr::new(ip, local.port())];
     }
     let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()

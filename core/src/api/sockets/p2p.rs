@@ -14,7 +14,7 @@ pub(super) struct P2pState {
     /// The transport P2P connections find their paths with (`None`: direct UDP).
     pub(super) transport: Option<Arc<dyn Transport>>,
     /// Paths of P2P connections, by their id on the P2P endpoint.
-    pub(super) paths: HashMap<ConnId, PathEntry>,
+    pub(super) paths: FxHashMap<ConnId, PathEntry>,
     /// Where received path datagrams go (to the P2P endpoint's driver).
     pub(super) path_tx: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     /// Paths numbered so far (for their stand-in addresses).
@@ -23,10 +23,10 @@ pub(super) struct P2pState {
     pub(super) path_table: PathTable,
     /// P2P connect requests the application is deciding on: their status changes wait here,
     /// reported once accepted, dropped if not.
-    pub(super) undecided: HashMap<ConnectionHandle, Undecided>,
+    pub(super) undecided: FxHashMap<ConnectionHandle, Undecided>,
     /// Signaling for particular P2P connections (custom signaling, or accepted requests), by
     /// their id on the P2P endpoint (it outlives the handle: a close is signaled after).
-    pub(super) conn_signaling: HashMap<ConnId, Arc<dyn Signaling>>,
+    pub(super) conn_signaling: FxHashMap<ConnId, Arc<dyn Signaling>>,
 }
 
 impl Sockets {
@@ -298,7 +298,7 @@ impl Sockets {
             local,
             None,
         );
-        let candidates = p2p_candidates(local);
+        let candidates = p2p_candidates(local, st.world.is_virtual());
         let wire_id = st
             .p2p
             .transport

@@ -9,10 +9,10 @@ pub(super) struct Registry {
     pub(super) endpoints: FxHashMap<EpId, EpState>,
     pub(super) conns: FxHashMap<ConnectionHandle, ConnEntry>,
     pub(super) by_proto: FxHashMap<(EpId, ConnId), ConnectionHandle>,
-    pub(super) listens: HashMap<ListenSocketHandle, ListenEntry>,
-    pub(super) groups: HashMap<PollGroupHandle, Vec<ConnectionHandle>>,
+    pub(super) listens: FxHashMap<ListenSocketHandle, ListenEntry>,
+    pub(super) groups: FxHashMap<PollGroupHandle, Vec<ConnectionHandle>>,
     /// The shared endpoint for outgoing connections, per address family (true: IPv6).
-    pub(super) client_endpoints: HashMap<bool, EpId>,
+    pub(super) client_endpoints: FxHashMap<bool, EpId>,
     /// Live connections by handle for the data path: kept with `conns`.
     pub(super) hot: link::HotTable,
     /// The P2P transport paths, for endpoints' links.
@@ -30,9 +30,9 @@ impl Registry {
             endpoints: FxHashMap::default(),
             conns: FxHashMap::default(),
             by_proto: FxHashMap::default(),
-            listens: HashMap::new(),
-            groups: HashMap::new(),
-            client_endpoints: HashMap::new(),
+            listens: FxHashMap::default(),
+            groups: FxHashMap::default(),
+            client_endpoints: FxHashMap::default(),
             hot: link::HotTable::default(),
             paths,
             world,
@@ -56,7 +56,8 @@ impl Registry {
         // 256 bits: the seed makes the ephemeral key-exchange secrets and the cookie key.
         let mut seed = [0u8; 32];
         self.world.rng().fill_bytes(&mut seed);
-        let endpoint = Endpoint::with_seed(config, seed, self.world.clock.now(), unix_now());
+        let endpoint =
+            Endpoint::with_seed(config, seed, self.world.clock.now(), self.world.unix_now());
         let link = link::EpLink::new(endpoint, self.paths.clone(), self.world.clone());
         self.endpoints.insert(
             id,

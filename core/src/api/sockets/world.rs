@@ -6,6 +6,10 @@
 use super::*;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The wall-clock time (seconds since 1970) a virtual world starts at: 2027-01-15.
+const VIRTUAL_UNIX_START: u64 = 1_800_000_000;
 
 /// What the `Sockets` of one world share.
 #[derive(Debug)]
@@ -20,6 +24,8 @@ pub(super) struct World {
     /// A virtual world's wake-up for threads running it: notified on any activity of any
     /// of its `Sockets`.
     pub(super) wake: Option<Arc<Notify>>,
+    /// A virtual world's start, on its clock: its wall clock counts from there.
+    started: Option<Instant>,
 }
 
 static PROCESS: LazyLock<Arc<World>> = LazyLock::new(|| {
@@ -29,6 +35,7 @@ static PROCESS: LazyLock<Arc<World>> = LazyLock::new(|| {
         fake: RwLock::new(FakeConditions::NONE),
         seeds: None,
         wake: None,
+        started: None,
     })
 });
 
@@ -43,6 +50,19 @@ impl World {
         *self.fake.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// True for a virtual world.
+    pub(super) fn is_virtual(&self) -> bool {
+        self.started.is_some()
+    }
+
+    /// Seconds since 1970: the system's, or a virtual world's (from a fixed start).
+    pub(super) fn unix_now(&self) -> u64 {
+        match self.started {
+            Some(t0) => VIRTUAL_UNIX_START + (self.clock.now() - t0).as_secs(),
+            None => unix_now(),
+        }
+    }
+
     /// Sets a global config value and what follows from it.
     pub(super) fn set_config(
         &self,
@@ -52,8 +72,11 @@ impl World {
         let mut global = lock(&self.config);
         global.set(value, data)?;
         *self.fake.write().unwrap_or_else(|e| e.into_inner()) = fake_conditions(&global);
-        // Debug output is the process's, whatever the world.
-        crate::api::utils::apply_debug_config(&global);
+        // Debug output is the process's, whatever the world: only a debug value sets it
+        // (so another world's unrelated values leave it be).
+        if crate::api::utils::is_debug_value(value) {
+            crate::api::utils::apply_debug_config(&global);
+        }
         Ok(())
     }
 
@@ -79,6 +102,29 @@ impl World {
     }
 }
 
+/// Seeds drawn one after another from one seed (splitmix64): the same seed and the same
+/// order of calls give the same seeds.
+#[derive(Debug)]
+struct SeedSequence(AtomicU64);
+
+impl SeedSequence {
+    #[cfg_attr(not(feature = "virtual-time"), allow(dead_code))]
+    fn new(seed: u64) -> Self {
+        Self(AtomicU64::new(seed))
+    }
+
+    fn next(&self) -> u64 {
+        const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut z = self
+            .0
+            .fetch_add(GAMMA, Ordering::Relaxed)
+            .wrapping_add(GAMMA);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
 /// A world in virtual time: its [`Sockets`] share a clock that stands still until a thread
 /// waits on one of them ([`Sockets::wait_for_activity`], [`run_for`](Self::run_for),
 /// [`run_until`](Self::run_until)) and then jumps from timer to timer, and talk over an
@@ -95,18 +141,38 @@ impl World {
 /// connections whose signals the application passes; the ICE transport, STUN/TURN and
 /// relays need the real network. Drive it from plain threads (not from inside an async
 /// runtime), one at a time for a repeatable run.
+///
+/// ```
+/// use punchline::{SendFlags, VirtualWorld};
+/// use std::time::{Duration, Instant};
+///
+/// let world = VirtualWorld::new(42)?;
+/// let sockets = world.sockets()?;
+/// let (a, b) = sockets.create_socket_pair(true, None, None)?;
+/// sockets.send_message_to_connection(a, b"hello".to_vec(), SendFlags::RELIABLE)?;
+/// let (start, real) = (world.now(), Instant::now());
+/// world.run_for(Duration::from_secs(60)); // a minute passes at once
+/// assert!(world.now() - start >= Duration::from_secs(60));
+/// assert!(real.elapsed() < Duration::from_secs(10));
+/// assert_eq!(sockets.receive_messages_on_connection(b, 10)?.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(feature = "virtual-time")]
 #[derive(Debug, Clone)]
 pub struct VirtualWorld {
     rt: Arc<VirtualRuntime>,
     world: Arc<World>,
 }
 
+#[cfg(feature = "virtual-time")]
 impl VirtualWorld {
     /// An empty world at virtual time zero whose randomness comes from `seed`.
     pub fn new(seed: u64) -> std::io::Result<Self> {
         let rt = Arc::new(VirtualRuntime::new()?);
+        let clock = Runtime::Virtual(rt.clone()).clock();
         let world = Arc::new(World {
-            clock: Runtime::Virtual(rt.clone()).clock(),
+            started: Some(clock.now()),
+            clock,
             config: Mutex::new(ConfigStore::default()),
             fake: RwLock::new(FakeConditions::NONE),
             seeds: Some(SeedSequence::new(seed)),
@@ -145,5 +211,23 @@ impl VirtualWorld {
             .as_ref()
             .expect("a virtual world has a wake-up");
         self.rt.run_until(deadline, wake, ready)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeedSequence;
+
+    #[test]
+    fn seeds_follow_from_the_first_seed() {
+        let (a, b, c) = (
+            SeedSequence::new(7),
+            SeedSequence::new(7),
+            SeedSequence::new(8),
+        );
+        let (sa, sb, sc) = (a.next(), b.next(), c.next());
+        assert_eq!(sa, sb);
+        assert_ne!(sa, sc);
+        assert_ne!(a.next(), sa);
     }
 }
