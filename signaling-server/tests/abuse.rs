@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 mod common;
-use common::{answer_challenge, login_as, recv, rt, send, signal, two_logged_in, Process, Ws};
+use common::{answer_challenge, login_as, recv, rt, send, signal, start_server, two_logged_in, Ws};
 
 /// Sends `frame` until the connection fails or `limit` passes; the bytes sent.
 async fn flood(ws: &mut Ws, frame: Frame, limit: Duration) -> (u64, bool) {
@@ -33,7 +33,7 @@ async fn flood(ws: &mut Ws, frame: Frame, limit: Duration) -> (u64, bool) {
 #[test]
 fn a_client_that_never_reads_costs_bounded_memory_and_is_disconnected() {
     // A message rate no flood reaches: what bounds memory here is the queue cap alone.
-    let server = Process::start(&["--write-timeout", "2", "--rate", "100000000"]);
+    let server = start_server(&["--write-timeout", "2", "--rate", "100000000"]);
     let url = server.url();
     rt().block_on(async {
         // Pings (with the largest payload a ping may carry) from a client that never logs
@@ -50,7 +50,7 @@ fn a_client_that_never_reads_costs_bounded_memory_and_is_disconnected() {
         assert!(grown < 4 << 20, "the server grew {grown} bytes");
         drop(ws);
         // At the default message rate the server also ends such a client.
-        let strict = Process::start(&[]);
+        let strict = start_server(&[]);
         let (mut ws, _) = tokio_tungstenite::connect_async(strict.url().as_str())
             .await
             .unwrap();
@@ -118,7 +118,7 @@ fn a_client_that_never_reads_costs_bounded_memory_and_is_disconnected() {
 
 #[test]
 fn strangers_flooding_a_client_do_not_crowd_out_its_peers_signals() {
-    let server = Process::start(&[]);
+    let server = start_server(&[]);
     let url = server.url();
     rt().block_on(async {
         let r = KeyPair::generate(&mut OsRng);
@@ -192,7 +192,7 @@ fn strangers_flooding_a_client_do_not_crowd_out_its_peers_signals() {
 
 #[test]
 fn relay_frames_pass_only_between_peers_that_signalled_each_other() {
-    let server = Process::start(&[]);
+    let server = start_server(&[]);
     let url = server.url();
     rt().block_on(async {
         let ((a, mut wa), (b, mut wb)) = two_logged_in(&url).await;
@@ -228,7 +228,7 @@ fn relay_frames_pass_only_between_peers_that_signalled_each_other() {
 
 #[test]
 fn one_source_cannot_hold_every_slot_and_others_are_still_served() {
-    let server = Process::start(&["--max-pending-per-source", "4"]);
+    let server = start_server(&["--max-pending-per-source", "4"]);
     rt().block_on(async {
         // Four connections that never send a request hold 127.0.0.1's slots.
         let mut idle = Vec::new();
@@ -269,7 +269,7 @@ fn one_source_cannot_hold_every_slot_and_others_are_still_served() {
 fn a_challenge_passed_on_from_another_server_fails() {
     // A server the victim logs in to ("evil.example") passes on the real server's challenge
     // and forwards the answer: the proof names evil.example, so the real server refuses it.
-    let server = Process::start(&["--name", "signal.example"]);
+    let server = start_server(&["--name", "signal.example"]);
     let url = server.url();
     rt().block_on(async {
         let victim = KeyPair::generate(&mut OsRng);
@@ -323,7 +323,7 @@ fn binding_request(n: u32) -> Vec<u8> {
 
 #[test]
 fn stun_answers_at_most_twice_the_request_and_holds_a_flooding_source_to_its_rate() {
-    let server = Process::start(&["--stun", "127.0.0.1:0"]);
+    let server = start_server(&["--stun", "127.0.0.1:0"]);
     let stun: SocketAddr = server.banner_addr("stun on ");
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{login_as, rt, Process, Ws};
+use common::{login_as, rt, start_server, Process, Ws};
 use punchline::identity::KeyPair;
 use punchline_signaling::protocol::ServerMsg;
 use punchline_signaling::turn_server::{self, RATE_PER_SOURCE};
@@ -192,7 +192,7 @@ fn peer_socket() -> (UdpSocket, SocketAddr) {
 
 #[test]
 fn turn_refuses_peers_on_this_host_and_private_networks() {
-    let server = Process::start(&["--turn", "127.0.0.1:0"]);
+    let server = start_server(&["--turn", "127.0.0.1:0"]);
     let turn = server.banner_addr("turn on ");
     let (mut c, _ws, _rt) = Client::logged_in(&server, turn);
     c.allocate().expect("an allocation");
@@ -240,7 +240,7 @@ fn turn_refuses_peers_on_this_host_and_private_networks() {
 
 #[test]
 fn turn_relays_to_allowed_ranges_and_not_past_a_login() {
-    let server = Process::start(&["--turn", "127.0.0.1:0", "--turn-allow-peer", "127.0.0.0/8"]);
+    let server = start_server(&["--turn", "127.0.0.1:0", "--turn-allow-peer", "127.0.0.0/8"]);
     let turn = server.banner_addr("turn on ");
     let (mut c, ws, rt) = Client::logged_in(&server, turn);
     let relayed = c.allocate().expect("an allocation");
@@ -300,7 +300,7 @@ fn turn_relays_to_allowed_ranges_and_not_past_a_login() {
 
 #[test]
 fn turn_quotas_hold_per_user_and_in_all() {
-    let server = Process::start(&[
+    let server = start_server(&[
         "--turn",
         "127.0.0.1:0",
         "--turn-user-quota",
@@ -325,7 +325,7 @@ fn turn_quotas_hold_per_user_and_in_all() {
     assert_eq!(a3.allocate(), Err(508));
     assert_eq!(server.metric("punchline_turn_over_quota_total"), 3);
     // Identities cost nothing to make: one source's logins together have a quota too.
-    let server = Process::start(&["--turn", "127.0.0.1:0", "--turn-source-quota", "2"]);
+    let server = start_server(&["--turn", "127.0.0.1:0", "--turn-source-quota", "2"]);
     let turn = server.banner_addr("turn on ");
     let logins: Vec<_> = (0..3).map(|_| Client::logged_in(&server, turn)).collect();
     let codes: Vec<_> = logins
@@ -343,7 +343,7 @@ fn turn_quotas_hold_per_user_and_in_all() {
 #[test]
 fn turn_holds_an_allocation_to_its_byte_rate() {
     const BPS: usize = 20_000;
-    let server = Process::start(&[
+    let server = start_server(&[
         "--turn",
         "127.0.0.1:0",
         "--turn-allow-peer",
@@ -406,7 +406,7 @@ fn bare_allocate(n: u32, fingerprint: bool) -> Vec<u8> {
 
 #[test]
 fn turn_challenges_cost_little_and_a_flooding_source_is_held_to_its_rate() {
-    let server = Process::start(&["--turn", "127.0.0.1:0"]);
+    let server = start_server(&["--turn", "127.0.0.1:0"]);
     let turn = server.banner_addr("turn on ");
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket

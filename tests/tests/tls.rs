@@ -13,8 +13,9 @@ use rand_core::OsRng;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-mod common;
-use common::{connect_pair, peer_with, rt, wait, Process};
+use punchline_tests::peers::{connect_pair, logged_in, wait};
+use punchline_tests::server::Process;
+use punchline_tests::util::rt;
 
 /// A CA, and a certificate it signs for 127.0.0.1 and localhost, written to `dir`: the
 /// paths of (the CA certificate, the server certificate, its key).
@@ -90,13 +91,13 @@ fn signaling_the_relay_and_pop_pings_work_over_tls() {
     }
 
     // Signals over TLS: a direct connection.
-    let (a, _, _ca) = peer_with(&url, Some(&tls));
-    let (b, _, _cb) = peer_with(&url, Some(&tls));
+    let (a, _, _ca) = logged_in(&url, Some(&tls));
+    let (b, _, _cb) = logged_in(&url, Some(&tls));
     assert_ne!(talk(&a, &b), RouteKind::Relayed);
 
     // The relay over TLS.
-    let (a, _, ra) = peer_with(&url, Some(&tls));
-    let (b, _, rb) = peer_with(&url, Some(&tls));
+    let (a, _, ra) = logged_in(&url, Some(&tls));
+    let (b, _, rb) = logged_in(&url, Some(&tls));
     a.set_p2p_transport(std::sync::Arc::new(ra.relay_transport()));
     b.set_p2p_transport(std::sync::Arc::new(rb.relay_transport()));
     assert_eq!(talk(&a, &b), RouteKind::Relayed);

@@ -1,11 +1,10 @@
 //! ICE paths release their sockets: a thousand P2P connections opened and closed leave no
 //! descriptor behind. (Its own test binary: the count is process-wide.)
 
-mod common;
-
-use common::*;
 use punchline::ConnectionState;
 use punchline_signaling::Config;
+use punchline_tests::peers::*;
+use punchline_tests::server::Signaling;
 use std::time::{Duration, Instant};
 
 /// Open file descriptors of this process.

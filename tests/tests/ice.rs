@@ -2,15 +2,14 @@
 //! with its embedded STUN and TURN servers) connect by identity through webrtc-ice agents,
 //! and the route is reported.
 
-mod common;
-
-use common::*;
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::proto::ConnectionInfoFlags;
 use punchline::transport::RouteKind;
 use punchline::{ConnectionState, EndReason};
 use punchline_ice::IceTransport;
 use punchline_signaling::Config;
+use punchline_tests::peers::*;
+use punchline_tests::server::Signaling;
 
 #[test]
 fn host_candidates_on_loopback_connect_directly() {

@@ -1,98 +1,57 @@
-//! The ICE tests' harness: a signaling server (with embedded STUN and TURN when asked) on
-//! its own runtime, peers logged in to it with the ICE transport on loopback, and helpers to
-//! connect them and move messages.
-#![allow(dead_code)]
+//! Peers logged in through a signaling server, and what suites do with them: connect, wait
+//! for states, move messages, check how connections ended.
 
+use crate::server::Signaling;
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::api::StatusEvents;
 use punchline::identity::KeyPair;
 use punchline::ConnectionInfo;
 use punchline::{ConnectionHandle, ConnectionState, SendFlags, Sockets, SocketsConfig};
 use punchline_ice::IceTransport;
-use punchline_signaling::server::TurnAdvert;
-use punchline_signaling::stun::StunServer;
-use punchline_signaling::turn_server::{TurnConfig, TurnServer};
-use punchline_signaling::{Config, Server, SignalingClient};
+use punchline_signaling::tls::TlsClient;
+use punchline_signaling::SignalingClient;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A signaling server on its own runtime thread, with STUN and TURN when asked.
-pub struct Signaling {
-    pub url: String,
-    rt: tokio::runtime::Runtime,
-    server: Option<Server>,
-    pub stun: Option<StunServer>,
-    pub turn: Option<TurnServer>,
+/// A fresh `Sockets` logged in to the server at `url` (a `wss://` one's certificate checked
+/// against `tls`), with the P2P transport `ice` (none: direct UDP) and its P2P socket bound
+/// to `p2p_bind` (none: every interface).
+pub fn login(
+    url: &str,
+    ice: Option<IceTransport>,
+    tls: Option<&TlsClient>,
+    p2p_bind: Option<SocketAddr>,
+) -> (Sockets, KeyPair, Arc<SignalingClient>) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let key = crate::util::key();
+    let sockets = Sockets::with_config(SocketsConfig {
+        key: Some(key.clone()),
+        p2p_bind,
+        ..SocketsConfig::default()
+    })
+    .unwrap();
+    if let Some(ice) = ice {
+        sockets.set_p2p_transport(ice.into_arc());
+    }
+    let client = SignalingClient::connect_with(url, &key, None, &sockets, tls).expect("log in");
+    (sockets, key, client)
 }
 
-impl Signaling {
-    /// Signals the server dropped (over a pair's rate, or a recipient's queue full).
-    pub fn dropped_signals(&self) -> u64 {
-        self.server.as_ref().map_or(0, |s| {
-            s.metrics()
-                .signals_dropped
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-    }
-
-    pub fn start(mut config: Config, ice: bool) -> Signaling {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = "127.0.0.1:0".parse().unwrap();
-        let (stun, turn) = if ice {
-            let secret = b"test secret".to_vec();
-            let stun = rt.block_on(StunServer::start(local, None)).unwrap();
-            // The peers are on loopback, which TURN refuses by default.
-            let turn_config = TurnConfig::new(local, local.ip(), secret.clone())
-                .allow_peer("127.0.0.0/8".parse().unwrap());
-            let turn = rt.block_on(TurnServer::start(turn_config)).unwrap();
-            config.stun = Some(stun.addr());
-            config.turn = Some(TurnAdvert {
-                addr: turn.addr(),
-                secret,
-                ttl: Duration::from_secs(600),
-                sessions: Some(turn.sessions()),
-            });
-            (Some(stun), Some(turn))
-        } else {
-            (None, None)
-        };
-        let server = rt.block_on(Server::start(local, config)).unwrap();
-        Signaling {
-            url: format!("ws://{}/", server.addr()),
-            rt,
-            server: Some(server),
-            stun,
-            turn,
-        }
-    }
+/// A `Sockets` logged in to the server at `url`, direct UDP on loopback only (peers are told
+/// nothing but 127.0.0.1); a `wss://` server's certificate is checked against `tls`.
+pub fn logged_in(url: &str, tls: Option<&TlsClient>) -> (Sockets, KeyPair, Arc<SignalingClient>) {
+    login(url, None, tls, Some("127.0.0.1:0".parse().unwrap()))
 }
 
-impl Signaling {
-    /// Ends every allocation on the TURN server; returns how many there were.
-    pub fn drop_turn_allocations(&self) -> usize {
-        let turn = self.turn.as_ref().expect("a TURN server");
-        self.rt.block_on(turn.drop_allocations())
-    }
-}
-
-impl Drop for Signaling {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            self.rt.block_on(s.stop());
-        }
-        if let Some(t) = self.turn.take() {
-            self.rt.block_on(t.stop());
-        }
-        self.stun.take();
-    }
-}
-
+/// A peer that logs out when dropped.
 pub struct Peer {
+    /// Its instance.
     pub sockets: Sockets,
+    /// Its signaling client.
     pub client: Arc<SignalingClient>,
 }
 
@@ -109,20 +68,7 @@ pub fn peer(sig: &Signaling) -> Peer {
 
 /// A peer with the ICE transport `ice` (or none: direct UDP), logged in to `sig`.
 pub fn peer_with(sig: &Signaling, ice: Option<IceTransport>) -> Peer {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let key = KeyPair::generate(&mut rand_core::OsRng);
-    let sockets = Sockets::with_config(SocketsConfig {
-        key: Some(key.clone()),
-        ..SocketsConfig::default()
-    })
-    .unwrap();
-    if let Some(ice) = ice {
-        sockets.set_p2p_transport(ice.into_arc());
-    }
-    let client = SignalingClient::connect(&sig.url, &key, None, &sockets).unwrap();
+    let (sockets, _, client) = login(&sig.url, ice, None, None);
     Peer { sockets, client }
 }
 
@@ -209,6 +155,7 @@ pub fn connect(
     (ha, hb)
 }
 
+/// `h`'s info on `p`.
 pub fn info(p: &Peer, h: ConnectionHandle) -> ConnectionInfo {
     p.sockets.get_connection_info(h).unwrap()
 }
@@ -241,4 +188,45 @@ pub fn assert_ended(p: &Peer, h: ConnectionHandle, reason: punchline::EndReason,
             info.end_debug
         );
     }
+}
+
+/// The state of `h` (`None` once released).
+pub fn state(s: &Sockets, h: ConnectionHandle) -> ConnectionState {
+    s.get_connection_info(h)
+        .map_or(ConnectionState::None, |i| i.state)
+}
+
+/// Polls `cond` until it holds; fails after `limit`, naming `what`.
+pub fn wait(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Accepts the incoming connections `events` shows, adding them to `seen`.
+pub fn accept_incoming(s: &Sockets, events: &mut StatusEvents, seen: &mut Vec<ConnectionHandle>) {
+    while let Some(ev) = events.try_recv() {
+        if ev.info.state == ConnectionState::Connecting && ev.info.listen_socket.is_some() {
+            s.accept_connection(ev.connection).unwrap();
+            seen.push(ev.connection);
+        }
+    }
+}
+
+/// `a` connects to `b` (listening on virtual port 0, accepting); both end up Connected.
+/// Returns (a's connection, b's).
+pub fn connect_pair(a: &Sockets, b: &Sockets) -> (ConnectionHandle, ConnectionHandle) {
+    let mut b_events = b.status_events();
+    b.create_listen_socket_p2p(0, &[]).unwrap();
+    let c = a.connect_p2p(&b.get_identity(), 0, &[]).unwrap();
+    let mut accepted = Vec::new();
+    wait(Duration::from_secs(10), "both connected", || {
+        accept_incoming(b, &mut b_events, &mut accepted);
+        state(a, c) == ConnectionState::Connected
+            && accepted.len() == 1
+            && state(b, accepted[0]) == ConnectionState::Connected
+    });
+    (c, accepted[0])
 }

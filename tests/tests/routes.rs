@@ -3,14 +3,13 @@
 //! measured better, fall back to the relay when the ICE route dies, and lose or repeat no
 //! message on the way.
 
-mod common;
-
-use common::*;
 use punchline::proto::ConnectionInfoFlags;
 use punchline::transport::{Path, PathConfig, PathParams, PathSink, RouteKind, Routes, Transport};
 use punchline::{ConnectionHandle, ConnectionState, SendFlags, Sockets};
 use punchline_ice::IceTransport;
 use punchline_signaling::Config;
+use punchline_tests::peers::*;
+use punchline_tests::server::Signaling;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

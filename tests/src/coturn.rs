@@ -1,20 +1,12 @@
-//! Our ICE through coturn (Debian package `coturn`, started by the test on loopback) as the
-//! TURN server: two peers that may only use relayed candidates connect through it.
-//!
-//! Without coturn installed the test says SKIPPED; with `PUNCHLINE_REQUIRE_COTURN=1` (set by
-//! `.ci/run`) that is a failure.
+//! coturn's `turnserver` (Debian package `coturn`) on loopback, for suites that use it as the
+//! TURN server.
 
-mod common;
-
-use common::*;
-use punchline::api::config::{ConfigData, ConfigValue};
-use punchline::transport::RouteKind;
-use punchline_signaling::Config;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// coturn's `turnserver`, stopped when dropped.
-struct Coturn {
+#[derive(Debug)]
+pub struct Coturn {
     child: Child,
     dir: std::path::PathBuf,
 }
@@ -27,27 +19,31 @@ impl Drop for Coturn {
     }
 }
 
-/// A free UDP port on loopback (for programs that cannot pick their own and tell).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .unwrap()
-        .port()
-}
+/// Its one long-term user and password, and its realm.
+pub const USER: (&str, &str, &str) = ("punch", "line", "punchline.test");
 
-/// Starts turnserver on 127.0.0.1:`port` with one long-term user, or None without coturn.
-fn coturn(port: u16) -> Option<Coturn> {
-    let installed = Command::new("sh")
-        .args(["-c", "command -v turnserver"])
+/// True when coturn's `command` is installed. Without it a suite says SKIPPED and returns;
+/// with `PUNCHLINE_REQUIRE_COTURN=1` (set by `.ci/run`) its absence fails the suite.
+pub fn installed(command: &str) -> bool {
+    let there = Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !installed {
+    if !there {
         assert!(
             std::env::var("PUNCHLINE_REQUIRE_COTURN").as_deref() != Ok("1"),
-            "coturn is required (PUNCHLINE_REQUIRE_COTURN=1) but turnserver is not installed"
+            "coturn is required (PUNCHLINE_REQUIRE_COTURN=1) but {command} is not installed"
         );
-        eprintln!("SKIPPED: coturn is not installed (apt-get install coturn)");
+        eprintln!("SKIPPED: coturn's {command} is not installed (apt-get install coturn)");
+    }
+    there
+}
+
+/// Starts turnserver on 127.0.0.1:`port` with one long-term user ([`USER`]), or None
+/// without coturn.
+pub fn start(port: u16) -> Option<Coturn> {
+    if !installed("turnserver") {
         return None;
     }
     let dir = std::env::temp_dir().join(format!("punchline-coturn-{}-{port}", std::process::id()));
@@ -62,8 +58,8 @@ fn coturn(port: u16) -> Option<Coturn> {
             &format!("--min-port={relay_min}"),
             &format!("--max-port={}", relay_min + 200),
             "--lt-cred-mech",
-            "--user=punch:line",
-            "--realm=punchline.test",
+            &format!("--user={}:{}", USER.0, USER.1),
+            &format!("--realm={}", USER.2),
             "--no-tls",
             "--no-dtls",
             "--no-cli",
@@ -94,38 +90,5 @@ fn coturn(port: u16) -> Option<Coturn> {
             return Some(c);
         }
         assert!(Instant::now() < end, "turnserver did not come up");
-    }
-}
-
-#[test]
-fn our_ice_relays_through_coturn() {
-    let port = free_port();
-    let Some(_coturn) = coturn(port) else {
-        return;
-    };
-    let sig = Signaling::start(Config::default(), false);
-    let (a, b) = (peer(&sig), peer(&sig));
-    let turn = [
-        ice_enable(1),
-        (
-            ConfigValue::P2pTurnServerList,
-            ConfigData::String(format!("turn:127.0.0.1:{port}")),
-        ),
-        (
-            ConfigValue::P2pTurnUserList,
-            ConfigData::String("punch".into()),
-        ),
-        (
-            ConfigValue::P2pTurnPassList,
-            ConfigData::String("line".into()),
-        ),
-    ];
-    let (ha, hb) = connect(&a, &b, &turn, &turn);
-    assert_talking(&a, ha, &b, hb, 200);
-    for (p, h) in [(&a, ha), (&b, hb)] {
-        let info = info(p, h);
-        assert_eq!(info.route, RouteKind::Relayed, "{info:?}");
-        let detail = p.sockets.get_detailed_connection_status(h).unwrap();
-        assert!(detail.contains("relay 127.0.0.1"), "{detail}");
     }
 }
