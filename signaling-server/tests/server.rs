@@ -409,8 +409,7 @@ fn limits_rate_clients_login_time_and_idle_time_are_enforced() {
 fn a_certificate_from_a_trusted_ca_proves_a_named_identity() {
     use punchline::identity::Certificate;
     let ca = KeyPair::generate(&mut OsRng);
-    let dir = std::env::temp_dir().join(format!("punchline-ca-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = punchline_tests::util::Scratch::new("ca");
     let ca_file = dir.join("trusted-ca.txt");
     std::fs::write(&ca_file, format!("# test CA\n{}\n", ca.public_key())).unwrap();
     let server = start_server(&["--trusted-ca", ca_file.to_str().unwrap()]);
@@ -461,5 +460,4 @@ fn a_certificate_from_a_trusted_ca_proves_a_named_identity() {
             }
         }
     });
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -63,3 +63,19 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_loads_as_the_key_it_was_made_from() {
+        let dir = Scratch::new("key-file-test");
+        let (k, path) = key_file(&dir, "alice.key");
+        let loaded = KeyPair::load(&path).unwrap();
+        assert_eq!(loaded.identity(), k.identity());
+        let kept = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!kept.exists(), "the scratch directory goes with it");
+    }
+}

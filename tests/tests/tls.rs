@@ -65,8 +65,8 @@ fn talk(a: &Sockets, b: &Sockets) -> RouteKind {
 
 #[test]
 fn signaling_the_relay_and_pop_pings_work_over_tls() {
-    let dir = std::env::temp_dir().join(format!("punchline-tls-test-{}", std::process::id()));
-    let (ca, cert, key) = make_certificates(&dir);
+    let dir = punchline_tests::util::Scratch::new("tls-test");
+    let (ca, cert, key) = make_certificates(dir.path());
     let server = Process::start(&[
         "--tls-cert",
         cert.to_str().unwrap(),
@@ -110,5 +110,4 @@ fn signaling_the_relay_and_pop_pings_work_over_tls() {
         .block_on(pinger.ping(pop_id("tls").unwrap()))
         .expect("a ping over TLS");
     assert!(rtt < Duration::from_secs(5), "{rtt:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }
