@@ -182,3 +182,50 @@ fn a_dropped_sockets_stops_as_if_its_process_ended() {
         .create_listen_socket_ip(listen_addr, &[])
         .expect("the address is free again");
 }
+
+/// Virtual time from `connect_by_ip_address` to the client's Connected, over a path of
+/// 50 ms each way, to a listen socket made with `listen_options`.
+fn time_to_connect(listen_options: &[(ConfigValue, ConfigData)]) -> Duration {
+    let world = VirtualWorld::new(21).unwrap();
+    let server = world.sockets().unwrap();
+    server
+        .set_config_value(
+            ConfigValue::FakePacketLagSend,
+            ConfigTarget::Global,
+            Some(ConfigData::Int32(50)),
+        )
+        .unwrap();
+    let mut events = server.status_events();
+    let listen = server
+        .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), listen_options)
+        .unwrap();
+    let addr = server.get_listen_socket_address(listen).unwrap();
+    let client = world.sockets().unwrap();
+    let start = world.now();
+    let c = client.connect_by_ip_address(addr, &[]).unwrap();
+    let connected = world.run_until(start + Duration::from_secs(10), || {
+        while let Some(e) = events.try_recv() {
+            if e.info.state == ConnectionState::Connecting {
+                server.accept_connection(e.connection).unwrap();
+            }
+        }
+        client.get_connection_info(c).unwrap().state == ConnectionState::Connected
+    });
+    assert!(connected);
+    world.now() - start
+}
+
+#[test]
+fn first_contact_takes_one_round_trip_unless_the_listen_socket_asks_for_cookies() {
+    let rtt = Duration::from_millis(100);
+    let default = time_to_connect(&[]);
+    assert!(
+        default >= rtt && default < rtt + Duration::from_millis(10),
+        "first contact took {default:?} on a {rtt:?} path"
+    );
+    let cookies = time_to_connect(&[(ConfigValue::UnprovenHandshakesMax, ConfigData::Int32(0))]);
+    assert!(
+        cookies >= 2 * rtt && cookies < 2 * rtt + Duration::from_millis(10),
+        "with a cookie first it took {cookies:?} on a {rtt:?} path"
+    );
+}

@@ -437,8 +437,9 @@ fn punchline_pingpong(rounds: usize, size: usize) -> Vec<Duration> {
 }
 
 /// Connections per second with `n` concurrent handshakes from one client instance: first
-/// contact (each hello answered with a cookie first) and again once the client holds the
-/// server's address token (one round trip each). Returns (first-contact rate, returning
+/// contact (a burst of `n` is a server under load: the first `UnprovenHandshakesMax` in
+/// flight are answered at once, the rest with a cookie first) and again once the client
+/// holds the server's address token (one round trip each). Returns (first-contact rate, returning
 /// rate, round trips first, round trips returning), round trips measured in the virtual-time
 /// simulation, where the link delay is exact.
 fn punchline_handshakes(n: usize) -> (f64, f64, f64, f64) {

@@ -126,6 +126,11 @@ impl Credentials {
     }
 }
 
+/// Unproven handshakes a server holds state for before it asks new clients for a cookie:
+/// each costs a connection's memory (a few KiB) until it completes or `TimeoutInitial`
+/// passes, so a flood of spoofed hellos holds at most this many.
+pub const DEFAULT_COOKIE_THRESHOLD: usize = 64;
+
 /// Settings of an endpoint (one UDP socket).
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
@@ -135,11 +140,16 @@ pub struct EndpointConfig {
     pub listen: bool,
     /// Defaults for connections accepted through this endpoint.
     pub incoming: ConnectionConfig,
-    /// Handshakes pending before the server demands proof of address of new clients (a
-    /// stateless retry with a cookie) before keeping any state for them. Default 0: always,
-    /// unless the hello carries an address token from an earlier connection (then the
-    /// handshake takes one round trip). Above 0, that many unproven clients may hold state
-    /// (in the manner of QUIC servers), saving them the round trip.
+    /// Handshakes from unproven addresses in flight before the server demands proof of
+    /// address of new clients (a stateless retry with a cookie) before keeping any state for
+    /// them. Below it, a first contact takes one round trip, as in QUIC: the server answers
+    /// the client's padded hello at once, with at most
+    /// [`AMPLIFICATION_FACTOR`](crate::proto::AMPLIFICATION_FACTOR) times the bytes it
+    /// received until the address is proven. At or above it (a server under load, or under a
+    /// flood of spoofed hellos) it keeps nothing until the cookie comes back, and the
+    /// handshake takes two round trips. A hello with an address token from an earlier
+    /// connection is proven either way. Default [`DEFAULT_COOKIE_THRESHOLD`]; 0 always asks
+    /// for the cookie.
     pub cookie_threshold: usize,
     /// Most "no connection" replies per second. Default 20.
     pub no_connection_replies_per_sec: u32,
@@ -151,7 +161,7 @@ impl Default for EndpointConfig {
             credentials: Credentials::default(),
             listen: false,
             incoming: ConnectionConfig::default(),
-            cookie_threshold: 0,
+            cookie_threshold: DEFAULT_COOKIE_THRESHOLD,
             no_connection_replies_per_sec: 20,
         }
     }

@@ -31,6 +31,12 @@ use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 /// The smallest packet worth sending while the amplification budget is short.
 const MIN_PACKET: usize = 64;
 
+/// Before the peer's address is validated, a server sends at most this many times the bytes
+/// it received from that address (RFC 9000's factor): enough for its hello (and the
+/// certificate it may carry) in answer to one padded client hello, too little to make it a
+/// useful amplifier for a spoofed source.
+pub const AMPLIFICATION_FACTOR: u64 = 3;
+
 /// The largest message an application may send.
 pub const MAX_SEND_MESSAGE_SIZE: usize = 512 * 1024;
 
@@ -1710,7 +1716,9 @@ impl Connection {
             return false;
         }
         if let Some(hello) = &self.pending_hello {
-            if !self.validated && self.amp_sent + hello.len() as u64 > self.amp_received {
+            if !self.validated
+                && self.amp_sent + hello.len() as u64 > AMPLIFICATION_FACTOR * self.amp_received
+            {
                 return false;
             }
             buf.extend_from_slice(hello);
@@ -1728,7 +1736,9 @@ impl Connection {
 
     /// Bytes that may still be sent before the peer's address is validated (`None`: no limit).
     fn amplification_budget(&self) -> Option<usize> {
-        (!self.validated).then(|| self.amp_received.saturating_sub(self.amp_sent) as usize)
+        (!self.validated).then(|| {
+            (AMPLIFICATION_FACTOR * self.amp_received).saturating_sub(self.amp_sent) as usize
+        })
     }
 
     /// True when the window and the amplification budget let a data packet go.

@@ -230,6 +230,12 @@ impl Endpoint {
         Arc::make_mut(&mut self.config).listen = listen;
     }
 
+    /// Changes how many unproven handshakes may hold state before new clients are asked
+    /// for a cookie ([`EndpointConfig::cookie_threshold`]).
+    pub fn set_cookie_threshold(&mut self, threshold: usize) {
+        Arc::make_mut(&mut self.config).cookie_threshold = threshold;
+    }
+
     /// Changes the settings given to connections accepted from now on.
     pub fn set_incoming(&mut self, incoming: ConnectionConfig) {
         Arc::make_mut(&mut self.config).incoming = incoming;

@@ -33,8 +33,11 @@ pub mod internals {
     pub use super::recv::Reassembly;
 }
 
-pub use config::{ConnectionConfig, Credentials, EndpointConfig};
-pub use connection::{Connection, Event, P2pInfo, PathStatus, Side, Stats, MAX_SEND_MESSAGE_SIZE};
+pub use config::{ConnectionConfig, Credentials, EndpointConfig, DEFAULT_COOKIE_THRESHOLD};
+pub use connection::{
+    Connection, Event, P2pInfo, PathStatus, Side, Stats, AMPLIFICATION_FACTOR,
+    MAX_SEND_MESSAGE_SIZE,
+};
 pub use conns::{ConnGuard, ConnId, ConnRef};
 pub use endpoint::{Endpoint, EndpointStats, P2pRequest, SignalOutcome, Transmit};
 pub use recv::Received;

@@ -389,6 +389,12 @@ pub fn info(v: ConfigValue) -> ConfigInfo {
         | V::CallbackCreateConnectionSignaling
         | V::CallbackFakeIpResult => (Global, no_callback(), unbounded, false),
         V::Ecn => (Conn, int(-1), (Some(-1.0), Some(3.0)), true),
+        V::UnprovenHandshakesMax => (
+            ConfigScope::ListenSocket,
+            int(crate::proto::DEFAULT_COOKIE_THRESHOLD as i32),
+            (Some(0.0), Some(100_000.0)),
+            true,
+        ),
     };
 
     ConfigInfo {

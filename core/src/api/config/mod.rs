@@ -246,6 +246,14 @@ pub enum ConfigValue {
     /// Experimental: the ECN bits put on outgoing UDP packets (0-3); -1 (default) leaves the
     /// socket's setting alone. An explicit 0 still counts as setting the field.
     Ecn = 999,
+    /// punchline's own, not in the reference: handshakes from unproven addresses a listen
+    /// socket holds state for before it asks new clients to prove their address first (a
+    /// stateless retry with a cookie, costing them a second round trip). Below it a first
+    /// contact takes one round trip, and until the client's address is proven the server
+    /// sends it at most three times the bytes it received. Default 64 (each costs a few KiB
+    /// until it completes or `TimeoutInitial` passes); 0 always asks for the cookie, as a
+    /// server under attack might. Listen-socket scope (or above).
+    UnprovenHandshakesMax = 10_001,
 }
 
 impl ConfigValue {
@@ -325,6 +333,7 @@ impl ConfigValue {
         Self::CallbackCreateConnectionSignaling,
         Self::CallbackFakeIpResult,
         Self::Ecn,
+        Self::UnprovenHandshakesMax,
     ];
 
     /// The value with the reference API's numeric id `id`, if there is one.
@@ -424,6 +433,7 @@ impl ConfigValue {
             Self::CallbackCreateConnectionSignaling => "Callback_CreateConnectionSignaling",
             Self::CallbackFakeIpResult => "Callback_FakeIPResult",
             Self::Ecn => "ECN",
+            Self::UnprovenHandshakesMax => "Punchline_UnprovenHandshakesMax",
         }
     }
 }

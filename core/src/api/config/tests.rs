@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Rows transcribed from the reference table (ids 2-34, 36-60, 103-110, 201-207, 999).
-const ROWS: usize = 74;
+/// Rows transcribed from the reference table (ids 2-34, 36-60, 103-110, 201-207, 999), and
+/// punchline's own (10001).
+const ROWS: usize = 75;
 
 #[test]
 fn ids_round_trip() {
@@ -34,7 +35,7 @@ fn all_is_complete_and_unique() {
         .chain(36..=60)
         .chain(103..=110)
         .chain(201..=207)
-        .chain([999])
+        .chain([999, 10_001])
         .collect();
     let got: Vec<i32> = ConfigValue::ALL.iter().map(|v| v.id()).collect();
     assert_eq!(got, expected);
@@ -71,6 +72,11 @@ fn reference_ids_and_names() {
         ),
         (V::CallbackFakeIpResult, 207, "Callback_FakeIPResult"),
         (V::Ecn, 999, "ECN"),
+        (
+            V::UnprovenHandshakesMax,
+            10_001,
+            "Punchline_UnprovenHandshakesMax",
+        ),
     ];
     for (v, id, name) in cases {
         assert_eq!(v.id(), id);

@@ -54,15 +54,20 @@ impl State {
 
     /// Re-resolves settings of every live connection and listen socket after a change.
     pub(super) fn reapply_config(&mut self) {
-        let listen_cfgs: Vec<(EpId, ConnectionConfig)> = self
+        let listen_cfgs: Vec<(EpId, ConnectionConfig, i32)> = self
             .reg
             .listens
             .values()
-            .map(|l| (l.ep, self.connection_config(&[&l.config])))
+            .map(|l| {
+                let threshold = resolve_int(self, &l.config, ConfigValue::UnprovenHandshakesMax);
+                (l.ep, self.connection_config(&[&l.config]), threshold)
+            })
             .collect();
-        for (ep, cfg) in listen_cfgs {
+        for (ep, cfg, threshold) in listen_cfgs {
             if let Some(e) = self.reg.endpoints.get_mut(&ep) {
-                e.ep().set_incoming(cfg);
+                let mut endpoint = e.ep();
+                endpoint.set_incoming(cfg);
+                endpoint.set_cookie_threshold(threshold.max(0) as usize);
             }
         }
         let conn_cfgs: Vec<(EpId, ConnId, ConnectionConfig)> = self

@@ -379,6 +379,8 @@ impl Sockets {
         let io = self.bind(local)?;
         let mut st = self.state();
         let incoming = st.connection_config(&[&store]);
+        let cookie_threshold =
+            resolve_int(&st, &store, ConfigValue::UnprovenHandshakesMax).max(0) as usize;
         let handle = ListenSocketHandle(st.reg.fresh_handle());
         let credentials = st.credentials.clone();
         let ep = st.reg.add_endpoint(
@@ -386,6 +388,7 @@ impl Sockets {
                 credentials,
                 listen: true,
                 incoming,
+                cookie_threshold,
                 ..EndpointConfig::default()
             },
             io.local_addr().map_err(io_err)?,
