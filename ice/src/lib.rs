@@ -60,6 +60,13 @@ const FAILED_TIMEOUT: Duration = Duration::from_secs(5);
 /// half the namespace runs. Costs a connection that only the relay can carry up to two more
 /// seconds.
 const RELAY_ACCEPTANCE_WAIT: Duration = Duration::from_secs(4);
+/// Binding requests a candidate pair gets before it counts as failed for good. The agent
+/// checks every pair each 200 ms, so webrtc-ice's default (7) gives a pair 1.6 s: on links
+/// that lose 10% each way, behind a port-restricted NAT whose hole the peer's first checks
+/// open, a direct pair that would work ran out of requests before it answered, and the
+/// relay won after `RELAY_ACCEPTANCE_WAIT` (one namespace run in fifteen). 25 requests keep
+/// a pair trying for 5 s, past that wait, for 25 small STUN requests per dead pair.
+const MAX_BINDING_REQUESTS: u16 = 25;
 /// How long a TURN server may take to answer the allocation that tells why gathering found
 /// no relayed candidate. Well inside the peer's `DISCONNECTED_TIMEOUT + FAILED_TIMEOUT`, so
 /// our reason reaches the peer before it gives up on its own.
@@ -345,6 +352,7 @@ fn agent_config(config: &PathConfig, filter: Option<IpFilter>) -> Result<AgentCo
         disconnected_timeout: Some(DISCONNECTED_TIMEOUT),
         failed_timeout: Some(FAILED_TIMEOUT),
         relay_acceptance_min_wait: Some(RELAY_ACCEPTANCE_WAIT),
+        max_binding_requests: Some(MAX_BINDING_REQUESTS),
         ..AgentConfig::default()
     })
 }
