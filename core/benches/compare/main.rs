@@ -3,7 +3,8 @@
 //!
 //! `cargo bench -p punchline --bench compare` (full) or `-- --quick` (under two minutes);
 //! `-- --only bulk,small,threads,pingpong,handshakes,memory,loss` runs some parts (`loss0`: the relay
-//! with no loss), and `BENCH_DETAIL=1`
+//! with no loss), `-- --repeat 5` runs them five times and reports medians (and the spread of
+//! `bulk_vs_quinn` as `bulk_spread`), and `BENCH_DETAIL=1`
 //! prints the detailed connection status after each impaired transfer.
 
 mod proxy;
@@ -25,10 +26,68 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // `--only bulk,pingpong` runs just those parts (for development).
     let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
-    let run = |part: &str| {
-        only.as_ref()
-            .is_none_or(|o| o.split(',').any(|p| p == part))
-    };
+    // `--repeat 5` runs the parts five times: the JSON gives each key's median, and the
+    // table each figure's median, least and most.
+    let repeat: usize = std::env::args()
+        .skip_while(|a| a != "--repeat")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let runs: Vec<Measured> = (0..repeat)
+        .map(|i| {
+            if repeat > 1 {
+                eprintln!("run {} of {repeat}", i + 1);
+            }
+            measure(quick, only.as_deref())
+        })
+        .collect();
+    let (rows, _) = &runs[runs.len() - 1];
+    println!();
+    println!(
+        "{:<44} {:>14} {:>14} {:>20}",
+        "measure", "punchline", "quinn", "raw UDP / note"
+    );
+    for (a, b, c, d) in rows {
+        println!("{a:<44} {b:>14} {c:>14} {d:>20}");
+    }
+    // Each key's figures across the runs, in the first run's order.
+    let keys: Vec<String> = runs[0].1.iter().map(|(k, _)| k.clone()).collect();
+    let mut body = Vec::new();
+    if repeat > 1 {
+        println!();
+        println!("{repeat} runs: median (least .. most)");
+    }
+    for k in &keys {
+        let mut v: Vec<f64> = runs
+            .iter()
+            .filter_map(|(_, j)| j.iter().find(|(kk, _)| kk == k).map(|(_, x)| *x))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let median = v[v.len() / 2];
+        if repeat > 1 {
+            println!(
+                "{k:<36} {median:>14.3} ({:.3} .. {:.3})",
+                v[0],
+                v[v.len() - 1]
+            );
+        }
+        body.push(format!("\"{k}\": {median:.3}"));
+        if k == "bulk_vs_quinn" {
+            // How far the runs spread, relative to their median.
+            let spread = (v[v.len() - 1] - v[0]) / median.max(f64::MIN_POSITIVE);
+            body.push(format!("\"bulk_spread\": {spread:.3}"));
+        }
+    }
+    println!("{{{}}}", body.join(", "));
+}
+
+/// One run's table rows and JSON figures.
+type Measured = (Vec<(String, String, String, String)>, Vec<(String, f64)>);
+
+/// Runs the parts `only` names (all when `None`) once.
+fn measure(quick: bool, only: Option<&str>) -> Measured {
+    let run = |part: &str| only.is_none_or(|o| o.split(',').any(|p| p == part));
     let bulk_total = if quick { 256 * MIB } else { 1024 * MIB };
     let small_count = 1_000_000;
     let rounds = 10_000;
@@ -36,8 +95,8 @@ fn main() {
     let loss_total = if quick { 2 * MIB } else { 8 * MIB };
 
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
-    let mut json: Vec<(String, String)> = Vec::new();
-    let mut num = |k: &str, v: f64| json.push((k.to_string(), format!("{v:.3}")));
+    let mut json: Vec<(String, f64)> = Vec::new();
+    let mut num = |k: &str, v: f64| json.push((k.to_string(), v));
 
     if run("bulk") {
         eprintln!(
@@ -126,9 +185,7 @@ fn main() {
     }
 
     // The relay without loss only when asked for by name.
-    let loss0 = only
-        .as_ref()
-        .is_some_and(|o| o.split(',').any(|p| p == "loss0"));
+    let loss0 = only.is_some_and(|o| o.split(',').any(|p| p == "loss0"));
     let losses: &[f64] = if loss0 { &[0.0] } else { &[0.01, 0.05] };
     for &loss in losses.iter().filter(|_| run("loss") || loss0) {
         eprintln!(
@@ -155,16 +212,7 @@ fn main() {
         num(&format!("{key}_goodput_vs_quinn"), pl / qn);
     }
 
-    println!();
-    println!(
-        "{:<44} {:>14} {:>14} {:>20}",
-        "measure", "punchline", "quinn", "raw UDP / note"
-    );
-    for (a, b, c, d) in &rows {
-        println!("{a:<44} {b:>14} {c:>14} {d:>20}");
-    }
-    let body: Vec<String> = json.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
-    println!("{{{}}}", body.join(", "));
+    (rows, json)
 }
 
 fn row(name: &str, pl: f64, qn: f64, udp: Option<f64>) -> (String, String, String, String) {
