@@ -680,3 +680,47 @@ fn keys_move_on_many_times_under_loss_and_reordering_and_nothing_is_lost_or_repe
     assert_eq!(sim.state(0, c), ConnectionState::Connected);
     assert_eq!(sim.state(1, s), ConnectionState::Connected);
 }
+
+#[test]
+fn bytes_in_flight_are_not_held_against_the_send_buffer() {
+    // A 64 KiB send buffer on a 200 ms round trip. Were bytes awaiting their ack counted
+    // against it (as before), at most 64 KiB could be in flight: 320 KiB/s. Only unsent bytes
+    // count, as the reference means, so the congestion window alone limits the rate.
+    let conn = ConnectionConfig {
+        send_buffer_size: 64 * 1024,
+        send_rate_max: 100 * 1024 * 1024,
+        ..ConnectionConfig::default()
+    };
+    let (mut sim, c, s) = connected_with(72, keyed(1), keyed(2), conn);
+    sim.link = Impairment {
+        lag: Duration::from_millis(100),
+        rate: 0,
+        ..DEFAULT_LINK
+    };
+    const TOTAL: usize = 8 * 1024 * 1024;
+    let chunk = payload(7, 16 * 1024);
+    let (mut sent, mut got) = (0usize, 0usize);
+    let start = sim.now;
+    let done = sim.run_until(Duration::from_secs(120), |sim| {
+        while sent < TOTAL {
+            match send(sim, 0, c, chunk.clone(), SendFlags::RELIABLE) {
+                Ok(_) => sent += chunk.len(),
+                Err(Error::LimitExceeded) => break,
+                Err(e) => panic!("send failed: {e}"),
+            }
+        }
+        got += drain(sim, 1, s)
+            .iter()
+            .map(|m| m.payload.len())
+            .sum::<usize>();
+        got == TOTAL
+    });
+    assert!(done, "{got} of {TOTAL} bytes arrived");
+    let secs = (sim.now - start).as_secs_f64();
+    let rate = TOTAL as f64 / secs;
+    let capped = 64.0 * 1024.0 / 0.2;
+    assert!(
+        rate > 4.0 * capped,
+        "{rate:.0} B/s in {secs:.1} s: no faster than a send buffer of bytes in flight allows ({capped:.0} B/s)"
+    );
+}

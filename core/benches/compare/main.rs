@@ -2,7 +2,7 @@
 //! ceiling, all in one run. Prints a table, then one JSON object as the last line.
 //!
 //! `cargo bench -p punchline --bench compare` (full) or `-- --quick` (under two minutes);
-//! `-- --only bulk,small,threads,pingpong,handshakes,memory,loss` runs some parts (`loss0`: the relay
+//! `-- --only bulk,small,threads,pingpong,handshakes,memory,wan,loss` runs some parts (`loss0`: the relay
 //! with no loss), `-- --repeat 5` runs them five times and reports medians (and the spread of
 //! `bulk_vs_quinn` as `bulk_spread`), and `BENCH_DETAIL=1`
 //! prints the detailed connection status after each impaired transfer.
@@ -182,6 +182,21 @@ fn measure(quick: bool, only: Option<&str>) -> Measured {
         ));
         num("idle_conn_bytes", per_conn);
         num("idle_conns_opened", opened as f64);
+    }
+
+    if run("wan") {
+        // A long path without loss: what the congestion window (not the send buffer) allows.
+        let total = if quick { 32 * MIB } else { 128 * MIB };
+        eprintln!("wan: {} MiB through a 50 ms RTT relay", total / MIB);
+        let imp = Impair {
+            loss: 0.0,
+            delay: Duration::from_millis(25),
+        };
+        let pl = mb_s(total, punchline_bulk(total, BULK_MSG, Some(imp), 7));
+        let qn = mb_s(total, quinn_peer::bulk(total, BULK_MSG, Some(imp), 7));
+        rows.push(row("bulk at 50 ms RTT, no loss, MB/s", pl, qn, None));
+        num("wan_bulk_mb_s", pl);
+        num("wan_bulk_vs_quinn", pl / qn);
     }
 
     // The relay without loss only when asked for by name.

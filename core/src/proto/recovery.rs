@@ -109,6 +109,11 @@ pub struct Cubic {
     before_cut: Option<Box<Cubic>>,
 }
 
+/// The most bytes a connection keeps in flight, however large its window grows: 16 MiB,
+/// enough for 160 MB/s at 100 ms. It bounds what a connection holds for retransmission
+/// (the send buffer counts only bytes not yet sent).
+pub const MAX_WINDOW: u64 = 16 * 1024 * 1024;
+
 const CUBIC_C: f64 = 0.4;
 const CUBIC_BETA: f64 = 0.7;
 /// The window factor after a loss with (almost) nothing queued. Veno cuts Reno's window by
@@ -166,7 +171,7 @@ impl Cubic {
             return;
         }
         if self.in_slow_start() {
-            self.window += bytes;
+            self.window = (self.window + bytes).min(MAX_WINDOW);
             return;
         }
         let mss = self.mss as f64;
@@ -187,7 +192,7 @@ impl Cubic {
         let target = cubic.max(self.w_est).min(1.5 * window);
         if target > window {
             let grow = (target - window) * bytes as f64 / window;
-            self.window += grow.max(1.0) as u64;
+            self.window = (self.window + grow.max(1.0) as u64).min(MAX_WINDOW);
         }
     }
 

@@ -207,9 +207,11 @@ impl SendQueue {
         self.lanes.iter().all(|l| l.queue.is_empty())
     }
 
-    /// Bytes held against the send buffer: unsent unreliable plus unacknowledged reliable.
+    /// Bytes held against the send buffer: those not yet sent once, reliable or not, as the
+    /// reference API counts them. Reliable bytes sent and awaiting their ack are the
+    /// congestion window's to limit (up to [`MAX_WINDOW`](super::recovery::MAX_WINDOW)).
     pub fn buffered(&self) -> usize {
-        self.queued_unreliable + self.unacked_bytes
+        self.queued_unreliable + self.queued_reliable
     }
 
     /// Reliable bytes not yet sent once.
@@ -486,6 +488,9 @@ mod tests {
             refs.push(r.unwrap());
         }
         assert_eq!(refs.iter().map(|r| r.len).sum::<u64>(), 3000);
+        // Sent: no longer held against the send buffer, but kept until acknowledged.
+        assert_eq!(q.buffered(), 0);
+        assert_eq!(q.unacked_reliable(), 3000);
         q.on_lost(refs[1]);
         for r in &refs {
             q.on_acked(*r);

@@ -52,9 +52,10 @@ pub enum ConfigValue {
     /// Extra delay in milliseconds given to packets picked for reordering, in both directions.
     /// Default 15; a longer delay reorders across more packets but also adds latency.
     FakePacketReorderTime = 8,
-    /// Bytes of messages that may be queued or awaiting acknowledgement before sending fails
-    /// with "limit exceeded". Default 512 KiB. A bigger buffer absorbs bursts but lets a slow
-    /// link build up more delay and memory.
+    /// Bytes of messages queued and not yet sent before sending fails with "limit exceeded",
+    /// as the reference counts them (bytes sent and awaiting acknowledgement are the
+    /// congestion window's to limit). Default 512 KiB. A bigger buffer absorbs bursts but
+    /// lets a slow link build up more delay and memory.
     SendBufferSize = 9,
     /// Lower bound of the pacing rate, bytes per second; congestion control never goes below
     /// it. Default 64 KiB/s. Setting it equal to [`SendRateMax`](Self::SendRateMax) fixes the
