@@ -1,7 +1,8 @@
-//! Handshake outcomes in virtual time: success in one round trip on first contact (the
-//! server answers a padded hello at once, within three times its bytes), in two when the
-//! server asks for a cookie first (under load, or told to), in one with the address token
-//! the server gave on the previous connection, and each refusal with its end reason.
+//! Handshake outcomes in virtual time: success in two round trips on first contact (a
+//! cookie proves the client's address first), in one when the server keeps state for
+//! unproven clients (QUIC-style, within three times the hello's bytes), in one with the
+//! address token the server gave on the previous connection, and each refusal with its end
+//! reason.
 
 mod common;
 
@@ -14,39 +15,8 @@ use punchline::sim::{Sim, SIM_UNIX_START};
 use std::time::Duration;
 
 #[test]
-fn first_contact_takes_one_round_trip_within_three_times_the_hello() {
+fn handshake_takes_two_round_trips_first_then_one_with_proven_identities() {
     let mut sim = Sim::pair(1, keyed(1), keyed(2));
-    let start = sim.now;
-    let c = sim.connect(0, 1, ConnectionConfig::default());
-    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c)
-        == ConnectionState::Connected));
-    // On a 10 ms link: hello out, server hello back. No cookie.
-    assert_eq!(sim.now - start, Duration::from_millis(20));
-    assert_eq!(sim.nodes[1].endpoint.stats().retries_sent, 0);
-    let s = sim.first_conn(1).unwrap();
-    let server = sim.nodes[1].endpoint.connection(s).unwrap();
-    let (sent, received) = server.amplification();
-    assert!(received >= 1200, "the hello is padded: {received} bytes");
-    assert!(
-        sent > 0 && sent <= punchline::proto::AMPLIFICATION_FACTOR * received,
-        "{sent} bytes sent before the address was proven, for {received} received"
-    );
-    drop(server);
-    assert!(sim.run_until(Duration::from_secs(1), |sim| sim.state(1, s)
-        == ConnectionState::Connected));
-    let client = sim.nodes[0].endpoint.connection(c).unwrap();
-    assert_eq!(
-        client.peer_identity(),
-        Some(&KeyPair::from_seed([2; 32]).identity())
-    );
-}
-
-#[test]
-fn handshake_takes_two_round_trips_with_a_cookie_then_one_with_proven_identities() {
-    // A server that always asks for a cookie (as one under load does).
-    let mut server = keyed(2);
-    server.cookie_threshold = 0;
-    let mut sim = Sim::pair(1, keyed(1), server);
     let start = sim.now;
     let c = sim.connect(0, 1, ConnectionConfig::default());
     assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c)
@@ -84,6 +54,31 @@ fn handshake_takes_two_round_trips_with_a_cookie_then_one_with_proven_identities
         Some(&KeyPair::from_seed([1; 32]).identity())
     );
     assert_eq!(client.info_flags(), ConnectionInfoFlags::default());
+}
+
+#[test]
+fn a_server_keeping_state_for_unproven_clients_answers_first_contact_in_one_round_trip() {
+    let mut server = keyed(2);
+    server.cookie_threshold = 64;
+    let mut sim = Sim::pair(1, keyed(1), server);
+    let start = sim.now;
+    let c = sim.connect(0, 1, ConnectionConfig::default());
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c)
+        == ConnectionState::Connected));
+    // On a 10 ms link: hello out, server hello back. No cookie.
+    assert_eq!(sim.now - start, Duration::from_millis(20));
+    assert_eq!(sim.nodes[1].endpoint.stats().retries_sent, 0);
+    let s = sim.first_conn(1).unwrap();
+    let server = sim.nodes[1].endpoint.connection(s).unwrap();
+    let (sent, received) = server.amplification();
+    assert!(received >= 1200, "the hello is padded: {received} bytes");
+    assert!(
+        sent > 0 && sent <= punchline::proto::AMPLIFICATION_FACTOR * received,
+        "{sent} bytes sent before the address was proven, for {received} received"
+    );
+    drop(server);
+    assert!(sim.run_until(Duration::from_secs(1), |sim| sim.state(1, s)
+        == ConnectionState::Connected));
 }
 
 /// Runs a handshake that must fail; returns the client connection's end.
@@ -331,8 +326,8 @@ fn server_that_never_accepts_times_out_the_client() {
 
 #[test]
 fn a_spoofed_first_packet_is_never_amplified() {
-    // A server that keeps state for unproven clients (QUIC-style, the default); one that
-    // asks for cookies keeps none (see hostile.rs).
+    // A server that keeps state for unproven clients (QUIC-style); the default keeps none
+    // (see hostile.rs).
     let mut sim = Sim::new(10);
     let mut server = keyed(2);
     server.listen = true;
@@ -387,10 +382,8 @@ fn a_spoofed_first_packet_is_never_amplified() {
 }
 
 #[test]
-fn a_replayed_hello_gets_no_state_from_a_server_that_asks_for_cookies() {
-    let mut server = keyed(2);
-    server.cookie_threshold = 0;
-    let mut sim = Sim::pair(12, keyed(1), server);
+fn a_replayed_hello_gets_no_state_by_default() {
+    let mut sim = Sim::pair(12, keyed(1), keyed(2));
     let attacker: std::net::SocketAddr = "10.6.6.6:666".parse().unwrap();
     // Capture the hello that carried the cookie: it is bound to the client's address.
     let captured = std::rc::Rc::new(std::cell::RefCell::new(None));
@@ -414,9 +407,10 @@ fn a_replayed_hello_gets_no_state_from_a_server_that_asks_for_cookies() {
 
 #[test]
 fn a_replayed_hello_never_yields_a_connected_peer() {
-    // A server that keeps state for unproven clients (QUIC-style, the default) must still
-    // never let a replay reach Connected: that needs the keys.
-    let server = keyed(2);
+    // A server that keeps state for unproven clients (QUIC-style) must still never let a
+    // replay reach Connected: that needs the keys.
+    let mut server = keyed(2);
+    server.cookie_threshold = 64;
     let mut sim = Sim::pair(12, keyed(1), server);
     let attacker: std::net::SocketAddr = "10.6.6.6:666".parse().unwrap();
     let captured = std::rc::Rc::new(std::cell::RefCell::new(None));

@@ -126,10 +126,13 @@ impl Credentials {
     }
 }
 
-/// Unproven handshakes a server holds state for before it asks new clients for a cookie:
-/// each costs a connection's memory (a few KiB) until it completes or `TimeoutInitial`
-/// passes, so a flood of spoofed hellos holds at most this many.
-pub const DEFAULT_COOKIE_THRESHOLD: usize = 64;
+/// Unproven handshakes a server holds state for before it asks new clients for a cookie,
+/// by default: none. A hello carries the client's signed identity and no proof of freshness,
+/// so a server that keeps state for unproven hellos shows its application connections from
+/// addresses that may be spoofed, with identities that may be replayed from a captured
+/// hello, and checks the signature of every such hello it gets. An operator who wants the
+/// round trip saved sets `Punchline_UnprovenHandshakesMax` (64 is a reasonable value).
+pub const DEFAULT_COOKIE_THRESHOLD: usize = 0;
 
 /// Settings of an endpoint (one UDP socket).
 #[derive(Debug, Clone)]
@@ -140,16 +143,15 @@ pub struct EndpointConfig {
     pub listen: bool,
     /// Defaults for connections accepted through this endpoint.
     pub incoming: ConnectionConfig,
-    /// Handshakes from unproven addresses in flight before the server demands proof of
-    /// address of new clients (a stateless retry with a cookie) before keeping any state for
-    /// them. Below it, a first contact takes one round trip, as in QUIC: the server answers
-    /// the client's padded hello at once, with at most
-    /// [`AMPLIFICATION_FACTOR`](crate::proto::AMPLIFICATION_FACTOR) times the bytes it
-    /// received until the address is proven. At or above it (a server under load, or under a
-    /// flood of spoofed hellos) it keeps nothing until the cookie comes back, and the
-    /// handshake takes two round trips. A hello with an address token from an earlier
-    /// connection is proven either way. Default [`DEFAULT_COOKIE_THRESHOLD`]; 0 always asks
-    /// for the cookie.
+    /// Connections in Connecting before the server demands proof of address of new clients
+    /// (a stateless retry with a cookie) before keeping any state for them. Below it, a first
+    /// contact takes one round trip, as in QUIC: the server answers the client's padded hello
+    /// at once, with at most [`AMPLIFICATION_FACTOR`](crate::proto::AMPLIFICATION_FACTOR)
+    /// times the bytes it received until the address is proven. At or above it (a server
+    /// under load, or under a flood of spoofed hellos) it keeps nothing until the cookie comes
+    /// back, and the handshake takes two round trips. A hello with an address token from an
+    /// earlier connection, or a cookie, is proven either way. Default
+    /// [`DEFAULT_COOKIE_THRESHOLD`] (0: always the cookie, for the reasons given there).
     pub cookie_threshold: usize,
     /// Most "no connection" replies per second. Default 20.
     pub no_connection_replies_per_sec: u32,

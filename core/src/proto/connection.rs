@@ -1666,7 +1666,8 @@ impl Connection {
 
     fn window(&self) -> u64 {
         let floor = (self.config.send_rate_min as f64 * self.rtt.smoothed.as_secs_f64()) as u64;
-        self.cc.window.max(floor)
+        // The floor too: a peer that delays its acks inflates the RTT, and with it the floor.
+        self.cc.window.max(floor).min(super::recovery::MAX_WINDOW)
     }
 
     fn pacing_rate(&self) -> u64 {

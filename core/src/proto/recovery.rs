@@ -109,10 +109,11 @@ pub struct Cubic {
     before_cut: Option<Box<Cubic>>,
 }
 
-/// The most bytes a connection keeps in flight, however large its window grows: 16 MiB,
-/// enough for 160 MB/s at 100 ms. It bounds what a connection holds for retransmission
-/// (the send buffer counts only bytes not yet sent).
-pub const MAX_WINDOW: u64 = 16 * 1024 * 1024;
+/// The most bytes a connection keeps in flight, however large its window grows: 4 MiB,
+/// enough for 40 MB/s at 100 ms. Reliable bytes sent and not yet acknowledged beyond it
+/// count against the send buffer (see `SendQueue::buffered`), so what a connection holds is
+/// at most its send buffer plus this.
+pub const MAX_WINDOW: u64 = 4 * 1024 * 1024;
 
 const CUBIC_C: f64 = 0.4;
 const CUBIC_BETA: f64 = 0.7;

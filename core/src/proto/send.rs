@@ -209,9 +209,14 @@ impl SendQueue {
 
     /// Bytes held against the send buffer: those not yet sent once, reliable or not, as the
     /// reference API counts them. Reliable bytes sent and awaiting their ack are the
-    /// congestion window's to limit (up to [`MAX_WINDOW`](super::recovery::MAX_WINDOW)).
+    /// congestion window's to limit, up to [`MAX_WINDOW`](super::recovery::MAX_WINDOW);
+    /// beyond it (messages kept whole until every piece is acknowledged, pieces declared lost
+    /// and waiting to go again) they count too, so a connection never holds more than its
+    /// send buffer plus that.
     pub fn buffered(&self) -> usize {
-        self.queued_unreliable + self.queued_reliable
+        let sent_unacked = self.unacked_bytes.saturating_sub(self.queued_reliable);
+        let beyond_window = sent_unacked.saturating_sub(super::recovery::MAX_WINDOW as usize);
+        self.queued_unreliable + self.queued_reliable + beyond_window
     }
 
     /// Reliable bytes not yet sent once.
@@ -498,6 +503,22 @@ mod tests {
         assert_eq!(q.buffered(), 0);
         // The retransmission of an acknowledged range is skipped.
         assert!(q.next_segment(t, Duration::ZERO, 1200, 1200).is_none());
+    }
+
+    #[test]
+    fn sent_bytes_beyond_the_largest_window_count_against_the_buffer() {
+        let t = Instant::now();
+        let mut q = SendQueue::new();
+        let max = crate::proto::recovery::MAX_WINDOW as usize;
+        let total = max + 1024 * 1024;
+        for _ in 0..total / 65_536 {
+            q.push(t, Bytes::from(vec![1u8; 65_536]), true);
+        }
+        assert_eq!(q.buffered(), total, "unsent: all of it");
+        while q.next_segment(t, Duration::ZERO, 1200, 1200).is_some() {}
+        // Sent, none acknowledged: what the window may hold is free, the rest is not.
+        assert_eq!(q.unacked_reliable(), total);
+        assert_eq!(q.buffered(), total - max);
     }
 
     #[test]

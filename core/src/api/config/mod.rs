@@ -247,13 +247,15 @@ pub enum ConfigValue {
     /// Experimental: the ECN bits put on outgoing UDP packets (0-3); -1 (default) leaves the
     /// socket's setting alone. An explicit 0 still counts as setting the field.
     Ecn = 999,
-    /// punchline's own, not in the reference: handshakes from unproven addresses a listen
-    /// socket holds state for before it asks new clients to prove their address first (a
-    /// stateless retry with a cookie, costing them a second round trip). Below it a first
-    /// contact takes one round trip, and until the client's address is proven the server
-    /// sends it at most three times the bytes it received. Default 64 (each costs a few KiB
-    /// until it completes or `TimeoutInitial` passes); 0 always asks for the cookie, as a
-    /// server under attack might. Listen-socket scope (or above).
+    /// punchline's own, not in the reference: connections in Connecting (handshakes from
+    /// unproven addresses among them) a listen socket allows before it asks new clients to
+    /// prove their address first (a stateless retry with a cookie, costing them a second
+    /// round trip). Below it a first contact takes one round trip, and until the client's
+    /// address is proven the server sends it at most three times the bytes it received.
+    /// Default 0: always the cookie. Above 0 the application sees incoming connections from
+    /// addresses not yet proven (they may be spoofed, and their hellos replayed: a hello has
+    /// no proof of freshness) and the server checks the signature of every unproven hello;
+    /// 64 suits a server that wants the round trip saved. Listen-socket scope (or above).
     UnprovenHandshakesMax = 10_001,
 }
 
