@@ -64,7 +64,12 @@ fn main() {
             .filter_map(|(_, j)| j.iter().find(|(kk, _)| kk == k).map(|(_, x)| *x))
             .collect();
         v.sort_by(f64::total_cmp);
-        let median = v[v.len() / 2];
+        let n = v.len();
+        let median = if n % 2 == 0 {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        } else {
+            v[n / 2]
+        };
         if repeat > 1 {
             println!(
                 "{k:<36} {median:>14.3} ({:.3} .. {:.3})",
