@@ -8,29 +8,9 @@ use punchline_signaling::turn_server::{TurnConfig, TurnServer};
 use punchline_signaling::{Config, Server};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// This package's build of the server (next to the suite's own executable, one directory
-/// up from `deps/`); `PUNCHLINE_SIGNALING_BIN` names another.
-fn own_server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("PUNCHLINE_SIGNALING_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("a test executable under target/<profile>/deps");
-    let bin = dir.join("punchline-tests-signaling");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the suites with cargo test -p punchline-tests",
-        bin.display()
-    );
-    bin
-}
 
 /// The server binary, running; killed on drop.
 #[derive(Debug)]
@@ -43,15 +23,23 @@ pub struct Process {
     pub banner: Vec<String>,
 }
 
-impl Process {
-    /// Starts the server (this package's build of it) listening on a free loopback port,
-    /// with `args` added; returns once it says where it listens.
-    pub fn start(args: &[&str]) -> Process {
-        Process::start_bin(&own_server_binary(), args)
-    }
+/// Starts this package's build of the server, as [`Process::start_bin`] does. A macro, so
+/// that the path comes from Cargo at the suite's compile time (`CARGO_BIN_EXE_...`), built
+/// with the suite: never a stale or other binary.
+#[macro_export]
+macro_rules! server_process {
+    ($args:expr) => {
+        $crate::server::Process::start_bin(
+            ::std::path::Path::new(env!("CARGO_BIN_EXE_punchline-tests-signaling")),
+            $args,
+        )
+    };
+}
 
-    /// Starts the server binary at `bin` (a crate's own, from `env!("CARGO_BIN_EXE_...")`)
-    /// as [`start`](Self::start) does.
+impl Process {
+    /// Starts the server binary at `bin` (a crate's own, from `env!("CARGO_BIN_EXE_...")`;
+    /// this package's suites use [`server_process!`]) listening on a free loopback port,
+    /// with `args` added; returns once it says where it listens.
     pub fn start_bin(bin: &Path, args: &[&str]) -> Process {
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0"])

@@ -5,7 +5,7 @@
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::{ConnectionState, EndReason, SendFlags, Sockets};
 use punchline_tests::peers::{accept_incoming, connect_pair, logged_in, state, wait};
-use punchline_tests::server::{http_get, Process};
+use punchline_tests::server::http_get;
 use std::time::{Duration, Instant};
 
 /// Sets the global callback `value` to record every event of type `T` it is called with
@@ -30,7 +30,7 @@ fn capture<T: Clone + Send + 'static>(
 
 #[test]
 fn two_peers_connect_p2p_through_the_server_talk_and_close() {
-    let server = Process::start(&[]);
+    let server = punchline_tests::server_process!(&[]);
     let (a, _, _ca) = logged_in(&server.url(), None);
     let (b, _, _cb) = logged_in(&server.url(), None);
     let (c, s) = connect_pair(&a, &b);
@@ -70,7 +70,7 @@ fn two_peers_connect_p2p_through_the_server_talk_and_close() {
 
 #[test]
 fn the_relay_carries_a_p2p_connection_and_hides_the_peers_addresses() {
-    let server = Process::start(&[]);
+    let server = punchline_tests::server_process!(&[]);
     let (a, _, ca) = logged_in(&server.url(), None);
     let (b, _, cb) = logged_in(&server.url(), None);
     a.set_p2p_transport(std::sync::Arc::new(ca.relay_transport()));
@@ -104,7 +104,7 @@ fn the_relay_carries_a_p2p_connection_and_hides_the_peers_addresses() {
     assert!(!metrics.contains("relayed_total 0\n"), "{metrics}");
 
     // A server that does not relay: the connection cannot finish.
-    let off = Process::start(&["--relay-rate", "0"]);
+    let off = punchline_tests::server_process!(&["--relay-rate", "0"]);
     let (a, _, ca) = logged_in(&off.url(), None);
     let (b, _, cb) = logged_in(&off.url(), None);
     a.set_p2p_transport(std::sync::Arc::new(ca.relay_transport()));
@@ -126,7 +126,7 @@ fn the_relay_carries_a_p2p_connection_and_hides_the_peers_addresses() {
 
 #[test]
 fn connecting_to_an_offline_identity_fails_fast_with_a_clear_reason() {
-    let server = Process::start(&[]);
+    let server = punchline_tests::server_process!(&[]);
     let (a, _, _ca) = logged_in(&server.url(), None);
     let nobody = punchline_tests::util::key().identity();
     let started = Instant::now();
@@ -143,7 +143,7 @@ fn connecting_to_an_offline_identity_fails_fast_with_a_clear_reason() {
 
 #[test]
 fn a_quiet_server_drops_signals_to_offline_identities_without_an_answer() {
-    let server = Process::start(&["--quiet-undeliverable"]);
+    let server = punchline_tests::server_process!(&["--quiet-undeliverable"]);
     let (a, _, _ca) = logged_in(&server.url(), None);
     let nobody = punchline_tests::util::key().identity();
     let c = a.connect_p2p(&nobody, 0, &[]).unwrap();
@@ -157,7 +157,7 @@ fn a_quiet_server_drops_signals_to_offline_identities_without_an_answer() {
 
 #[test]
 fn symmetric_connect_through_the_server_100_times_gives_one_connection() {
-    let server = Process::start(&[]);
+    let server = punchline_tests::server_process!(&[]);
     let symmetric = [(ConfigValue::SymmetricConnect, ConfigData::Int32(1))];
     let (a, _, _ca) = logged_in(&server.url(), None);
     let (b, _, _cb) = logged_in(&server.url(), None);
@@ -195,7 +195,7 @@ fn symmetric_connect_through_the_server_100_times_gives_one_connection() {
 #[test]
 fn the_fake_ip_calls_allocate_through_the_server_and_resolve_identities() {
     use punchline::api::fakeip::{get_ipv4_fake_ip_type, FakeIpType};
-    let server = Process::start(&[]);
+    let server = punchline_tests::server_process!(&[]);
     let (a, _, _ca) = logged_in(&server.url(), None);
     let (b, _, _cb) = logged_in(&server.url(), None);
     assert!(a.begin_async_request_fake_ip(2));
@@ -252,7 +252,10 @@ fn the_relay_network_calls_measure_real_servers_as_pops() {
     };
     use punchline::api::Availability;
     use punchline_signaling::pops::WsPinger;
-    let (fra, iad) = (Process::start(&[]), Process::start(&[]));
+    let (fra, iad) = (
+        punchline_tests::server_process!(&[]),
+        punchline_tests::server_process!(&[]),
+    );
     // A POP nobody serves: a port just freed.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

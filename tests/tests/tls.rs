@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use punchline_tests::peers::{connect_pair, logged_in, wait};
-use punchline_tests::server::Process;
 use punchline_tests::util::rt;
 
 /// A CA, and a certificate it signs for 127.0.0.1 and localhost, written to `dir`: the
@@ -67,7 +66,7 @@ fn talk(a: &Sockets, b: &Sockets) -> RouteKind {
 fn signaling_the_relay_and_pop_pings_work_over_tls() {
     let dir = punchline_tests::util::Scratch::new("tls-test");
     let (ca, cert, key) = make_certificates(dir.path());
-    let server = Process::start(&[
+    let server = punchline_tests::server_process!(&[
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",
