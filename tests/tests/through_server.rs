@@ -199,7 +199,13 @@ fn the_fake_ip_calls_allocate_through_the_server_and_resolve_identities() {
     let (a, _, _ca) = logged_in(&server.url(), None);
     let (b, _, _cb) = logged_in(&server.url(), None);
     assert!(a.begin_async_request_fake_ip(2));
-    assert!(!a.begin_async_request_fake_ip(2), "one request at a time");
+    // One request at a time: a second is refused while the first is unanswered. (The answer
+    // can come back between the two calls on a busy machine; then the second may start.)
+    let again = a.begin_async_request_fake_ip(2);
+    assert!(
+        !again || a.get_fake_ip().is_some(),
+        "a second request started while the first was pending"
+    );
     let mut fake = None;
     wait(Duration::from_secs(5), "the fake IP", || {
         fake = a.get_fake_ip();
