@@ -371,13 +371,21 @@ impl Io {
 
     /// Waits for datagrams and reads as many as are ready into `inbox` (at least one).
     /// While `deferred()` says another thread is waiting on the socket to read it itself, a
-    /// datagram is left to that thread.
-    async fn recv_batch(&self, inbox: &mut Inbox, deferred: impl Fn() -> bool) -> io::Result<()> {
+    /// datagram is left to that thread. A read happens only under the socket's read claim
+    /// (`claim` takes it, `release` gives it back); on `Ok` the caller holds the claim until
+    /// it has handled the batch, so that batches are handled in the order they were read.
+    async fn recv_batch(
+        &self,
+        inbox: &mut Inbox,
+        deferred: impl Fn() -> bool,
+        claim: impl Fn() -> bool,
+        release: impl Fn(),
+    ) -> io::Result<()> {
         inbox.items.clear();
         match self {
             Io::Udp { socket, state } => loop {
                 socket.readable().await?;
-                if deferred() {
+                if deferred() || !claim() {
                     // Forget this readiness (the next datagram brings another); the waiting
                     // thread sees the socket readable and reads it.
                     let _ = socket.try_io(tokio::io::Interest::READABLE, || {
@@ -397,8 +405,14 @@ impl Io {
                         inbox.take_metas(&metas[..n]);
                         return Ok(());
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        release();
+                        continue;
+                    }
+                    Err(e) => {
+                        release();
+                        return Err(e);
+                    }
                 }
             },
             Io::Memory(m) => {
@@ -406,6 +420,8 @@ impl Io {
                 let Some(first) = rx.recv().await else {
                     return std::future::pending().await;
                 };
+                // Nobody else reads an in-memory socket: the claim is for the caller's release.
+                claim();
                 inbox.fill(first, || rx.try_recv().ok());
                 Ok(())
             }
@@ -526,6 +542,14 @@ pub trait Driven: Send + Sync + 'static {
     fn reads_deferred(&self) -> bool {
         false
     }
+    /// Takes the socket's read claim: true when no other thread is reading it (and now none
+    /// may until [`release_read`](Self::release_read)). Two threads that both read and
+    /// handle datagrams could otherwise handle them out of order.
+    fn claim_read(&self) -> bool {
+        true
+    }
+    /// Gives the read claim back.
+    fn release_read(&self) {}
     /// True when a waiting thread left datagrams in the socket for the driver to read
     /// (asked once: the request is taken).
     fn read_requested(&self) -> bool {
@@ -586,18 +610,28 @@ pub async fn drive<D: Driven>(
         if read_more || owner.read_requested() {
             // Left behind by a waiting thread, with no readiness to tell of them.
             let mut batches = 0;
-            while batches < INBOX_SLOTS && io.try_recv_batch(&mut inbox) {
-                receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
+            while batches < INBOX_SLOTS && owner.claim_read() {
+                let got = io.try_recv_batch(&mut inbox);
+                if got {
+                    receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
+                }
+                owner.release_read();
+                if !got {
+                    break;
+                }
                 batches += 1;
             }
             read_more = batches == INBOX_SLOTS;
             if read_more {
                 nudge.notify_one(); // more yet: again after this turn
             }
-        } else if after_side && !owner.reads_deferred() && io.try_recv_batch(&mut inbox) {
+        } else if after_side && !owner.reads_deferred() && owner.claim_read() {
             // The side input goes first in the (biased) select below: after it the socket
             // gets a turn too, so that neither starves the other.
-            receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
+            if io.try_recv_batch(&mut inbox) {
+                receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
+            }
+            owner.release_read();
         }
         after_side = false;
         let now = task_now();
@@ -685,8 +719,16 @@ pub async fn drive<D: Driven>(
                 receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
                 after_side = true;
             }
-            r = io.recv_batch(&mut inbox, || owner.reads_deferred()) => match r {
-                Ok(()) => receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed),
+            r = io.recv_batch(
+                &mut inbox,
+                || owner.reads_deferred(),
+                || owner.claim_read(),
+                || owner.release_read(),
+            ) => match r {
+                Ok(()) => {
+                    receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
+                    owner.release_read();
+                }
                 // ICMP errors from earlier sends surface here on Linux; they are not fatal.
                 Err(e) => tracing::trace!(error = %e, "recv error"),
             },

@@ -210,11 +210,15 @@ impl Activity {
         io: &Io,
         link: &link::EpLink,
     ) -> bool {
+        if !link.claim_read() {
+            return false; // the driver is reading it
+        }
         let mut inbox = lock(&self.inboxes).pop().unwrap_or_else(|| Inbox::new(4));
         let got = io.try_recv_batch(&mut inbox);
         if got {
             shared.handle_datagrams(ep, link, shared.world.clock.now(), &inbox, true);
         }
+        link.release_read();
         lock(&self.inboxes).push(inbox);
         got
     }

@@ -486,6 +486,14 @@ impl Driven for EpDriver {
         self.shared.activity.reads_deferred()
     }
 
+    fn claim_read(&self) -> bool {
+        self.link.claim_read()
+    }
+
+    fn release_read(&self) {
+        self.link.release_read();
+    }
+
     fn read_requested(&self) -> bool {
         self.shared.activity.take_read_request(self.ep)
     }

@@ -27,6 +27,10 @@ pub(super) struct EpLink {
     pub(super) path_notes: Arc<std::sync::atomic::AtomicBool>,
     /// Stop the driver once no connection is left.
     pub(super) closing: std::sync::atomic::AtomicBool,
+    /// Held by the one thread reading the socket and handling what it read (the driver, or
+    /// a waiting thread): two at once could handle their batches out of order, and a peer
+    /// would take the reordering for loss.
+    reading: std::sync::atomic::AtomicBool,
     /// Wakes the endpoint's driver.
     pub(super) nudge: Arc<Notify>,
     /// The socket, shared with the driver, for sends made on the caller's thread (set once
@@ -47,6 +51,7 @@ impl EpLink {
             p2p: Default::default(),
             path_notes: Default::default(),
             closing: Default::default(),
+            reading: Default::default(),
             nudge: Arc::new(Notify::new()),
             io: OnceLock::new(),
             next_wake: Mutex::new(None),
@@ -60,6 +65,18 @@ impl EpLink {
     pub(super) fn has_news(&self, endpoint: &mut Endpoint) -> bool {
         let removed = self.p2p.load(Ordering::Acquire) && endpoint.take_removed();
         endpoint.has_news() || removed
+    }
+
+    /// Takes the read claim on the socket: false while another thread holds it (it reads and
+    /// handles what is there). Nobody waits for it: a thread that does not get it leaves the
+    /// reading to the holder.
+    pub(super) fn claim_read(&self) -> bool {
+        !self.reading.swap(true, Ordering::AcqRel)
+    }
+
+    /// Gives the read claim back.
+    pub(super) fn release_read(&self) {
+        self.reading.store(false, Ordering::Release);
     }
 
     /// Locks the protocol endpoint. The `Sockets` state lock, if the caller takes it, must
