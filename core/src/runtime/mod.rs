@@ -610,28 +610,28 @@ pub async fn drive<D: Driven>(
         if read_more || owner.read_requested() {
             // Left behind by a waiting thread, with no readiness to tell of them.
             let mut batches = 0;
-            while batches < INBOX_SLOTS && owner.claim_read() {
-                let got = io.try_recv_batch(&mut inbox);
-                if got {
-                    receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
-                }
-                owner.release_read();
-                if !got {
+            while batches < INBOX_SLOTS {
+                let Some(_claim) = Claimed::take(&owner) else {
+                    break; // the holder has the driver read again when it lets go
+                };
+                if !io.try_recv_batch(&mut inbox) {
                     break;
                 }
+                receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
                 batches += 1;
             }
             read_more = batches == INBOX_SLOTS;
             if read_more {
                 nudge.notify_one(); // more yet: again after this turn
             }
-        } else if after_side && !owner.reads_deferred() && owner.claim_read() {
+        } else if after_side && !owner.reads_deferred() {
             // The side input goes first in the (biased) select below: after it the socket
             // gets a turn too, so that neither starves the other.
-            if io.try_recv_batch(&mut inbox) {
-                receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
+            if let Some(_claim) = Claimed::take(&owner) {
+                if io.try_recv_batch(&mut inbox) {
+                    receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
+                }
             }
-            owner.release_read();
         }
         after_side = false;
         let now = task_now();
@@ -726,8 +726,9 @@ pub async fn drive<D: Driven>(
                 || owner.release_read(),
             ) => match r {
                 Ok(()) => {
+                    // The claim `recv_batch` took, given back once the batch is handled.
+                    let _claim = Claimed(&owner);
                     receive(&owner, task_now(), &mut inbox, &mut fake_in, &mut delayed);
-                    owner.release_read();
                 }
                 // ICMP errors from earlier sends surface here on Linux; they are not fatal.
                 Err(e) => tracing::trace!(error = %e, "recv error"),
@@ -735,6 +736,21 @@ pub async fn drive<D: Driven>(
             () = sleep => {}
             () = nudge.notified() => {}
         }
+    }
+}
+
+/// A driver's read claim on its socket, given back when dropped.
+struct Claimed<'a, D: Driven>(&'a D);
+
+impl<'a, D: Driven> Claimed<'a, D> {
+    fn take(owner: &'a D) -> Option<Self> {
+        owner.claim_read().then_some(Self(owner))
+    }
+}
+
+impl<D: Driven> Drop for Claimed<'_, D> {
+    fn drop(&mut self) {
+        self.0.release_read();
     }
 }
 

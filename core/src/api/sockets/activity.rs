@@ -19,6 +19,21 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 /// the socket.
 type Watched = (EpId, Arc<Io>, Arc<link::EpLink>);
 
+/// The read claim on an endpoint's socket, given back when dropped (a panic included).
+struct ReadClaim<'a>(&'a link::EpLink);
+
+impl<'a> ReadClaim<'a> {
+    fn take(link: &'a link::EpLink) -> Option<Self> {
+        link.claim_read().then_some(Self(link))
+    }
+}
+
+impl Drop for ReadClaim<'_> {
+    fn drop(&mut self) {
+        self.0.release_read();
+    }
+}
+
 /// Most batches a waiting thread reads from one socket before it hands the rest to the driver.
 const MAX_BATCHES: usize = 16;
 
@@ -210,15 +225,16 @@ impl Activity {
         io: &Io,
         link: &link::EpLink,
     ) -> bool {
-        if !link.claim_read() {
-            return false; // the driver is reading it
-        }
+        // The driver is reading it (this thread may poll again at once, and does until the
+        // driver's batch is handled: that raises the activity count it waits on).
+        let Some(_claim) = ReadClaim::take(link) else {
+            return false;
+        };
         let mut inbox = lock(&self.inboxes).pop().unwrap_or_else(|| Inbox::new(4));
         let got = io.try_recv_batch(&mut inbox);
         if got {
             shared.handle_datagrams(ep, link, shared.world.clock.now(), &inbox, true);
         }
-        link.release_read();
         lock(&self.inboxes).push(inbox);
         got
     }

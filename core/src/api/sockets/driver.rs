@@ -495,7 +495,9 @@ impl Driven for EpDriver {
     }
 
     fn read_requested(&self) -> bool {
-        self.shared.activity.take_read_request(self.ep)
+        // Both taken: neither request is left for a later turn.
+        let asked = self.shared.activity.take_read_request(self.ep);
+        self.link.take_read_wanted() || asked
     }
 
     fn fake(&self) -> FakeConditions {

@@ -31,6 +31,10 @@ pub(super) struct EpLink {
     /// a waiting thread): two at once could handle their batches out of order, and a peer
     /// would take the reordering for loss.
     reading: std::sync::atomic::AtomicBool,
+    /// A thread found the claim held: the holder, on release, asks the driver to read.
+    read_missed: std::sync::atomic::AtomicBool,
+    /// The driver is to read the socket at its next turn, readiness or not.
+    read_wanted: std::sync::atomic::AtomicBool,
     /// Wakes the endpoint's driver.
     pub(super) nudge: Arc<Notify>,
     /// The socket, shared with the driver, for sends made on the caller's thread (set once
@@ -52,6 +56,8 @@ impl EpLink {
             path_notes: Default::default(),
             closing: Default::default(),
             reading: Default::default(),
+            read_missed: Default::default(),
+            read_wanted: Default::default(),
             nudge: Arc::new(Notify::new()),
             io: OnceLock::new(),
             next_wake: Mutex::new(None),
@@ -67,16 +73,32 @@ impl EpLink {
         endpoint.has_news() || removed
     }
 
-    /// Takes the read claim on the socket: false while another thread holds it (it reads and
-    /// handles what is there). Nobody waits for it: a thread that does not get it leaves the
-    /// reading to the holder.
+    /// Takes the read claim on the socket: false while another thread holds it. Nobody waits
+    /// for it: a thread that does not get it leaves the reading to the holder, which on
+    /// release has the driver read again (what arrived after the holder's last read has no
+    /// readiness left to wake anyone: the driver may have spent it finding the claim held).
     pub(super) fn claim_read(&self) -> bool {
+        if !self.reading.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        self.read_missed.store(true, Ordering::Release);
+        // The holder may have let go before it could see the flag: try once more.
         !self.reading.swap(true, Ordering::AcqRel)
     }
 
-    /// Gives the read claim back.
+    /// Gives the read claim back; if another thread found it held meanwhile, the driver is
+    /// woken to read.
     pub(super) fn release_read(&self) {
         self.reading.store(false, Ordering::Release);
+        if self.read_missed.swap(false, Ordering::AcqRel) {
+            self.read_wanted.store(true, Ordering::Release);
+            self.nudge.notify_one();
+        }
+    }
+
+    /// Whether the driver is to read at this turn (the request is taken).
+    pub(super) fn take_read_wanted(&self) -> bool {
+        self.read_wanted.swap(false, Ordering::AcqRel)
     }
 
     /// Locks the protocol endpoint. The `Sockets` state lock, if the caller takes it, must
