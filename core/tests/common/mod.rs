@@ -99,72 +99,35 @@ pub fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-/// A client and a server `Sockets` over loopback UDP, connected (the client's connection
-/// with `options`): (client, its connection, server, its connection).
-pub fn udp_pair(
-    options: &[(
-        punchline::api::config::ConfigValue,
-        punchline::api::config::ConfigData,
-    )],
-) -> (
-    punchline::Sockets,
-    punchline::ConnectionHandle,
-    punchline::Sockets,
-    punchline::ConnectionHandle,
-) {
-    use std::time::Instant;
-    let server = punchline::Sockets::new().unwrap();
-    let mut events = server.status_events();
-    let listen = server
-        .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
-        .unwrap();
-    let addr = server.get_listen_socket_address(listen).unwrap();
-    let client = punchline::Sockets::new().unwrap();
-    let c = client.connect_by_ip_address(addr, options).unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    let s = loop {
-        if let Some(e) = events.try_recv() {
-            if e.info.state == ConnectionState::Connecting {
-                server.accept_connection(e.connection).unwrap();
-                break e.connection;
-            }
-        }
-        assert!(Instant::now() < end, "no incoming connection");
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    while client.get_connection_info(c).unwrap().state != ConnectionState::Connected {
-        assert!(Instant::now() < end, "not connected");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    (client, c, server, s)
-}
+type Options = [(
+    punchline::api::config::ConfigValue,
+    punchline::api::config::ConfigData,
+)];
 
-/// A client connected to a server over `world`'s network, each in its own `Sockets`;
-/// `options` apply to the client's connection.
-#[allow(dead_code)]
-pub fn virtual_pair(
-    world: &punchline::VirtualWorld,
-    options: &[(
-        punchline::api::config::ConfigValue,
-        punchline::api::config::ConfigData,
-    )],
-) -> (
+type Pair = (
     punchline::Sockets,
     punchline::ConnectionHandle,
     punchline::Sockets,
     punchline::ConnectionHandle,
-) {
-    let server = world.sockets().unwrap();
+);
+
+/// `client` connects to a listen socket of `server` with `options`; the server accepts.
+/// `wait(limit, ready)` runs until `ready` holds (false if `limit` passed first).
+fn connect_to(
+    server: punchline::Sockets,
+    client: punchline::Sockets,
+    options: &Options,
+    limit: Duration,
+    wait: impl FnOnce(Duration, &mut dyn FnMut() -> bool) -> bool,
+) -> Pair {
     let mut events = server.status_events();
     let listen = server
         .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
         .unwrap();
     let addr = server.get_listen_socket_address(listen).unwrap();
-    let client = world.sockets().unwrap();
     let c = client.connect_by_ip_address(addr, options).unwrap();
-    let end = world.now() + Duration::from_secs(60);
     let mut s = None;
-    let connected = world.run_until(end, || {
+    let connected = wait(limit, &mut || {
         while let Some(e) = events.try_recv() {
             if e.info.state == ConnectionState::Connecting && s.is_none() {
                 server.accept_connection(e.connection).unwrap();
@@ -176,9 +139,43 @@ pub fn virtual_pair(
         };
         s.is_some_and(|s| up(&client, c) && up(&server, s))
     });
-    assert!(
-        connected,
-        "the pair did not connect in 30 s of virtual time"
-    );
+    assert!(connected, "the pair did not connect within {limit:?}");
     (client, c, server, s.expect("accepted"))
+}
+
+/// A client and a server `Sockets` over loopback UDP, connected (the client's connection
+/// with `options`): (client, its connection, server, its connection).
+pub fn udp_pair(options: &Options) -> Pair {
+    let server = punchline::Sockets::new().unwrap();
+    let client = punchline::Sockets::new().unwrap();
+    connect_to(
+        server,
+        client,
+        options,
+        Duration::from_secs(10),
+        |limit, ready| {
+            let end = std::time::Instant::now() + limit;
+            while !ready() {
+                if std::time::Instant::now() >= end {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            true
+        },
+    )
+}
+
+/// A client connected to a server over `world`'s network, each in its own `Sockets`;
+/// `options` apply to the client's connection.
+#[allow(dead_code)]
+pub fn virtual_pair(world: &punchline::VirtualWorld, options: &Options) -> Pair {
+    let (server, client) = (world.sockets().unwrap(), world.sockets().unwrap());
+    connect_to(
+        server,
+        client,
+        options,
+        Duration::from_secs(60),
+        |limit, ready| world.run_until(world.now() + limit, ready),
+    )
 }
