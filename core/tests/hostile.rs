@@ -11,7 +11,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{connected, drain, keyed, payload, rss_bytes, send};
+use common::{connect_capturing_hello, connected, drain, keyed, payload, rss_bytes, send};
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::proto::internals::{decode_frames, AckRange, Frame, Segment};
 use punchline::proto::{ConnectionConfig, ConnectionState, Endpoint, SendFlags};
@@ -121,10 +121,14 @@ fn unknown_connection_ids_get_no_state_and_only_small_rate_limited_replies() {
 }
 
 #[test]
-fn a_spoofed_hello_allocates_nothing_and_gets_only_a_small_cookie() {
+fn a_spoofed_hello_to_a_server_demanding_cookies_allocates_nothing_and_gets_only_a_small_cookie() {
+    // A server under load (or set to 0 unproven handshakes) keeps nothing for an unproven
+    // address; by default one spoofed hello gets state within the amplification bound
+    // (handshake.rs: a_spoofed_first_packet_is_never_amplified).
     let mut sim = Sim::new(503);
     let mut server = keyed(2);
     server.listen = true;
+    server.cookie_threshold = 0;
     let victim: SocketAddr = "10.9.9.8:9998".parse().unwrap();
     sim.add_node("10.0.0.1:1000".parse().unwrap(), keyed(1));
     let s = sim.add_node("10.0.0.2:2000".parse().unwrap(), server);
@@ -152,6 +156,46 @@ fn a_spoofed_hello_allocates_nothing_and_gets_only_a_small_cookie() {
     assert!(!replies.is_empty(), "the server answered with a cookie");
     assert!(replies.iter().all(|n| *n < 1200), "{replies:?}");
     assert!(sim.nodes[s].endpoint.stats().retries_sent > 0);
+}
+
+#[test]
+fn forged_hellos_from_spoofed_addresses_cost_at_most_the_verification_budget() {
+    let mut sim = Sim::pair(504, keyed(1), keyed(2));
+    let (hello, c) = connect_capturing_hello(&mut sim);
+    let before = sim.nodes[1].endpoint.stats().clone();
+    let conns = sim.nodes[1].endpoint.connection_ids().count();
+    // 3,000 fresh-looking hellos at one instant, each with its own client id and ephemeral
+    // key (so its signature fails) and its own spoofed source.
+    let n = 3000u32;
+    for i in 0..n {
+        let mut forged = hello.data.clone();
+        forged[2..6].copy_from_slice(&(i + 1).to_be_bytes());
+        forged[6..10].copy_from_slice(&i.to_be_bytes());
+        let from = SocketAddr::from(([10, 50, (i / 250) as u8, (i % 250) as u8 + 1], 4000));
+        sim.inject(from, hello.to, forged);
+    }
+    sim.run_for(Duration::from_millis(100));
+    let after = sim.nodes[1].endpoint.stats().clone();
+    let verified = after.rejected - before.rejected;
+    let cookies = after.retries_sent - before.retries_sent;
+    assert_eq!(verified + cookies, u64::from(n), "{after:?}");
+    assert!(
+        verified <= punchline::proto::UNPROVEN_VERIFY_RATE as u64,
+        "{verified} forged signatures checked at once"
+    );
+    assert_eq!(sim.nodes[1].endpoint.connection_ids().count(), conns);
+    assert_eq!(sim.state(0, c), ConnectionState::Connected);
+    // The forgeries left nothing behind: once the budget refilled (a second), a new
+    // client's first contact takes one round trip again.
+    sim.run_for(Duration::from_secs(1));
+    let n = sim.add_node("10.0.0.9:1000".parse().unwrap(), keyed(5));
+    let retries = sim.nodes[1].endpoint.stats().retries_sent;
+    let start = sim.now;
+    let c2 = sim.connect(n, 1, ConnectionConfig::default());
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(n, c2)
+        == ConnectionState::Connected));
+    assert_eq!(sim.now - start, Duration::from_millis(20), "one round trip");
+    assert_eq!(sim.nodes[1].endpoint.stats().retries_sent, retries);
 }
 
 #[test]

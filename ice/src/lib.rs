@@ -60,13 +60,20 @@ const FAILED_TIMEOUT: Duration = Duration::from_secs(5);
 /// half the namespace runs. Costs a connection that only the relay can carry up to two more
 /// seconds.
 const RELAY_ACCEPTANCE_WAIT: Duration = Duration::from_secs(4);
-/// Binding requests a candidate pair gets before it counts as failed for good. The agent
-/// checks every pair each 200 ms, so webrtc-ice's default (7) gives a pair 1.6 s: on links
-/// that lose 10% each way, behind a port-restricted NAT whose hole the peer's first checks
-/// open, a direct pair that would work ran out of requests before it answered, and the
-/// relay won after `RELAY_ACCEPTANCE_WAIT` (one namespace run in fifteen). 25 requests keep
-/// a pair trying for 5 s, past that wait, for 25 small STUN requests per dead pair.
-const MAX_BINDING_REQUESTS: u16 = 25;
+/// How often the agent checks its candidate pairs (and, once one answered, nominates the
+/// best that did). webrtc-ice's default is 200 ms, which with its acceptance waits (0.5 s
+/// for server-reflexive pairs, 1 s for peer-reflexive ones, the pairs a NAT gives) made a
+/// connection through any NAT take about a second. At 50 ms, and with no waits for direct
+/// pairs (aggressive nomination: the first tick after a direct pair answers nominates the
+/// best one that did), it takes a few round trips.
+const CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// Binding requests a candidate pair gets before it counts as failed for good: enough for
+/// 5 s of checks at [`CHECK_INTERVAL`]. webrtc-ice's default (7 at 200 ms) gave a pair 1.6 s:
+/// on links that lose 10% each way, behind a port-restricted NAT whose hole the peer's first
+/// checks open, a direct pair that would work ran out of requests before it answered, and
+/// the relay won after `RELAY_ACCEPTANCE_WAIT` (one namespace run in fifteen). 5 s keeps a
+/// pair trying past that wait, for 100 small STUN requests per dead pair.
+const MAX_BINDING_REQUESTS: u16 = 100;
 /// How long a TURN server may take to answer the allocation that tells why gathering found
 /// no relayed candidate. Well inside the peer's `DISCONNECTED_TIMEOUT + FAILED_TIMEOUT`, so
 /// our reason reaches the peer before it gives up on its own.
@@ -351,6 +358,10 @@ fn agent_config(config: &PathConfig, filter: Option<IpFilter>) -> Result<AgentCo
         ip_filter: Arc::new(Some(Box::new(ip_filter))),
         disconnected_timeout: Some(DISCONNECTED_TIMEOUT),
         failed_timeout: Some(FAILED_TIMEOUT),
+        check_interval: CHECK_INTERVAL,
+        host_acceptance_min_wait: Some(Duration::ZERO),
+        srflx_acceptance_min_wait: Some(Duration::ZERO),
+        prflx_acceptance_min_wait: Some(Duration::ZERO),
         relay_acceptance_min_wait: Some(RELAY_ACCEPTANCE_WAIT),
         max_binding_requests: Some(MAX_BINDING_REQUESTS),
         ..AgentConfig::default()
@@ -501,6 +512,19 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// Gives a gathered candidate's socket the buffers the library's own sockets have
+/// (webrtc-ice opens its host and server-reflexive sockets with the OS default, which a
+/// window's burst overflows). A relayed candidate's socket (to the TURN server) is the TURN
+/// client's, out of reach; the TURN server's relay sockets are sized on its side.
+fn size_buffers(c: &(dyn Candidate + Send + Sync)) {
+    if let Some(sock) = c
+        .get_conn()
+        .and_then(|conn| conn.as_any().downcast_ref::<tokio::net::UdpSocket>())
+    {
+        punchline::transport::size_socket_buffers(socket2::SockRef::from(sock));
+    }
+}
+
 /// Routes the agent's callbacks into `tx`.
 fn hook(agent: &Agent, tx: mpsc::Sender<AgentEvent>) {
     let t = tx.clone();
@@ -509,7 +533,10 @@ fn hook(agent: &Agent, tx: mpsc::Sender<AgentEvent>) {
             let t = t.clone();
             Box::pin(async move {
                 let e = match c {
-                    Some(c) => AgentEvent::Candidate(c.marshal()),
+                    Some(c) => {
+                        size_buffers(&*c);
+                        AgentEvent::Candidate(c.marshal())
+                    }
                     None => AgentEvent::GatheringDone,
                 };
                 let _ = t.send(e).await;

@@ -38,13 +38,14 @@ fn cell(a: Nat, b: Nat) -> Cell {
     assert_eq!(route, want, "{name}: {ea} / {eb}");
     let unreliable = exchange(&mut pa, &mut pb, 1000, 100_000);
 
-    // Unreliable messages may be lost, and some are: everything is sent at once, and the
-    // window's growth overshoots what a receiving socket buffer holds (RcvbufErrors in the
-    // host's /proc/net/snmp). Not most of them, though.
+    // Unreliable messages are paced with the reliable ones, and every socket on a direct
+    // route (the library's, ICE's) has room for a window's burst: on these clean links at
+    // least 99% arrive. Through the TURN server some are still lost (issue #21 item 5).
+    let floor = if route == "relayed" { 50_000 } else { 99_000 };
     for got in [unreliable.0, unreliable.1] {
         assert!(
-            got >= 50_000,
-            "{name}: only {got} of 100000 unreliable bytes"
+            got >= floor,
+            "{name}: only {got} of 100000 unreliable bytes (route {route})"
         );
     }
     // Still on the same route, with nothing ended.

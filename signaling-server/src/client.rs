@@ -226,7 +226,11 @@ impl Drop for SignalingClient {
     fn drop(&mut self) {
         let _ = self.route.tx.send(Cmd::Stop);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // The last reference may go on the client's own thread (through what that
+            // thread holds): it stops by itself after `Stop`, and joining itself would panic.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }

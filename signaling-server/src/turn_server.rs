@@ -1389,7 +1389,10 @@ struct Sock {
 }
 
 impl Sock {
+    /// Also sizes its buffers as the library's own sockets are: a relay carries a
+    /// client's bursts.
     fn new(s: std::net::UdpSocket) -> Option<Sock> {
+        punchline::transport::size_socket_buffers(socket2::SockRef::from(&s));
         s.set_nonblocking(true).ok()?;
         let tx = s.try_clone().ok()?;
         Some(Sock {

@@ -7,16 +7,16 @@
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::transport::RouteKind;
 use punchline_signaling::Config;
+use punchline_tests::coturn;
 use punchline_tests::peers::*;
 use punchline_tests::server::Signaling;
-use punchline_tests::{coturn, util::free_port};
 
 #[test]
 fn our_ice_relays_through_coturn() {
-    let port = free_port();
-    let Some(_coturn) = coturn::start(port) else {
+    let Some(coturn) = coturn::start() else {
         return;
     };
+    let port = coturn.port;
     let sig = Signaling::start(Config::default(), false);
     let (a, b) = (peer(&sig), peer(&sig));
     let turn = [

@@ -127,12 +127,13 @@ impl Credentials {
 }
 
 /// Unproven handshakes a server holds state for before it asks new clients for a cookie,
-/// by default: none. A hello carries the client's signed identity and no proof of freshness,
-/// so a server that keeps state for unproven hellos shows its application connections from
-/// addresses that may be spoofed, with identities that may be replayed from a captured
-/// hello, and checks the signature of every such hello it gets. An operator who wants the
-/// round trip saved sets `Punchline_UnprovenHandshakesMax` (64 is a reasonable value).
-pub const DEFAULT_COOKIE_THRESHOLD: usize = 0;
+/// by default. Below it, first contact takes one round trip. An unproven hello is taken in
+/// only while fresh, new and within the verification budget (see
+/// [`HELLO_FRESHNESS`](crate::proto::HELLO_FRESHNESS)); its replies stay within the
+/// amplification bound, and the connection reaches Connected only once the client proves
+/// it holds the session keys. Until then, its remote address and identity are the client's
+/// claim. 0 asks every new client for a cookie.
+pub const DEFAULT_COOKIE_THRESHOLD: usize = 64;
 
 /// Settings of an endpoint (one UDP socket).
 #[derive(Debug, Clone)]
@@ -151,7 +152,7 @@ pub struct EndpointConfig {
     /// under load, or under a flood of spoofed hellos) it keeps nothing until the cookie comes
     /// back, and the handshake takes two round trips. A hello with an address token from an
     /// earlier connection, or a cookie, is proven either way. Default
-    /// [`DEFAULT_COOKIE_THRESHOLD`] (0: always the cookie, for the reasons given there).
+    /// [`DEFAULT_COOKIE_THRESHOLD`]; 0 demands the cookie of every new client.
     pub cookie_threshold: usize,
     /// Most "no connection" replies per second. Default 20.
     pub no_connection_replies_per_sec: u32,

@@ -295,9 +295,12 @@ impl Connection {
     /// A client connection; its hello is ready to send. `secret` is the ephemeral X25519
     /// secret (from the caller's seeded RNG).
     /// `token` is an address token from an earlier connection to this server (or empty):
-    /// with it, the server skips the cookie round trip.
+    /// with it, the server skips the cookie round trip. `unix_now` (seconds) stamps the
+    /// hello, which a server takes in unproven only while it is fresh.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new_client(
         now: Instant,
+        unix_now: u64,
         local_id: u32,
         remote: SocketAddr,
         config: ConnectionConfig,
@@ -310,6 +313,7 @@ impl Connection {
             client_id: local_id,
             ephemeral: XPublic::from(&secret).to_bytes(),
             unencrypted: config.unencrypted.min(3),
+            sent_at: unix_now,
             creds: packet::Credentials {
                 identity: creds.identity(),
                 key: creds.key.as_ref().map(|k| k.public_key()),
@@ -340,6 +344,7 @@ impl Connection {
     /// ([`set_route`](Self::set_route)).
     pub(crate) fn new_p2p_client(
         now: Instant,
+        unix_now: u64,
         local_id: u32,
         config: ConnectionConfig,
         creds: Arc<Credentials>,
@@ -347,7 +352,16 @@ impl Connection {
         p2p: P2pInfo,
     ) -> Self {
         let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
-        let mut c = Self::new_client(now, local_id, nowhere, config, creds, secret, Vec::new());
+        let mut c = Self::new_client(
+            now,
+            unix_now,
+            local_id,
+            nowhere,
+            config,
+            creds,
+            secret,
+            Vec::new(),
+        );
         if let Handshake::Client { due, .. } = &mut c.handshake {
             *due = false;
         }

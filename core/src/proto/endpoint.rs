@@ -2,6 +2,7 @@
 //! hellos (with cookies under load and rejections that never exceed what was received), and
 //! replies "no connection" at a bounded rate.
 
+use super::admission::{Admission, Refused};
 use super::auth;
 use super::codec::DecodeError;
 use super::config::{ConnectionConfig, EndpointConfig};
@@ -42,6 +43,14 @@ pub struct EndpointStats {
     pub rejected: u64,
     /// Retry (cookie) packets sent.
     pub retries_sent: u64,
+    /// Unproven hellos answered with a cookie because their timestamp was not fresh (the
+    /// client's clock is off, or the hello is an old copy).
+    pub stale_hellos: u64,
+    /// Unproven hellos answered with a cookie because their key was seen before (a copy).
+    pub replayed_hellos: u64,
+    /// Unproven hellos answered with a cookie because the budget of signature checks (or
+    /// the memory of seen keys) was spent.
+    pub busy_hellos: u64,
     /// "No connection" replies sent.
     pub no_connection_sent: u64,
     /// Datagrams for unknown connections not answered (rate limit).
@@ -80,6 +89,8 @@ pub struct Endpoint {
     /// Address tokens servers gave us, by server address.
     tokens: HashMap<SocketAddr, Vec<u8>>,
     cookie_key: CookieKey,
+    /// Which unproven hellos may hold state.
+    admission: Admission,
     start: Instant,
     unix_at_start: u64,
     replies: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -178,6 +189,7 @@ impl Endpoint {
             by_server: HashMap::new(),
             tokens: HashMap::new(),
             cookie_key: CookieKey::new(secret),
+            admission: Admission::default(),
             start: now,
             unix_at_start: unix_now,
             replies: VecDeque::new(),
@@ -277,6 +289,7 @@ impl Endpoint {
         let token = self.tokens.get(&remote).cloned().unwrap_or_default();
         let c = Connection::new_client(
             now,
+            self.unix(now),
             id,
             remote,
             config,
@@ -442,7 +455,15 @@ impl Endpoint {
             symmetric,
             transport: self.p2p_transport,
         };
-        let c = Connection::new_p2p_client(now, id, config, self.credentials.clone(), secret, info);
+        let c = Connection::new_p2p_client(
+            now,
+            self.unix(now),
+            id,
+            config,
+            self.credentials.clone(),
+            secret,
+            info,
+        );
         self.connections.insert(id, c);
         let mut s = Session::new(session, self.credentials.identity(), peer);
         // A fresh session holds one message at most: no backlog.
@@ -997,19 +1018,26 @@ impl Endpoint {
             .cookie_key
             .check(&hello.cookie, from, hello.client_id, now_ms)
             || self.cookie_key.check_token(&hello.cookie, from, now_ms);
-        if pending >= self.config.cookie_threshold && !proven {
-            let expiry = now_ms + COOKIE_LIFETIME.as_millis() as u64;
-            let cookie = self.cookie_key.make(from, hello.client_id, expiry);
-            debug_assert_eq!(cookie.len(), COOKIE_LEN);
-            self.stats.retries_sent += 1;
-            self.queue_reply(
-                from,
-                Control::Retry {
-                    client_id: hello.client_id,
-                    cookie: cookie.to_vec(),
+        let admitted = proven
+            || (pending < self.config.cookie_threshold && {
+                let unix_now = self.unix(now);
+                match self
+                    .admission
+                    .admit(now, unix_now, hello.sent_at, &hello.ephemeral)
+                {
+                    Ok(()) => true,
+                    Err(why) => {
+                        match why {
+                            Refused::Stale => self.stats.stale_hellos += 1,
+                            Refused::Replayed => self.stats.replayed_hellos += 1,
+                            Refused::Busy => self.stats.busy_hellos += 1,
+                        }
+                        false
+                    }
                 }
-                .encode(),
-            );
+            });
+        if !admitted {
+            self.send_retry(now_ms, from, hello.client_id);
             return;
         }
         let verdict = if !hello.verify() {
@@ -1051,6 +1079,15 @@ impl Endpoint {
             })
         });
         if let Some(id) = awaiting {
+            if !proven && !super::types::is_path_addr(&from) {
+                // A P2P session takes the first hello of its peer, wherever it comes from:
+                // over plain UDP, a copy that arrived first from elsewhere would take the
+                // session over. There the address is proven first (a transport's path is
+                // authenticated by the transport).
+                self.send_retry(now_ms, from, client_id);
+                return;
+            }
+            self.admission.remember(now, &hello.ephemeral);
             let secret = self.secret();
             let incoming = Incoming {
                 hello,
@@ -1070,6 +1107,7 @@ impl Endpoint {
             self.stats.malformed += 1;
             return;
         }
+        self.admission.remember(now, &hello.ephemeral);
         let id = self.fresh_id();
         let c = Connection::new_server(
             now,
@@ -1088,6 +1126,22 @@ impl Endpoint {
         self.by_hello.insert((from, client_id), id);
         self.drain_events(id);
         self.touch(id);
+    }
+
+    /// Answers a hello with a cookie; the client proves its address by sending it back.
+    fn send_retry(&mut self, now_ms: u64, to: SocketAddr, client_id: u32) {
+        let expiry = now_ms + COOKIE_LIFETIME.as_millis() as u64;
+        let cookie = self.cookie_key.make(to, client_id, expiry);
+        debug_assert_eq!(cookie.len(), COOKIE_LEN);
+        self.stats.retries_sent += 1;
+        self.queue_reply(
+            to,
+            Control::Retry {
+                client_id,
+                cookie: cookie.to_vec(),
+            }
+            .encode(),
+        );
     }
 
     /// Milliseconds on this endpoint's clock (for cookies and tokens).

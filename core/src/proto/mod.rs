@@ -9,6 +9,7 @@
 //! rendezvous messages, which the signaling server and the ICE layer speak too, are the one
 //! public submodule.
 
+pub(crate) mod admission;
 pub(crate) mod auth;
 pub(crate) mod codec;
 pub(crate) mod config;
@@ -33,6 +34,7 @@ pub mod internals {
     pub use super::recv::Reassembly;
 }
 
+pub use admission::{HELLO_FRESHNESS, MAX_SEEN_HELLOS, UNPROVEN_VERIFY_RATE};
 pub use config::{ConnectionConfig, Credentials, EndpointConfig, DEFAULT_COOKIE_THRESHOLD};
 pub use connection::{
     Connection, Event, P2pInfo, PathStatus, Side, Stats, AMPLIFICATION_FACTOR,

@@ -25,7 +25,7 @@ use crate::proto::crypto::hash;
 use punchline_identity::{Certificate, Identity, KeyPair, PublicKey, Signature};
 
 /// The protocol version this code speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// An encrypted data packet.
 pub const DATA: u8 = 0x40;
 /// An unencrypted data packet (both sides allowed it).
@@ -138,6 +138,9 @@ pub struct ClientHello {
     pub ephemeral: [u8; 32],
     /// The client's `Unencrypted` setting (0..=3).
     pub unencrypted: u8,
+    /// When the client made the hello, by its clock (unix seconds): a server takes in an
+    /// unproven hello only while it is fresh.
+    pub sent_at: u64,
     /// Who the client says it is.
     pub creds: Credentials,
     /// A cookie from a Retry, or empty.
@@ -154,6 +157,7 @@ impl ClientHello {
         out.extend_from_slice(&self.client_id.to_be_bytes());
         out.extend_from_slice(&self.ephemeral);
         out.push(self.unencrypted);
+        out.extend_from_slice(&self.sent_at.to_be_bytes());
         self.creds.encode(&mut out);
         out.push(self.cookie.len() as u8);
         out.extend_from_slice(&self.cookie);
@@ -183,6 +187,7 @@ impl ClientHello {
         if unencrypted > 3 {
             return Err(DecodeError::Malformed("unencrypted setting above 3"));
         }
+        let sent_at = r.u64()?;
         let creds = Credentials::decode(&mut r)?;
         let cookie = r.short_bytes("cookie length", MAX_COOKIE_LEN)?.to_vec();
         let signature = match creds.key {
@@ -193,6 +198,7 @@ impl ClientHello {
             client_id,
             ephemeral,
             unencrypted,
+            sent_at,
             creds,
             cookie,
             signature,
@@ -452,6 +458,7 @@ mod tests {
             client_id: 77,
             ephemeral: [3; 32],
             unencrypted: 1,
+            sent_at: 1_767_225_600,
             creds: Credentials {
                 identity: k.identity(),
                 key: Some(k.public_key()),
@@ -464,6 +471,7 @@ mod tests {
         assert_eq!(bytes.len(), MIN_CLIENT_HELLO);
         let d = ClientHello::decode(&bytes).unwrap();
         assert_eq!(d.client_id, 77);
+        assert_eq!(d.sent_at, 1_767_225_600);
         assert!(d.verify());
         let mut tampered = bytes.clone();
         tampered[10] ^= 1;

@@ -206,6 +206,22 @@ impl std::ops::BitOrAssign for ConnectionInfoFlags {
     }
 }
 
+/// The address that stands for a transport's path number `n` inside an endpoint: in the
+/// discard-only prefix `100::/64` (RFC 6666), which no real packet uses (the runtime drops
+/// datagrams from it on real sockets).
+pub(crate) fn path_addr(n: u32) -> std::net::SocketAddr {
+    let ip = std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, (n >> 16) as u16, n as u16);
+    std::net::SocketAddr::new(ip.into(), 1)
+}
+
+/// True for an address made by [`path_addr`].
+pub(crate) fn is_path_addr(addr: &std::net::SocketAddr) -> bool {
+    match addr {
+        std::net::SocketAddr::V6(v6) => v6.ip().segments()[..4] == [0x100, 0, 0, 0],
+        std::net::SocketAddr::V4(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -244,9 +244,7 @@ impl Io {
         if addr.is_ipv6() && addr.ip().is_unspecified() {
             socket.set_only_v6(false)?;
         }
-        // Room for bursts; the kernel caps these at its own maximum.
-        let _ = socket.set_recv_buffer_size(4 * 1024 * 1024);
-        let _ = socket.set_send_buffer_size(4 * 1024 * 1024);
+        crate::transport::size_socket_buffers(socket2::SockRef::from(&socket));
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         let socket: std::net::UdpSocket = socket.into();
@@ -509,11 +507,17 @@ impl Inbox {
     /// Records what a receive call put in the slots, splitting coalesced (GRO) buffers.
     fn take_metas(&mut self, metas: &[quinn_udp::RecvMeta]) {
         for (slot, meta) in metas.iter().enumerate().take(self.slots.len()) {
+            let from = canonical(meta.addr);
+            if crate::proto::types::is_path_addr(&from) {
+                // The discard prefix stands for a transport's path inside the library; on
+                // a real socket such a source is spoofed (it would pass for path traffic).
+                continue;
+            }
             let stride = meta.stride.max(1);
             let mut start = 0;
             while start < meta.len {
                 let len = stride.min(meta.len - start);
-                self.items.push((canonical(meta.addr), slot, start, len));
+                self.items.push((from, slot, start, len));
                 start += len;
             }
         }

@@ -14,7 +14,7 @@
 use crate::proto::EndReason;
 use punchline_identity::Identity;
 use std::collections::VecDeque;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
@@ -23,6 +23,19 @@ pub mod select;
 pub use select::Routes;
 
 pub use crate::proto::rendezvous::DIRECT;
+
+/// Kernel buffer asked for each way on every UDP socket the library (and its transports)
+/// open: room for a congestion window's burst, where the OS default (about 200 KiB on
+/// Linux) overflows and drops what a peer sent within its rate. The kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Asks for [`SOCKET_BUFFER_BYTES`] of receive and send buffer on `socket` (best effort:
+/// the kernel may give less).
+pub fn size_socket_buffers(socket: socket2::SockRef<'_>) {
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+}
 
 /// Makes paths for P2P connections.
 pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
@@ -304,19 +317,7 @@ impl PathSink {
     }
 }
 
-/// The address that stands for path number `n` inside an endpoint.
-pub(crate) fn path_addr(n: u32) -> SocketAddr {
-    let ip = Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, (n >> 16) as u16, n as u16);
-    SocketAddr::new(ip.into(), 1)
-}
-
-/// True for an address made by [`path_addr`].
-pub(crate) fn is_path_addr(addr: &SocketAddr) -> bool {
-    match addr {
-        SocketAddr::V6(v6) => v6.ip().segments()[..4] == [0x100, 0, 0, 0],
-        SocketAddr::V4(_) => false,
-    }
-}
+pub(crate) use crate::proto::types::{is_path_addr, path_addr};
 
 #[cfg(test)]
 mod tests {

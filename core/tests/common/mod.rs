@@ -48,6 +48,26 @@ pub fn connected_with(
 }
 
 /// Deterministic contents for message `i` of `len` bytes.
+/// Connects node 0 to node 1 of `sim` and returns the first client hello it sent (as the
+/// network saw it) and the client's connection, once Connected.
+#[allow(dead_code)]
+pub fn connect_capturing_hello(sim: &mut Sim) -> (punchline::sim::Packet, ConnId) {
+    let captured = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let cap = captured.clone();
+    sim.filter = Some(Box::new(move |p| {
+        if p.data[0] == 0xC1 && cap.borrow().is_none() {
+            *cap.borrow_mut() = Some(p.clone());
+        }
+        true
+    }));
+    let c = sim.connect(0, 1, ConnectionConfig::default());
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.state(0, c)
+        == ConnectionState::Connected));
+    sim.filter = None;
+    let hello = captured.borrow().clone().expect("a hello was sent");
+    (hello, c)
+}
+
 pub fn payload(i: u64, len: usize) -> Bytes {
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
