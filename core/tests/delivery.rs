@@ -76,6 +76,16 @@ fn reliable_transfer(seed: u64, loss_pct: f32) {
         }
         got == sizes.len()
     });
+    if !ok {
+        let conn = sim.nodes[0].endpoint.connection(c).unwrap();
+        eprintln!(
+            "DEBUG {:?} {} {:?} {:?}",
+            conn.state(),
+            conn.debug_timers(sim.now),
+            conn.stats(),
+            conn.path_status(sim.now)
+        );
+    }
     assert!(
         ok,
         "only {got} of {} messages arrived at {loss_pct}% loss",

@@ -627,7 +627,7 @@ fn config_values_inherit_and_refuse_bad_scopes_and_types() {
             .get_config_value(ConfigValue::MtuDataSize, c)
             .unwrap()
             .0,
-        ConfigData::Int32(1300 - 29)
+        ConfigData::Int32(1452 - 29)
     );
 }
 

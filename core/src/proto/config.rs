@@ -17,8 +17,9 @@ pub struct ConnectionConfig {
     /// `NagleTime`: how long a small message waits for others to share its packet. Default
     /// 5 ms; zero sends at once at the cost of more, smaller packets.
     pub nagle_time: Duration,
-    /// `MTU_PacketSize`: the largest UDP payload sent. Default 1300; larger risks IP
-    /// fragmentation, smaller wastes header bytes.
+    /// `MTU_PacketSize`: the largest UDP payload sent. Default 1452 (a 1500-byte IPv6
+    /// path). Path MTU discovery starts at [`BASE_MTU`](crate::proto::BASE_MTU) (1200) and
+    /// probes up to it, so a path that carries less costs lost probes, not lost data.
     pub mtu_packet_size: usize,
     /// `SendBufferSize`: bytes queued or unacknowledged before sends fail with
     /// `LimitExceeded`. Default 512 KiB.
@@ -61,7 +62,7 @@ impl Default for ConnectionConfig {
             timeout_initial: Duration::from_secs(10),
             timeout_connected: Duration::from_secs(10),
             nagle_time: Duration::from_millis(5),
-            mtu_packet_size: 1300,
+            mtu_packet_size: 1452,
             send_buffer_size: 512 * 1024,
             recv_buffer_size: 1024 * 1024,
             recv_buffer_messages: 1000,

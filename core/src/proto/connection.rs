@@ -14,6 +14,7 @@ use super::codec::{decode_frames, AckRange, Frame, Segment, MAX_ACK_RANGES};
 use super::config::{ConnectionConfig, Credentials};
 use super::crypto::{self, expand_packet_number, Keys, ReplayWindow, TAG_LEN};
 use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, SHORT_HEADER_LEN};
+use super::pmtud::Pmtud;
 use super::ranges::RangeSet;
 use super::recovery::{Cubic, Pacer, RttEstimator};
 use super::recv::{Reassembly, Received, RecvError};
@@ -122,6 +123,13 @@ pub struct Stats {
     pub messages_sent: u64,
     /// Messages received.
     pub messages_received: u64,
+    /// Path MTU probes sent.
+    pub mtu_probes_sent: u64,
+    /// Path MTU probes lost (a size above the path's limit, or plain loss).
+    pub mtu_probes_lost: u64,
+    /// Times the path stopped carrying the packet size in use and the connection fell
+    /// back to the base size.
+    pub mtu_black_holes: u64,
 }
 
 /// A snapshot of the numbers behind a connection's quick status.
@@ -147,6 +155,8 @@ pub struct PathStatus {
     pub received_fraction: f32,
     /// Fraction of our packets the peer acknowledged rather than lost.
     pub delivered_fraction: f32,
+    /// The packet size in use (UDP payload), from path MTU discovery.
+    pub mtu: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +266,8 @@ pub struct Connection {
     pacer: Pacer,
     pto_count: u32,
     probes: u32,
+    /// Path MTU discovery: the packet size in use.
+    pmtud: Pmtud,
     ping_pending: bool,
     last_eliciting_sent: Option<Instant>,
     sendq: SendQueue,
@@ -557,6 +569,7 @@ impl Connection {
             pacer: Pacer::new(),
             pto_count: 0,
             probes: 0,
+            pmtud: Pmtud::new(mss),
             ping_pending: false,
             last_eliciting_sent: None,
             sendq: SendQueue::new(),
@@ -662,6 +675,7 @@ impl Connection {
     pub fn path_status(&self, now: Instant) -> PathStatus {
         PathStatus {
             rtt: self.rtt.smoothed,
+            mtu: self.mtu(),
             congestion_window: self.window(),
             bytes_in_flight: self.in_flight,
             send_rate: self.pacing_rate(),
@@ -835,7 +849,7 @@ impl Connection {
     fn can_send_soon(&self, len: usize) -> bool {
         self.state == ConnectionState::Connected
             && self.in_flight + len as u64 <= self.window()
-            && self.sendq.queued_reliable() + self.sendq.queued_unreliable() < self.config.mtu() * 4
+            && self.sendq.queued_reliable() + self.sendq.queued_unreliable() < self.mtu() * 4
     }
 
     /// Sends everything queued without waiting for Nagle.
@@ -880,6 +894,10 @@ impl Connection {
 
     /// Changes settings of a live connection (limits, rates, Nagle, timeouts).
     pub fn set_config(&mut self, config: ConnectionConfig) {
+        if config.mtu() != self.config.mtu() {
+            // A new upper bound: search again under it, from the base.
+            self.pmtud = Pmtud::new(config.mtu());
+        }
         self.config = config;
         self.arm_idle();
     }
@@ -1388,8 +1406,12 @@ impl Connection {
         }
         self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
         // The window was in use if what was in flight came close to filling it.
-        let cwnd_limited = self.in_flight + 2 * self.config.mtu() as u64 >= self.window();
-        for (_, p) in newly {
+        let cwnd_limited = self.in_flight + 2 * self.mtu() as u64 >= self.window();
+        if let Some(pn) = ranges.iter().find_map(|r| self.pmtud_probe_in(r)) {
+            self.pmtud.on_probe_acked(pn);
+        }
+        for (pn, p) in newly {
+            self.pmtud.on_acked(pn, p.size as usize);
             self.in_flight -= p.size;
             self.cc
                 .on_ack(now, p.time, p.size, self.rtt.smoothed, cwnd_limited);
@@ -1399,7 +1421,42 @@ impl Connection {
         }
         self.pto_count = 0;
         self.detect_lost(now);
+        self.check_mtu_probe(now);
         self.maybe_finish_linger(now);
+    }
+
+    /// The MTU probe's packet number, when range `r` acknowledges it.
+    fn pmtud_probe_in(&self, r: &AckRange) -> Option<u64> {
+        self.pmtud.probe_pn().filter(|pn| r.contains(pn))
+    }
+
+    /// Declares the MTU probe lost when a later packet was acknowledged well after it, or
+    /// its time ran out (the window is not cut).
+    fn check_mtu_probe(&mut self, now: Instant) {
+        if self
+            .pmtud
+            .check_probe(
+                now,
+                self.largest_acked,
+                self.loss_delay(),
+                self.rtt.pto() * 2,
+            )
+            .is_some()
+        {
+            self.sync_mtu_stats();
+        }
+    }
+
+    /// The packet size in use (path MTU discovery's current size).
+    pub fn mtu(&self) -> usize {
+        self.pmtud.mtu()
+    }
+
+    fn sync_mtu_stats(&mut self) {
+        let (sent, lost, holes) = self.pmtud.counters();
+        self.stats.mtu_probes_sent = sent;
+        self.stats.mtu_probes_lost = lost;
+        self.stats.mtu_black_holes = holes;
     }
 
     fn detect_lost(&mut self, now: Instant) {
@@ -1418,6 +1475,13 @@ impl Connection {
             // Just listed from the map.
             let p = self.sent.remove(&pn).expect("listed");
             self.stats.packets_lost += 1;
+            if self.pmtud.on_lost(pn, p.size as usize, now, self.next_pn) {
+                tracing::debug!(
+                    conn = self.local_id,
+                    "path MTU black hole: back to the base size"
+                );
+                self.sync_mtu_stats();
+            }
             self.declared_lost.push_back(pn);
             if self.declared_lost.len() > 256 {
                 self.declared_lost.pop_front();
@@ -1471,7 +1535,7 @@ impl Connection {
         if srtt <= 0.0 {
             return 0.0;
         }
-        let packets = self.cc.window as f64 / self.config.mtu() as f64;
+        let packets = self.cc.window as f64 / self.mtu() as f64;
         packets * (1.0 - self.rtt.min.as_secs_f64() / srtt).max(0.0)
     }
 
@@ -1583,6 +1647,15 @@ impl Connection {
         if !self.sent.is_empty() {
             // Probe timeout: resend the oldest packet's data and elicit an ack.
             self.pto_count = (self.pto_count + 1).min(16);
+            if self.pto_count == 2 && self.pmtud.on_silence(now, self.next_pn) {
+                // Nothing acknowledged through two timeouts: maybe the path stopped carrying
+                // packets of this size. What is resent goes in packets of the base size.
+                tracing::debug!(
+                    conn = self.local_id,
+                    "no acks: path MTU back to the base size"
+                );
+                self.sync_mtu_stats();
+            }
             self.probes = 2;
             if let Some(segs) = self.sent.values().next().map(|p| p.segments.clone()) {
                 for s in segs {
@@ -1696,8 +1769,12 @@ impl Connection {
     }
 
     fn max_payload(&self) -> usize {
-        let tag = if self.unencrypted { 0 } else { TAG_LEN };
-        self.config.mtu() - SHORT_HEADER_LEN - tag
+        self.mtu() - self.overhead()
+    }
+
+    /// Header and tag bytes of a data packet.
+    fn overhead(&self) -> usize {
+        SHORT_HEADER_LEN + if self.unencrypted { 0 } else { TAG_LEN }
     }
 
     /// Appends the next datagram to `buf`. Returns `false` (and leaves `buf` as it was) when
@@ -1758,7 +1835,7 @@ impl Connection {
 
     /// True when the window and the amplification budget let a data packet go.
     fn can_send_data(&self) -> bool {
-        self.in_flight + self.config.mtu() as u64 <= self.window()
+        self.in_flight + self.mtu() as u64 <= self.window()
             && self.amplification_budget().is_none_or(|b| b >= MIN_PACKET)
     }
 
@@ -1769,7 +1846,7 @@ impl Connection {
             if budget < MIN_PACKET {
                 return false;
             }
-            max_payload = max_payload.min(budget - (self.config.mtu() - full_payload));
+            max_payload = max_payload.min(budget - self.overhead());
         }
         let mut segments = SegRefs::new();
         let mut eliciting = false;
@@ -1786,7 +1863,7 @@ impl Connection {
                 .has_sendable(now, self.config.nagle_time, full_payload);
         self.pacing_wait = None;
         if data_ok && self.probes == 0 {
-            let mtu = self.config.mtu();
+            let mtu = self.mtu();
             if !self.can_send_data() {
                 data_ok = false;
             } else if let Some(at) = self.pacer.delay(
@@ -1798,6 +1875,12 @@ impl Connection {
             ) {
                 data_ok = false;
                 self.pacing_wait = Some(at);
+            }
+        }
+        if data_ok && self.validated {
+            self.check_mtu_probe(now);
+            if let Some(size) = self.pmtud.probe_due(now) {
+                return self.build_mtu_probe(now, buf, size);
             }
         }
         let ping = self.ping_pending && sending_data;
@@ -1911,6 +1994,52 @@ impl Connection {
             );
         }
         self.arm_loss_timer();
+        true
+    }
+
+    /// A path MTU probe of `size` bytes: a PING (with an ack, when one is owed) padded to the
+    /// size. It is not data: it stays out of the flight and its loss is not congestion (one
+    /// at a time, paced like the rest).
+    fn build_mtu_probe(&mut self, now: Instant, buf: &mut Vec<u8>, size: usize) -> bool {
+        let start = buf.len();
+        let pn = self.next_pn;
+        let mut key_phase = false;
+        if let (false, Some(keys)) = (self.unencrypted, &mut self.keys) {
+            if keys.update_if_due(pn, self.largest_acked, self.config.key_update_packets) {
+                self.stats.key_updates = keys.updates();
+            }
+            key_phase = keys.send_phase();
+        }
+        ShortHeader {
+            encrypted: !self.unencrypted,
+            key_phase,
+            dst_id: self.remote_id,
+            pn_low: pn as u32,
+        }
+        .encode(buf);
+        if self.ack.dirty {
+            if let Some(f) = self.ack_frame(now, size / 2) {
+                f.encode(buf);
+            }
+        }
+        Frame::Ping.encode(buf);
+        let tag = if self.unencrypted { 0 } else { TAG_LEN };
+        // Padding frames (zero bytes) up to the size, tag included.
+        buf.resize((start + size - tag).max(buf.len()), 0);
+        self.next_pn += 1;
+        if let (false, Some(keys)) = (self.unencrypted, &self.keys) {
+            let (header, frames) = buf[start..].split_at_mut(SHORT_HEADER_LEN);
+            let tag = keys.seal_in_place(pn, header, frames);
+            buf.extend_from_slice(&tag);
+        }
+        let sent = buf.len() - start;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += sent as u64;
+        self.amp_sent += sent as u64;
+        self.pacer.on_send(sent);
+        self.last_eliciting_sent = Some(now);
+        self.pmtud.on_probe_sent(pn, sent, now);
+        self.sync_mtu_stats();
         true
     }
 

@@ -18,6 +18,7 @@ pub(crate) mod conns;
 pub(crate) mod crypto;
 pub(crate) mod endpoint;
 pub(crate) mod packet;
+pub(crate) mod pmtud;
 pub(crate) mod ranges;
 pub(crate) mod recovery;
 pub(crate) mod recv;
@@ -42,6 +43,7 @@ pub use connection::{
 };
 pub use conns::{ConnGuard, ConnId, ConnRef};
 pub use endpoint::{Endpoint, EndpointStats, P2pRequest, SignalOutcome, Transmit};
+pub use pmtud::BASE_MTU;
 pub use recv::Received;
 pub use types::{ConnectionInfoFlags, ConnectionState, EndReason, SendFlags};
 

@@ -269,7 +269,7 @@ pub(super) const MAX_MTU: i32 = 65_000;
 /// Smallest value of `MTU_PacketSize`.
 pub(super) const MIN_MTU: i32 = 576;
 /// Default `MTU_PacketSize`.
-pub(super) const DEFAULT_MTU: i32 = 1300;
+pub(super) const DEFAULT_MTU: i32 = 1452;
 /// Upper bound of the buffer-size values (256 MiB).
 const MAX_BUFFER: f64 = 268_435_456.0;
 /// Largest message size the wire format can describe (64 MiB; `proto::codec`'s cap).

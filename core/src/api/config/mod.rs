@@ -119,11 +119,13 @@ pub enum ConfigValue {
     /// Relay network: comma-separated relay addresses that replace the configured list, for
     /// debugging. Default empty.
     SdrClientForceProxyAddr = 31,
-    /// Largest UDP payload sent, in bytes (576-65000). Default 1300. Larger packets carry less
-    /// header overhead but risk IP fragmentation and loss on paths with a smaller MTU.
+    /// Largest UDP payload sent, in bytes (576-65000). Default 1452 (the reference's is
+    /// 1300). A connection starts at 1200 bytes and discovers the path's limit up to this
+    /// (DPLPMTUD, RFC 8899: padded probes, a fall back on a black hole); at or below 1200 it
+    /// sends this size from the start.
     MtuPacketSize = 32,
     /// Read-only: the largest message that fits in one packet without being split, derived
-    /// from [`MtuPacketSize`](Self::MtuPacketSize) (1271 at the default); see [`mtu_data_size`].
+    /// from [`MtuPacketSize`](Self::MtuPacketSize) (1423 at the default; packets may be smaller while path MTU discovery runs, and a larger message is split); see [`mtu_data_size`].
     MtuDataSize = 33,
     /// Whether data may travel unencrypted: 0 never, 1 allowed but encryption preferred,
     /// 2 allowed and preferred, 3 required. Default 0. Data is only sent in the clear when

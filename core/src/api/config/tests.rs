@@ -320,7 +320,7 @@ fn mtu_data_size_is_derived() {
     assert_eq!(mtu_data_size(0), 0);
     assert_eq!(
         resolve(ConfigValue::MtuDataSize, &[]),
-        (ConfigData::Int32(1271), GetResult::Ok)
+        (ConfigData::Int32(1423), GetResult::Ok)
     );
     let mut listen = ConfigStore::new();
     listen
