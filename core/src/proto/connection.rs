@@ -1889,24 +1889,7 @@ impl Connection {
             return false;
         }
         // Frames go straight into `buf` after the header and are sealed there in place.
-        let start = buf.len();
-        let pn = self.next_pn;
-        let mut key_phase = false;
-        if let (false, Some(keys)) = (self.unencrypted, &mut self.keys) {
-            // A key that has sealed its share of packets, and that the peer has shown it
-            // holds, gives way to the next generation.
-            if keys.update_if_due(pn, self.largest_acked, self.config.key_update_packets) {
-                self.stats.key_updates = keys.updates();
-            }
-            key_phase = keys.send_phase();
-        }
-        ShortHeader {
-            encrypted: !self.unencrypted,
-            key_phase,
-            dst_id: self.remote_id,
-            pn_low: pn as u32,
-        }
-        .encode(buf);
+        let (start, pn) = self.begin_packet(buf);
         let body = buf.len();
         let payload = buf;
         if self.ack.dirty || ack_now {
@@ -1966,14 +1949,7 @@ impl Connection {
         if self.probes > 0 && eliciting {
             self.probes -= 1;
         }
-        self.next_pn += 1;
-        if let Some(keys) = &self.keys {
-            if !self.unencrypted {
-                let (header, frames) = payload[start..].split_at_mut(SHORT_HEADER_LEN);
-                let tag = keys.seal_in_place(pn, header, frames);
-                payload.extend_from_slice(&tag);
-            }
-        }
+        self.seal_packet(payload, start, pn);
         let size = (payload.len() - start) as u64;
         self.amp_sent += size;
         self.stats.packets_sent += 1;
@@ -2001,6 +1977,32 @@ impl Connection {
     /// size. It is not data: it stays out of the flight and its loss is not congestion (one
     /// at a time, paced like the rest).
     fn build_mtu_probe(&mut self, now: Instant, buf: &mut Vec<u8>, size: usize) -> bool {
+        let (start, pn) = self.begin_packet(buf);
+        if self.ack.dirty {
+            if let Some(f) = self.ack_frame(now, size / 2) {
+                f.encode(buf);
+            }
+        }
+        Frame::Ping.encode(buf);
+        let tag = if self.unencrypted { 0 } else { TAG_LEN };
+        // Padding frames (zero bytes) up to the size, tag included.
+        buf.resize((start + size - tag).max(buf.len()), 0);
+        self.seal_packet(buf, start, pn);
+        let sent = buf.len() - start;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += sent as u64;
+        self.amp_sent += sent as u64;
+        self.pacer.on_send(sent);
+        self.last_eliciting_sent = Some(now);
+        self.pmtud.on_probe_sent(pn, sent, now);
+        self.sync_mtu_stats();
+        true
+    }
+
+    /// Writes the short header of the next packet at the end of `buf`; returns where the
+    /// packet starts and its number. A key that has sealed its share of packets, and that
+    /// the peer has shown it holds, gives way to the next generation first.
+    fn begin_packet(&mut self, buf: &mut Vec<u8>) -> (usize, u64) {
         let start = buf.len();
         let pn = self.next_pn;
         let mut key_phase = false;
@@ -2017,30 +2019,17 @@ impl Connection {
             pn_low: pn as u32,
         }
         .encode(buf);
-        if self.ack.dirty {
-            if let Some(f) = self.ack_frame(now, size / 2) {
-                f.encode(buf);
-            }
-        }
-        Frame::Ping.encode(buf);
-        let tag = if self.unencrypted { 0 } else { TAG_LEN };
-        // Padding frames (zero bytes) up to the size, tag included.
-        buf.resize((start + size - tag).max(buf.len()), 0);
+        (start, pn)
+    }
+
+    /// Seals packet `pn` (from `start` to the end of `buf`) in place and appends its tag.
+    fn seal_packet(&mut self, buf: &mut Vec<u8>, start: usize, pn: u64) {
         self.next_pn += 1;
         if let (false, Some(keys)) = (self.unencrypted, &self.keys) {
             let (header, frames) = buf[start..].split_at_mut(SHORT_HEADER_LEN);
             let tag = keys.seal_in_place(pn, header, frames);
             buf.extend_from_slice(&tag);
         }
-        let sent = buf.len() - start;
-        self.stats.packets_sent += 1;
-        self.stats.bytes_sent += sent as u64;
-        self.amp_sent += sent as u64;
-        self.pacer.on_send(sent);
-        self.last_eliciting_sent = Some(now);
-        self.pmtud.on_probe_sent(pn, sent, now);
-        self.sync_mtu_stats();
-        true
     }
 
     /// An ACK frame of at most about `max_len` bytes (older ranges are left out).
