@@ -2,7 +2,7 @@
 //! ceiling, all in one run. Prints a table, then one JSON object as the last line.
 //!
 //! `cargo bench -p punchline --bench compare` (full) or `-- --quick` (under two minutes);
-//! `-- --only bulk,small,threads,pingpong,handshakes,memory,wan,loss` runs some parts (`loss0`: the relay
+//! `-- --only bulk,small,threads,pingpong,handshakes,memory,wan,loss,fairness` runs some parts (`loss0`: the relay
 //! with no loss), `-- --repeat 5` runs them five times and reports medians (and the spread of
 //! `bulk_vs_quinn` as `bulk_spread`), and `BENCH_DETAIL=1`
 //! prints the detailed connection status after each impaired transfer.
@@ -11,11 +11,12 @@ mod proxy;
 mod quinn_peer;
 
 use bytes::Bytes;
-use proxy::{Impair, Proxy};
+use proxy::{Bottleneck, Impair, Proxy};
 use punchline::api::config::{ConfigData, ConfigValue};
 use punchline::api::{ConfigTarget, StatusEvents};
 use punchline::{ConnectionHandle, ConnectionState, Error, SendFlags, Sockets};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;
@@ -204,9 +205,14 @@ fn measure(quick: bool, only: Option<&str>) -> Measured {
         num("wan_bulk_vs_quinn", pl / qn);
     }
 
-    // The relay without loss only when asked for by name.
+    // The same relay without loss too, for `loss5_vs_loss0` (also alone: `--only loss0`).
     let loss0 = only.is_some_and(|o| o.split(',').any(|p| p == "loss0"));
-    let losses: &[f64] = if loss0 { &[0.0] } else { &[0.01, 0.05] };
+    let losses: &[f64] = if loss0 && !run("loss") {
+        &[0.0]
+    } else {
+        &[0.0, 0.01, 0.05]
+    };
+    let mut goodput = Vec::new();
     for &loss in losses.iter().filter(|_| run("loss") || loss0) {
         eprintln!(
             "loss {}%: {} MiB through a 20 ms RTT relay",
@@ -230,9 +236,106 @@ fn measure(quick: bool, only: Option<&str>) -> Measured {
         let key = format!("loss{}", (loss * 100.0) as u32);
         num(&format!("{key}_goodput_mb_s"), pl);
         num(&format!("{key}_goodput_vs_quinn"), pl / qn);
+        goodput.push((loss, pl));
+    }
+    if run("fairness") {
+        // A punchline flow and a quinn flow at once through one bottleneck with a router's
+        // queue: each should get about half.
+        let secs = if quick { 4 } else { 10 };
+        let b = Bottleneck {
+            rate: 4_000_000,
+            queue: 80_000,
+        };
+        eprintln!(
+            "fairness: punchline and quinn together through {} MB/s with a {} KB queue, 20 ms RTT, {secs} s",
+            b.rate / 1_000_000,
+            b.queue / 1000
+        );
+        let (pl, qn) = fairness(b, Duration::from_secs(secs));
+        rows.push(row(
+            "fairness: shared 4 MB/s bottleneck, MB/s",
+            pl,
+            qn,
+            None,
+        ));
+        num("fairness_punchline_mb_s", pl);
+        num("fairness_quinn_mb_s", qn);
+        num("fairness_vs_quinn", pl / qn);
+    }
+    let at = |l: f64| goodput.iter().find(|(x, _)| *x == l).map(|(_, g)| *g);
+    if let (Some(g5), Some(g0)) = (at(0.05), at(0.0)) {
+        // Loss that is not congestion should not collapse the rate.
+        num("loss5_vs_loss0", g5 / g0);
     }
 
     (rows, json)
+}
+
+/// Runs a punchline flow and a quinn flow at the same time through one relay with
+/// bottleneck `b` (and 10 ms each way), for `window` after a second of warm-up; returns each
+/// one's goodput in MB/s over the window.
+fn fairness(b: Bottleneck, window: Duration) -> (f64, f64) {
+    let from = Instant::now() + Duration::from_secs(2);
+    let until = from + window;
+    let (q_server_tx, q_server_rx) = std::sync::mpsc::channel();
+    let (q_target_tx, q_target_rx) = std::sync::mpsc::channel();
+    let quinn = std::thread::spawn(move || {
+        quinn_peer::timed_flow(BULK_MSG, q_server_tx, q_target_rx, from, until)
+    });
+    let server = Sockets::new().expect("sockets");
+    let client = Sockets::new().expect("sockets");
+    big_buffers(&server);
+    big_buffers(&client);
+    let mut events = server.status_events();
+    let listen = server
+        .create_listen_socket_ip("127.0.0.1:0".parse().expect("addr"), &[])
+        .expect("listen");
+    let addr = server.get_listen_socket_address(listen).expect("addr");
+    let q_addr = q_server_rx.recv().expect("quinn server address");
+    let imp = Impair {
+        loss: 0.0,
+        delay: Duration::from_millis(10),
+    };
+    let proxy = Proxy::start_shared(&[addr, q_addr], imp, Some(b), 11);
+    q_target_tx.send(proxy.addrs[1]).expect("quinn target");
+    let c = client
+        .connect_by_ip_address(proxy.addrs[0], &[])
+        .expect("connect");
+    let s = accept_one(&server, &mut events);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (client, stop) = (client.clone(), stop.clone());
+        let payload = Bytes::from(vec![0xAB; BULK_MSG]);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client.send_message_to_connection(c, payload.clone(), SendFlags::RELIABLE) {
+                    Ok(_) => {}
+                    Err(Error::LimitExceeded) => std::thread::sleep(Duration::from_micros(200)),
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+    let (mut got, mut base) = (0u64, None);
+    while Instant::now() < until {
+        for m in server
+            .receive_messages_on_connection(s, 4096)
+            .expect("receive")
+        {
+            got += m.payload.len() as u64;
+        }
+        if Instant::now() >= from && base.is_none() {
+            base = Some(got);
+        }
+        server.wait_for_activity(Duration::from_millis(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().expect("sender");
+    let pl = got - base.unwrap_or(got);
+    let qn = quinn.join().expect("quinn flow");
+    drop(proxy);
+    let secs = window.as_secs_f64();
+    (pl as f64 / 1e6 / secs, qn as f64 / 1e6 / secs)
 }
 
 fn row(name: &str, pl: f64, qn: f64, udp: Option<f64>) -> (String, String, String, String) {

@@ -25,10 +25,22 @@ pub struct Impair {
     pub delay: Duration,
 }
 
+/// A bottleneck link in front of the impairment: `rate` bytes a second, and a drop-tail
+/// queue of at most `queue` bytes waiting for it, as a router's.
+#[derive(Debug, Clone, Copy)]
+pub struct Bottleneck {
+    /// Link rate, bytes per second.
+    pub rate: u64,
+    /// Bytes that may wait for the link; what arrives beyond is dropped.
+    pub queue: u64,
+}
+
 /// A running relay; stops when dropped.
 pub struct Proxy {
     /// Where clients send (instead of the server's address).
     pub addr: SocketAddr,
+    /// With [`start_shared`](Self::start_shared), one address per server, in order.
+    pub addrs: Vec<SocketAddr>,
     stop: Arc<Notify>,
     thread: Option<JoinHandle<()>>,
 }
@@ -37,9 +49,30 @@ impl Proxy {
     /// Relays between a client and `server`, impaired by `imp`; `seed` makes the loss pattern
     /// the same for every peer measured.
     pub fn start(server: SocketAddr, imp: Impair, seed: u64) -> Proxy {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind relay");
-        sock.set_nonblocking(true).expect("nonblocking");
-        let addr = sock.local_addr().expect("addr");
+        Self::start_shared(&[server], imp, None, seed)
+    }
+
+    /// Relays between one client and each of `servers` (a relay address per server), all
+    /// through the one impairment and `bottleneck`: flows that share a path.
+    pub fn start_shared(
+        servers: &[SocketAddr],
+        imp: Impair,
+        bottleneck: Option<Bottleneck>,
+        seed: u64,
+    ) -> Proxy {
+        let socks: Vec<std::net::UdpSocket> = servers
+            .iter()
+            .map(|_| {
+                let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind relay");
+                sock.set_nonblocking(true).expect("nonblocking");
+                sock
+            })
+            .collect();
+        let addrs: Vec<SocketAddr> = socks
+            .iter()
+            .map(|s| s.local_addr().expect("addr"))
+            .collect();
+        let servers = servers.to_vec();
         let stop = Arc::new(Notify::new());
         let s2 = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -48,15 +81,19 @@ impl Proxy {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let sock = UdpSocket::from_std(sock).expect("tokio socket");
+                let socks: Vec<UdpSocket> = socks
+                    .into_iter()
+                    .map(|s| UdpSocket::from_std(s).expect("tokio socket"))
+                    .collect();
                 tokio::select! {
-                    () = relay(sock, server, imp, seed) => {}
+                    () = relay(socks, servers, imp, bottleneck, seed) => {}
                     () = s2.notified() => {}
                 }
             });
         });
         Proxy {
-            addr,
+            addr: addrs[0],
+            addrs,
             stop,
             thread: Some(thread),
         }
@@ -72,10 +109,17 @@ impl Drop for Proxy {
     }
 }
 
-async fn relay(sock: UdpSocket, server: SocketAddr, imp: Impair, seed: u64) {
-    let mut client: Option<SocketAddr> = None;
-    // One conditioner for both directions, like one lossy path shared by data and acks.
-    let mut net: Conditioner<(SocketAddr, Vec<u8>)> = Conditioner::new(
+async fn relay(
+    socks: Vec<UdpSocket>,
+    servers: Vec<SocketAddr>,
+    imp: Impair,
+    bottleneck: Option<Bottleneck>,
+    seed: u64,
+) {
+    let mut clients: Vec<Option<SocketAddr>> = vec![None; socks.len()];
+    // One conditioner for both directions and every flow, like one lossy path shared by data
+    // and acks. Items: (relay socket, destination, datagram).
+    let mut net: Conditioner<(usize, SocketAddr, Vec<u8>)> = Conditioner::new(
         Impairment {
             loss_pct: (imp.loss * 100.0) as f32,
             lag: imp.delay,
@@ -83,14 +127,16 @@ async fn relay(sock: UdpSocket, server: SocketAddr, imp: Impair, seed: u64) {
         },
         seed,
     );
+    // When the bottleneck link is free again.
+    let mut link_free = std::time::Instant::now();
     let mut buf = vec![0u8; 65_536];
     loop {
-        while let Some((to, data)) = net.pop_due(Instant::now().into_std()) {
-            let _ = sock.send_to(&data, to).await;
+        while let Some((i, to, data)) = net.pop_due(Instant::now().into_std()) {
+            let _ = socks[i].send_to(&data, to).await;
         }
         let next = net.next_due().map(Instant::from_std);
         let got = tokio::select! {
-            r = sock.recv_from(&mut buf) => r.ok(),
+            r = recv_any(&socks, &mut buf) => r,
             () = async {
                 match next {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -98,18 +144,51 @@ async fn relay(sock: UdpSocket, server: SocketAddr, imp: Impair, seed: u64) {
                 }
             } => None,
         };
-        let Some((n, from)) = got else {
+        let Some((i, n, from)) = got else {
             continue;
         };
-        let to = if from == server {
-            match client {
+        let to = if from == servers[i] {
+            match clients[i] {
                 Some(c) => c,
                 None => continue,
             }
         } else {
-            client = Some(from);
-            server
+            clients[i] = Some(from);
+            servers[i]
         };
-        net.push(Instant::now().into_std(), (to, buf[..n].to_vec()), n);
+        let now = Instant::now().into_std();
+        // The bottleneck: a datagram leaves once those before it have; if more than the queue
+        // holds wait ahead of it, it is dropped.
+        let at = match bottleneck {
+            None => now,
+            Some(b) => {
+                let start = link_free.max(now);
+                let waiting = start.duration_since(now).as_secs_f64() * b.rate as f64;
+                if waiting > b.queue as f64 {
+                    continue;
+                }
+                link_free = start + Duration::from_secs_f64(n as f64 / b.rate as f64);
+                link_free
+            }
+        };
+        net.push(at, (i, to, buf[..n].to_vec()), n);
     }
+}
+
+/// The next datagram on any of `socks`: (socket index, length, sender).
+async fn recv_any(socks: &[UdpSocket], buf: &mut [u8]) -> Option<(usize, usize, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for (i, s) in socks.iter().enumerate() {
+            let mut rb = tokio::io::ReadBuf::new(buf);
+            match s.poll_recv_from(cx, &mut rb) {
+                std::task::Poll::Ready(Ok(from)) => {
+                    return std::task::Poll::Ready(Some((i, rb.filled().len(), from)))
+                }
+                std::task::Poll::Ready(Err(_)) => return std::task::Poll::Ready(None),
+                std::task::Poll::Pending => {}
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }

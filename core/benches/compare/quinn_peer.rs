@@ -172,6 +172,56 @@ pub fn bulk(total: u64, msg: usize, impair: Option<Impair>, seed: u64) -> Durati
     })
 }
 
+/// One quinn flow of the fairness row: binds a server, sends its address on `server_tx`,
+/// waits for the relay's address on `target_rx`, then sends `msg`-byte chunks on one stream
+/// through it. Returns the bytes the server received between `from` and `until`.
+pub fn timed_flow(
+    msg: usize,
+    server_tx: std::sync::mpsc::Sender<SocketAddr>,
+    target_rx: std::sync::mpsc::Receiver<SocketAddr>,
+    from: Instant,
+    until: Instant,
+) -> u64 {
+    let rt = runtime();
+    rt.block_on(async move {
+        let (server, client) = endpoints();
+        server_tx
+            .send(server.local_addr().expect("server local address"))
+            .expect("server address");
+        let target = target_rx.recv().expect("relay address");
+        let srv = server.clone();
+        let server_task = tokio::spawn(async move {
+            let conn = accept(&srv).await;
+            let mut recv = conn.accept_uni().await.expect("accept stream");
+            let (mut got, mut base) = (0u64, None);
+            loop {
+                let chunk = recv.read_chunk(usize::MAX, true).await;
+                let Ok(Some(chunk)) = chunk else { break };
+                got += chunk.bytes.len() as u64;
+                let now = Instant::now();
+                if now >= from && base.is_none() {
+                    base = Some(got);
+                }
+                if now >= until {
+                    break;
+                }
+            }
+            (got - base.unwrap_or(got), conn)
+        });
+        let conn = connect(&client, target).await;
+        let payload = Bytes::from(vec![0xA5u8; msg]);
+        let mut send = conn.open_uni().await.expect("open stream");
+        let writer = async { while send.write_chunk(payload.clone()).await.is_ok() {} };
+        let (bytes, server_conn) = tokio::select! {
+            r = server_task => r.expect("flow server task"),
+            () = writer => panic!("the stream closed early"),
+        };
+        conn.close(VarInt::from_u32(0), b"done");
+        drop(server_conn);
+        bytes
+    })
+}
+
 /// Small messages: `count` messages of `size` bytes (at most 65 535) on ONE unidirectional
 /// stream, each framed as a big-endian u16 length then the payload and written with one
 /// `write_chunk` call per message (the framed message is built once and shared). Returns the

@@ -16,7 +16,7 @@ use super::crypto::{self, expand_packet_number, Keys, ReplayWindow, TAG_LEN};
 use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, SHORT_HEADER_LEN};
 use super::pmtud::Pmtud;
 use super::ranges::RangeSet;
-use super::recovery::{Cubic, Pacer, RttEstimator};
+use super::recovery::{self, Cubic, Pacer, RttEstimator};
 use super::recv::{Reassembly, Received, RecvError};
 use super::send::{SegRef, SendQueue};
 use super::types::{ConnectionInfoFlags, ConnectionState, EndReason, SendFlags};
@@ -182,6 +182,10 @@ struct SentPacket {
     segments: SegRefs,
 }
 
+/// How much one packet's fate moves [`Connection`]'s recent loss rate: about the last 32
+/// packets count.
+const LOSS_RATE_WEIGHT: f64 = 1.0 / 32.0;
+
 /// The client resends its hello after this, doubling each time up to [`HELLO_BACKOFF_MAX`]:
 /// about a dozen tries within the default 10 s `TimeoutInitial`, so a lossy path still
 /// connects (1,200 bytes a second at worst).
@@ -268,6 +272,9 @@ pub struct Connection {
     probes: u32,
     /// Path MTU discovery: the packet size in use.
     pmtud: Pmtud,
+    /// The share of recent ack-eliciting packets declared lost (an average over the last
+    /// few dozen, each packet weighing [`LOSS_RATE_WEIGHT`]).
+    loss_rate: f64,
     ping_pending: bool,
     last_eliciting_sent: Option<Instant>,
     sendq: SendQueue,
@@ -570,6 +577,7 @@ impl Connection {
             pto_count: 0,
             probes: 0,
             pmtud: Pmtud::new(mss),
+            loss_rate: 0.0,
             ping_pending: false,
             last_eliciting_sent: None,
             sendq: SendQueue::new(),
@@ -1411,6 +1419,7 @@ impl Connection {
             self.pmtud.on_probe_acked(pn);
         }
         for (pn, p) in newly {
+            self.loss_rate *= 1.0 - LOSS_RATE_WEIGHT;
             self.pmtud.on_acked(pn, p.size as usize);
             self.in_flight -= p.size;
             self.cc
@@ -1487,7 +1496,9 @@ impl Connection {
                 self.declared_lost.pop_front();
             }
             self.in_flight -= p.size;
-            if self.cc.on_loss(now, p.time, self.queued_estimate()) {
+            self.loss_rate = self.loss_rate * (1.0 - LOSS_RATE_WEIGHT) + LOSS_RATE_WEIGHT;
+            let congested = recovery::congested(self.rtt.smoothed, self.rtt.min, self.loss_rate);
+            if self.cc.on_loss(now, p.time, congested) {
                 self.episode_lost = Some(Vec::new());
             }
             if let Some(episode) = &mut self.episode_lost {
@@ -1526,17 +1537,6 @@ impl Connection {
             self.reorder_threshold = (self.reorder_threshold + spurious as u64).min(20);
             self.reorder_time_factor = (self.reorder_time_factor + 0.25).min(2.0);
         }
-    }
-
-    /// How many of our packets wait in queues on the path: the window times the fraction of
-    /// the smoothed RTT above the minimum (what queues add to the propagation delay).
-    fn queued_estimate(&self) -> f64 {
-        let srtt = self.rtt.smoothed.as_secs_f64();
-        if srtt <= 0.0 {
-            return 0.0;
-        }
-        let packets = self.cc.window as f64 / self.mtu() as f64;
-        packets * (1.0 - self.rtt.min.as_secs_f64() / srtt).max(0.0)
     }
 
     /// How long after a later packet is acknowledged an earlier one counts as lost.

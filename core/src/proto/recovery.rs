@@ -85,12 +85,17 @@ impl Default for RttEstimator {
 /// (see `Connection`), and `SendRateMin` / `SendRateMax` clamp the resulting rate.
 ///
 /// Not every loss is congestion: on wireless links and busy home routers packets are lost at
-/// random while no queue builds. As in TCP Veno (Fu and Liew, 2003), the sender estimates
-/// how many of its packets sit in queues when a loss is detected, from the window and how far
-/// the smoothed RTT is above the minimum: `window * (1 - min_rtt / srtt)`. Under
-/// `RANDOM_LOSS_QUEUE` packets the loss is taken as random and the window shrinks by a
-/// smaller factor (`RANDOM_LOSS_BETA`) than for congestion. A real bottleneck fills its queue
-/// before it drops, so congestion still gets the full CUBIC reduction.
+/// random while no queue builds. The sender keeps a model of the path, as BBR does with its
+/// min-RTT estimate, and a loss counts as congestion only when the model says the path is
+/// congested: a queue is building (the smoothed RTT stands more than
+/// [`QUEUE_DELAY_SHARE`] of the minimum, and at least [`QUEUE_DELAY_MIN`], above it), or the
+/// recent loss rate reaches [`RANDOM_LOSS_RATE_MAX`]. Any other loss is random and the window
+/// is not cut at all: the path delivers what is sent at this rate, less a random share. A
+/// real bottleneck fills its queue before it drops, so congestion still gets the full CUBIC
+/// reduction and flows sharing a bottleneck with TCP or QUIC back off as they do; a sender
+/// that overshoots a policer, which has no queue, sees its loss rate climb past the bound and
+/// cuts too. (Until 2026-12-04 a random loss cut the window by 12%, TCP Veno's rule, which at
+/// 5% random loss still kept the window a few packets wide.)
 #[derive(Debug, Clone)]
 pub struct Cubic {
     /// Bytes that may be in flight.
@@ -117,12 +122,14 @@ pub const MAX_WINDOW: u64 = 4 * 1024 * 1024;
 
 const CUBIC_C: f64 = 0.4;
 const CUBIC_BETA: f64 = 0.7;
-/// The window factor after a loss with (almost) nothing queued. Veno cuts Reno's window by
-/// a fifth for a random loss instead of a half, 0.4 of the congestion cut; the same share of
-/// CUBIC's 0.3 cut is 0.12.
-const RANDOM_LOSS_BETA: f64 = 0.88;
-/// Fewer packets than this queued on the path when a loss is detected: the loss was random.
-pub const RANDOM_LOSS_QUEUE: f64 = 3.0;
+/// A smoothed RTT more than this share of the minimum above it means a queue is building.
+pub const QUEUE_DELAY_SHARE: f64 = 0.25;
+/// ... and more than this above it, whatever the minimum (timer and scheduling noise).
+pub const QUEUE_DELAY_MIN: Duration = Duration::from_millis(1);
+/// Above this recent loss rate (the share of packets lost, averaged over the last few dozen)
+/// no loss counts as random: links that lose a fifth of what they carry are congested or
+/// policed, not noisy.
+pub const RANDOM_LOSS_RATE_MAX: f64 = 0.2;
 
 impl Cubic {
     /// A window for packets of `mss` bytes: ten packets to start.
@@ -197,11 +204,14 @@ impl Cubic {
         }
     }
 
-    /// Shrinks the window for a loss of a packet sent at `sent`, when an estimated `queued`
-    /// packets of this connection wait in queues on the path; one reduction per round trip.
-    /// Returns whether the window was cut (not when the loss falls in the same round trip as
-    /// the last cut).
-    pub fn on_loss(&mut self, now: Instant, sent: Instant, queued: f64) -> bool {
+    /// Shrinks the window for a loss of a packet sent at `sent`, when the path model says
+    /// the path is `congested` ([`congested`]); one reduction per round trip. Returns
+    /// whether the window was cut (not for a random loss, nor when the loss falls in the same
+    /// round trip as the last cut).
+    pub fn on_loss(&mut self, now: Instant, sent: Instant, congested: bool) -> bool {
+        if !congested {
+            return false;
+        }
         if self.recovery_start.is_some_and(|r| sent <= r) {
             return false;
         }
@@ -217,15 +227,18 @@ impl Cubic {
         } else {
             window
         };
-        let beta = if queued < RANDOM_LOSS_QUEUE {
-            RANDOM_LOSS_BETA
-        } else {
-            CUBIC_BETA
-        };
-        self.window = ((window * beta) as u64).max(self.min_window());
+        self.window = ((window * CUBIC_BETA) as u64).max(self.min_window());
         self.ssthresh = self.window;
         true
     }
+}
+
+/// Whether a loss now means congestion, by the path model: a queue building (the smoothed
+/// RTT `srtt` well above the minimum `min_rtt`), or a recent loss rate no random link has.
+pub fn congested(srtt: Duration, min_rtt: Duration, loss_rate: f64) -> bool {
+    let queue_delay = srtt.saturating_sub(min_rtt);
+    let building = queue_delay > min_rtt.mul_f64(QUEUE_DELAY_SHARE).max(QUEUE_DELAY_MIN);
+    building || loss_rate >= RANDOM_LOSS_RATE_MAX
 }
 
 /// Spreads packets over time at a rate, allowing a small burst.
@@ -304,9 +317,9 @@ mod tests {
         cc.on_ack(t0, t0, 10_000, rtt, false);
         assert_eq!(cc.window, 20_000, "no growth while application-limited");
         let t1 = t0 + rtt;
-        assert!(cc.on_loss(t1, t0, 10.0));
+        assert!(cc.on_loss(t1, t0, true));
         assert_eq!(cc.window, 14_000);
-        assert!(!cc.on_loss(t1, t0, 10.0), "same flight: no second cut");
+        assert!(!cc.on_loss(t1, t0, true), "same flight: no second cut");
         assert_eq!(cc.window, 14_000);
         // Acks of packets sent after the loss grow it back toward 20 000 and beyond.
         let mut now = t1;
@@ -318,15 +331,22 @@ mod tests {
     }
 
     #[test]
-    fn a_loss_with_no_queue_built_cuts_less_than_congestion() {
+    fn a_loss_with_no_queue_built_and_a_low_loss_rate_cuts_nothing() {
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_millis(10);
+        let ms = Duration::from_millis;
         let mut random = Cubic::new(1000);
-        random.on_loss(t1, t0, 0.5);
-        let mut congested = Cubic::new(1000);
-        congested.on_loss(t1, t0, RANDOM_LOSS_QUEUE);
-        assert_eq!(congested.window, 7_000);
-        assert_eq!(random.window, 8_800);
+        assert!(!random.on_loss(t1, t0, congested(ms(22), ms(20), 0.05)));
+        assert_eq!(random.window, 10_000);
+        let mut queued = Cubic::new(1000);
+        assert!(queued.on_loss(t1, t0, congested(ms(26), ms(20), 0.05)));
+        assert_eq!(queued.window, 7_000);
+        let mut policed = Cubic::new(1000);
+        assert!(policed.on_loss(t1, t0, congested(ms(20), ms(20), RANDOM_LOSS_RATE_MAX)));
+        assert_eq!(policed.window, 7_000);
+        // On a short path the floor decides: over 1 ms above a 1 ms minimum is a queue.
+        assert!(!congested(Duration::from_micros(1900), ms(1), 0.0));
+        assert!(congested(Duration::from_micros(2100), ms(1), 0.0));
     }
 
     #[test]
