@@ -282,15 +282,7 @@ fn fairness(b: Bottleneck, window: Duration) -> (f64, f64) {
     let quinn = std::thread::spawn(move || {
         quinn_peer::timed_flow(BULK_MSG, q_server_tx, q_target_rx, from, until)
     });
-    let server = Sockets::new().expect("sockets");
-    let client = Sockets::new().expect("sockets");
-    big_buffers(&server);
-    big_buffers(&client);
-    let mut events = server.status_events();
-    let listen = server
-        .create_listen_socket_ip("127.0.0.1:0".parse().expect("addr"), &[])
-        .expect("listen");
-    let addr = server.get_listen_socket_address(listen).expect("addr");
+    let (server, client, mut events, addr) = listening_pair();
     let q_addr = q_server_rx.recv().expect("quinn server address");
     let imp = Impair {
         loss: 0.0,
@@ -398,16 +390,23 @@ fn connected(s: &Sockets, h: ConnectionHandle) -> bool {
         .is_ok_and(|i| i.state == ConnectionState::Connected)
 }
 
-fn pair(impair: Option<Impair>, seed: u64) -> Pair {
+/// A server `Sockets` listening on loopback (and its status events and address), and a
+/// client `Sockets`, both with buffers sized for bulk transfer.
+fn listening_pair() -> (Sockets, Sockets, StatusEvents, SocketAddr) {
     let server = Sockets::new().expect("sockets");
     let client = Sockets::new().expect("sockets");
     big_buffers(&server);
     big_buffers(&client);
-    let mut events = server.status_events();
+    let events = server.status_events();
     let listen = server
         .create_listen_socket_ip("127.0.0.1:0".parse().expect("addr"), &[])
         .expect("listen");
     let addr = server.get_listen_socket_address(listen).expect("addr");
+    (server, client, events, addr)
+}
+
+fn pair(impair: Option<Impair>, seed: u64) -> Pair {
+    let (server, client, mut events, addr) = listening_pair();
     let proxy = impair.map(|imp| Proxy::start(addr, imp, seed));
     let target = proxy.as_ref().map_or(addr, |p| p.addr);
     let c = client.connect_by_ip_address(target, &[]).expect("connect");
@@ -500,15 +499,7 @@ fn punchline_small(count: usize, size: usize) -> Duration {
 /// each sending `per_conn` reliable 64-byte messages, one thread receiving them all through a
 /// poll group. Returns the time until the last message arrived.
 fn punchline_small_conns(conns: usize, per_conn: usize) -> Duration {
-    let server = Sockets::new().expect("sockets");
-    let client = Sockets::new().expect("sockets");
-    big_buffers(&server);
-    big_buffers(&client);
-    let mut events = server.status_events();
-    let listen = server
-        .create_listen_socket_ip("127.0.0.1:0".parse().expect("addr"), &[])
-        .expect("listen");
-    let addr = server.get_listen_socket_address(listen).expect("addr");
+    let (server, client, mut events, addr) = listening_pair();
     let group = server.create_poll_group();
     let mut handles = Vec::new();
     for _ in 0..conns {
