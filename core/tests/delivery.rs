@@ -598,12 +598,14 @@ fn window_after_transfer(seed: u64, loss_pct: f32, bytes: usize) -> u64 {
 }
 
 #[test]
-fn congestion_control_opens_on_a_clean_path_and_backs_off_under_loss() {
+fn congestion_control_opens_on_a_clean_path_and_stays_open_under_random_loss() {
     let clean = window_after_transfer(151, 0.0, 4 * 1024 * 1024);
     let lossy = window_after_transfer(151, 5.0, 1024 * 1024);
     // Ten packets to start; a clean path lets it grow far beyond that.
     assert!(clean > 200_000, "clean-path window {clean}");
-    assert!(lossy * 4 < clean, "lossy window {lossy} vs clean {clean}");
+    // Random loss with no queue behind it is not congestion (congestion.rs shows a
+    // building queue bringing the window down).
+    assert!(lossy * 2 >= clean, "lossy window {lossy} vs clean {clean}");
 }
 
 #[test]

@@ -572,7 +572,9 @@ impl Connection {
             largest_acked: None,
             in_flight: 0,
             rtt: RttEstimator::new(),
-            cc: Cubic::new(mss),
+            // Window steps of the base packet size: the size in use may be smaller than
+            // the configured bound for a long time.
+            cc: Cubic::new(mss.min(super::pmtud::BASE_MTU)),
             pacer: Pacer::new(),
             pto_count: 0,
             probes: 0,
@@ -1395,6 +1397,10 @@ impl Connection {
     fn on_ack(&mut self, now: Instant, delay_micros: u64, ranges: &[AckRange]) {
         let mut newly: Vec<(u64, SentPacket)> = Vec::new();
         self.note_spurious_losses(ranges);
+        // The MTU probe is not in `sent`: an ack may cover it alone.
+        if let Some(pn) = ranges.iter().find_map(|r| self.pmtud_probe_in(r)) {
+            self.pmtud.on_probe_acked(pn);
+        }
         for r in ranges {
             let pns: Vec<u64> = self.sent.range(r.clone()).map(|(pn, _)| *pn).collect();
             for pn in pns {
@@ -1415,9 +1421,6 @@ impl Connection {
         self.largest_acked = Some(self.largest_acked.map_or(largest, |l| l.max(largest)));
         // The window was in use if what was in flight came close to filling it.
         let cwnd_limited = self.in_flight + 2 * self.mtu() as u64 >= self.window();
-        if let Some(pn) = ranges.iter().find_map(|r| self.pmtud_probe_in(r)) {
-            self.pmtud.on_probe_acked(pn);
-        }
         for (pn, p) in newly {
             self.loss_rate *= 1.0 - LOSS_RATE_WEIGHT;
             self.pmtud.on_acked(pn, p.size as usize);
@@ -1501,7 +1504,9 @@ impl Connection {
             if self.cc.on_loss(now, p.time, congested) {
                 self.episode_lost = Some(Vec::new());
             }
-            if let Some(episode) = &mut self.episode_lost {
+            // Only losses of the flight the last cut answered decide whether it is undone
+            // (a later random loss, which cut nothing, has no say).
+            if let (Some(episode), true) = (&mut self.episode_lost, self.cc.in_episode(p.time)) {
                 if episode.len() < 64 {
                     episode.push(pn);
                 } else {
@@ -1526,6 +1531,8 @@ impl Connection {
         let spurious = before - self.declared_lost.len();
         if spurious > 0 {
             self.stats.spurious_losses += spurious as u64;
+            // Reordered, not lost: out of the loss rate again.
+            self.loss_rate = (self.loss_rate - spurious as f64 * LOSS_RATE_WEIGHT).max(0.0);
             if let Some(episode) = &mut self.episode_lost {
                 let n = episode.len();
                 episode.retain(|pn| !acked(pn));
@@ -1754,7 +1761,17 @@ impl Connection {
     fn window(&self) -> u64 {
         let floor = (self.config.send_rate_min as f64 * self.rtt.smoothed.as_secs_f64()) as u64;
         // The floor too: a peer that delays its acks inflates the RTT, and with it the floor.
-        self.cc.window.max(floor).min(super::recovery::MAX_WINDOW)
+        // Never more in flight than half the receive buffer (ours stands for the peer's,
+        // which it does not advertise): behind a lost packet the peer holds what follows
+        // (each message charged whole), and what it cannot hold it drops, drops that look
+        // like random loss, which does not cut the window. At the default 1 MiB, 512 KiB
+        // in flight: about 10 MB/s at 50 ms. A bigger `RecvBufferSize` on both ends raises it.
+        let receiver = (self.config.recv_buffer_size / 2).max(16 * self.mtu()) as u64;
+        self.cc
+            .window
+            .max(floor)
+            .min(super::recovery::MAX_WINDOW)
+            .min(receiver)
     }
 
     fn pacing_rate(&self) -> u64 {
@@ -1877,7 +1894,8 @@ impl Connection {
                 self.pacing_wait = Some(at);
             }
         }
-        if data_ok && self.validated {
+        if data_ok && self.validated && self.probes == 0 && self.pto_count == 0 {
+            // Not while a timeout's retransmission is due or the peer has gone quiet.
             self.check_mtu_probe(now);
             if let Some(size) = self.pmtud.probe_due(now) {
                 return self.build_mtu_probe(now, buf, size);
@@ -1973,16 +1991,12 @@ impl Connection {
         true
     }
 
-    /// A path MTU probe of `size` bytes: a PING (with an ack, when one is owed) padded to the
-    /// size. It is not data: it stays out of the flight and its loss is not congestion (one
+    /// A path MTU probe of `size` bytes: a PING padded to the size. It is not data: it stays out of the flight and its loss is not congestion (one
     /// at a time, paced like the rest).
     fn build_mtu_probe(&mut self, now: Instant, buf: &mut Vec<u8>, size: usize) -> bool {
+        // PING and padding only (RFC 9000 §14.4): an ack in a probe that is too big for the
+        // path would be lost with it.
         let (start, pn) = self.begin_packet(buf);
-        if self.ack.dirty {
-            if let Some(f) = self.ack_frame(now, size / 2) {
-                f.encode(buf);
-            }
-        }
         Frame::Ping.encode(buf);
         let tag = if self.unencrypted { 0 } else { TAG_LEN };
         // Padding frames (zero bytes) up to the size, tag included.

@@ -179,6 +179,11 @@ impl Pmtud {
         }
         self.probe = None;
         self.probes_lost += 1;
+        if !overtaken {
+            // Nothing sent after it was acknowledged either: the path, not the size, may be
+            // what failed (an outage). Try the size again rather than count it against it.
+            return Some(ProbeOutcome::Lost(p.size));
+        }
         self.tries += 1;
         if self.tries >= MAX_PROBES {
             self.tries = 0;
@@ -201,7 +206,7 @@ impl Pmtud {
         }
         self.suspicious += 1;
         if self.suspicious >= BLACK_HOLE_LOSSES {
-            self.black_hole(now, next_pn);
+            self.black_hole(now, next_pn, self.current);
             return true;
         }
         false
@@ -211,15 +216,17 @@ impl Pmtud {
     /// are in use, they may be what the path drops. True when the size fell back.
     pub(crate) fn on_silence(&mut self, now: Instant, next_pn: u64) -> bool {
         if self.current > BASE_MTU {
-            self.black_hole(now, next_pn);
+            // Silence may be an outage rather than the size: search from the top again.
+            self.black_hole(now, next_pn, self.max + 1);
             return true;
         }
         false
     }
 
-    fn black_hole(&mut self, now: Instant, next_pn: u64) {
+    /// Falls back to the base; the search runs again below `too_big`.
+    fn black_hole(&mut self, now: Instant, next_pn: u64, too_big: usize) {
         self.black_holes += 1;
-        self.too_big = self.current;
+        self.too_big = too_big;
         self.current = BASE_MTU.min(self.max);
         self.suspicious = 0;
         // What was sent at the old size is lost or not; only later packets say anything
@@ -269,7 +276,8 @@ mod tests {
             if size <= limit {
                 assert_eq!(p.on_probe_acked(pn), Some(ProbeOutcome::Acked(size)));
             } else {
-                let lost = p.check_probe(now, None, Duration::ZERO, Duration::from_millis(50));
+                // A later packet was acknowledged: the probe is lost.
+                let lost = p.check_probe(now, Some(pn + 1), Duration::ZERO, Duration::MAX);
                 assert_eq!(lost, Some(ProbeOutcome::Lost(size)));
             }
             assert!(pn < 100, "the search ends");
@@ -300,6 +308,32 @@ mod tests {
         }
         assert_eq!(search(1000, 9000), (1000, 0), "no search below the base");
         assert_eq!(search(1200, 9000), (1200, 0));
+    }
+
+    #[test]
+    fn a_probe_that_times_out_with_nothing_acknowledged_is_tried_again() {
+        let now = Instant::now();
+        let mut p = Pmtud::new(1452);
+        for pn in 1..=10 {
+            let size = p.probe_due(now).expect("still searching");
+            assert_eq!(size, 1452, "an outage does not count against the size");
+            p.on_probe_sent(pn, size, now);
+            let late = now + Duration::from_secs(1);
+            let lost = p.check_probe(late, Some(pn - 1), Duration::ZERO, Duration::ZERO);
+            assert_eq!(lost, Some(ProbeOutcome::Lost(1452)));
+        }
+        assert_eq!(p.mtu(), BASE_MTU);
+    }
+
+    #[test]
+    fn silence_falls_back_but_searches_from_the_top_again() {
+        let now = Instant::now();
+        let mut p = Pmtud::new(1452);
+        p.on_probe_sent(1, 1452, now);
+        p.on_probe_acked(1);
+        assert!(p.on_silence(now, 10));
+        assert_eq!(p.mtu(), BASE_MTU);
+        assert_eq!(p.probe_due(now), Some(1452));
     }
 
     #[test]

@@ -88,7 +88,8 @@ impl Default for RttEstimator {
 /// random while no queue builds. The sender keeps a model of the path, as BBR does with its
 /// min-RTT estimate, and a loss counts as congestion only when the model says the path is
 /// congested: a queue is building (the smoothed RTT stands more than
-/// [`QUEUE_DELAY_SHARE`] of the minimum, and at least [`QUEUE_DELAY_MIN`], above it), or the
+/// [`QUEUE_DELAY_SHARE`] of the minimum above it, at least [`QUEUE_DELAY_MIN`] and at most
+/// [`QUEUE_DELAY_MAX`]), or the
 /// recent loss rate reaches [`RANDOM_LOSS_RATE_MAX`]. Any other loss is random and the window
 /// is not cut at all: the path delivers what is sent at this rate, less a random share. A
 /// real bottleneck fills its queue before it drops, so congestion still gets the full CUBIC
@@ -122,10 +123,13 @@ pub const MAX_WINDOW: u64 = 4 * 1024 * 1024;
 
 const CUBIC_C: f64 = 0.4;
 const CUBIC_BETA: f64 = 0.7;
-/// A smoothed RTT more than this share of the minimum above it means a queue is building.
+/// A smoothed RTT more than this share of the minimum above it means a queue is building...
 pub const QUEUE_DELAY_SHARE: f64 = 0.25;
-/// ... and more than this above it, whatever the minimum (timer and scheduling noise).
+/// ... but never less than this above it (timer and scheduling noise)...
 pub const QUEUE_DELAY_MIN: Duration = Duration::from_millis(1);
+/// ... and always when it is this far above it: an AQM (CoDel, PIE) keeps its standing
+/// queue near 5 ms however long the path, and a queue that stands that long is congestion.
+pub const QUEUE_DELAY_MAX: Duration = Duration::from_millis(4);
 /// Above this recent loss rate (the share of packets lost, averaged over the last few dozen)
 /// no loss counts as random: links that lose a fifth of what they carry are congested or
 /// policed, not noisy.
@@ -204,6 +208,11 @@ impl Cubic {
         }
     }
 
+    /// Whether a packet sent at `sent` belongs to the flight the last cut answered.
+    pub fn in_episode(&self, sent: Instant) -> bool {
+        self.recovery_start.is_some_and(|r| sent <= r)
+    }
+
     /// Shrinks the window for a loss of a packet sent at `sent`, when the path model says
     /// the path is `congested` ([`congested`]); one reduction per round trip. Returns
     /// whether the window was cut (not for a random loss, nor when the loss falls in the same
@@ -237,7 +246,10 @@ impl Cubic {
 /// RTT `srtt` well above the minimum `min_rtt`), or a recent loss rate no random link has.
 pub fn congested(srtt: Duration, min_rtt: Duration, loss_rate: f64) -> bool {
     let queue_delay = srtt.saturating_sub(min_rtt);
-    let building = queue_delay > min_rtt.mul_f64(QUEUE_DELAY_SHARE).max(QUEUE_DELAY_MIN);
+    let threshold = min_rtt
+        .mul_f64(QUEUE_DELAY_SHARE)
+        .clamp(QUEUE_DELAY_MIN, QUEUE_DELAY_MAX);
+    let building = queue_delay > threshold;
     building || loss_rate >= RANDOM_LOSS_RATE_MAX
 }
 
@@ -336,7 +348,7 @@ mod tests {
         let t1 = t0 + Duration::from_millis(10);
         let ms = Duration::from_millis;
         let mut random = Cubic::new(1000);
-        assert!(!random.on_loss(t1, t0, congested(ms(22), ms(20), 0.05)));
+        assert!(!random.on_loss(t1, t0, congested(ms(23), ms(20), 0.05)));
         assert_eq!(random.window, 10_000);
         let mut queued = Cubic::new(1000);
         assert!(queued.on_loss(t1, t0, congested(ms(26), ms(20), 0.05)));
@@ -347,6 +359,9 @@ mod tests {
         // On a short path the floor decides: over 1 ms above a 1 ms minimum is a queue.
         assert!(!congested(Duration::from_micros(1900), ms(1), 0.0));
         assert!(congested(Duration::from_micros(2100), ms(1), 0.0));
+        // On a long one the cap: an AQM's 5 ms standing queue on an 80 ms path.
+        assert!(congested(ms(85), ms(80), 0.0));
+        assert!(!congested(ms(83), ms(80), 0.0));
     }
 
     #[test]

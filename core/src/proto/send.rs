@@ -12,7 +12,7 @@
 use super::codec::Segment;
 use super::ranges::RangeSet;
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// A reliable byte range carried by a sent packet.
@@ -68,7 +68,10 @@ pub struct SendQueue {
     unacked: VecDeque<Option<Unacked>>,
     unacked_base: u64,
     unacked_count: usize,
-    retx: VecDeque<SegRef>,
+    /// Lost ranges to send again, lowest first (by message sequence, then offset): the
+    /// lowest is what the receiver waits on to deliver anything more, so it goes first
+    /// (a receiver whose buffer is full admits only that one).
+    retx: BTreeMap<(u64, u64), u64>,
     next_msg_num: u64,
     next_seq: u64,
     queued_reliable: usize,
@@ -95,7 +98,7 @@ impl SendQueue {
             unacked: VecDeque::new(),
             unacked_base: 0,
             unacked_count: 0,
-            retx: VecDeque::new(),
+            retx: BTreeMap::new(),
             next_msg_num: 1,
             next_seq: 0,
             queued_reliable: 0,
@@ -337,13 +340,14 @@ impl SendQueue {
         space: usize,
         packet_payload: usize,
     ) -> Option<(Segment, Option<SegRef>)> {
-        while let Some(r) = self.retx.front().copied() {
+        while let Some((&(seq, offset), &len)) = self.retx.first_key_value() {
+            let r = SegRef { seq, offset, len };
             let Some(u) = self.unacked(r.seq) else {
-                self.retx.pop_front();
+                self.retx.pop_first();
                 continue;
             };
             if r.len > 0 && u.acked.contains_range(r.offset..r.offset + r.len) {
-                self.retx.pop_front();
+                self.retx.pop_first();
                 continue;
             }
             let (msg_num, payload) = (u.msg_num, u.payload.clone());
@@ -359,13 +363,9 @@ impl SendQueue {
                 }
                 r.len.min((space - frag) as u64)
             };
-            self.retx.pop_front();
+            self.retx.pop_first();
             if len < r.len {
-                self.retx.push_front(SegRef {
-                    seq: r.seq,
-                    offset: r.offset + len,
-                    len: r.len - len,
-                });
+                self.retx.insert((r.seq, r.offset + len), r.len - len);
             }
             let seg = Segment {
                 reliable_seq: Some(r.seq),
@@ -471,7 +471,8 @@ impl SendQueue {
     pub fn on_lost(&mut self, r: SegRef) {
         if let Some(u) = self.unacked(r.seq) {
             if r.len == 0 || !u.acked.contains_range(r.offset..r.offset + r.len) {
-                self.retx.push_back(r);
+                let len = self.retx.entry((r.seq, r.offset)).or_insert(r.len);
+                *len = (*len).max(r.len);
             }
         }
     }
