@@ -107,23 +107,6 @@ impl EpLink {
         lock(&self.endpoint)
     }
 
-    /// Collects what is ready to send into `batch`, for the calling thread to send once the
-    /// locks are released, instead of waking the service thread (the latency of a hand-off
-    /// saved). Returns the endpoint's next deadline, or `Err(())` when the service thread
-    /// must do it: fake network conditions in force, or no socket yet.
-    pub(super) fn collect_now(
-        &self,
-        endpoint: &mut Endpoint,
-        now: Instant,
-        batch: &mut Batch,
-    ) -> Result<Option<Instant>, ()> {
-        if !self.sends_direct() {
-            return Err(());
-        }
-        batch.fill(|buf| endpoint.poll_transmit(now, buf).map(|t| t.destination));
-        Ok(endpoint.poll_timeout())
-    }
-
     /// True when datagrams may go out from the calling thread: a socket is there and no
     /// fake network conditions apply (those run on the service thread).
     pub(super) fn sends_direct(&self) -> bool {
