@@ -26,6 +26,7 @@
 //! What is held is bounded: beyond [`MAX_HELD`] datagrams or [`MAX_HELD_BYTES`] bytes, new
 //! ones are dropped (and counted), as a router's full queue would.
 
+use crate::proto::types::TokenBucket;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::cmp::Ordering;
@@ -139,8 +140,8 @@ pub struct Conditioner<T> {
     seq: u64,
     /// When the last in-order (not reordered) datagram is due: jitter never goes before it.
     last_due: Option<Instant>,
-    tokens: f64,
-    refilled: Option<Instant>,
+    /// The rate limit.
+    bucket: TokenBucket,
     stats: ConditionerStats,
 }
 
@@ -164,15 +165,14 @@ impl<T: Clone> Conditioner<T> {
             held_bytes: 0,
             seq: 0,
             last_due: None,
-            tokens: imp.burst as f64,
-            refilled: None,
+            bucket: TokenBucket::default(),
             stats: ConditionerStats::default(),
         }
     }
 
     /// Changes the conditions; datagrams already held keep their times.
     pub fn set(&mut self, imp: Impairment) {
-        self.tokens = self.tokens.min(imp.burst as f64);
+        self.bucket.clamp(imp.burst as f64);
         self.imp = imp;
     }
 
@@ -254,19 +254,8 @@ impl<T: Clone> Conditioner<T> {
         if self.imp.rate == 0 {
             return true;
         }
-        let burst = self.imp.burst as f64;
-        self.tokens = match self.refilled {
-            Some(t) => (self.tokens
-                + now.saturating_duration_since(t).as_secs_f64() * self.imp.rate as f64)
-                .min(burst),
-            None => burst,
-        };
-        self.refilled = Some(now);
-        if self.tokens < len as f64 {
-            return false;
-        }
-        self.tokens -= len as f64;
-        true
+        self.bucket
+            .take(now, self.imp.rate as f64, self.imp.burst as f64, len as f64)
     }
 
     fn hold(&mut self, due: Instant, item: T, len: usize) {

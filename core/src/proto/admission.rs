@@ -20,6 +20,7 @@
 //! bound either way, and such a connection reaches Connected only when the client's first
 //! packet shows it holds the session keys.
 
+use super::types::TokenBucket;
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,7 @@ pub(crate) enum Refused {
 }
 
 /// The freshness check, replay memory and verification budget of one endpoint.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Admission {
     /// Keys seen, with the instant each may be forgotten (in insertion order, so expiry
     /// runs from the front).
@@ -54,19 +55,8 @@ pub(crate) struct Admission {
     /// The same keys, for lookup. SipHash with a random key: the keys are chosen by the
     /// sender, so a predictable hash would let it collide them.
     seen: HashSet<[u8; 32]>,
-    tokens: f64,
-    last: Option<Instant>,
-}
-
-impl Default for Admission {
-    fn default() -> Self {
-        Self {
-            expiry: VecDeque::new(),
-            seen: HashSet::new(),
-            tokens: UNPROVEN_VERIFY_RATE,
-            last: None,
-        }
-    }
+    /// Signature checks of unproven hellos.
+    budget: TokenBucket,
 }
 
 impl Admission {
@@ -95,16 +85,13 @@ impl Admission {
         if self.seen.contains(ephemeral) {
             return Err(Refused::Replayed);
         }
-        let elapsed = self
-            .last
-            .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
-        self.last = Some(now);
-        self.tokens =
-            (self.tokens + elapsed.as_secs_f64() * UNPROVEN_VERIFY_RATE).min(UNPROVEN_VERIFY_RATE);
-        if self.tokens < 1.0 || self.seen.len() >= MAX_SEEN_HELLOS {
+        if self.seen.len() >= MAX_SEEN_HELLOS
+            || !self
+                .budget
+                .take(now, UNPROVEN_VERIFY_RATE, UNPROVEN_VERIFY_RATE, 1.0)
+        {
             return Err(Refused::Busy);
         }
-        self.tokens -= 1.0;
         Ok(())
     }
 

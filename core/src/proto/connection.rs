@@ -1469,20 +1469,13 @@ impl Connection {
             )
             .is_some()
         {
-            self.sync_mtu_stats();
+            self.stats.mtu_probes_lost += 1;
         }
     }
 
     /// The packet size in use (path MTU discovery's current size).
     pub fn mtu(&self) -> usize {
         self.pmtud.mtu()
-    }
-
-    fn sync_mtu_stats(&mut self) {
-        let (sent, lost, holes) = self.pmtud.counters();
-        self.stats.mtu_probes_sent = sent;
-        self.stats.mtu_probes_lost = lost;
-        self.stats.mtu_black_holes = holes;
     }
 
     fn detect_lost(&mut self, now: Instant) {
@@ -1506,7 +1499,7 @@ impl Connection {
                     conn = self.local_id,
                     "path MTU black hole: back to the base size"
                 );
-                self.sync_mtu_stats();
+                self.stats.mtu_black_holes += 1;
             }
             self.declared_lost.push_back(pn);
             if self.declared_lost.len() > 256 {
@@ -1675,7 +1668,7 @@ impl Connection {
                     conn = self.local_id,
                     "no acks: path MTU back to the base size"
                 );
-                self.sync_mtu_stats();
+                self.stats.mtu_black_holes += 1;
             }
             self.probes = 2;
             if let Some(segs) = self.sent.values().next().map(|p| p.segments.clone()) {
@@ -2021,7 +2014,7 @@ impl Connection {
         self.pacer.on_send(sent);
         self.last_eliciting_sent = Some(now);
         self.pmtud.on_probe_sent(pn, sent, now);
-        self.sync_mtu_stats();
+        self.stats.mtu_probes_sent += 1;
         true
     }
 

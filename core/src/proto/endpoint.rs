@@ -11,6 +11,7 @@ use super::conns::{ConnId, ConnRef, Conns};
 use super::crypto::{CookieKey, COOKIE_LEN};
 use super::packet::{self, ClientHello, Control, ServerHello, ShortHeader, PROTOCOL_VERSION};
 use super::rendezvous::{Body, Message, Session, DIRECT};
+use super::types::TokenBucket;
 use super::types::{ConnectionState, EndReason};
 use super::Error;
 use bytes::BytesMut;
@@ -94,8 +95,8 @@ pub struct Endpoint {
     start: Instant,
     unix_at_start: u64,
     replies: VecDeque<(SocketAddr, Vec<u8>)>,
-    no_conn_tokens: f64,
-    no_conn_last: Instant,
+    /// "No connection" replies.
+    no_conn_budget: TokenBucket,
     events: VecDeque<(ConnId, Event)>,
     stats: EndpointStats,
     /// Connections that may have something to send, in the order they became so.
@@ -178,7 +179,6 @@ impl Endpoint {
         rng.fill_bytes(&mut secret);
         let credentials = Arc::new(config.credentials.clone());
         Self {
-            no_conn_tokens: f64::from(config.no_connection_replies_per_sec),
             config: Arc::new(config),
             credentials,
             rng,
@@ -193,7 +193,7 @@ impl Endpoint {
             start: now,
             unix_at_start: unix_now,
             replies: VecDeque::new(),
-            no_conn_last: now,
+            no_conn_budget: TokenBucket::default(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),
             dirty: VecDeque::new(),
@@ -1157,17 +1157,12 @@ impl Endpoint {
 
     fn reply_no_connection(&mut self, now: Instant, to: SocketAddr, conn_id: u32, received: usize) {
         let rate = f64::from(self.config.no_connection_replies_per_sec);
-        let dt = now
-            .saturating_duration_since(self.no_conn_last)
-            .as_secs_f64();
-        self.no_conn_last = now;
-        self.no_conn_tokens = (self.no_conn_tokens + dt * rate).min(rate.max(1.0));
         let reply = Control::NoConnection { conn_id }.encode();
-        if self.no_conn_tokens < 1.0 || reply.len() > received {
+        // A burst of a second's worth (none at a rate of 0).
+        if reply.len() > received || !self.no_conn_budget.take(now, rate, rate, 1.0) {
             self.stats.unanswered += 1;
             return;
         }
-        self.no_conn_tokens -= 1.0;
         self.stats.no_connection_sent += 1;
         self.queue_reply(to, reply);
     }

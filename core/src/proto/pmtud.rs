@@ -37,15 +37,6 @@ struct Probe {
     sent: Instant,
 }
 
-/// What became of a probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ProbeOutcome {
-    /// Acknowledged: the path carries `size`.
-    Acked(usize),
-    /// Lost (its bytes leave the flight).
-    Lost(usize),
-}
-
 /// One connection's search.
 #[derive(Debug)]
 pub(crate) struct Pmtud {
@@ -68,9 +59,6 @@ pub(crate) struct Pmtud {
     /// Lost packets larger than the base sent after the newest big one acknowledged and
     /// before a small one that was (the path carried the small, not the big).
     suspicious: u32,
-    probes_sent: u64,
-    probes_lost: u64,
-    black_holes: u64,
 }
 
 impl Pmtud {
@@ -89,9 +77,6 @@ impl Pmtud {
             largest_big_acked: None,
             largest_small_acked: None,
             suspicious: 0,
-            probes_sent: 0,
-            probes_lost: 0,
-            black_holes: 0,
         }
     }
 
@@ -103,11 +88,6 @@ impl Pmtud {
     /// The packet number of the probe in flight.
     pub(crate) fn probe_pn(&self) -> Option<u64> {
         self.probe.map(|p| p.pn)
-    }
-
-    /// (probes sent, probes lost, black holes detected).
-    pub(crate) fn counters(&self) -> (u64, u64, u64) {
-        (self.probes_sent, self.probes_lost, self.black_holes)
     }
 
     /// The size to probe now, if a probe is due (none in flight, a search running).
@@ -138,7 +118,6 @@ impl Pmtud {
             size,
             sent: now,
         });
-        self.probes_sent += 1;
     }
 
     /// Acknowledged data packet `pn` of `size` bytes.
@@ -153,36 +132,37 @@ impl Pmtud {
         }
     }
 
-    /// Acknowledged packet `pn`: the probe's outcome, when it was the probe.
-    pub(crate) fn on_probe_acked(&mut self, pn: u64) -> Option<ProbeOutcome> {
+    /// Acknowledged packet `pn`: the probe's size, when it was the probe (the path carries
+    /// that size).
+    pub(crate) fn on_probe_acked(&mut self, pn: u64) -> Option<usize> {
         let probe = self.probe.filter(|p| p.pn == pn)?;
         self.probe = None;
         self.tries = 0;
         self.current = self.current.max(probe.size);
         self.narrowed();
-        Some(ProbeOutcome::Acked(probe.size))
+        Some(probe.size)
     }
 
     /// Whether the probe in flight is lost by now: a packet sent after it was acknowledged
-    /// (`largest_acked`) more than `loss_delay` after it went, or `timeout` passed.
+    /// (`largest_acked`) more than `loss_delay` after it went, or `timeout` passed. Returns
+    /// the lost probe's size.
     pub(crate) fn check_probe(
         &mut self,
         now: Instant,
         largest_acked: Option<u64>,
         loss_delay: Duration,
         timeout: Duration,
-    ) -> Option<ProbeOutcome> {
+    ) -> Option<usize> {
         let p = self.probe?;
         let overtaken = largest_acked.is_some_and(|l| l > p.pn) && now >= p.sent + loss_delay;
         if !overtaken && now < p.sent + timeout {
             return None;
         }
         self.probe = None;
-        self.probes_lost += 1;
         if !overtaken {
             // Nothing sent after it was acknowledged either: the path, not the size, may be
             // what failed (an outage). Try the size again rather than count it against it.
-            return Some(ProbeOutcome::Lost(p.size));
+            return Some(p.size);
         }
         self.tries += 1;
         if self.tries >= MAX_PROBES {
@@ -190,7 +170,7 @@ impl Pmtud {
             self.too_big = p.size;
             self.narrowed();
         }
-        Some(ProbeOutcome::Lost(p.size))
+        Some(p.size)
     }
 
     /// A data packet `pn` of `size` bytes was declared lost; `next_pn` is the number the
@@ -225,7 +205,6 @@ impl Pmtud {
 
     /// Falls back to the base; the search runs again below `too_big`.
     fn black_hole(&mut self, now: Instant, next_pn: u64, too_big: usize) {
-        self.black_holes += 1;
         self.too_big = too_big;
         self.current = BASE_MTU.min(self.max);
         self.suspicious = 0;
@@ -267,22 +246,21 @@ mod tests {
     /// Runs `p`'s search from `now` against a path that carries up to `limit` bytes;
     /// returns the probes sent.
     fn run(p: &mut Pmtud, mut now: Instant, limit: usize) -> u64 {
-        let before = p.probes_sent;
         let mut pn = 0;
         while let Some(size) = p.probe_due(now) {
             pn += 1;
             p.on_probe_sent(pn, size, now);
             now += Duration::from_millis(100);
             if size <= limit {
-                assert_eq!(p.on_probe_acked(pn), Some(ProbeOutcome::Acked(size)));
+                assert_eq!(p.on_probe_acked(pn), Some(size));
             } else {
                 // A later packet was acknowledged: the probe is lost.
                 let lost = p.check_probe(now, Some(pn + 1), Duration::ZERO, Duration::MAX);
-                assert_eq!(lost, Some(ProbeOutcome::Lost(size)));
+                assert_eq!(lost, Some(size));
             }
             assert!(pn < 100, "the search ends");
         }
-        p.probes_sent - before
+        pn
     }
 
     fn search(max: usize, limit: usize) -> (usize, u64) {
@@ -320,7 +298,7 @@ mod tests {
             p.on_probe_sent(pn, size, now);
             let late = now + Duration::from_secs(1);
             let lost = p.check_probe(late, Some(pn - 1), Duration::ZERO, Duration::ZERO);
-            assert_eq!(lost, Some(ProbeOutcome::Lost(1452)));
+            assert_eq!(lost, Some(1452));
         }
         assert_eq!(p.mtu(), BASE_MTU);
     }
@@ -356,14 +334,12 @@ mod tests {
         assert!(!p.on_lost(12, 1452, now, 20));
         assert!(p.on_lost(13, 1452, now, 20));
         assert_eq!(p.mtu(), BASE_MTU);
-        assert_eq!(p.counters().2, 1);
         // And the search runs again, below the size that failed.
         // The rest of what went at the old size is lost too, and changes nothing.
         p.on_acked(19, 300);
         for pn in 15..19 {
             assert!(!p.on_lost(pn, 1452, now, 20));
         }
-        assert_eq!(p.counters().2, 1);
         let next = p.probe_due(now).expect("searching again");
         assert!(next > BASE_MTU && next < 1452);
     }

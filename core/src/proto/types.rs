@@ -222,6 +222,38 @@ pub(crate) fn is_path_addr(addr: &std::net::SocketAddr) -> bool {
     }
 }
 
+/// A token bucket: filled at a rate, holding at most a burst; starts full. The rate and burst
+/// are given on each call, so a changed setting applies at once.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TokenBucket {
+    tokens: f64,
+    last: Option<std::time::Instant>,
+}
+
+impl TokenBucket {
+    /// Refills for the time since the last call (full on the first), then takes `n` tokens
+    /// if that many are there.
+    pub(crate) fn take(&mut self, now: std::time::Instant, rate: f64, burst: f64, n: f64) -> bool {
+        self.tokens = match self.last {
+            Some(t) => {
+                (self.tokens + now.saturating_duration_since(t).as_secs_f64() * rate).min(burst)
+            }
+            None => burst,
+        };
+        self.last = Some(now);
+        if self.tokens < n {
+            return false;
+        }
+        self.tokens -= n;
+        true
+    }
+
+    /// Holds at most `burst` from now on (a smaller burst applies to what is held).
+    pub(crate) fn clamp(&mut self, burst: f64) {
+        self.tokens = self.tokens.min(burst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
