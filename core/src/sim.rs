@@ -77,6 +77,11 @@ pub struct Sim {
     steps: u64,
     /// Most steps before the simulation declares a livelock.
     pub max_steps: u64,
+    /// Checks, each time datagrams reach a node, what a thread that feeds them in (and does
+    /// not send) relies on: when [`Endpoint::next_due`] says the driver need not run yet,
+    /// the endpoint has nothing to send, and its next deadline is no earlier than that
+    /// answer or the wake-up planned before. On by default.
+    pub check_next_due: bool,
 }
 
 impl std::fmt::Debug for Sim {
@@ -90,6 +95,32 @@ impl std::fmt::Debug for Sim {
 
 /// The Unix time the simulation's clock starts at (2026-01-01).
 pub const SIM_UNIX_START: u64 = 1_767_225_600;
+
+/// See [`Sim::check_next_due`]: `planned` is the endpoint's plan before it was fed.
+fn check_next_due(e: &mut Endpoint, now: Instant, planned: Option<Instant>) {
+    let due = e.next_due(now);
+    if due.is_some_and(|d| d <= now) {
+        return; // the feeding thread wakes the driver
+    }
+    let mut buf = Vec::new();
+    let sent = e.poll_transmit(now, &mut buf);
+    assert!(
+        sent.is_none(),
+        "next_due said {:?} from now, but a datagram was ready",
+        due.map(|d| d - now)
+    );
+    let wake = [planned, due].into_iter().flatten().min();
+    if let Some(actual) = e.poll_timeout() {
+        assert!(
+            wake.is_some_and(|w| w <= actual),
+            "the endpoint's next deadline ({:?} from now) falls before next_due's {:?} and \
+             the plan {:?}",
+            actual - now,
+            due.map(|d| d - now),
+            planned.map(|p| p - now)
+        );
+    }
+}
 
 impl Sim {
     /// An empty network; `seed` drives the link and every endpoint.
@@ -106,6 +137,7 @@ impl Sim {
             wire: BTreeMap::new(),
             steps: 0,
             max_steps: 5_000_000,
+            check_next_due: true,
         }
     }
 
@@ -244,10 +276,24 @@ impl Sim {
         };
         self.now = self.now.max(next);
         let now = self.now;
+        let planned: Vec<Option<Instant>> = self
+            .nodes
+            .iter()
+            .map(|n| n.endpoint.poll_timeout())
+            .collect();
+        let mut fed = vec![false; self.nodes.len()];
         for wire in self.wire.values_mut() {
             while let Some(p) = wire.pop_due(now) {
-                if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == p.to) {
-                    n.endpoint.handle_datagram(now, p.from, &p.data);
+                if let Some(i) = self.nodes.iter().position(|n| n.addr == p.to) {
+                    self.nodes[i].endpoint.handle_datagram(now, p.from, &p.data);
+                    fed[i] = true;
+                }
+            }
+        }
+        if self.check_next_due {
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                if fed[i] && planned[i].is_none_or(|p| p > now) {
+                    check_next_due(&mut n.endpoint, now, planned[i]);
                 }
             }
         }

@@ -346,6 +346,14 @@ fn mb_s(bytes: u64, d: Duration) -> f64 {
 fn percentiles(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
     let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e6;
+    if std::env::var_os("BENCH_DETAIL").is_some() {
+        let qs = [0.1, 0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999];
+        let shown: Vec<String> = qs
+            .iter()
+            .map(|q| format!("p{}={:.0}", q * 100.0, at(*q)))
+            .collect();
+        eprintln!("  latency us: {}", shown.join(" "));
+    }
     (at(0.50), at(0.99))
 }
 

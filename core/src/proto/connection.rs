@@ -1850,6 +1850,34 @@ impl Connection {
         self.build_packet(now, buf)
     }
 
+    /// Whether [`poll_transmit`](Self::poll_transmit) may have a datagram at `now`; true when
+    /// unsure, false only when it has none. With [`poll_timeout`](Self::poll_timeout) it
+    /// tells a thread that fed the connection whether its driver must run before it planned.
+    pub fn transmit_due(&self, now: Instant) -> bool {
+        if self.reject_due.is_some() || self.pending_hello.is_some() {
+            return true;
+        }
+        if let Handshake::Client { due, .. } = &self.handshake {
+            return *due && self.is_handshaking();
+        }
+        if self.keys.is_none() || self.state == ConnectionState::Dead {
+            return false;
+        }
+        let sending_data = matches!(
+            self.state,
+            ConnectionState::Connected | ConnectionState::Linger
+        );
+        let data = || {
+            self.sendq
+                .has_sendable(now, self.config.nagle_time, self.max_payload())
+                && (self.probes > 0 || self.can_send_data())
+        };
+        self.ack.deadline.is_some_and(|d| d <= now)
+            || (self.close_due && self.close_frame.is_some())
+            || self.closed_ack_due
+            || (sending_data && (self.ping_pending || self.token_out.is_some() || data()))
+    }
+
     /// Bytes that may still be sent before the peer's address is validated (`None`: no limit).
     fn amplification_budget(&self) -> Option<usize> {
         (!self.validated).then(|| {

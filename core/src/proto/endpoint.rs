@@ -1211,6 +1211,32 @@ impl Endpoint {
             .min()
     }
 
+    /// When the driver must next run for what was fed in since it last ran: `now` when a
+    /// datagram may be ready to go (a reply, or a connection with something to send), else
+    /// the earliest deadline of the connections fed (`None`: none). A thread that fed
+    /// datagrams in need not wake the driver unless this falls before the wake-up it planned
+    /// (its plan, [`poll_timeout`](Self::poll_timeout), does not count those connections'
+    /// new deadlines until `poll_transmit` has run).
+    pub fn next_due(&mut self, now: Instant) -> Option<Instant> {
+        self.pick_up_touched();
+        if !self.replies.is_empty() {
+            return Some(now);
+        }
+        let mut due = self.poll_signal_timeout();
+        for id in &self.dirty {
+            let Some(c) = self.connections.get(id) else {
+                continue;
+            };
+            if c.transmit_due(now) {
+                return Some(now);
+            }
+            if let Some(t) = c.poll_timeout() {
+                due = Some(due.map_or(t, |d| d.min(t)));
+            }
+        }
+        due
+    }
+
     /// Appends the next datagram to `buf`; it is the last `len` bytes of `buf`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         self.pick_up_touched();

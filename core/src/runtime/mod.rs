@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
+mod gate;
 mod memory;
 #[cfg(feature = "virtual-time")]
 mod virtual_time;
+pub use gate::{Gate, ReadingHere};
 pub use memory::{MemoryNet, MemorySocket};
 #[cfg(feature = "virtual-time")]
 pub use virtual_time::VirtualRuntime;
@@ -220,8 +222,10 @@ pub enum Io {
     /// A real UDP socket, with batched syscalls (sendmmsg/recvmmsg) and segmentation offload
     /// (GSO/GRO) where the kernel has them, through `quinn-udp`.
     Udp {
-        /// The socket.
-        socket: tokio::net::UdpSocket,
+        /// The socket (non-blocking).
+        socket: std::net::UdpSocket,
+        /// How the driver learns that it can be read or written.
+        gate: Gate,
         /// Its offload capabilities and state.
         state: quinn_udp::UdpSocketState,
     },
@@ -250,7 +254,8 @@ impl Io {
         let socket: std::net::UdpSocket = socket.into();
         let state = quinn_udp::UdpSocketState::new((&socket).into())?;
         Ok(Io::Udp {
-            socket: tokio::net::UdpSocket::from_std(socket)?,
+            gate: Gate::new(&socket)?,
+            socket,
             state,
         })
     }
@@ -278,6 +283,17 @@ impl Io {
         }
     }
 
+    /// Tells the driver that the calling thread waits on the socket ([`poll_fd`]) and reads
+    /// it itself until the guard drops: meanwhile datagrams do not wake the service thread.
+    ///
+    /// [`poll_fd`]: Self::poll_fd
+    pub fn read_here(&self) -> Option<ReadingHere<'_>> {
+        match self {
+            Io::Udp { socket, gate, .. } => Some(gate.read_here(socket)),
+            Io::Memory(_) => None,
+        }
+    }
+
     /// Sends one datagram at once from the calling thread, without waiting; fails with
     /// `WouldBlock` when the socket buffer is full.
     pub fn try_send_now(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
@@ -289,7 +305,7 @@ impl Io {
                     }
                     _ => to,
                 };
-                socket.try_send_to(data, to).map(|_| ())
+                socket.send_to(data, to).map(|_| ())
             }
             Io::Memory(m) => {
                 m.send(to, data);
@@ -314,7 +330,11 @@ impl Io {
         to: SocketAddr,
     ) -> io::Result<()> {
         match self {
-            Io::Udp { socket, state } => {
+            Io::Udp {
+                socket,
+                gate,
+                state,
+            } => {
                 let to = match (socket.local_addr()?.is_ipv6(), to.ip()) {
                     (true, IpAddr::V4(v4)) => {
                         SocketAddr::new(v4.to_ipv6_mapped().into(), to.port())
@@ -328,16 +348,8 @@ impl Io {
                     segment_size: (contents.len() > segment).then_some(segment),
                     src_ip: None,
                 };
-                loop {
-                    socket.writable().await?;
-                    match socket.try_io(tokio::io::Interest::WRITABLE, || {
-                        state.try_send(socket.into(), &transmit)
-                    }) {
-                        Ok(()) => return Ok(()),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
+                gate.send(socket, || state.try_send(socket.into(), &transmit))
+                    .await
             }
             Io::Memory(m) => {
                 for chunk in contents.chunks(segment.max(1)) {
@@ -352,7 +364,7 @@ impl Io {
     /// thread. Returns false when none were waiting (or for an in-process pipe).
     pub fn try_recv_batch(&self, inbox: &mut Inbox) -> bool {
         inbox.items.clear();
-        let Io::Udp { socket, state } = self else {
+        let Io::Udp { socket, state, .. } = self else {
             return false;
         };
         let mut metas = [quinn_udp::RecvMeta::default(); INBOX_SLOTS];
@@ -381,22 +393,22 @@ impl Io {
     ) -> io::Result<()> {
         inbox.items.clear();
         match self {
-            Io::Udp { socket, state } => loop {
-                socket.readable().await?;
+            Io::Udp {
+                socket,
+                gate,
+                state,
+            } => loop {
+                let mut ready = gate.readable().await?;
                 if deferred() || !claim() {
                     // Forget this readiness (the next datagram brings another); the waiting
                     // thread sees the socket readable and reads it.
-                    let _ = socket.try_io(tokio::io::Interest::READABLE, || {
-                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                    });
+                    ready.clear_ready();
                     continue;
                 }
                 let mut metas = [quinn_udp::RecvMeta::default(); INBOX_SLOTS];
                 let mut iovs: Vec<IoSliceMut<'_>> =
                     inbox.slots.iter_mut().map(|s| IoSliceMut::new(s)).collect();
-                let r = socket.try_io(tokio::io::Interest::READABLE, || {
-                    state.recv(socket.into(), &mut iovs, &mut metas)
-                });
+                let r = state.recv(socket.into(), &mut iovs, &mut metas);
                 drop(iovs);
                 match r {
                     Ok(n) => {
@@ -404,6 +416,7 @@ impl Io {
                         return Ok(());
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ready.clear_ready();
                         release();
                         continue;
                     }

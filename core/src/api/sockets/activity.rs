@@ -169,6 +169,12 @@ impl Activity {
             if on_sockets {
                 self.socket_waiters.fetch_add(1, SeqCst);
             }
+            // While this thread reads the sockets, their datagrams do not wake the drivers
+            // (until it has drained them below: what arrives after that wakes them).
+            let reading_here: Vec<_> = watched
+                .iter()
+                .filter_map(|(_, io, _)| io.read_here())
+                .collect();
             if self.epoch.load(SeqCst) == seen {
                 self.poll_once(&watched, deadline - now);
             }
@@ -186,6 +192,7 @@ impl Activity {
             for w in &watched {
                 handled |= self.drain_socket(shared, w);
             }
+            drop(reading_here);
             if handled {
                 break;
             }

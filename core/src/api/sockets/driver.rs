@@ -436,10 +436,13 @@ impl Shared {
         for (from, data) in inbox.iter() {
             e.handle_datagram(now, from, data);
         }
+        // On the service thread the driver sends what these datagrams call for at once; a
+        // waiting thread wakes it only if it must run before it planned to.
+        let due = waiter.then(|| e.next_due(now)).flatten();
         let news = link.has_news(&mut e);
         drop(e);
         if waiter {
-            link.nudge.notify_one();
+            link.wake_if_needed(due, true);
         }
         if news {
             lock(&self.state).pump(ep);

@@ -342,10 +342,6 @@ impl HotConn {
             });
         };
         drop(c);
-        if taken > 0 {
-            // Reading frees receive buffer: the peer may be waiting to send more.
-            self.link.nudge.notify_one();
-        }
         next
     }
 }
