@@ -817,3 +817,37 @@ fn waiting_threads_see_messages_arrive() {
         }
     }
 }
+
+/// A thread that sits waiting for activity reads the sockets it saw when its wait began;
+/// a socket opened after that is its driver's to read, at once, not once the wait ends.
+#[test]
+fn a_socket_opened_while_a_thread_waits_is_read_at_once() {
+    let mut server = Server::start("127.0.0.1:0", &[]);
+    let waiter = {
+        let s = server.sockets.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            s.wait_for_activity(Duration::from_secs(30));
+            start.elapsed()
+        })
+    };
+    // The waiter is asleep on the first listen socket by now (if not, it sees both).
+    std::thread::sleep(Duration::from_millis(200));
+    let second = server
+        .sockets
+        .create_listen_socket_ip("127.0.0.1:0".parse().unwrap(), &[])
+        .unwrap();
+    let addr = server.sockets.get_listen_socket_address(second).unwrap();
+    let client = Sockets::new().unwrap();
+    let c = connect(&client, addr);
+    let up = wait_until(Duration::from_secs(10), || {
+        server.service();
+        connected(&client, c)
+    });
+    assert!(up, "the connection to the new socket did not come up");
+    let waited = waiter.join().unwrap();
+    assert!(
+        waited < Duration::from_secs(30),
+        "the waiter slept through the handshake"
+    );
+}

@@ -102,6 +102,9 @@ pub struct Endpoint {
     /// Connections that may have something to send, in the order they became so.
     dirty: VecDeque<u32>,
     dirty_set: FxHashSet<u32>,
+    /// Connections touched since [`next_due`](Self::next_due) last looked (or the dirty
+    /// list last emptied), possibly more than once each.
+    fed: Vec<u32>,
     /// Connection deadlines; an entry is current only if it matches `scheduled`.
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     scheduled: FxHashMap<u32, Instant>,
@@ -198,6 +201,7 @@ impl Endpoint {
             stats: EndpointStats::default(),
             dirty: VecDeque::new(),
             dirty_set: FxHashSet::default(),
+            fed: Vec::new(),
             timers: BinaryHeap::new(),
             scheduled: FxHashMap::default(),
             connecting: HashSet::new(),
@@ -215,6 +219,9 @@ impl Endpoint {
     fn touch(&mut self, id: u32) {
         if self.dirty_set.insert(id) {
             self.dirty.push_back(id);
+        }
+        if self.fed.last() != Some(&id) {
+            self.fed.push(id);
         }
     }
 
@@ -1211,30 +1218,46 @@ impl Endpoint {
             .min()
     }
 
-    /// When the driver must next run for what was fed in since it last ran: `now` when a
-    /// datagram may be ready to go (a reply, or a connection with something to send), else
-    /// the earliest deadline of the connections fed (`None`: none). A thread that fed
-    /// datagrams in need not wake the driver unless this falls before the wake-up it planned
-    /// (its plan, [`poll_timeout`](Self::poll_timeout), does not count those connections'
-    /// new deadlines until `poll_transmit` has run).
+    /// When the driver must next run for what was fed in since this was last asked: `now`
+    /// when a datagram may be ready to go (a reply, or a connection with something to send)
+    /// or a connection ended (the driver has it to forget, or its peer to tell), else the
+    /// earliest deadline of the connections fed (`None`: none). A thread that fed datagrams
+    /// in need not wake the driver unless this falls before the wake-up it planned (the
+    /// plan, [`poll_timeout`](Self::poll_timeout), does not count those connections' new
+    /// deadlines until `poll_transmit` has run). Looks only at the connections fed since
+    /// the last call: the caller acts on each answer.
     pub fn next_due(&mut self, now: Instant) -> Option<Instant> {
         self.pick_up_touched();
-        if !self.replies.is_empty() {
-            return Some(now);
-        }
-        let mut due = self.poll_signal_timeout();
-        for id in &self.dirty {
+        let fed = std::mem::take(&mut self.fed);
+        let mut due = (!self.replies.is_empty()).then_some(now);
+        for id in &fed {
+            if due.is_some_and(|d| d <= now) {
+                break;
+            }
             let Some(c) = self.connections.get(id) else {
                 continue;
             };
-            if c.transmit_due(now) {
-                return Some(now);
-            }
-            if let Some(t) = c.poll_timeout() {
+            let ended = !matches!(
+                c.state(),
+                ConnectionState::Connecting
+                    | ConnectionState::FindingRoute
+                    | ConnectionState::Connected
+            );
+            let t = if ended || c.transmit_due(now) {
+                Some(now)
+            } else {
+                c.poll_timeout()
+            };
+            if let Some(t) = t {
                 due = Some(due.map_or(t, |d| d.min(t)));
             }
         }
-        due
+        self.fed = fed;
+        self.fed.clear();
+        [due, self.poll_signal_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Appends the next datagram to `buf`; it is the last `len` bytes of `buf`.
@@ -1274,6 +1297,8 @@ impl Endpoint {
                 self.reschedule(id);
             }
         }
+        // Every connection fed is seen to: `next_due` has none left to look at.
+        self.fed.clear();
         None
     }
 

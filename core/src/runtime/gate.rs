@@ -27,6 +27,9 @@ pub struct Gate {
     writes: AsyncFd<OwnedFd>,
     /// Threads reading the socket themselves.
     readers: AtomicUsize,
+    /// Putting the socket back in the read set failed: it is left in from now on (Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    deaf: std::sync::atomic::AtomicBool,
 }
 
 /// A thread reads the socket itself while this lives ([`Gate::read_here`]).
@@ -55,19 +58,29 @@ mod sets {
         Ok(epoll::create(epoll::CreateFlags::CLOEXEC)?)
     }
 
-    /// Puts `socket` in `set` (for `out`put or input) or takes it out; errors (already in,
-    /// already out) are races a caller accounts for.
-    pub(super) fn set_member(set: &OwnedFd, socket: &UdpSocket, member: bool, out: bool) {
+    /// Puts `socket` in `set` (for `out`put or input) or takes it out. Already in, or
+    /// already out, is no error (a race the callers account for).
+    pub(super) fn set_member(
+        set: &OwnedFd,
+        socket: &UdpSocket,
+        member: bool,
+        out: bool,
+    ) -> io::Result<()> {
         let flags = if out {
             epoll::EventFlags::OUT
         } else {
             epoll::EventFlags::IN
         };
-        let _ = if member {
+        let r = if member {
             epoll::add(set, socket, epoll::EventData::new_u64(0), flags)
         } else {
             epoll::delete(set, socket)
         };
+        match r {
+            Err(rustix::io::Errno::EXIST) if member => Ok(()),
+            Err(rustix::io::Errno::NOENT) if !member => Ok(()),
+            r => Ok(r?),
+        }
     }
 }
 
@@ -77,7 +90,7 @@ impl Gate {
         #[cfg(target_os = "linux")]
         let (reads, writes) = {
             let (reads, writes) = (sets::new()?, sets::new()?);
-            sets::set_member(&reads, socket, true, false);
+            sets::set_member(&reads, socket, true, false)?;
             (reads, writes)
         };
         #[cfg(not(target_os = "linux"))]
@@ -94,6 +107,7 @@ impl Gate {
             #[cfg(not(target_os = "linux"))]
             writes: register(writes, Interest::WRITABLE)?,
             readers: AtomicUsize::new(0),
+            deaf: Default::default(),
         })
     }
 
@@ -109,40 +123,31 @@ impl Gate {
     /// One caller at a time (the socket's driver).
     pub(super) async fn send<R>(
         &self,
-        #[cfg_attr(not(target_os = "linux"), allow(unused_variables))] socket: &UdpSocket,
+        socket: &UdpSocket,
         mut send: impl FnMut() -> io::Result<R>,
     ) -> io::Result<R> {
-        let mut waited = false;
-        let r = loop {
+        let mut waiting: Option<WaitingForRoom<'_>> = None;
+        loop {
             match send() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                r => break r,
+                r => return r,
             }
-            #[cfg(target_os = "linux")]
-            {
-                // (Re-)adding looks at the socket as it is now: if there is room by now,
-                // the set is ready at once (a member that stayed in would only tell of
-                // room freed later).
-                if waited {
-                    sets::set_member(self.writes.get_ref(), socket, false, true);
-                }
-                sets::set_member(self.writes.get_ref(), socket, true, true);
-            }
-            waited = true;
+            // (Re-)joining looks at the socket as it is now: if there is room by now, the
+            // set is ready at once (a member that stayed in would only tell of room freed
+            // later).
+            drop(waiting.take());
+            waiting = Some(WaitingForRoom::join(self, socket)?);
             #[cfg(target_os = "linux")]
             let ready = self.writes.readable().await;
             #[cfg(not(target_os = "linux"))]
             let ready = self.writes.writable().await;
-            match ready {
-                Ok(mut ready) => ready.clear_ready(),
-                Err(e) => break Err(e),
-            }
-        };
-        #[cfg(target_os = "linux")]
-        if waited {
-            sets::set_member(self.writes.get_ref(), socket, false, true);
+            ready?.clear_ready();
         }
-        r
+    }
+
+    /// True while some thread reads the socket itself ([`read_here`](Self::read_here)).
+    pub(super) fn has_readers(&self) -> bool {
+        self.readers.load(SeqCst) > 0
     }
 
     /// Silences the driver's wake-ups for `socket`'s datagrams until the guard drops: the
@@ -159,19 +164,65 @@ impl Gate {
     /// thread reads it (a spare wake-up, nothing worse), never out of it with no reader: a
     /// thread takes it out only while it counts as a reader, and the last reader to leave
     /// puts it back after its count is gone.
+    ///
+    /// Taking it out cannot fail for want of resources; putting it back could (the kernel
+    /// out of memory, or the epoll watch limit reached by others meanwhile). Then the
+    /// socket stays out and no thread is told of its datagrams, so the gate stops taking
+    /// it out (`deaf`) and tries again with every reader that comes and goes.
     #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
     fn watch_reads(&self, socket: &UdpSocket, on: bool) {
         #[cfg(target_os = "linux")]
-        sets::set_member(self.reads.get_ref(), socket, on, false);
+        {
+            if !on && self.deaf.load(SeqCst) {
+                return;
+            }
+            match sets::set_member(self.reads.get_ref(), socket, on, false) {
+                Ok(()) => {
+                    if on {
+                        self.deaf.store(false, SeqCst);
+                    }
+                }
+                Err(e) => {
+                    self.deaf.store(true, SeqCst);
+                    tracing::error!(error = %e, "cannot watch a UDP socket: reading it only while a thread waits for activity");
+                }
+            }
+        }
     }
 }
 
 impl Drop for ReadingHere<'_> {
     fn drop(&mut self) {
-        if self.gate.readers.fetch_sub(1, SeqCst) == 1 {
+        let last = self.gate.readers.fetch_sub(1, SeqCst) == 1;
+        if last || self.gate.deaf.load(SeqCst) {
             // Back in the set: if a datagram waits, adding it wakes the reactor at once.
             self.gate.watch_reads(self.socket, true);
         }
+    }
+}
+
+/// The socket is in the write set while this lives (so a send dropped while it waits, at
+/// shutdown, does not leave it there to wake the reactor for every datagram sent).
+struct WaitingForRoom<'a> {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    gate: &'a Gate,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    socket: &'a UdpSocket,
+}
+
+impl<'a> WaitingForRoom<'a> {
+    fn join(gate: &'a Gate, socket: &'a UdpSocket) -> io::Result<Self> {
+        #[cfg(target_os = "linux")]
+        sets::set_member(gate.writes.get_ref(), socket, true, true)?;
+        Ok(Self { gate, socket })
+    }
+}
+
+impl Drop for WaitingForRoom<'_> {
+    fn drop(&mut self) {
+        // Taking a member out needs no resources: it fails only if it was never in.
+        #[cfg(target_os = "linux")]
+        let _ = sets::set_member(self.gate.writes.get_ref(), self.socket, false, true);
     }
 }
 

@@ -294,6 +294,15 @@ impl Io {
         }
     }
 
+    /// True while some thread waits on the socket ([`read_here`](Self::read_here)) and
+    /// will read what arrives itself: the driver leaves it to that thread.
+    fn reads_deferred(&self) -> bool {
+        match self {
+            Io::Udp { gate, .. } => gate.has_readers(),
+            Io::Memory(_) => false,
+        }
+    }
+
     /// Sends one datagram at once from the calling thread, without waiting; fails with
     /// `WouldBlock` when the socket buffer is full.
     pub fn try_send_now(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
@@ -555,10 +564,6 @@ pub trait Driven: Send + Sync + 'static {
     fn fake(&self) -> FakeConditions {
         FakeConditions::default()
     }
-    /// True while another thread waits on the socket and will read what arrives itself.
-    fn reads_deferred(&self) -> bool {
-        false
-    }
     /// Takes the socket's read claim: true when no other thread is reading it (and now none
     /// may until [`release_read`](Self::release_read)). Two threads that both read and
     /// handle datagrams could otherwise handle them out of order.
@@ -641,7 +646,7 @@ pub async fn drive<D: Driven>(
             if read_more {
                 nudge.notify_one(); // more yet: again after this turn
             }
-        } else if after_side && !owner.reads_deferred() {
+        } else if after_side && !io.reads_deferred() {
             // The side input goes first in the (biased) select below: after it the socket
             // gets a turn too, so that neither starves the other.
             if let Some(_claim) = Claimed::take(&owner) {
@@ -738,7 +743,7 @@ pub async fn drive<D: Driven>(
             }
             r = io.recv_batch(
                 &mut inbox,
-                || owner.reads_deferred(),
+                || io.reads_deferred(),
                 || owner.claim_read(),
                 || owner.release_read(),
             ) => match r {

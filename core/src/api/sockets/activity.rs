@@ -43,10 +43,6 @@ pub(super) struct Activity {
     epoch: AtomicU64,
     /// Threads inside `poll`.
     waiters: AtomicUsize,
-    /// Threads inside `poll` on the sockets: while there are any, the drivers leave reading
-    /// to them (else both wake for each datagram, and the one that loses the race costs a
-    /// second wake-up).
-    socket_waiters: AtomicUsize,
     /// Readable while a wake-up is pending: written by `notify` while a thread waits, drained
     /// by the last waiter to leave.
     wake_rx: UnixDatagram,
@@ -80,7 +76,6 @@ impl Activity {
         Ok(Self {
             epoch: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
-            socket_waiters: AtomicUsize::new(0),
             wake_rx,
             wake_tx,
             sockets: Mutex::new(Vec::new()),
@@ -164,13 +159,10 @@ impl Activity {
             } else {
                 Vec::new()
             };
-            let on_sockets = !watched.is_empty();
             self.waiters.fetch_add(1, SeqCst);
-            if on_sockets {
-                self.socket_waiters.fetch_add(1, SeqCst);
-            }
-            // While this thread reads the sockets, their datagrams do not wake the drivers
-            // (until it has drained them below: what arrives after that wakes them).
+            // While this thread reads the sockets, their drivers leave what arrives to it
+            // and are not woken for it (else both would wake for each datagram), until it
+            // has drained them below: what arrives after that wakes the drivers.
             let reading_here: Vec<_> = watched
                 .iter()
                 .filter_map(|(_, io, _)| io.read_here())
@@ -178,16 +170,13 @@ impl Activity {
             if self.epoch.load(SeqCst) == seen {
                 self.poll_once(&watched, deadline - now);
             }
-            if on_sockets {
-                self.socket_waiters.fetch_sub(1, SeqCst);
-            }
             if self.waiters.fetch_sub(1, SeqCst) == 1 {
                 // The last one out: no thread needs the pending wake-up any more.
                 while self.wake_rx.recv(&mut [0u8; 16]).is_ok() {}
             }
-            // Read every socket once now that this thread no longer counts: what arrived
-            // while the drivers left it to this thread (up to the moment it stopped
-            // counting) is here, and handling it wakes only the other waiters.
+            // Read every socket once now that this thread no longer counts as waiting: what
+            // arrived while the drivers left it to this thread is here, and handling it
+            // wakes only the other waiters.
             let mut handled = false;
             for w in &watched {
                 handled |= self.drain_socket(shared, w);
@@ -197,11 +186,6 @@ impl Activity {
                 break;
             }
         }
-    }
-
-    /// True while a thread waits on the sockets (it reads what arrives).
-    pub(super) fn reads_deferred(&self) -> bool {
-        self.socket_waiters.load(SeqCst) > 0
     }
 
     /// Sleeps in `poll` on the wake-up socket and the `watched` sockets until one is

@@ -482,10 +482,6 @@ impl Driven for EpDriver {
         true
     }
 
-    fn reads_deferred(&self) -> bool {
-        self.shared.activity.reads_deferred()
-    }
-
     fn claim_read(&self) -> bool {
         self.link.claim_read()
     }
