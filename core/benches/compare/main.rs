@@ -5,7 +5,8 @@
 //! `-- --only bulk,small,threads,pingpong,handshakes,memory,wan,loss,fairness` runs some parts (`loss0`: the relay
 //! with no loss), `-- --repeat 5` runs them five times and reports medians (and the spread of
 //! `bulk_vs_quinn` as `bulk_spread`), and `BENCH_DETAIL=1`
-//! prints the detailed connection status after each impaired transfer.
+//! prints the detailed connection status after each impaired transfer and the percentiles of
+//! each ping-pong run (punchline, quinn, raw UDP in that order).
 
 mod proxy;
 mod quinn_peer;
