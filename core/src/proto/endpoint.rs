@@ -222,6 +222,13 @@ impl Endpoint {
         }
         if self.fed.last() != Some(&id) {
             self.fed.push(id);
+            // Repeats are cheap to keep (a connection fed twice in a row is kept once), but
+            // with nobody asking `next_due` they must not pile up: past twice the dirty
+            // connections, the list is cut to one entry per connection.
+            if self.fed.len() > 2 * self.dirty.len() + 16 {
+                self.fed.sort_unstable();
+                self.fed.dedup();
+            }
         }
     }
 
