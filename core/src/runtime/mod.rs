@@ -389,14 +389,13 @@ impl Io {
     }
 
     /// Waits for datagrams and reads as many as are ready into `inbox` (at least one).
-    /// While `deferred()` says another thread is waiting on the socket to read it itself, a
+    /// While another thread waits on the socket to read it itself ([`read_here`](Self::read_here)), a
     /// datagram is left to that thread. A read happens only under the socket's read claim
     /// (`claim` takes it, `release` gives it back); on `Ok` the caller holds the claim until
     /// it has handled the batch, so that batches are handled in the order they were read.
     async fn recv_batch(
         &self,
         inbox: &mut Inbox,
-        deferred: impl Fn() -> bool,
         claim: impl Fn() -> bool,
         release: impl Fn(),
     ) -> io::Result<()> {
@@ -408,7 +407,7 @@ impl Io {
                 state,
             } => loop {
                 let mut ready = gate.readable().await?;
-                if deferred() || !claim() {
+                if self.reads_deferred() || !claim() {
                     // Forget this readiness (the next datagram brings another); the waiting
                     // thread sees the socket readable and reads it.
                     ready.clear_ready();
@@ -743,7 +742,6 @@ pub async fn drive<D: Driven>(
             }
             r = io.recv_batch(
                 &mut inbox,
-                || io.reads_deferred(),
                 || owner.claim_read(),
                 || owner.release_read(),
             ) => match r {
